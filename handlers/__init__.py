@@ -1,0 +1,33 @@
+"""The route table: every module's `routes`, each handler given the shared services."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+
+from handlers import auth, health, media, users
+from handlers.base import NotFoundHandler
+
+if TYPE_CHECKING:
+    from services.container import Services
+
+ROUTE_MODULES = [auth, users, health]
+
+
+def make_app(services: Services, **tornado_settings: Any) -> tornado.web.Application:
+    settings = services.settings
+    rules: list[Any] = []
+    for module in ROUTE_MODULES:
+        for pattern, handler in module.routes:
+            rules.append((pattern, handler, {"services": services}))
+    rules.extend(media.make_routes(str(services.media.root)))
+    return tornado.web.Application(
+        rules,
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"services": services},
+        xheaders=False,
+        compress_response=False,
+        websocket_max_message_size=settings.max_frame_bytes,
+        **tornado_settings,
+    )

@@ -1,0 +1,173 @@
+"""What every REST handler shares: JSON in and out, bearer authentication, and the error envelope.
+
+Domain errors become HTTP statuses here and nowhere else, so every endpoint answers
+`{"error": {"code", "message", "fields"?}}` with the same status for the same kind of failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+import pydantic
+import tornado.web
+
+from services import errors
+from services.store import STORE_DOWN_ERRORS
+
+if TYPE_CHECKING:
+    from services.container import Services
+
+log = logging.getLogger("chat.http")
+
+Model = TypeVar("Model", bound=pydantic.BaseModel)
+
+STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
+    errors.Invalid: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.TooLarge: 413,
+    errors.RateLimited: 429,
+    errors.Unavailable: 503,
+}
+
+DEFAULT_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def status_of(error: errors.DomainError) -> int:
+    for kind in type(error).__mro__:
+        if kind in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[kind]  # type: ignore[index]
+    return 400
+
+
+def pydantic_fields(exc: pydantic.ValidationError) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for err in exc.errors(include_url=False, include_input=False):
+        key = ".".join(str(part) for part in err["loc"]) or "body"
+        fields.setdefault(key, err["msg"])
+    return fields
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    services: Services
+
+    def initialize(self, services: Services) -> None:
+        self.services = services
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+
+    # -- input --------------------------------------------------------------------------------------
+
+    def body_bytes(self, limit: int) -> bytes:
+        body = self.request.body
+        if len(body) > limit:
+            raise errors.TooLarge(f"Request body larger than {limit} bytes", code="body_too_large")
+        return body
+
+    def json_body(self, model: type[Model]) -> Model:
+        body = self.body_bytes(self.services.settings.max_body_bytes)
+        if not body.strip():
+            raise errors.Invalid("Request body must be a JSON object", code="invalid_json")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise errors.Invalid("Request body is not valid JSON", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise errors.Invalid("Request body must be a JSON object", code="invalid_json")
+        try:
+            return model.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise errors.Invalid("Invalid fields", code="validation_error", fields=pydantic_fields(exc)) from None
+
+    def int_argument(self, name: str, default: int | None, *, low: int, high: int) -> int | None:
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise errors.Invalid(f"`{name}` must be an integer", fields={name: "must be an integer"}) from None
+        if not low <= value <= high:
+            raise errors.Invalid(f"`{name}` out of range", fields={name: f"must be between {low} and {high}"})
+        return value
+
+    # -- authentication -----------------------------------------------------------------------------
+
+    def bearer_token(self) -> str | None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return token.strip()
+
+    def require_user(self) -> int:
+        """The authenticated user's id, or 401."""
+        token = self.bearer_token()
+        if token is None:
+            raise errors.Unauthorized("Authentication required", code="not_authenticated")
+        return self.services.tokens.user_id_from_access(token)
+
+    # -- output -------------------------------------------------------------------------------------
+
+    def send_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(orjson.dumps(data))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        code = DEFAULT_CODES.get(status_code, "error")
+        message = self._reason
+        fields = None
+        if isinstance(exc, errors.DomainError):
+            status_code = status_of(exc)
+            code, message, fields = exc.code, exc.message, exc.fields
+            if isinstance(exc, errors.RateLimited):
+                self.set_header("Retry-After", str(max(1, math.ceil(exc.retry_after_s))))
+        elif isinstance(exc, STORE_DOWN_ERRORS):
+            status_code, code, message = 503, "unavailable", "Storage temporarily unavailable"
+        elif isinstance(exc, tornado.web.HTTPError):
+            message = exc.log_message or self._reason
+            if status_code == 413:
+                code = "body_too_large"
+        elif status_code >= 500:
+            message = "Internal server error"
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        error: dict[str, Any] = {"code": code, "message": message}
+        if fields:
+            error["fields"] = fields
+        self.finish(orjson.dumps({"error": error}))
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        if isinstance(value, errors.DomainError):
+            return
+        if isinstance(value, STORE_DOWN_ERRORS):
+            log.warning("store unavailable during %s %s: %s", self.request.method, self.request.path, value)
+            return
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown paths answer the JSON envelope, not Tornado's HTML page."""
+
+    def prepare(self) -> None:
+        raise errors.NotFound("No such endpoint", code="not_found")

@@ -1,0 +1,55 @@
+"""Request bodies of the REST API, as pydantic models.
+
+They reject what a client should not send (unknown fields, strings where numbers go, oversized text)
+with per-field messages, and they are the source of the request schemas in the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+Gender = Literal["man", "woman", "nonbinary"]
+PositiveId = Annotated[StrictInt, Field(gt=0, le=2**53)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Location(Strict):
+    lat: Annotated[StrictFloat | StrictInt, Field(ge=-90, le=90)]
+    lon: Annotated[StrictFloat | StrictInt, Field(ge=-180, le=180)]
+
+
+class ProfileFields(Strict):
+    email: Annotated[StrictStr, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
+    display_name: Annotated[StrictStr, Field(min_length=1, max_length=50)] | None = None
+    bio: Annotated[StrictStr, Field(max_length=500)] | None = None
+    birthdate: dt.date | None = None
+    gender: Gender | None = None
+    interested_in: Annotated[list[Gender], Field(max_length=3)] | None = None
+    location: Location | None = None
+    age_min: Annotated[StrictInt, Field(ge=0, le=120)] | None = None
+    age_max: Annotated[StrictInt, Field(ge=0, le=120)] | None = None
+
+
+class RegisterBody(ProfileFields):
+    username: Annotated[StrictStr, Field(min_length=1, max_length=30)]
+    # The upper bound is checked against MAX_PASSWORD_CHARS by the handler before any hashing.
+    password: Annotated[StrictStr, Field(min_length=8, max_length=4096)]
+
+
+class TokenBody(Strict):
+    username: Annotated[StrictStr, Field(min_length=1, max_length=30)]
+    password: Annotated[StrictStr, Field(min_length=1, max_length=4096)]
+
+
+class RefreshBody(Strict):
+    refresh: Annotated[StrictStr, Field(min_length=1, max_length=4096)]
+
+
+class ProfilePatch(ProfileFields):
+    pass

@@ -1,0 +1,126 @@
+"""Entry point: read settings, start what is embedded, build the services, serve, shut down cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import sys
+from pathlib import Path
+
+import tornado.httpserver
+import tornado.web
+
+from handlers import make_app
+from services.config import Settings
+from services.container import Services, build_services
+from services.embedded import EmbeddedMongo
+
+log = logging.getLogger("chat.server")
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|access|refresh)=)[^&]*")
+
+
+def redact(uri: str) -> str:
+    """The request URI with token values masked: access logs must never hold credentials."""
+    return _SECRET_QUERY.sub(r"\1[redacted]", uri)
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    logging.getLogger("tornado.access").log(
+        level,
+        "%d %s %s (%s) %.1fms",
+        status,
+        request.method,
+        redact(request.uri or ""),
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    knobs = "\n".join(f"  {env:<22} default {default:<12} {text}" for env, default, text in Settings.describe())
+    parser = argparse.ArgumentParser(
+        description="Chat & Matching API server (REST + WebSockets).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Environment variables (flags win over them):\n" + knobs,
+    )
+    parser.add_argument("--host", help="interface to listen on (HOST)")
+    parser.add_argument("--port", type=int, help="TCP port (PORT)")
+    parser.add_argument("--data-dir", help="data directory (DATA_DIR)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+class Node:
+    """One running server process: its embedded store (if any), services, and HTTP listener."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded: EmbeddedMongo | None = None
+        self.services: Services | None = None
+        self.http: tornado.httpserver.HTTPServer | None = None
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        settings = self.settings
+        mongodb_url = settings.mongodb_url
+        if not mongodb_url:
+            self.embedded = EmbeddedMongo(Path(settings.data_dir) / "mongo")
+            await asyncio.get_running_loop().run_in_executor(None, self.embedded.start)
+            mongodb_url = self.embedded.url
+        self.services = await build_services(settings, mongodb_url)
+        app = make_app(self.services, log_function=log_request)
+        self.http = tornado.httpserver.HTTPServer(
+            app,
+            max_body_size=max(settings.max_upload_bytes, settings.max_body_bytes),
+            xheaders=bool(settings.trusted_proxy_set),
+            trusted_downstream=list(settings.trusted_proxy_set) or None,
+            idle_connection_timeout=120,
+        )
+        self.http.listen(settings.port, settings.host)
+        log.info("listening on http://%s:%d", settings.host, settings.port)
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+        if self.services is not None:
+            await self.services.close()
+        if self.http is not None:
+            await self.http.close_all_connections()
+        if self.embedded is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.embedded.stop)
+
+
+async def run(settings: Settings) -> None:
+    node = Node(settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, node.stopping.set)
+    try:
+        await node.start()
+        await node.stopping.wait()
+        log.info("shutting down")
+    finally:
+        await node.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir)
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

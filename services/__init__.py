@@ -1,0 +1,1 @@
+"""The domain: plain async Python, no Tornado, no HTTP."""

@@ -1,0 +1,102 @@
+"""Settings: every knob of the server, read once from the environment at start-up.
+
+Each field carries its environment variable name and a one-line description in its metadata, so that
+`python server.py --help` and the README table are generated from one place and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _knob(default: Any, env: str, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _knob("127.0.0.1", "HOST", "Interface to listen on")
+    port: int = _knob(8888, "PORT", "TCP port to listen on")
+    data_dir: str = _knob("./data", "DATA_DIR", "Directory for media, the embedded database and dev secrets")
+    environment: str = _knob(
+        "development", "ENVIRONMENT", "`development` or `production` (production refuses to start without JWT_SECRET)"
+    )
+    mongodb_url: str = _knob("", "MONGODB_URL", "MongoDB URL; empty starts the embedded MongoDB-compatible server")
+    mongodb_database: str = _knob("chat", "MONGODB_DATABASE", "Database name")
+    mongodb_timeout_ms: int = _knob(
+        2000, "MONGODB_TIMEOUT_MS", "Server-selection and connect timeout: calls fail fast with 503 `unavailable`"
+    )
+    redis_url: str = _knob("", "REDIS_URL", "Redis URL; empty runs a single node with an in-process bus and presence")
+    node_id: str = _knob("", "NODE_ID", "Name of this node in presence keys and logs; empty picks host:port:pid")
+    jwt_secret: str = _knob(
+        "", "JWT_SECRET", "HMAC key for tokens; empty in development generates one kept in DATA_DIR/jwt_secret"
+    )
+    access_token_ttl_s: int = _knob(15 * 60, "ACCESS_TOKEN_TTL", "Access token lifetime, seconds")
+    refresh_token_ttl_s: int = _knob(7 * 24 * 3600, "REFRESH_TOKEN_TTL", "Refresh token lifetime, seconds")
+    public_url: str = _knob(
+        "", "PUBLIC_URL", "Base of absolute media URLs (https://chat.example.com); empty uses the request's host"
+    )
+    max_body_bytes: int = _knob(64 * 1024, "MAX_BODY_BYTES", "Largest JSON request body")
+    max_frame_bytes: int = _knob(64 * 1024, "MAX_FRAME_BYTES", "Largest WebSocket frame accepted (larger: close 1009)")
+    max_upload_bytes: int = _knob(5 * 1024 * 1024, "MAX_UPLOAD_BYTES", "Largest picture or attachment upload")
+    max_password_chars: int = _knob(128, "MAX_PASSWORD_CHARS", "Longest password accepted (checked before hashing)")
+    hash_concurrency: int = _knob(2, "HASH_CONCURRENCY", "Password hashes computed at once (each takes 19 MiB)")
+    id_block_size: int = _knob(50, "ID_BLOCK_SIZE", "Integer ids reserved per database round trip")
+    min_age: int = _knob(18, "MIN_AGE", "Youngest age allowed on a profile")
+    trusted_proxies: str = _knob(
+        "", "TRUSTED_PROXIES", "Comma-separated proxy IPs whose X-Forwarded-For / X-Real-IP is believed"
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `env` (default: os.environ), then apply keyword overrides (CLI flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.environment not in ("development", "production"):
+            raise ValueError("ENVIRONMENT must be `development` or `production`")
+        if self.environment == "production" and not self.jwt_secret:
+            raise ValueError("JWT_SECRET is required when ENVIRONMENT=production")
+        if self.jwt_secret and len(self.jwt_secret) < 32:
+            raise ValueError("JWT_SECRET must be at least 32 characters")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int) and value < 0:
+                raise ValueError(f"{f.metadata['env']} must not be negative")
+
+    @property
+    def trusted_proxy_set(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.trusted_proxies.split(",") if p.strip())
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(env var, default, description) for every knob: the source of --help and the README table."""
+        return [(f.metadata["env"], repr(f.default), f.metadata["help"]) for f in dataclasses.fields(cls)]
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+    except ValueError:
+        raise ValueError(f"{f.metadata['env']} must be a {kind}, got {raw!r}") from None
+    return raw

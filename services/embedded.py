@@ -1,0 +1,102 @@
+"""The embedded MongoDB-compatible server, used when no MONGODB_URL is configured.
+
+SecantusDB (PyPI `secantusdb`, GPL-2.0, WiredTiger storage) speaks the MongoDB wire protocol. It runs as a
+separate child process so the server talks to it through exactly the same PyMongo code path as production,
+and so a GPL component is used, never linked or vendored. The child is tied to the parent's life: it gets
+SIGTERM when the parent exits normally, and the kernel sends it SIGTERM if the parent dies abruptly
+(PR_SET_PDEATHSIG), so no orphan keeps the data directory locked.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("chat.embedded")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: ask the kernel to SIGTERM us when the parent dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+    # Own process group: a Ctrl-C in the terminal reaches the parent, which then stops us in order.
+    os.setpgrp()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedMongo:
+    """A SecantusDB child process on a loopback port, with its data under `storage_path`."""
+
+    def __init__(self, storage_path: str | Path, *, port: int | None = None, cache_size: str = "256M") -> None:
+        self.storage_path = Path(storage_path)
+        self.port = port or free_port()
+        self.cache_size = cache_size
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self.storage_path.mkdir(parents=True, exist_ok=True)
+        log_path = self.storage_path.parent / "embedded-mongo.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "secantus",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--storage-path",
+            str(self.storage_path),
+            "--cache-size",
+            self.cache_size,
+            "--log-level",
+            "WARNING",
+        ]
+        with open(log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"embedded MongoDB exited with code {self.process.returncode}; see {log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    log.info("embedded MongoDB listening on 127.0.0.1:%d, data in %s", self.port, self.storage_path)
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"embedded MongoDB did not listen within {timeout_s}s; see {log_path}")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("embedded MongoDB ignored SIGTERM for %.0fs; killing it", timeout_s)
+            proc.kill()
+            proc.wait()

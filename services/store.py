@@ -1,0 +1,144 @@
+"""MongoDB access: the client, the collections, their indexes, and integer id allocation.
+
+Ids are integers, as in the seed. They come from a `counters` document per sequence, reserved in blocks
+(`ID_BLOCK_SIZE` at a time) so that an insert does not cost a second round trip; ids stay unique across
+nodes and restarts, and the unused rest of a block is simply skipped.
+
+Message ids are different: they are a dense sequence per conversation (see services/chat.py), and a
+message's `_id` packs (conversation id, sequence) into one integer so that a page of history is a range
+scan on `_id` alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pymongo.errors
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+log = logging.getLogger("chat.store")
+
+# Errors that mean "the store cannot be reached right now" (mapped to 503 `unavailable` at the edge).
+STORE_DOWN_ERRORS: tuple[type[BaseException], ...] = (
+    pymongo.errors.ConnectionFailure,
+    pymongo.errors.ServerSelectionTimeoutError,
+    pymongo.errors.NetworkTimeout,
+)
+
+Doc = dict[str, Any]
+
+
+class IdAllocator:
+    """Hands out integer ids from blocks reserved with one `$inc` each; safe for concurrent callers."""
+
+    def __init__(self, counters: AsyncCollection[Doc], name: str, block_size: int) -> None:
+        self._counters = counters
+        self._name = name
+        self._block_size = max(1, block_size)
+        self._next = 0
+        self._end = 0  # exclusive
+        self._lock = asyncio.Lock()
+
+    async def next_id(self) -> int:
+        async with self._lock:
+            if self._next >= self._end:
+                doc = await self._counters.find_one_and_update(
+                    {"_id": self._name},
+                    {"$inc": {"value": self._block_size}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+                assert doc is not None
+                self._end = int(doc["value"]) + 1
+                self._next = self._end - self._block_size
+            value = self._next
+            self._next += 1
+            return value
+
+
+class Store:
+    """Owns the client and the collections; built once in server.py and shared by every service."""
+
+    def __init__(self, url: str, database: str, *, timeout_ms: int = 2000, id_block_size: int = 50) -> None:
+        self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
+            url,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(timeout_ms * 5, 10_000),
+            tz_aware=True,
+            appname="chat-server",
+        )
+        self.db: AsyncDatabase[Doc] = self.client[database]
+        self.users = self.db["users"]
+        self.refresh_tokens = self.db["refresh_tokens"]
+        self.likes = self.db["likes"]
+        self.passes = self.db["passes"]
+        self.blocks = self.db["blocks"]
+        self.matches = self.db["matches"]
+        self.conversations = self.db["conversations"]
+        self.messages = self.db["messages"]
+        self.attachments = self.db["attachments"]
+        self.counters = self.db["counters"]
+        self._allocators: dict[str, IdAllocator] = {}
+        self._id_block_size = id_block_size
+
+    def allocator(self, sequence: str) -> IdAllocator:
+        alloc = self._allocators.get(sequence)
+        if alloc is None:
+            alloc = self._allocators[sequence] = IdAllocator(self.counters, sequence, self._id_block_size)
+        return alloc
+
+    async def next_id(self, sequence: str) -> int:
+        return await self.allocator(sequence).next_id()
+
+    async def ping(self) -> None:
+        await self.client.admin.command("ping")
+
+    async def ensure_indexes(self) -> None:
+        """Create every index the queries rely on; idempotent, run at every start."""
+        specs: dict[AsyncCollection[Doc], list[IndexModel]] = {
+            self.users: [
+                IndexModel([("username_key", ASCENDING)], unique=True, name="username_unique"),
+                IndexModel([("location", "2dsphere")], name="location_geo", sparse=True),
+                IndexModel([("created_at", DESCENDING)], name="newest"),
+            ],
+            self.refresh_tokens: [
+                IndexModel([("family", ASCENDING)], name="family"),
+                IndexModel([("expires_at", ASCENDING)], name="expiry", expireAfterSeconds=0),
+            ],
+            self.likes: [
+                IndexModel([("from_id", ASCENDING), ("to_id", ASCENDING)], unique=True, name="pair_unique"),
+                IndexModel([("to_id", ASCENDING), ("created_at", DESCENDING)], name="received"),
+            ],
+            self.passes: [
+                IndexModel([("from_id", ASCENDING), ("to_id", ASCENDING)], unique=True, name="pair_unique"),
+            ],
+            self.blocks: [
+                IndexModel([("from_id", ASCENDING), ("to_id", ASCENDING)], unique=True, name="pair_unique"),
+                IndexModel([("to_id", ASCENDING)], name="blocked_by"),
+            ],
+            self.matches: [
+                IndexModel([("pair", ASCENDING)], unique=True, name="pair_unique"),
+                IndexModel([("users", ASCENDING), ("created_at", DESCENDING)], name="by_user"),
+            ],
+            self.conversations: [
+                IndexModel([("participants", ASCENDING), ("updated_at", DESCENDING)], name="by_participant"),
+            ],
+            self.messages: [
+                IndexModel(
+                    [("conversation_id", ASCENDING), ("sender_id", ASCENDING), ("client_id", ASCENDING)],
+                    unique=True,
+                    name="client_id_unique",
+                    partialFilterExpression={"client_id": {"$type": "string"}},
+                ),
+            ],
+        }
+        for collection, models in specs.items():
+            await collection.create_indexes(models)
+
+    async def close(self) -> None:
+        await self.client.close()

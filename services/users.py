@@ -1,0 +1,248 @@
+"""Accounts and profiles."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pymongo.errors
+
+from services.auth import PasswordHasher, TokenPair, TokenService
+from services.errors import Conflict, Invalid, NotFound, Unauthorized
+from services.media import IMAGE_TYPES, MediaStore
+from services.store import Doc, Store
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,30}$")
+GENDERS = ("man", "woman", "nonbinary")
+PROFILE_FIELDS = (
+    "email",
+    "display_name",
+    "bio",
+    "birthdate",
+    "gender",
+    "interested_in",
+    "location",
+    "age_min",
+    "age_max",
+)
+SUMMARY_TTL_S = 30.0
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    """ISO 8601 UTC with a trailing Z, as every timestamp on the wire."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    text = value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def age_on(birthdate: dt.date, today: dt.date) -> int:
+    return today.year - birthdate.year - ((today.month, today.day) < (birthdate.month, birthdate.day))
+
+
+def _as_date(value: Any) -> dt.date | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    return value if isinstance(value, dt.date) else None
+
+
+class UserService:
+    def __init__(
+        self, store: Store, hasher: PasswordHasher, tokens: TokenService, media: MediaStore, *, min_age: int = 18
+    ) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._tokens = tokens
+        self._media = media
+        self.min_age = min_age
+        # user id -> (expires at, summary). Summaries ride on every chat frame, so they are cached; a
+        # profile change on another node shows here after at most SUMMARY_TTL_S.
+        self._summaries: dict[int, tuple[float, dict[str, Any]]] = {}
+        # Set by the presence layer: adds `status` / `last_seen` when the viewer may see them.
+        self.presence_view: Callable[[int, Doc], Awaitable[dict[str, Any]]] | None = None
+
+    # -- accounts -------------------------------------------------------------------------------------
+
+    async def register(self, username: str, password: str, profile: dict[str, Any]) -> Doc:
+        if not USERNAME_RE.match(username):
+            raise Invalid(
+                "Invalid username",
+                fields={"username": "3 to 30 characters: letters, digits, '_', '.', '-'"},
+            )
+        fields = self._validate_profile(profile)
+        now = dt.datetime.now(dt.UTC)
+        # Fail early on a taken name without spending a hash; the unique index still decides races.
+        if await self._store.users.find_one({"username_key": username.lower()}, {"_id": 1}):
+            raise Conflict("Username already taken", code="username_taken", fields={"username": "already taken"})
+        password_hash = await self._hasher.hash(password)
+        doc: Doc = {
+            "_id": await self._store.next_id("users"),
+            "username": username,
+            "username_key": username.lower(),
+            "password_hash": password_hash,
+            "picture": None,
+            "created_at": now,
+            "last_seen": None,
+            "interested_in": [],
+            **fields,
+        }
+        try:
+            await self._store.users.insert_one(doc)
+        except pymongo.errors.DuplicateKeyError:
+            raise Conflict(
+                "Username already taken", code="username_taken", fields={"username": "already taken"}
+            ) from None
+        return doc
+
+    async def login(self, username: str, password: str) -> TokenPair:
+        doc = await self._store.users.find_one({"username_key": username.lower()})
+        ok = await self._hasher.verify(doc["password_hash"] if doc else None, password)
+        if not ok or doc is None or doc.get("deleted"):
+            raise Unauthorized("Invalid username or password", code="invalid_credentials")
+        return await self._tokens.issue(int(doc["_id"]))
+
+    # -- profiles -------------------------------------------------------------------------------------
+
+    async def get(self, user_id: int) -> Doc:
+        doc = await self._store.users.find_one({"_id": user_id, "deleted": {"$ne": True}})
+        if doc is None:
+            raise NotFound("User not found")
+        return doc
+
+    async def public_for(self, viewer_id: int, user_id: int) -> dict[str, Any]:
+        """A profile as `viewer_id` may see it: hidden entirely when either blocked the other."""
+        doc = await self.get(user_id)
+        if viewer_id != user_id and await self.blocked_either_way(viewer_id, user_id):
+            raise NotFound("User not found")
+        profile = self.public_profile(doc)
+        if self.presence_view is not None:
+            profile.update(await self.presence_view(viewer_id, doc))
+        return profile
+
+    async def blocked_either_way(self, a: int, b: int) -> bool:
+        found = await self._store.blocks.find_one(
+            {"$or": [{"from_id": a, "to_id": b}, {"from_id": b, "to_id": a}]}, {"_id": 1}
+        )
+        return found is not None
+
+    async def get_many(self, user_ids: list[int]) -> dict[int, Doc]:
+        docs = await self._store.users.find({"_id": {"$in": user_ids}}).to_list(None)
+        return {int(d["_id"]): d for d in docs}
+
+    async def update(self, user_id: int, changes: dict[str, Any]) -> Doc:
+        fields = self._validate_profile(changes, partial=True)
+        current = await self.get(user_id)
+        merged_min = fields.get("age_min", current.get("age_min"))
+        merged_max = fields.get("age_max", current.get("age_max"))
+        if merged_min is not None and merged_max is not None and merged_min > merged_max:
+            raise Invalid("age_min is above age_max", fields={"age_min": "must not exceed age_max"})
+        update: dict[str, Any] = {}
+        unset: dict[str, str] = {}
+        for key, value in fields.items():
+            if value is None:
+                unset[key] = ""
+            else:
+                update[key] = value
+        ops: dict[str, Any] = {}
+        if update:
+            ops["$set"] = update
+        if unset:
+            ops["$unset"] = unset
+        if ops:
+            await self._store.users.update_one({"_id": user_id}, ops)
+        self._summaries.pop(user_id, None)
+        return await self.get(user_id)
+
+    async def set_picture(self, user_id: int, data: bytes) -> str:
+        content_type = self._media.check(data, IMAGE_TYPES)
+        relative = await self._media.save("profile_pictures", data, content_type)
+        await self._store.users.update_one({"_id": user_id}, {"$set": {"picture": relative}})
+        self._summaries.pop(user_id, None)
+        url = self._media.url(relative)
+        assert url is not None
+        return url
+
+    async def summary(self, user_id: int) -> dict[str, Any]:
+        """`{id, username, profile_picture}`: the seed's shape of a user inside frames; cached."""
+        cached = self._summaries.get(user_id)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        doc = await self._store.users.find_one({"_id": user_id}, {"username": 1, "picture": 1})
+        if doc is None:
+            raise NotFound("User not found")
+        summary = self.summary_of(doc)
+        if len(self._summaries) > 50_000:
+            self._summaries.clear()
+        self._summaries[user_id] = (now + SUMMARY_TTL_S, summary)
+        return summary
+
+    def summary_of(self, doc: Doc) -> dict[str, Any]:
+        return {
+            "id": int(doc["_id"]),
+            "username": doc["username"],
+            "profile_picture": self._media.url(doc.get("picture")),
+        }
+
+    def public_profile(self, doc: Doc) -> dict[str, Any]:
+        birthdate = _as_date(doc.get("birthdate"))
+        return {
+            **self.summary_of(doc),
+            "display_name": doc.get("display_name"),
+            "bio": doc.get("bio"),
+            "age": age_on(birthdate, dt.datetime.now(dt.UTC).date()) if birthdate else None,
+            "gender": doc.get("gender"),
+        }
+
+    def own_profile(self, doc: Doc) -> dict[str, Any]:
+        birthdate = _as_date(doc.get("birthdate"))
+        location = doc.get("location")
+        return {
+            **self.public_profile(doc),
+            "email": doc.get("email"),
+            "birthdate": birthdate.isoformat() if birthdate else None,
+            "interested_in": doc.get("interested_in") or [],
+            "location": ({"lat": location["coordinates"][1], "lon": location["coordinates"][0]} if location else None),
+            "age_min": doc.get("age_min"),
+            "age_max": doc.get("age_max"),
+            "created_at": iso(doc.get("created_at")),
+        }
+
+    # -- validation of the business rules the schema cannot express -----------------------------------
+
+    def _validate_profile(self, profile: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for key in PROFILE_FIELDS:
+            if key not in profile:
+                continue
+            value = profile[key]
+            if key == "birthdate" and value is not None:
+                today = dt.datetime.now(dt.UTC).date()
+                if value > today or age_on(value, today) > 120:
+                    errors[key] = "not a plausible birth date"
+                    continue
+                if age_on(value, today) < self.min_age:
+                    errors[key] = f"you must be at least {self.min_age}"
+                    continue
+                value = dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+            elif key == "location" and value is not None:
+                value = {"type": "Point", "coordinates": [float(value["lon"]), float(value["lat"])]}
+            elif key == "interested_in" and value is None:
+                value = []
+            elif key in ("age_min", "age_max") and value is not None and value < self.min_age:
+                errors[key] = f"must be at least {self.min_age}"
+                continue
+            out[key] = value
+        if not partial and out.get("age_min") and out.get("age_max") and out["age_min"] > out["age_max"]:
+            errors["age_min"] = "must not exceed age_max"
+        if errors:
+            raise Invalid("Invalid profile", fields=errors)
+        return out

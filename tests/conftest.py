@@ -1,0 +1,153 @@
+"""Shared fixtures: one real embedded MongoDB server and one real redis-server for the whole run,
+a fresh database per test, and a running Application with an HTTP client for it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tornado.ioloop
+
+from handlers import make_app
+from services.config import Settings
+from services.container import Services, build_services
+from services.embedded import EmbeddedMongo, free_port
+from tests.support import ApiClient
+
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(scope="session")
+def mongo_url(session_dir: Path) -> Iterator[str]:
+    """A real MongoDB wire-protocol server: TEST_MONGODB_URL if given, else the embedded one."""
+    if os.environ.get("TEST_MONGODB_URL"):
+        yield os.environ["TEST_MONGODB_URL"]
+        return
+    server = EmbeddedMongo(session_dir / "mongo", cache_size="512M")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+class RedisProcess:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            message = "redis-server is not installed (make test installs it)"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(session_dir: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(session_dir / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_settings(tmp_path: Path, port: int, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "data_dir": str(tmp_path / "data"),
+        "mongodb_database": "t_" + uuid.uuid4().hex[:16],
+        "jwt_secret": TEST_SECRET,
+        "hash_concurrency": 2,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module to change settings for every test in it."""
+    return {}
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, http_server_port: tuple[socket.socket, int], settings_overrides: dict[str, Any]
+) -> Settings:
+    return make_settings(tmp_path, http_server_port[1], **settings_overrides)
+
+
+@pytest.fixture
+def services(io_loop: tornado.ioloop.IOLoop, settings: Settings, mongo_url: str) -> Iterator[Services]:
+    built: Services = io_loop.run_sync(lambda: build_services(settings, mongo_url))
+
+    async def teardown() -> None:
+        await built.store.client.drop_database(settings.mongodb_database)
+        await built.close()
+
+    yield built
+    io_loop.run_sync(teardown)
+
+
+@pytest.fixture
+def app(services: Services) -> Any:
+    return make_app(services)
+
+
+@pytest.fixture
+def api(http_server_client: Any) -> ApiClient:
+    return ApiClient(http_server_client)
