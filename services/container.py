@@ -12,6 +12,7 @@ from services.auth import PasswordHasher, TokenService
 from services.bus import Bus, InProcessBus
 from services.config import Settings
 from services.events import Publisher
+from services.matching import MatchingService
 from services.media import MediaStore
 from services.store import STORE_DOWN_ERRORS, Store
 from services.users import UserService
@@ -53,6 +54,7 @@ class Services:
     users: UserService
     bus: Bus
     events: Publisher
+    matching: MatchingService
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def readiness(self) -> dict[str, bool]:
@@ -89,6 +91,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     users = UserService(store, hasher, tokens, media, min_age=settings.min_age)
     bus: Bus = InProcessBus()
     await bus.start()
+    events = Publisher(bus)
     return Services(
         settings=settings,
         store=store,
@@ -97,5 +100,6 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         media=media,
         users=users,
         bus=bus,
-        events=Publisher(bus),
+        events=events,
+        matching=MatchingService(store, users, events, settings),
     )
