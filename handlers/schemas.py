@@ -53,3 +53,13 @@ class RefreshBody(Strict):
 
 class ProfilePatch(ProfileFields):
     pass
+
+
+class SendMessageBody(Strict):
+    content: Annotated[StrictStr, Field(max_length=100_000)] = ""
+    client_id: Annotated[StrictStr, Field(min_length=1, max_length=64)] | None = None
+    attachment_id: PositiveId | None = None
+
+
+class ReadBody(Strict):
+    message_id: PositiveId

@@ -42,6 +42,32 @@ class Settings:
     )
     max_body_bytes: int = _knob(64 * 1024, "MAX_BODY_BYTES", "Largest JSON request body")
     max_frame_bytes: int = _knob(64 * 1024, "MAX_FRAME_BYTES", "Largest WebSocket frame accepted (larger: close 1009)")
+    max_content_chars: int = _knob(4000, "MAX_CONTENT_CHARS", "Longest message text, in characters")
+    message_rate: float = _knob(5.0, "MESSAGE_RATE", "Messages per second per user, sustained (socket and REST sends)")
+    message_burst: int = _knob(20, "MESSAGE_BURST", "Messages a user may send at once before MESSAGE_RATE applies")
+    frame_rate: float = _knob(20.0, "FRAME_RATE", "Frames per second per socket, sustained")
+    frame_burst: int = _knob(60, "FRAME_BURST", "Frames a socket may send at once before FRAME_RATE applies")
+    rate_strikes_to_close: int = _knob(
+        20, "RATE_STRIKES_TO_CLOSE", "Rate-limited frames on one socket within a minute before it is closed 1008"
+    )
+    max_sockets_per_user: int = _knob(20, "MAX_SOCKETS_PER_USER", "WebSockets one user may hold on one node")
+    max_conversation_sockets_per_user: int = _knob(
+        10, "MAX_CONVERSATION_SOCKETS_PER_USER", "Conversation sockets one user may hold on one node"
+    )
+    max_sockets_per_node: int = _knob(50_000, "MAX_SOCKETS_PER_NODE", "WebSockets this node accepts in all")
+    outbound_buffer_bytes: int = _knob(
+        1024 * 1024, "OUTBOUND_BUFFER_BYTES", "Unsent bytes a socket may owe before it is closed as a slow consumer"
+    )
+    typing_timeout_s: float = _knob(8.0, "TYPING_TIMEOUT", "Seconds of silence before a typist is reported stopped")
+    ping_interval_s: float = _knob(25.0, "PING_INTERVAL", "Seconds between WebSocket pings (one loop per node)")
+    hole_timeout_s: float = _knob(
+        3.0, "HOLE_TIMEOUT", "Seconds a missing message id may stay missing before readers skip it as a hole"
+    )
+    allowed_origins: str = _knob(
+        "",
+        "ALLOWED_ORIGINS",
+        "Comma-separated WebSocket Origins allowed besides the server's own host and localhost; `*` allows any",
+    )
     max_upload_bytes: int = _knob(5 * 1024 * 1024, "MAX_UPLOAD_BYTES", "Largest picture or attachment upload")
     max_password_chars: int = _knob(128, "MAX_PASSWORD_CHARS", "Longest password accepted (checked before hashing)")
     hash_concurrency: int = _knob(2, "HASH_CONCURRENCY", "Password hashes computed at once (each takes 19 MiB)")
@@ -75,8 +101,12 @@ class Settings:
             raise ValueError("JWT_SECRET must be at least 32 characters")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", int) and value < 0:
+            if f.type in ("int", int, "float", float) and value < 0:
                 raise ValueError(f"{f.metadata['env']} must not be negative")
+
+    @property
+    def allowed_origin_set(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip())
 
     @property
     def trusted_proxy_set(self) -> frozenset[str]:

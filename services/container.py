@@ -8,13 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services import errors
 from services.auth import PasswordHasher, TokenService
 from services.bus import Bus, InProcessBus
+from services.chat import ChatService
 from services.config import Settings
+from services.connections import Connections, Peer
 from services.events import Publisher
+from services.limits import RateLimiter
 from services.matching import MatchingService
 from services.media import MediaStore
+from services.presence import Presence
 from services.store import STORE_DOWN_ERRORS, Store
+from services.typing_state import TypingTracker
 from services.users import UserService
 
 log = logging.getLogger("chat.services")
@@ -55,7 +61,18 @@ class Services:
     bus: Bus
     events: Publisher
     matching: MatchingService
+    chat: ChatService
+    typing: TypingTracker
+    presence: Presence
+    connections: Connections
+    message_limiter: RateLimiter
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def check_message_rate(self, user_id: int) -> None:
+        """Messages per user, shared by socket and REST sends on this node."""
+        wait_s = self.message_limiter.take(user_id)
+        if wait_s > 0:
+            raise errors.RateLimited("Too many messages; slow down", retry_after_s=wait_s)
 
     async def readiness(self) -> dict[str, bool]:
         checks: dict[str, bool] = {}
@@ -64,9 +81,40 @@ class Services:
             checks["mongodb"] = True
         except STORE_DOWN_ERRORS:
             checks["mongodb"] = False
+        if self.settings.redis_url:
+            checks["redis"] = self.bus.healthy
         return checks
 
+    async def fill_gaps(self, conversation_id: int, peers: list[Peer]) -> None:
+        """Deliver, from MongoDB, the messages that peers are missing before the ones they parked."""
+        for peer in peers:
+            while peer.parked and peer.last_message_id is not None and not peer.closing:
+                missing_until = min(peer.parked) - 1
+                count = missing_until - peer.last_message_id
+                if count <= 0:
+                    break
+                page, _ = await self.chat.backlog(conversation_id, peer.last_message_id, min(count, 100))
+                if not page:
+                    break
+                for seq, frame in page:
+                    if frame is None:
+                        peer.skip_message(seq)
+                    else:
+                        peer.deliver_message(seq, frame)
+
+    async def start(self) -> None:
+        await self.bus.start()
+        await self.presence.start()
+        self.chat.start()
+        self.typing.start()
+        self.connections.start_heartbeat(self.settings.ping_interval_s)
+
     async def close(self) -> None:
+        """Close sockets with 1001, finish queued writes, then release the clients."""
+        await self.connections.close_all(1001, "server shutting down")
+        await self.chat.close()
+        await self.typing.close()
+        await self.presence.close()
         await self.bus.close()
         await self.store.close()
         self.hasher.close()
@@ -90,9 +138,25 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     media = MediaStore(Path(settings.data_dir) / "media", public_base(settings), settings.max_upload_bytes)
     users = UserService(store, hasher, tokens, media, min_age=settings.min_age)
     bus: Bus = InProcessBus()
-    await bus.start()
     events = Publisher(bus)
-    return Services(
+    chat = ChatService(
+        store,
+        users,
+        events,
+        media,
+        max_content_chars=settings.max_content_chars,
+        hole_timeout_s=settings.hole_timeout_s,
+    )
+    typing = TypingTracker(events, users, settings.typing_timeout_s)
+    chat.on_message_stored.append(typing.stop_soon)
+    connections = Connections(
+        bus,
+        max_sockets=settings.max_sockets_per_node,
+        max_per_user=settings.max_sockets_per_user,
+        max_conversation_per_user=settings.max_conversation_sockets_per_user,
+    )
+    connections.on_conversation_closed.append(chat.forget_conversation)
+    services = Services(
         settings=settings,
         store=store,
         hasher=hasher,
@@ -102,4 +166,12 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         bus=bus,
         events=events,
         matching=MatchingService(store, users, events, settings),
+        chat=chat,
+        typing=typing,
+        presence=Presence(store, chat, events, users),
+        connections=connections,
+        message_limiter=RateLimiter(settings.message_rate, settings.message_burst),
     )
+    connections.gap_filler = services.fill_gaps
+    await services.start()
+    return services

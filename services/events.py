@@ -1,8 +1,11 @@
 """Events published on the bus, and the seed's notification frames.
 
-A bus payload is one JSON object: `{"frame": <what sockets receive>, "kind": "...", ...routing}`.
-`kind` says which sockets take it (see services/connections.py); `frame` is written to them as is, so it
-is serialised once per node, not once per socket.
+A bus payload is two JSON documents on two lines: a small routing header, then the frame exactly as
+sockets receive it. The header says which sockets take it (see services/connections.py); the frame bytes
+are written to every one of them untouched, so a frame is serialised once in the whole cluster, and a
+node reads only the header.
+Header keys: `k` kind, `x` a user whose sockets must not receive it, `s` a message id (for in-order
+delivery), `d` true when the frame may be dropped for a slow reader (typing).
 """
 
 from __future__ import annotations
@@ -27,6 +30,16 @@ def now_iso() -> str:
     return value
 
 
+def encode(header: dict[str, Any], frame: dict[str, Any] | None) -> bytes:
+    return orjson.dumps(header) + b"\n" + (orjson.dumps(frame) if frame is not None else b"null")
+
+
+def decode(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    """(header, frame bytes) of a bus payload."""
+    header, _, frame = payload.partition(b"\n")
+    return orjson.loads(header), frame
+
+
 class Publisher:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
@@ -34,21 +47,29 @@ class Publisher:
     async def notify(self, user_id: int, notification: dict[str, Any]) -> None:
         """Send `{"type": "notification", "notification": ...}` to one user's notifications sockets."""
         frame = {"type": "notification", "notification": notification}
-        await self.bus.publish(user_channel(user_id), orjson.dumps({"kind": NOTIFICATION, "frame": frame}))
+        await self.bus.publish(user_channel(user_id), encode({"k": NOTIFICATION}, frame))
 
     async def to_conversation(
-        self, conversation_id: int, frame: dict[str, Any], *, exclude_user: int | None = None, **extra: Any
+        self,
+        conversation_id: int,
+        frame: dict[str, Any],
+        *,
+        exclude_user: int | None = None,
+        seq: int | None = None,
     ) -> None:
         """Send a frame to every socket open on a conversation (optionally not to one user's)."""
-        event: dict[str, Any] = {"kind": CONVERSATION, "frame": frame, **extra}
+        header: dict[str, Any] = {"k": CONVERSATION}
         if exclude_user is not None:
-            event["exclude_user"] = exclude_user
-        await self.bus.publish(conversation_channel(conversation_id), orjson.dumps(event))
+            header["x"] = exclude_user
+        if seq is not None:
+            header["s"] = seq
+        if frame.get("type") == "typing":
+            header["d"] = True
+        await self.bus.publish(conversation_channel(conversation_id), encode(header, frame))
 
     async def close_conversation(self, conversation_id: int) -> None:
         """Close every socket on the conversation with 4001 (unmatch or block), on every node."""
-        event = {"kind": CONVERSATION_CLOSED, "frame": None}
-        await self.bus.publish(conversation_channel(conversation_id), orjson.dumps(event))
+        await self.bus.publish(conversation_channel(conversation_id), encode({"k": CONVERSATION_CLOSED}, None))
 
 
 def new_like_notification(liker: dict[str, Any]) -> dict[str, Any]:

@@ -93,10 +93,113 @@ class ApiClient:
 
     async def user(self, prefix: str = "user", **profile: Any) -> TestUser:
         """Register a user (adult by default) and sign in."""
-        username = f"{prefix}{next(_counter)}"
+        username = f"{prefix}_{next(_counter)}"
         payload = {"username": username, "password": PASSWORD, "birthdate": "1995-06-15", **profile}
         created = await self.post("/api/register/", payload)
         assert created.status == 201, created.body
         tokens = await self.post("/api/token/", {"username": username, "password": PASSWORD})
         assert tokens.status == 200, tokens.body
         return TestUser(created.body["id"], username, tokens.body["access"], tokens.body["refresh"])
+
+
+# -- WebSockets ---------------------------------------------------------------------------------------
+
+import asyncio  # noqa: E402
+import datetime as dt  # noqa: E402
+
+import tornado.websocket  # noqa: E402
+
+
+class WsClient:
+    """A real WebSocket client (Tornado's) with JSON helpers for tests."""
+
+    def __init__(self, conn: tornado.websocket.WebSocketClientConnection) -> None:
+        self.conn = conn
+
+    async def send(self, frame: Any) -> None:
+        await self.conn.write_message(frame if isinstance(frame, (str, bytes)) else orjson.dumps(frame).decode())
+
+    async def recv(self, timeout: float = 5.0) -> Any:
+        """The next frame as JSON; None when the connection closed."""
+        raw = await asyncio.wait_for(self.conn.read_message(), timeout)
+        return None if raw is None else orjson.loads(raw)
+
+    async def recv_type(self, kind: str, timeout: float = 5.0) -> Any:
+        """The next frame of this type, skipping others (e.g. status frames)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.recv(max(0.01, deadline - loop.time()))
+            if frame is None:
+                raise AssertionError(f"closed ({self.close_code}) while waiting for {kind}")
+            if frame.get("type") == kind:
+                return frame
+
+    async def closed(self, timeout: float = 5.0) -> tuple[int | None, str | None]:
+        """Wait for the server to close; (code, reason). Frames received meanwhile are dropped."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            raw = await asyncio.wait_for(self.conn.read_message(), max(0.01, deadline - loop.time()))
+            if raw is None:
+                return self.conn.close_code, self.conn.close_reason
+
+    async def silent(self, seconds: float = 0.3) -> list[Any]:
+        """Frames that arrive within `seconds` (for checking that nothing, or only X, came)."""
+        frames = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (left := deadline - loop.time()) > 0:
+            try:
+                raw = await asyncio.wait_for(self.conn.read_message(), left)
+            except TimeoutError:
+                break
+            if raw is None:
+                break
+            frames.append(orjson.loads(raw))
+        return frames
+
+    @property
+    def close_code(self) -> int | None:
+        return self.conn.close_code
+
+    def close(self, code: int = 1000) -> None:
+        self.conn.close(code)
+
+
+async def ws_connect(api: ApiClient, path: str, headers: dict[str, str] | None = None) -> WsClient:
+    request = tornado.httpclient.HTTPRequest(f"ws://127.0.0.1:{api.port}{path}", headers=headers or {})
+    conn = await tornado.websocket.websocket_connect(request, max_message_size=16 * 1024 * 1024)
+    return WsClient(conn)
+
+
+async def make_conversation(services: Any, a: int, b: int) -> int:
+    """A match and its open conversation between two users, written straight to the store (a fixture
+    shortcut for chat tests; tests of matching go through the likes API)."""
+    store = services.store
+    low, high = sorted((a, b))
+    now = dt.datetime.now(dt.UTC)
+    match_id = await store.next_id("matches")
+    conversation_id = await store.next_id("conversations")
+    await store.matches.insert_one(
+        {
+            "_id": match_id,
+            "pair": f"{low}:{high}",
+            "users": [low, high],
+            "conversation_id": conversation_id,
+            "status": "active",
+            "created_at": now,
+        }
+    )
+    await store.conversations.insert_one(
+        {
+            "_id": conversation_id,
+            "participants": [low, high],
+            "match_id": match_id,
+            "status": "open",
+            "created_at": now,
+            "updated_at": now,
+            "last_seq": 0,
+        }
+    )
+    return conversation_id

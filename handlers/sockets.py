@@ -1,0 +1,269 @@
+"""The seed's two WebSockets: /ws/conversations/<id>/ and /ws/notifications/.
+
+The handshake is always accepted and failures are reported with the seed's close codes (a browser sees
+no HTTP status of a refused handshake, only a close code): 4000 no token, 4002 bad token, 4001 not a
+participant (or no such conversation, never saying which), 1008 for a refused Origin or a connection limit.
+After that, every frame goes through `handlers.protocol` and one method per frame type; no exception
+escapes `on_message` (Tornado would drop the connection without a close frame): unexpected ones close
+the socket with 1011.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import tornado.websocket
+
+from handlers import protocol
+from services import errors
+from services.auth import TokenError
+from services.connections import (
+    CLOSE_BAD_FRAME,
+    CLOSE_BAD_TOKEN,
+    CLOSE_FORBIDDEN,
+    CLOSE_NO_TOKEN,
+    CLOSE_POLICY,
+    CLOSE_SERVER_ERROR,
+    LimitExceeded,
+    Peer,
+)
+from services.limits import TokenBucket
+from services.store import STORE_DOWN_ERRORS
+
+if TYPE_CHECKING:
+    from services.container import Services
+
+log = logging.getLogger("chat.ws")
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
+BACKLOG_PAGE = 100
+STRIKE_WINDOW_S = 60.0
+
+
+class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
+    accepted_frames: dict[str, protocol.FrameType] = {}
+
+    def initialize(self, services: Services) -> None:
+        self.services = services
+        self.registered = False
+        self.username = ""
+        settings = services.settings
+        self.frame_bucket = TokenBucket(settings.frame_rate, settings.frame_burst)
+        self.strikes: list[float] = []
+        self.init_peer(services.connections, settings.outbound_buffer_bytes)
+
+    # Origin is checked in open() so that a refusal is the seed's close code 1008, not an HTTP 403.
+    def check_origin(self, origin: str) -> bool:
+        return True
+
+    def origin_allowed(self) -> bool:
+        origin = self.request.headers.get("Origin")
+        if not origin:
+            return True  # not a browser: cross-site hijacking needs a browser
+        allowed = self.services.settings.allowed_origin_set
+        if "*" in allowed or origin.rstrip("/").lower() in allowed:
+            return True
+        parts = urlsplit(origin)
+        host = (parts.hostname or "").lower()
+        own_host = self.request.host_name.lower()
+        return host == own_host or host in LOCAL_HOSTS
+
+    def authenticate(self) -> int | None:
+        """The user id, or None after closing with the seed's code."""
+        if not self.origin_allowed():
+            self.shut(CLOSE_POLICY, "origin not allowed")
+            return None
+        token = self.get_query_argument("token", None)
+        if not token:
+            self.shut(CLOSE_NO_TOKEN, "authentication required")
+            return None
+        try:
+            return self.services.tokens.user_id_from_access(token)
+        except TokenError:
+            self.shut(CLOSE_BAD_TOKEN, "invalid token")
+            return None
+
+    async def register(self) -> bool:
+        try:
+            await self.services.connections.add(self)
+        except LimitExceeded as exc:
+            self.shut(CLOSE_POLICY, str(exc))
+            return False
+        self.registered = True
+        await self.services.presence.connected(self.user_id)
+        return True
+
+    # -- Peer transport ----------------------------------------------------------------------------
+
+    def _transmit(self, data: bytes) -> Awaitable[None] | None:
+        return self.write_message(data)
+
+    def _shut(self, code: int, reason: str) -> None:
+        self.close(code, reason)
+
+    def _send_ping(self) -> None:
+        self.ping()
+
+    def on_pong(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+
+    def on_ping(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+
+    # -- frames ------------------------------------------------------------------------------------
+
+    async def on_message(self, message: str | bytes) -> None:
+        self.last_activity = time.monotonic()
+        if self.closing or not self.registered:
+            return
+        try:
+            kind, values = protocol.parse(message, self.accepted_frames)
+        except protocol.BadFrame as exc:
+            self.shut(CLOSE_BAD_FRAME, str(exc)[:100])
+            return
+        try:
+            wait_s = self.frame_bucket.take()
+            if wait_s > 0:
+                raise errors.RateLimited("Too many frames", retry_after_s=wait_s)
+            await getattr(self, f"frame_{kind}")(**values)
+        except errors.DomainError as exc:
+            extra = {"client_id": values["client_id"]} if kind == "message" and values.get("client_id") else {}
+            self.push_json(protocol.error_frame_for(exc, **extra))
+            if isinstance(exc, errors.RateLimited):
+                self.strike()
+        except STORE_DOWN_ERRORS:
+            self.push_json(protocol.error_frame("unavailable", "Storage temporarily unavailable; retry"))
+        except Exception:
+            log.exception("unexpected error handling a %s frame from user %d", kind, self.user_id)
+            self.shut(CLOSE_SERVER_ERROR, "unexpected server error")
+
+    def strike(self) -> None:
+        """Count a rate-limit hit; a client that keeps pushing after being told is closed."""
+        now = time.monotonic()
+        self.strikes = [t for t in self.strikes if now - t < STRIKE_WINDOW_S]
+        self.strikes.append(now)
+        if len(self.strikes) >= self.services.settings.rate_strikes_to_close:
+            self.shut(CLOSE_POLICY, "rate limit exceeded")
+
+    async def frame_ping(self) -> None:
+        self.push_json({"type": "pong"})
+
+    def on_close(self) -> None:
+        self.closing = True
+        if self.registered:
+            self.registered = False
+            asyncio.get_running_loop().create_task(self._unregister())
+
+    async def _unregister(self) -> None:
+        try:
+            await self.services.connections.remove(self)
+            await self.left()
+            await self.services.presence.disconnected(self.user_id)
+        except Exception:
+            log.warning("cleanup after socket close failed for user %d", self.user_id, exc_info=True)
+
+    async def left(self) -> None:
+        """Endpoint-specific cleanup."""
+
+
+class ConversationSocket(BaseSocket):
+    accepted_frames = protocol.CONVERSATION_FRAMES
+
+    async def open(self, conversation_id_text: str) -> None:
+        try:
+            await self._open_conversation(int(conversation_id_text))
+        except STORE_DOWN_ERRORS:
+            self.shut(CLOSE_SERVER_ERROR, "storage unavailable")
+        except Exception:
+            log.exception("unexpected error opening a conversation socket")
+            self.shut(CLOSE_SERVER_ERROR, "unexpected server error")
+
+    async def _open_conversation(self, conversation_id: int) -> None:
+        user_id = self.authenticate()
+        if user_id is None:
+            return
+        self.user_id = user_id
+        self.conversation_id = conversation_id
+        after_text = self.get_query_argument("after", None)
+        after: int | None = None
+        if after_text not in (None, ""):
+            try:
+                after = int(after_text)  # type: ignore[arg-type]
+                if after < 0:
+                    raise ValueError
+            except ValueError:
+                self.shut(CLOSE_BAD_FRAME, "`after` must be a message id")
+                return
+        chat = self.services.chat
+        try:
+            conversation = await chat.member_conversation(conversation_id, user_id, require_open=True)
+        except errors.NotFound:
+            self.shut(CLOSE_FORBIDDEN, "not a participant")
+            return
+        if after is not None:
+            self.begin_resume()
+        if not await self.register():
+            return
+        for other in conversation.others(user_id):
+            self.push_json(await self.services.presence.current_frame(other))
+        if after is not None:
+            await self._send_backlog(conversation_id, after)
+
+    async def _send_backlog(self, conversation_id: int, after: int) -> None:
+        last = after
+        while not self.closing:
+            page, has_more = await self.services.chat.backlog(conversation_id, last, BACKLOG_PAGE)
+            for seq, frame in page:
+                if frame is not None:
+                    self.push(frame)
+                last = seq
+            if not has_more:
+                break
+        self.end_resume(last)
+
+    async def frame_message(self, content: str, client_id: str | None, attachment_id: int | None) -> None:
+        assert self.conversation_id is not None
+        self.services.check_message_rate(self.user_id)
+        await self.services.chat.send_message(self.conversation_id, self.user_id, content, client_id, attachment_id)
+
+    async def frame_typing(self, is_typing: bool) -> None:
+        assert self.conversation_id is not None
+        await self.services.typing.update(self.conversation_id, self.user_id, is_typing)
+
+    async def frame_read_receipt(self, message_id: int) -> None:
+        assert self.conversation_id is not None
+        await self.services.chat.mark_read(self.conversation_id, self.user_id, message_id)
+
+    async def left(self) -> None:
+        assert self.conversation_id is not None
+        still_here = self.services.connections.by_conversation.get(self.conversation_id, ())
+        if not any(p.user_id == self.user_id for p in still_here):
+            await self.services.typing.stop(self.conversation_id, self.user_id)
+
+
+class NotificationSocket(BaseSocket):
+    accepted_frames = protocol.NOTIFICATION_FRAMES
+
+    async def open(self) -> None:
+        try:
+            user_id = self.authenticate()
+            if user_id is None:
+                return
+            self.user_id = user_id
+            await self.register()
+        except STORE_DOWN_ERRORS:
+            self.shut(CLOSE_SERVER_ERROR, "storage unavailable")
+        except Exception:
+            log.exception("unexpected error opening a notifications socket")
+            self.shut(CLOSE_SERVER_ERROR, "unexpected server error")
+
+
+routes: list[tuple[str, Any]] = [
+    (r"/ws/conversations/([0-9]{1,15})/", ConversationSocket),
+    (r"/ws/notifications/", NotificationSocket),
+]

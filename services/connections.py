@@ -1,0 +1,317 @@
+"""This node's sockets, and the fan-out of bus events to them.
+
+Every socket is a `Peer`. The registry indexes peers by conversation and by user, subscribes the bus to a
+channel when the first local peer needs it and unsubscribes when the last one leaves, and hands each bus
+event to exactly the peers it concerns: work per event is proportional to the sockets that receive it,
+never to all sockets of the node.
+
+Output is bounded per socket. A peer counts the bytes it has handed to its connection and not yet seen
+flushed; past a quarter of OUTBOUND_BUFFER_BYTES it drops typing events (they are stale by the time
+they would arrive), past all of it the socket is closed with 1008 "slow consumer". The client resumes
+with `?after=` and loses nothing, and the server never holds more than the bound for one reader.
+
+Messages reach a conversation socket in id order, without gaps and without repeats: a peer remembers the
+last id it delivered, skips repeats, and parks an early arrival until the ids before it arrive or are
+fetched from MongoDB (see ChatService.messages_after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from services.bus import Bus, conversation_channel, user_channel
+from services.events import CONVERSATION, CONVERSATION_CLOSED, NOTIFICATION, decode
+
+log = logging.getLogger("chat.connections")
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_LARGE = 1009
+CLOSE_SERVER_ERROR = 1011
+CLOSE_NO_TOKEN = 4000
+CLOSE_FORBIDDEN = 4001
+CLOSE_BAD_TOKEN = 4002
+CLOSE_BAD_FRAME = 4003
+
+MAX_PARKED = 1000
+GAP_FILL_DELAY_S = 0.25
+
+
+class LimitExceeded(Exception):
+    """A connection limit refuses a new socket (closed with 1008 and this reason)."""
+
+
+class Peer:
+    """The transport-independent half of a socket; the WebSocket handler supplies `_transmit` and `_shut`."""
+
+    user_id: int = 0
+    conversation_id: int | None = None
+
+    def init_peer(self, connections: Connections, outbound_limit: int) -> None:
+        self.connections = connections
+        self.outbound_limit = outbound_limit
+        self.outstanding = 0
+        self.last_message_id: int | None = None
+        self.parked: dict[int, bytes] = {}
+        self.resume_buffer: list[tuple[int, bytes]] | None = None
+        self.last_activity = time.monotonic()
+        self.closing = False
+
+    # -- supplied by the transport -----------------------------------------------------------------
+
+    def _transmit(self, data: bytes) -> Awaitable[None] | None:
+        raise NotImplementedError
+
+    def _shut(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def _send_ping(self) -> None:
+        raise NotImplementedError
+
+    # -- output ------------------------------------------------------------------------------------
+
+    def push(self, data: bytes, *, droppable: bool = False) -> None:
+        if self.closing:
+            return
+        if droppable and self.outstanding > self.outbound_limit // 4:
+            return
+        if self.outstanding + len(data) > self.outbound_limit:
+            self.shut(CLOSE_POLICY, "slow consumer")
+            return
+        try:
+            pending = self._transmit(data)
+        except Exception:  # the connection went away under us; its close callback cleans up
+            return
+        if pending is not None:
+            size = len(data)
+            self.outstanding += size
+            future = asyncio.ensure_future(pending)
+
+            def flushed(done: asyncio.Future[None]) -> None:
+                self.outstanding -= size
+                if not done.cancelled():
+                    done.exception()  # retrieved, so a closed stream does not log "never retrieved"
+
+            future.add_done_callback(flushed)
+
+    def push_json(self, frame: dict[str, Any]) -> None:
+        self.push(orjson.dumps(frame))
+
+    def shut(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self._shut(code, reason)
+
+    # -- ordered message delivery ------------------------------------------------------------------
+
+    def deliver_message(self, seq: int, data: bytes) -> None:
+        if self.resume_buffer is not None:
+            self.resume_buffer.append((seq, data))
+            return
+        last = self.last_message_id
+        if last is None or seq == last + 1:
+            self.push(data)
+            self.last_message_id = seq
+            self._drain_parked()
+        elif seq > last + 1:
+            if len(self.parked) >= MAX_PARKED:
+                self.shut(CLOSE_POLICY, "slow consumer")
+                return
+            self.parked[seq] = data
+            self.connections.request_gap_fill(self)
+        # seq <= last: already delivered (resume overlap or a repeat): nothing to do
+
+    def skip_message(self, seq: int) -> None:
+        """`seq` is a hole (never stored): move past it."""
+        if self.last_message_id is not None and seq == self.last_message_id + 1:
+            self.last_message_id = seq
+            self._drain_parked()
+
+    def _drain_parked(self) -> None:
+        while self.parked and self.last_message_id is not None:
+            nxt = self.last_message_id + 1
+            data = self.parked.pop(nxt, None)
+            if data is None:
+                # Drop anything that is already behind us, keep what is still ahead.
+                for seq in [s for s in self.parked if s <= self.last_message_id]:
+                    del self.parked[seq]
+                return
+            self.push(data)
+            self.last_message_id = nxt
+
+    def begin_resume(self) -> None:
+        """Live messages are held back until `end_resume` (the backlog is being sent first)."""
+        self.resume_buffer = []
+
+    def end_resume(self, last_sent: int) -> None:
+        buffered, self.resume_buffer = self.resume_buffer or [], None
+        self.last_message_id = last_sent
+        for seq, data in buffered:
+            self.deliver_message(seq, data)
+
+
+GapFiller = Callable[[int, list[Peer]], Awaitable[None]]
+
+
+class Connections:
+    def __init__(self, bus: Bus, *, max_sockets: int, max_per_user: int, max_conversation_per_user: int) -> None:
+        self.bus = bus
+        self.max_sockets = max_sockets
+        self.max_per_user = max_per_user
+        self.max_conversation_per_user = max_conversation_per_user
+        self.peers: set[Peer] = set()
+        self.by_user: dict[int, set[Peer]] = defaultdict(set)
+        self.notifications_by_user: dict[int, set[Peer]] = defaultdict(set)
+        self.by_conversation: dict[int, set[Peer]] = defaultdict(set)
+        self.gap_filler: GapFiller | None = None
+        # Called with a conversation id when an unmatch or block closed it (drop caches).
+        self.on_conversation_closed: list[Callable[[int], None]] = []
+        self._gap_tasks: dict[int, asyncio.Task[None]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+        bus.set_handler(self.on_bus_event)
+
+    def count(self, user_id: int) -> int:
+        return len(self.by_user.get(user_id, ()))
+
+    def check_limits(self, user_id: int, conversation_id: int | None) -> None:
+        if len(self.peers) >= self.max_sockets:
+            raise LimitExceeded("server full")
+        if self.count(user_id) >= self.max_per_user:
+            raise LimitExceeded("too many connections")
+        if conversation_id is not None:
+            in_conversations = sum(1 for p in self.by_user.get(user_id, ()) if p.conversation_id is not None)
+            if in_conversations >= self.max_conversation_per_user:
+                raise LimitExceeded("too many conversation connections")
+
+    async def add(self, peer: Peer) -> None:
+        """Register a peer and make sure its channel is subscribed before returning (so nothing
+        published after this returns can be missed)."""
+        self.check_limits(peer.user_id, peer.conversation_id)
+        self.peers.add(peer)
+        self.by_user[peer.user_id].add(peer)
+        if peer.conversation_id is None:
+            group, channel = self.notifications_by_user[peer.user_id], user_channel(peer.user_id)
+        else:
+            group, channel = self.by_conversation[peer.conversation_id], conversation_channel(peer.conversation_id)
+        first = not group
+        group.add(peer)
+        if first:
+            await self.bus.subscribe(channel)
+
+    async def remove(self, peer: Peer) -> None:
+        if peer not in self.peers:
+            return
+        self.peers.discard(peer)
+        _discard(self.by_user, peer.user_id, peer)
+        if peer.conversation_id is None:
+            emptied = _discard(self.notifications_by_user, peer.user_id, peer)
+            channel = user_channel(peer.user_id)
+        else:
+            emptied = _discard(self.by_conversation, peer.conversation_id, peer)
+            channel = conversation_channel(peer.conversation_id)
+        if emptied:
+            with contextlib.suppress(Exception):
+                await self.bus.unsubscribe(channel)
+
+    # -- fan-out -----------------------------------------------------------------------------------
+
+    def on_bus_event(self, channel: str, payload: bytes) -> None:
+        header, frame = decode(payload)
+        kind = header.get("k")
+        _, _, ident = channel.partition(":")
+        target = int(ident)
+        if kind == NOTIFICATION:
+            for peer in list(self.notifications_by_user.get(target, ())):
+                peer.push(frame)
+        elif kind == CONVERSATION:
+            exclude = header.get("x")
+            seq = header.get("s")
+            droppable = bool(header.get("d"))
+            for peer in list(self.by_conversation.get(target, ())):
+                if peer.user_id == exclude:
+                    continue
+                if seq is not None:
+                    peer.deliver_message(int(seq), frame)
+                else:
+                    peer.push(frame, droppable=droppable)
+        elif kind == CONVERSATION_CLOSED:
+            for hook in self.on_conversation_closed:
+                hook(target)
+            for peer in list(self.by_conversation.get(target, ())):
+                peer.shut(4001, "conversation closed")
+
+    def push_to_user(self, user_id: int, data: bytes) -> None:
+        for peer in list(self.by_user.get(user_id, ())):
+            peer.push(data)
+
+    # -- gaps --------------------------------------------------------------------------------------
+
+    def request_gap_fill(self, peer: Peer) -> None:
+        cid = peer.conversation_id
+        if cid is None or self.gap_filler is None or cid in self._gap_tasks:
+            return
+        self._gap_tasks[cid] = asyncio.get_running_loop().create_task(self._fill_gaps(cid))
+
+    async def _fill_gaps(self, conversation_id: int) -> None:
+        try:
+            # Usually the missing message is simply still on its way through the bus.
+            await asyncio.sleep(GAP_FILL_DELAY_S)
+            waiting = [p for p in self.by_conversation.get(conversation_id, ()) if p.parked]
+            if waiting and self.gap_filler is not None:
+                await self.gap_filler(conversation_id, waiting)
+        except Exception:
+            log.warning("gap fill for conversation %d failed", conversation_id, exc_info=True)
+        finally:
+            self._gap_tasks.pop(conversation_id, None)
+        if any(p.parked for p in self.by_conversation.get(conversation_id, ())):
+            self._gap_tasks[conversation_id] = asyncio.get_running_loop().create_task(self._fill_gaps(conversation_id))
+
+    # -- liveness and shutdown ---------------------------------------------------------------------
+
+    def start_heartbeat(self, interval_s: float) -> None:
+        if self._heartbeat is None and interval_s > 0:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop(interval_s))
+
+    async def _heartbeat_loop(self, interval_s: float) -> None:
+        """One loop for the whole node: ping every socket, close those silent for two intervals."""
+        while True:
+            await asyncio.sleep(interval_s)
+            now = time.monotonic()
+            for peer in list(self.peers):
+                if now - peer.last_activity > 2 * interval_s + 1:
+                    peer.shut(CLOSE_GOING_AWAY, "ping timeout")
+                else:
+                    with contextlib.suppress(Exception):
+                        peer._send_ping()
+            await asyncio.sleep(0)
+
+    async def close_all(self, code: int, reason: str) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        for task in list(self._gap_tasks.values()):
+            task.cancel()
+        for peer in list(self.peers):
+            peer.shut(code, reason)
+
+
+def _discard(index: dict[int, set[Peer]], key: int, peer: Peer) -> bool:
+    """Remove peer from index[key]; True when that emptied the group."""
+    group = index.get(key)
+    if group is None:
+        return False
+    group.discard(peer)
+    if not group:
+        del index[key]
+        return True
+    return False

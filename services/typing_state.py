@@ -1,0 +1,77 @@
+"""Typing indicators, with expiry on the server.
+
+Clients say `is_typing: true` and often never say false (tab closed, network gone). The node where the
+typist is connected remembers until when each typist counts as typing and reports `is_typing: false`
+itself when they go silent, send a message, or disconnect. One sweep per node per second does the
+expiry: no timer per socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from services.events import Publisher
+from services.users import UserService
+
+log = logging.getLogger("chat.typing")
+
+
+class TypingTracker:
+    def __init__(self, events: Publisher, users: UserService, timeout_s: float) -> None:
+        self._events = events
+        self._users = users
+        self.timeout_s = timeout_s
+        self._expires: dict[tuple[int, int], float] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="typing-sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    def is_typing(self, conversation_id: int, user_id: int) -> bool:
+        return (conversation_id, user_id) in self._expires
+
+    async def update(self, conversation_id: int, user_id: int, is_typing: bool) -> None:
+        key = (conversation_id, user_id)
+        if is_typing:
+            self.start()
+            self._expires[key] = time.monotonic() + self.timeout_s
+        elif self._expires.pop(key, None) is None:
+            # Not typing as far as we know: still relay, a client may have missed our own expiry.
+            pass
+        await self._publish(conversation_id, user_id, is_typing)
+
+    async def stop(self, conversation_id: int, user_id: int) -> None:
+        """The typist sent a message or left: report them stopped if they were typing."""
+        if self._expires.pop((conversation_id, user_id), None) is not None:
+            await self._publish(conversation_id, user_id, False)
+
+    def stop_soon(self, conversation_id: int, user_id: int) -> None:
+        if (conversation_id, user_id) in self._expires:
+            asyncio.get_running_loop().create_task(self.stop(conversation_id, user_id))
+
+    async def _publish(self, conversation_id: int, user_id: int, is_typing: bool) -> None:
+        user = await self._users.summary(user_id)
+        frame = {"type": "typing", "user_id": user_id, "username": user["username"], "is_typing": is_typing}
+        await self._events.to_conversation(conversation_id, frame, exclude_user=user_id)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.timeout_s / 2))
+            now = time.monotonic()
+            expired = [key for key, until in self._expires.items() if until <= now]
+            for conversation_id, user_id in expired:
+                try:
+                    await self.stop(conversation_id, user_id)
+                except Exception:
+                    log.warning("could not report typing expiry", exc_info=True)
