@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from handlers import auth, conversations, health, matching, media, sockets, users
+from handlers import auth, conversations, health, matching, media, sockets, static, users
 from handlers.base import NotFoundHandler
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ def make_app(services: Services, **tornado_settings: Any) -> tornado.web.Applica
         for pattern, handler in module.routes:
             rules.append((pattern, handler, {"services": services}))
     rules.extend(media.make_routes(str(services.media.root)))
+    rules.extend(static.make_routes())
     return tornado.web.Application(
         rules,
         default_handler_class=NotFoundHandler,

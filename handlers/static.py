@@ -1,0 +1,31 @@
+"""The bundled demo page (static/), served at / with no build step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+
+STATIC_ROOT = Path(__file__).resolve().parent.parent / "static"
+
+
+class DemoFileHandler(tornado.web.StaticFileHandler):
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data: blob: http: https:; connect-src 'self' ws: wss:; "
+            "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+        )
+
+
+def make_routes() -> list[tuple[str, type, dict[str, Any]]]:
+    return [
+        (
+            r"/((?:index\.html)?|static/.*)",
+            DemoFileHandler,
+            {"path": str(STATIC_ROOT), "default_filename": "index.html"},
+        )
+    ]
