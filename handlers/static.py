@@ -22,10 +22,5 @@ class DemoFileHandler(tornado.web.StaticFileHandler):
 
 
 def make_routes() -> list[tuple[str, type, dict[str, Any]]]:
-    return [
-        (
-            r"/((?:index\.html)?|static/.*)",
-            DemoFileHandler,
-            {"path": str(STATIC_ROOT), "default_filename": "index.html"},
-        )
-    ]
+    options = {"path": str(STATIC_ROOT), "default_filename": "index.html"}
+    return [(r"/()", DemoFileHandler, options), (r"/static/(.*)", DemoFileHandler, options)]
