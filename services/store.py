@@ -138,7 +138,13 @@ class Store:
             ],
         }
         for collection, models in specs.items():
-            await collection.create_indexes(models)
+            # Create only the indexes missing by name: re-sending an existing spec is not idempotent on
+            # every server (the embedded one adds defaults such as 2dsphereIndexVersion to what it stores
+            # and then reports the re-sent spec as a conflict).
+            existing = await collection.index_information()
+            missing = [m for m in models if m.document["name"] not in existing]
+            if missing:
+                await collection.create_indexes(missing)
 
     async def close(self) -> None:
         await self.client.close()
