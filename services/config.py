@@ -31,6 +31,11 @@ class Settings:
         2000, "MONGODB_TIMEOUT_MS", "Server-selection and connect timeout: calls fail fast with 503 `unavailable`"
     )
     redis_url: str = _knob("", "REDIS_URL", "Redis URL; empty runs a single node with an in-process bus and presence")
+    redis_prefix: str = _knob("chat:", "REDIS_PREFIX", "Prefix of every Redis key and channel (to share a Redis)")
+    presence_ttl_s: float = _knob(30.0, "PRESENCE_TTL", "Seconds a node's presence entries live without a heartbeat")
+    heartbeat_interval_s: float = _knob(
+        10.0, "HEARTBEAT_INTERVAL", "Seconds between a node's presence heartbeats and dead-node sweeps"
+    )
     node_id: str = _knob("", "NODE_ID", "Name of this node in presence keys and logs; empty picks host:port:pid")
     jwt_secret: str = _knob(
         "", "JWT_SECRET", "HMAC key for tokens; empty in development generates one kept in DATA_DIR/jwt_secret"

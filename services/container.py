@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from services import errors
 from services.auth import PasswordHasher, TokenService
-from services.bus import Bus, InProcessBus
+from services.bus import Bus, InProcessBus, RedisBus
 from services.chat import ChatService
 from services.config import Settings
 from services.connections import Connections, Peer
@@ -18,7 +21,7 @@ from services.events import Publisher
 from services.limits import RateLimiter
 from services.matching import MatchingService
 from services.media import MediaStore
-from services.presence import Presence
+from services.presence import Presence, RedisPresence
 from services.store import STORE_DOWN_ERRORS, Store
 from services.typing_state import TypingTracker
 from services.users import UserService
@@ -102,6 +105,28 @@ class Services:
                     else:
                         peer.deliver_message(seq, frame)
 
+    def catch_up_all(self) -> None:
+        """After the bus lost events (Redis away), send every conversation socket what it missed."""
+        for conversation_id, peers in list(self.connections.by_conversation.items()):
+            waiting = [p for p in peers if p.last_message_id is not None]
+            if waiting:
+                asyncio.get_running_loop().create_task(self.catch_up(conversation_id, waiting))
+
+    async def catch_up(self, conversation_id: int, peers: list[Peer]) -> None:
+        try:
+            for peer in peers:
+                while peer.last_message_id is not None and not peer.closing:
+                    page, has_more = await self.chat.backlog(conversation_id, peer.last_message_id, 100)
+                    for seq, frame in page:
+                        if frame is None:
+                            peer.skip_message(seq)
+                        else:
+                            peer.deliver_message(seq, frame)
+                    if not has_more:
+                        break
+        except STORE_DOWN_ERRORS:
+            log.warning("catch-up of conversation %d failed: store unavailable", conversation_id)
+
     async def start(self) -> None:
         await self.bus.start()
         await self.presence.start()
@@ -118,6 +143,28 @@ class Services:
         await self.bus.close()
         await self.store.close()
         self.hasher.close()
+
+
+def node_name(settings: Settings) -> str:
+    return settings.node_id or f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
+
+
+def make_presence(
+    settings: Settings, store: Store, chat: ChatService, events: Publisher, users: UserService, bus: Bus
+) -> Presence:
+    if not isinstance(bus, RedisBus):
+        return Presence(store, chat, events, users)
+    return RedisPresence(
+        store,
+        chat,
+        events,
+        users,
+        bus.redis,
+        node_id=node_name(settings),
+        prefix=settings.redis_prefix,
+        ttl_s=settings.presence_ttl_s,
+        heartbeat_s=settings.heartbeat_interval_s,
+    )
 
 
 async def build_services(settings: Settings, mongodb_url: str) -> Services:
@@ -137,7 +184,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     )
     media = MediaStore(Path(settings.data_dir) / "media", public_base(settings), settings.max_upload_bytes)
     users = UserService(store, hasher, tokens, media, min_age=settings.min_age)
-    bus: Bus = InProcessBus()
+    bus: Bus = RedisBus(settings.redis_url, settings.redis_prefix) if settings.redis_url else InProcessBus()
     events = Publisher(bus)
     chat = ChatService(
         store,
@@ -168,10 +215,12 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         matching=MatchingService(store, users, events, settings),
         chat=chat,
         typing=typing,
-        presence=Presence(store, chat, events, users),
+        presence=make_presence(settings, store, chat, events, users, bus),
         connections=connections,
         message_limiter=RateLimiter(settings.message_rate, settings.message_burst),
     )
     connections.gap_filler = services.fill_gaps
+    if isinstance(bus, RedisBus):
+        bus.on_reconnect.append(services.catch_up_all)
     await services.start()
     return services

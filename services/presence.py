@@ -9,9 +9,14 @@ an open conversation with the user (an unmatch or a block closes it, and with it
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
+import time
 from typing import Any
+
+import redis.exceptions
 
 from services.chat import ChatService
 from services.events import Publisher
@@ -19,6 +24,12 @@ from services.store import STORE_DOWN_ERRORS, Doc, Store
 from services.users import UserService, iso
 
 log = logging.getLogger("chat.presence")
+
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
 
 
 class Presence:
@@ -113,3 +124,216 @@ class Presence:
                 return {}
         online = await self.is_online(user_id)
         return {"status": "online" if online else "offline", "last_seen": None if online else iso(doc.get("last_seen"))}
+
+
+# Each user has a sorted set `online:<user>` whose members are node ids and whose scores are the times
+# until which that node vouches for the user (refreshed by the node's heartbeat). A user is online while
+# some member's score lies in the future. Scripts make every transition atomic, so that exactly one node
+# reports each online and each offline, however the connections race across nodes.
+
+_CONNECT = """
+local live = redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[5])
+return live
+"""
+
+# Also used by the sweeper for a dead node's users: returns 1 when removing `node` made the user offline.
+_DISCONNECT = """
+local removed = redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('SREM', KEYS[2], ARGV[3])
+if removed == 1 and redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') == 0 then
+  return 1
+end
+return 0
+"""
+
+# The heartbeat: re-vouch for every local user in one call; returns those who were offline meanwhile
+# (e.g. Redis restarted or this node was declared dead), so that they are announced online again.
+_HEARTBEAT = """
+local back = {}
+for i = 1, #ARGV - 4 do
+  local key = KEYS[i]
+  if redis.call('ZCOUNT', key, ARGV[#ARGV - 2], '+inf') == 0 then
+    table.insert(back, ARGV[i])
+  end
+  redis.call('ZADD', key, ARGV[#ARGV - 1], ARGV[#ARGV])
+  redis.call('EXPIRE', key, ARGV[#ARGV - 3])
+end
+return back
+"""
+
+HEARTBEAT_CHUNK = 500
+
+
+class RedisPresence(Presence):
+    """Presence shared by all nodes through Redis, with TTL heartbeats and a sweep for dead nodes."""
+
+    def __init__(
+        self,
+        store: Store,
+        chat: ChatService,
+        events: Publisher,
+        users: UserService,
+        redis: Any,
+        *,
+        node_id: str,
+        prefix: str,
+        ttl_s: float,
+        heartbeat_s: float,
+    ) -> None:
+        super().__init__(store, chat, events, users)
+        self.redis = redis
+        self.node_id = node_id
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self.heartbeat_s = heartbeat_s
+        self._connect = redis.register_script(_CONNECT)
+        self._disconnect = redis.register_script(_DISCONNECT)
+        self._heartbeat_script = redis.register_script(_HEARTBEAT)
+        self._loop: asyncio.Task[None] | None = None
+        # Users whose last local socket closed while Redis was away: their entry is removed (and their
+        # offline announced) once Redis is back.
+        self._unsynced_offline: set[int] = set()
+        self.sweeps = 0
+
+    def _online_key(self, user_id: int) -> str:
+        return f"{self.prefix}online:{user_id}"
+
+    @property
+    def _node_users_key(self) -> str:
+        return self._node_users_key_of(self.node_id)
+
+    def _node_users_key_of(self, node_id: str) -> str:
+        return f"{self.prefix}node-users:{node_id}"
+
+    @property
+    def _nodes_key(self) -> str:
+        return f"{self.prefix}nodes"
+
+    async def start(self) -> None:
+        if self._loop is None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._beat()
+            self._loop = asyncio.get_running_loop().create_task(self._heartbeat_loop(), name="presence-heartbeat")
+
+    async def close(self) -> None:
+        """Hand over: withdraw this node's entries, announcing offline only users with no socket elsewhere."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+            self._loop = None
+        for user_id in list(self.local_counts):
+            self.local_counts.pop(user_id, None)
+            with contextlib.suppress(*REDIS_ERRORS, *STORE_DOWN_ERRORS):
+                await self._offline_here(user_id)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.redis.hdel(self._nodes_key, self.node_id)
+            await self.redis.delete(self._node_users_key)
+
+    def _now(self) -> float:
+        return time.time()
+
+    async def _online_here(self, user_id: int) -> None:
+        self._unsynced_offline.discard(user_id)
+        now = self._now()
+        try:
+            live_before = await self._connect(
+                keys=[self._online_key(user_id), self._node_users_key],
+                args=[now, now + self.ttl_s, self.node_id, int(self.ttl_s * 4) + 60, user_id],
+            )
+        except REDIS_ERRORS:
+            log.warning("presence of user %d not shared: Redis unavailable", user_id)
+            await self.announce(user_id, online=True)
+            return
+        if int(live_before) == 0:
+            await self.announce(user_id, online=True)
+        else:
+            self.online_since.setdefault(user_id, dt.datetime.now(dt.UTC))
+
+    async def _offline_here(self, user_id: int) -> None:
+        try:
+            went_offline = await self._disconnect(
+                keys=[self._online_key(user_id), self._node_users_key], args=[self._now(), self.node_id, user_id]
+            )
+        except REDIS_ERRORS:
+            self._unsynced_offline.add(user_id)
+            return
+        if int(went_offline) == 1:
+            await self.announce(user_id, online=False)
+
+    async def is_online(self, user_id: int) -> bool:
+        if user_id in self.local_counts:
+            return True
+        try:
+            return int(await self.redis.zcount(self._online_key(user_id), self._now(), "+inf")) > 0
+        except REDIS_ERRORS:
+            return False
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await self._beat()
+                await self._sweep_dead_nodes()
+            except REDIS_ERRORS as exc:
+                log.warning("presence heartbeat failed: %s", exc)
+            except STORE_DOWN_ERRORS as exc:
+                log.warning("presence announcement failed: %s", exc)
+            except Exception:
+                log.exception("presence heartbeat failed")
+
+    async def _beat(self) -> None:
+        """Refresh this node's liveness and every local user's entry, in a few round trips in all."""
+        now = self._now()
+        await self.redis.hset(self._nodes_key, self.node_id, now + self.ttl_s)
+        for user_id in list(self._unsynced_offline):
+            if user_id in self.local_counts:
+                self._unsynced_offline.discard(user_id)
+                continue
+            went_offline = await self._disconnect(
+                keys=[self._online_key(user_id), self._node_users_key], args=[now, self.node_id, user_id]
+            )
+            self._unsynced_offline.discard(user_id)
+            if int(went_offline) == 1:
+                await self.announce(user_id, online=False)
+        user_ids = list(self.local_counts)
+        if user_ids:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.sadd(self._node_users_key, *user_ids)
+            await pipe.execute()
+        for start in range(0, len(user_ids), HEARTBEAT_CHUNK):
+            chunk = user_ids[start : start + HEARTBEAT_CHUNK]
+            back = await self._heartbeat_script(
+                keys=[self._online_key(u) for u in chunk],
+                args=[*chunk, int(self.ttl_s * 4) + 60, now, now + self.ttl_s, self.node_id],
+            )
+            for user_id in back or []:
+                await self.announce(int(user_id), online=True)
+
+    async def _sweep_dead_nodes(self) -> None:
+        """Report offline the users of nodes whose heartbeat stopped; one surviving node sweeps each."""
+        now = self._now()
+        nodes = await self.redis.hgetall(self._nodes_key)
+        for raw_node, raw_until in nodes.items():
+            node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
+            if node == self.node_id or float(raw_until) > now:
+                continue
+            # Whoever takes this lock sweeps; the others skip the node.
+            if not await self.redis.set(f"{self.prefix}sweep:{node}", self.node_id, nx=True, ex=60):
+                continue
+            self.sweeps += 1
+            users_key = self._node_users_key_of(node)
+            members = await self.redis.smembers(users_key)
+            log.warning("node %s stopped heartbeating; sweeping its %d users", node, len(members))
+            for raw_user in members:
+                user_id = int(raw_user)
+                went_offline = await self._disconnect(
+                    keys=[self._online_key(user_id), users_key], args=[now, node, user_id]
+                )
+                if int(went_offline) == 1:
+                    await self.announce(user_id, online=False)
+            await self.redis.delete(users_key)
+            await self.redis.hdel(self._nodes_key, node)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import tornado.ioloop
+from pymongo import AsyncMongoClient
 
 from handlers import make_app
 from services.config import Settings
@@ -151,3 +152,85 @@ def app(services: Services) -> Any:
 @pytest.fixture
 def api(http_server_client: Any) -> ApiClient:
     return ApiClient(http_server_client)
+
+
+class TestNode:
+    """One server node inside the test process: its services, its HTTP server and a client for it."""
+
+    def __init__(self, services: Services, server: Any, port: int, client: Any) -> None:
+        self.services = services
+        self.server = server
+        self.port = port
+        self.api = ApiClient(client)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisProcess) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def cluster_factory(
+    io_loop: tornado.ioloop.IOLoop, tmp_path: Path, mongo_url: str, redis_server: RedisProcess
+) -> Iterator[Any]:
+    """Builds N nodes sharing one database and one real Redis (each with its own prefix per test)."""
+    import tornado.httpserver
+    import tornado.testing
+
+    created: list[TestNode] = []
+    database = "t_" + uuid.uuid4().hex[:16]
+    prefix = "t" + uuid.uuid4().hex[:8] + ":"
+
+    async def make(count: int = 2, **overrides: Any) -> list[TestNode]:
+        nodes = []
+        for index in range(count):
+            sock, port = tornado.testing.bind_unused_port()
+            settings = make_settings(
+                tmp_path / f"node{len(created)}",
+                port,
+                mongodb_database=database,
+                redis_url=redis_server.url,
+                redis_prefix=prefix,
+                node_id=f"node{len(created)}",
+                **overrides,
+            )
+            services = await build_services(settings, mongo_url)
+            server = tornado.httpserver.HTTPServer(make_app(services))
+            server.add_sockets([sock])
+            client = _PortClient(port)
+            node = TestNode(services, server, port, client)
+            created.append(node)
+            nodes.append(node)
+        return nodes
+
+    yield make
+
+    async def teardown() -> None:
+        for node in created:
+            node.server.stop()
+            await node.services.close()
+            await node.server.close_all_connections()
+        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_url)
+        await client.drop_database(database)
+        await client.close()
+
+    io_loop.run_sync(teardown)
+
+
+class _PortClient:
+    """The subset of pytest-tornasync's client that ApiClient uses, for a node on a given port."""
+
+    def __init__(self, port: int) -> None:
+        from tornado.simple_httpclient import SimpleAsyncHTTPClient
+
+        self.port = port
+        self.http = SimpleAsyncHTTPClient(force_instance=True)
+
+    def get_http_port(self) -> int:
+        return self.port
+
+    def get_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def fetch(self, path: str, **kwargs: Any) -> Any:
+        return self.http.fetch(self.get_url(path), **kwargs)

@@ -1,0 +1,78 @@
+"""Two nodes in one process sharing one real Redis and one database: every event crosses nodes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.support import make_conversation, ws_connect
+
+FAST = {"presence_ttl_s": 3.0, "heartbeat_interval_s": 0.5}
+
+
+async def test_every_event_crosses_nodes_once(cluster_factory):
+    n1, n2 = await cluster_factory(2, **FAST)
+    a = await n1.api.user("alice")
+    b = await n1.api.user("bob")
+    cid = await make_conversation(n1.services, a.id, b.id)
+    ws_a = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={a.access}")
+    notif_b = await ws_connect(n2.api, f"/ws/notifications/?token={b.access}")
+    status = await ws_a.recv_type("status")
+    assert status["user_id"] == b.id
+    ws_b = await ws_connect(n2.api, f"/ws/conversations/{cid}/?token={b.access}")
+    st_a = await ws_b.recv_type("status")
+    assert st_a["user_id"] == a.id and st_a["status"] == "online"
+
+    # message from node 1 reaches node 2 (conversation + notification), exactly once
+    await ws_a.send({"type": "message", "content": "hello from node 1"})
+    assert (await ws_a.recv_type("message"))["message"]["id"] == 1  # the sender's own echo
+    m_b = await ws_b.recv_type("message")
+    assert m_b["message"]["content"] == "hello from node 1"
+    n = await notif_b.recv_type("notification")
+    assert n["notification"]["type"] == "new_message"
+    # and the other direction
+    await ws_b.send({"type": "message", "content": "hello from node 2"})
+    m_a = await ws_a.recv_type("message")
+    assert m_a["message"]["content"] == "hello from node 2"
+    # typing and read receipts
+    await ws_b.send({"type": "typing", "is_typing": True})
+    assert (await ws_a.recv_type("typing"))["is_typing"] is True
+    await ws_a.send({"type": "read_receipt", "message_id": 2})
+    assert (await ws_b.recv_type("read_receipt"))["message_id"] == 2
+    # nothing delivered twice
+    extra = await ws_b.silent(0.3)
+    assert [f for f in extra if f["type"] == "message"] == []
+
+
+async def test_offline_only_when_last_socket_anywhere_closes(cluster_factory):
+    n1, n2 = await cluster_factory(2, **FAST)
+    a = await n1.api.user("alice")
+    b = await n1.api.user("bob")
+    cid = await make_conversation(n1.services, a.id, b.id)
+    watcher = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={a.access}")
+    await watcher.recv_type("status")  # b offline initially
+    b1 = await ws_connect(n1.api, f"/ws/notifications/?token={b.access}")
+    assert (await watcher.recv_type("status"))["status"] == "online"
+    b2 = await ws_connect(n2.api, f"/ws/notifications/?token={b.access}")
+    b1.close()
+    frames = await watcher.silent(0.8)
+    assert [f for f in frames if f["type"] == "status"] == []
+    b2.close()
+    st = await watcher.recv_type("status")
+    assert st["status"] == "offline" and st["user_id"] == b.id
+
+
+async def test_node_death_reports_offline(cluster_factory):
+    n1, n2 = await cluster_factory(2, **FAST)
+    a = await n1.api.user("alice")
+    b = await n1.api.user("bob")
+    cid = await make_conversation(n1.services, a.id, b.id)
+    watcher = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={a.access}")
+    await watcher.recv_type("status")
+    await ws_connect(n2.api, f"/ws/notifications/?token={b.access}")
+    assert (await watcher.recv_type("status"))["status"] == "online"
+    # Node 2 stops heartbeating without saying goodbye (as after kill -9).
+    presence2 = n2.services.presence
+    presence2._loop.cancel()
+    st = await watcher.recv_type("status", timeout=FAST["presence_ttl_s"] + 3)
+    assert st["status"] == "offline" and st["user_id"] == b.id
+    await asyncio.sleep(0)
