@@ -183,7 +183,7 @@ def cluster_factory(
 
     async def make(count: int = 2, **overrides: Any) -> list[TestNode]:
         nodes = []
-        for index in range(count):
+        for _ in range(count):
             sock, port = tornado.testing.bind_unused_port()
             settings = make_settings(
                 tmp_path / f"node{len(created)}",
