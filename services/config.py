@@ -81,6 +81,9 @@ class Settings:
     trusted_proxies: str = _knob(
         "", "TRUSTED_PROXIES", "Comma-separated proxy IPs whose X-Forwarded-For / X-Real-IP is believed"
     )
+    like_quota_per_day: int = _knob(
+        1000, "LIKE_QUOTA_PER_DAY", "New likes one user may send per UTC day (then 429); 0 means no limit"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -113,6 +113,8 @@ class Store:
             self.likes: [
                 IndexModel([("from_id", ASCENDING), ("to_id", ASCENDING)], unique=True, name="pair_unique"),
                 IndexModel([("to_id", ASCENDING), ("created_at", DESCENDING)], name="received"),
+                # The daily like quota counts one user's likes since midnight.
+                IndexModel([("from_id", ASCENDING), ("created_at", DESCENDING)], name="sent"),
             ],
             self.passes: [
                 IndexModel([("from_id", ASCENDING), ("to_id", ASCENDING)], unique=True, name="pair_unique"),
@@ -120,10 +122,17 @@ class Store:
             self.blocks: [
                 IndexModel([("from_id", ASCENDING), ("to_id", ASCENDING)], unique=True, name="pair_unique"),
                 IndexModel([("to_id", ASCENDING)], name="blocked_by"),
+                # Discover asks "which of these candidates blocked me" with an `$in` on from_id.
+                IndexModel([("to_id", ASCENDING), ("from_id", ASCENDING)], name="blocked_by_pair"),
+                IndexModel([("from_id", ASCENDING), ("created_at", DESCENDING)], name="by_blocker"),
             ],
             self.matches: [
                 IndexModel([("pair", ASCENDING)], unique=True, name="pair_unique"),
                 IndexModel([("users", ASCENDING), ("created_at", DESCENDING)], name="by_user"),
+                # The match list reads active matches only, newest first; ended ones stay out of its range.
+                IndexModel(
+                    [("users", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING)], name="by_user_status"
+                ),
             ],
             self.conversations: [
                 IndexModel([("participants", ASCENDING), ("updated_at", DESCENDING)], name="by_participant"),
