@@ -201,11 +201,17 @@ class ConversationSocket(BaseSocket):
                 return
         chat = self.services.chat
         try:
-            conversation = await chat.member_conversation(conversation_id, user_id, require_open=True)
+            # Without `after`, the socket gets every message stored from now on: the id it starts from is
+            # read before subscribing, so what is stored in between arrives as a gap and is fetched.
+            conversation = await chat.member_conversation(
+                conversation_id, user_id, require_open=True, fresh=after is None
+            )
         except errors.NotFound:
             self.shut(CLOSE_FORBIDDEN, "not a participant")
             return
-        if after is not None:
+        if after is None:
+            self.last_message_id = conversation.last_seq
+        else:
             self.begin_resume()
         if not await self.register():
             return

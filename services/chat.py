@@ -53,6 +53,7 @@ class Conversation:
     id: int
     participants: tuple[int, ...]
     is_open: bool
+    last_seq: int = 0  # only current when read with fresh=True
 
     def others(self, user_id: int) -> list[int]:
         return [p for p in self.participants if p != user_id]
@@ -102,10 +103,17 @@ class ChatService:
         cached = self._conversations.get(conversation_id)
         if cached is not None and cached[0] > now and not fresh:
             return cached[1]
-        doc = await self._store.conversations.find_one({"_id": conversation_id}, {"participants": 1, "status": 1})
+        doc = await self._store.conversations.find_one(
+            {"_id": conversation_id}, {"participants": 1, "status": 1, "last_seq": 1}
+        )
         if doc is None:
             return None
-        conv = Conversation(int(doc["_id"]), tuple(int(p) for p in doc["participants"]), doc.get("status") == "open")
+        conv = Conversation(
+            int(doc["_id"]),
+            tuple(int(p) for p in doc["participants"]),
+            doc.get("status") == "open",
+            int(doc.get("last_seq", 0)),
+        )
         if len(self._conversations) > 100_000:
             self._conversations.clear()
         self._conversations[conversation_id] = (now + CONVERSATION_CACHE_TTL_S, conv)
@@ -114,9 +122,11 @@ class ChatService:
     def forget_conversation(self, conversation_id: int) -> None:
         self._conversations.pop(conversation_id, None)
 
-    async def member_conversation(self, conversation_id: int, user_id: int, *, require_open: bool) -> Conversation:
+    async def member_conversation(
+        self, conversation_id: int, user_id: int, *, require_open: bool, fresh: bool = False
+    ) -> Conversation:
         """The conversation if `user_id` takes part (and it is open, if asked); else NotFound, never saying which."""
-        conv = await self.conversation(conversation_id)
+        conv = await self.conversation(conversation_id, fresh=fresh)
         if conv is None or user_id not in conv.participants or (require_open and not conv.is_open):
             raise errors.NotFound("Conversation not found", code="conversation_not_found")
         return conv
@@ -398,9 +408,11 @@ class ChatService:
         if after is not None:
             docs, has_more = await self.messages_after(conversation_id, after, limit)
         else:
-            upper = before if before is not None else (1 << SEQ_BITS)
+            # Without `before`, the end of this conversation's key range is the start of the next one's
+            # (seq 1 << SEQ_BITS would OR into the conversation bits instead).
+            upper = message_key(conversation_id, before) if before is not None else message_key(conversation_id + 1, 0)
             cursor = self._store.messages.find(
-                {"_id": {"$gt": message_key(conversation_id, 0), "$lt": message_key(conversation_id, upper)}},
+                {"_id": {"$gt": message_key(conversation_id, 0), "$lt": upper}},
                 sort=[("_id", -1)],
                 limit=limit + 1,
             )
@@ -447,6 +459,15 @@ class ChatService:
                 await self.fill_holes(conversation_id, expected, int(gap_at["seq"]) - 1)
                 continue
             await asyncio.sleep(0.05)
+
+    async def last_stored_seq(self, conversation_id: int) -> int:
+        """The highest message id stored in the conversation (tombstones included), 0 if none."""
+        doc = await self._store.messages.find_one(
+            {"_id": {"$gt": message_key(conversation_id, 0), "$lt": message_key(conversation_id + 1, 0)}},
+            {"seq": 1},
+            sort=[("_id", -1)],
+        )
+        return 0 if doc is None else int(doc["seq"])
 
     async def backlog(
         self, conversation_id: int, after: int, limit: int

@@ -21,7 +21,7 @@ from handlers import make_app
 from services.config import Settings
 from services.container import Services, build_services
 from services.embedded import EmbeddedMongo, free_port
-from tests.support import ApiClient
+from tests.support import ApiClient, PortClient
 
 TEST_SECRET = "test-secret-" + "x" * 40
 
@@ -94,6 +94,10 @@ class RedisProcess:
             self.process.terminate()
             self.process.wait(10)
         self.process = None
+
+    def start_same_port(self) -> None:
+        """Restart on the port it had (clients reconnect to the same address)."""
+        self.start()
 
 
 @pytest.fixture(scope="session")
@@ -197,7 +201,7 @@ def cluster_factory(
             services = await build_services(settings, mongo_url)
             server = tornado.httpserver.HTTPServer(make_app(services))
             server.add_sockets([sock])
-            client = _PortClient(port)
+            client = PortClient(port)
             node = TestNode(services, server, port, client)
             created.append(node)
             nodes.append(node)
@@ -215,22 +219,3 @@ def cluster_factory(
         await client.close()
 
     io_loop.run_sync(teardown)
-
-
-class _PortClient:
-    """The subset of pytest-tornasync's client that ApiClient uses, for a node on a given port."""
-
-    def __init__(self, port: int) -> None:
-        from tornado.simple_httpclient import SimpleAsyncHTTPClient
-
-        self.port = port
-        self.http = SimpleAsyncHTTPClient(force_instance=True)
-
-    def get_http_port(self) -> int:
-        return self.port
-
-    def get_url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def fetch(self, path: str, **kwargs: Any) -> Any:
-        return self.http.fetch(self.get_url(path), **kwargs)

@@ -35,6 +35,25 @@ class TestUser:
     refresh: str
 
 
+class PortClient:
+    """The part of pytest-tornasync's client that ApiClient uses, for any server on a given port."""
+
+    def __init__(self, port: int) -> None:
+        from tornado.simple_httpclient import SimpleAsyncHTTPClient
+
+        self.port = port
+        self.http = SimpleAsyncHTTPClient(force_instance=True)
+
+    def get_http_port(self) -> int:
+        return self.port
+
+    def get_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def fetch(self, path: str, **kwargs: Any) -> Any:
+        return self.http.fetch(self.get_url(path), **kwargs)
+
+
 class ApiClient:
     def __init__(self, client: Any) -> None:
         self.client = client
