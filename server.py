@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import signal
 import sys
 from pathlib import Path
@@ -14,32 +13,36 @@ import tornado.httpserver
 import tornado.web
 
 from handlers import make_app
+from services import logs
 from services.config import Settings
 from services.container import Services, build_services
 from services.embedded import EmbeddedMongo
+from services.logs import redact
 
 log = logging.getLogger("chat.server")
-
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|access|refresh)=)[^&]*")
-
-
-def redact(uri: str) -> str:
-    """The request URI with token values masked: access logs must never hold credentials."""
-    return _SECRET_QUERY.sub(r"\1[redacted]", uri)
-
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
+    path = redact(request.uri or "")
+    duration_ms = round(1000.0 * request.request_time(), 2)
     logging.getLogger("tornado.access").log(
         level,
-        "%d %s %s (%s) %.1fms",
+        "%d %s %s %.1fms",
         status,
         request.method,
-        redact(request.uri or ""),
-        request.remote_ip,
-        1000.0 * request.request_time(),
+        path,
+        duration_ms,
+        extra={
+            "status": status,
+            "method": request.method,
+            "path": path,
+            "remote_ip": request.remote_ip,
+            "duration_ms": duration_ms,
+            "request_id": getattr(handler, "request_id", None),
+            "user_id": getattr(handler, "user_id_for_log", None),
+        },
     )
 
 
@@ -53,7 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", help="interface to listen on (HOST)")
     parser.add_argument("--port", type=int, help="TCP port (PORT)")
     parser.add_argument("--data-dir", help="data directory (DATA_DIR)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=["json", "text"], help="(LOG_FORMAT)")
     return parser.parse_args(argv)
 
 
@@ -87,14 +91,24 @@ class Node:
         log.info("listening on http://%s:%d", settings.host, settings.port)
 
     async def stop(self) -> None:
+        """Graceful stop: not ready, no new connections, sockets closed with 1001 (clients reconnect to
+        another node), presence handed over, queued writes stored; bounded by SHUTDOWN_TIMEOUT."""
+        try:
+            await asyncio.wait_for(self._drain(), self.settings.shutdown_timeout_s)
+        except TimeoutError:
+            log.error("shutdown took longer than %.0fs; exiting anyway", self.settings.shutdown_timeout_s)
+        if self.embedded is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.embedded.stop)
+
+    async def _drain(self) -> None:
+        if self.services is not None:
+            self.services.shutting_down = True
         if self.http is not None:
             self.http.stop()
         if self.services is not None:
             await self.services.close()
         if self.http is not None:
             await self.http.close_all_connections()
-        if self.embedded is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.embedded.stop)
 
 
 async def run(settings: Settings) -> None:
@@ -112,12 +126,14 @@ async def run(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir)
+        settings = Settings.from_env(
+            host=args.host, port=args.port, data_dir=args.data_dir, log_level=args.log_level, log_format=args.log_format
+        )
     except ValueError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    logs.configure(settings.log_format, settings.log_level.upper())
     asyncio.run(run(settings))
     return 0
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -64,8 +66,13 @@ def pydantic_fields(exc: pydantic.ValidationError) -> dict[str, str]:
     return fields
 
 
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
 class BaseHandler(tornado.web.RequestHandler):
     services: Services
+    request_id: str = ""
+    user_id_for_log: int | None = None
 
     def initialize(self, services: Services) -> None:
         self.services = services
@@ -74,6 +81,13 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
+        if not self.request_id:
+            # A proxy's X-Request-Id is kept (so one id follows a request through nginx and the logs);
+            # anything else gets a fresh one. Echoed in the response for support requests. (This runs
+            # before initialize() and again on errors, so the id is made once, here.)
+            incoming = self.request.headers.get("X-Request-Id", "")
+            self.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
+        self.set_header("X-Request-Id", self.request_id)
 
     # -- input --------------------------------------------------------------------------------------
 
@@ -124,7 +138,8 @@ class BaseHandler(tornado.web.RequestHandler):
         token = self.bearer_token()
         if token is None:
             raise errors.Unauthorized("Authentication required", code="not_authenticated")
-        return self.services.tokens.user_id_from_access(token)
+        self.user_id_for_log = self.services.tokens.user_id_from_access(token)
+        return self.user_id_for_log
 
     # -- output -------------------------------------------------------------------------------------
 
@@ -143,6 +158,7 @@ class BaseHandler(tornado.web.RequestHandler):
             if isinstance(exc, errors.RateLimited):
                 self.set_header("Retry-After", str(max(1, math.ceil(exc.retry_after_s))))
         elif isinstance(exc, STORE_DOWN_ERRORS):
+            self.services.metrics.backend_errors.labels(backend="mongodb").inc()
             status_code, code, message = 503, "unavailable", "Storage temporarily unavailable"
         elif isinstance(exc, tornado.web.HTTPError):
             message = exc.log_message or self._reason
@@ -156,6 +172,9 @@ class BaseHandler(tornado.web.RequestHandler):
         if fields:
             error["fields"] = fields
         self.finish(orjson.dumps({"error": error}))
+
+    def on_finish(self) -> None:
+        self.services.metrics.http_requests.labels(status=f"{self.get_status() // 100}xx").inc()
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         if isinstance(value, errors.DomainError):

@@ -17,6 +17,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import orjson
 import tornado.websocket
 
 from handlers import protocol
@@ -46,6 +47,8 @@ STRIKE_WINDOW_S = 60.0
 
 
 class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
+    endpoint = "conversation"
+    server_close_code: int | None = None
     accepted_frames: dict[str, protocol.FrameType] = {}
 
     def initialize(self, services: Services) -> None:
@@ -95,6 +98,9 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             self.shut(CLOSE_POLICY, str(exc))
             return False
         self.registered = True
+        metrics = self.services.metrics
+        metrics.open_sockets.labels(endpoint=self.endpoint).inc()
+        metrics.connections.labels(endpoint=self.endpoint).inc()
         await self.services.presence.connected(self.user_id)
         return True
 
@@ -104,6 +110,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         return self.write_message(data)
 
     def _shut(self, code: int, reason: str) -> None:
+        self.server_close_code = code
         self.close(code, reason)
 
     def _send_ping(self) -> None:
@@ -124,8 +131,10 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         try:
             kind, values = protocol.parse(message, self.accepted_frames)
         except protocol.BadFrame as exc:
+            self.services.metrics.frames_in.labels(type="invalid").inc()
             self.shut(CLOSE_BAD_FRAME, str(exc)[:100])
             return
+        self.services.metrics.frames_in.labels(type=kind).inc()
         try:
             wait_s = self.frame_bucket.take()
             if wait_s > 0:
@@ -144,6 +153,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
 
     def strike(self) -> None:
         """Count a rate-limit hit; a client that keeps pushing after being told is closed."""
+        self.services.metrics.rate_limited.labels(scope="frames").inc()
         now = time.monotonic()
         self.strikes = [t for t in self.strikes if now - t < STRIKE_WINDOW_S]
         self.strikes.append(now)
@@ -155,7 +165,14 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
 
     def on_close(self) -> None:
         self.closing = True
+        code = self.server_close_code or self.close_code or 1006
+        self.services.metrics.closes.labels(code=str(code)).inc()
         if self.registered:
+            log.info(
+                "socket closed",
+                extra={"user_id": self.user_id, "endpoint": self.endpoint, "close_code": code},
+            )
+            self.services.metrics.open_sockets.labels(endpoint=self.endpoint).dec()
             self.registered = False
             asyncio.get_running_loop().create_task(self._unregister())
 
@@ -210,7 +227,7 @@ class ConversationSocket(BaseSocket):
             self.shut(CLOSE_FORBIDDEN, "not a participant")
             return
         if after is None:
-            self.last_message_id = conversation.last_seq
+            self.last_message_id = self.shown_after = conversation.last_seq
         else:
             self.begin_resume()
         if not await self.register():
@@ -218,6 +235,9 @@ class ConversationSocket(BaseSocket):
         for other in conversation.others(user_id):
             self.push_json(await self.services.presence.current_frame(other))
         if after is not None:
+            # An `after` beyond the last stored message (a client's bug, a restored backup) would hold
+            # back every new message until the ids caught up with it: resume from what exists instead.
+            after = min(after, await chat.last_stored_seq(conversation_id))
             await self._send_backlog(conversation_id, after)
 
     async def _send_backlog(self, conversation_id: int, after: int) -> None:
@@ -230,12 +250,17 @@ class ConversationSocket(BaseSocket):
                 last = seq
             if not has_more:
                 break
-        self.end_resume(last)
+        self.end_resume(after, last)
 
     async def frame_message(self, content: str, client_id: str | None, attachment_id: int | None) -> None:
         assert self.conversation_id is not None
         self.services.check_message_rate(self.user_id)
-        await self.services.chat.send_message(self.conversation_id, self.user_id, content, client_id, attachment_id)
+        message, created = await self.services.chat.send_message(
+            self.conversation_id, self.user_id, content, client_id, attachment_id
+        )
+        if not created:
+            # A retry publishes nothing; its answer goes to the socket that asked.
+            self.answer_replay(message["id"], orjson.dumps({"type": "message", "message": message}))
 
     async def frame_typing(self, is_typing: bool) -> None:
         assert self.conversation_id is not None
@@ -254,6 +279,7 @@ class ConversationSocket(BaseSocket):
 
 class NotificationSocket(BaseSocket):
     accepted_frames = protocol.NOTIFICATION_FRAMES
+    endpoint = "notifications"
 
     async def open(self) -> None:
         try:

@@ -114,6 +114,7 @@ class RedisBus(Bus):
         self._healthy = False
         self._closing = False
         self.on_reconnect: list[Callable[[], None]] = []
+        self.on_error: list[Callable[[], None]] = []
         self.publish_failures = 0
         self.reconnects = 0
 
@@ -143,6 +144,8 @@ class RedisBus(Bus):
             # ?after= from MongoDB, which already holds every stored message.
             self.publish_failures += 1
             self._healthy = False
+            for hook in self.on_error:
+                hook()
             if channel in self._channels:
                 asyncio.get_running_loop().call_soon(self._deliver, channel, payload)
 
@@ -205,6 +208,8 @@ class RedisBus(Bus):
             except Exception as exc:
                 if self._healthy:
                     log.warning("Redis bus connection lost: %s", exc)
+                for hook in self.on_error:
+                    hook()
                 self._healthy = False
                 self._pubsub = None
                 with contextlib.suppress(Exception):

@@ -411,20 +411,29 @@ class ChatService:
             # Without `before`, the end of this conversation's key range is the start of the next one's
             # (seq 1 << SEQ_BITS would OR into the conversation bits instead).
             upper = message_key(conversation_id, before) if before is not None else message_key(conversation_id + 1, 0)
+            # Tombstones are filtered in the query, so a page is never all holes (with no id to page on).
             cursor = self._store.messages.find(
-                {"_id": {"$gt": message_key(conversation_id, 0), "$lt": upper}},
+                {"_id": {"$gt": message_key(conversation_id, 0), "$lt": upper}, "hole": {"$ne": True}},
                 sort=[("_id", -1)],
                 limit=limit + 1,
             )
             found = await cursor.to_list(None)
             has_more = len(found) > limit
-            docs = [d for d in reversed(found[:limit]) if not d.get("hole")]
+            docs = list(reversed(found[:limit]))
         return await self.serialize_many(docs, read_seq), has_more
 
     async def messages_after(self, conversation_id: int, after: int, limit: int) -> tuple[list[Doc], bool]:
-        """Stored messages with id > after, in order, never past an id still in flight; holes left out."""
-        docs, has_more = await self.contiguous_after(conversation_id, after, limit)
-        return [d for d in docs if not d.get("hole")], has_more
+        """Stored messages with id > after, in order, never past an id still in flight; holes left out.
+
+        Pages past holes until `limit` messages are found or none are left, so that a page of holes
+        never comes back empty with has_more (the client would have no id to continue from)."""
+        out: list[Doc] = []
+        while True:
+            docs, has_more = await self.contiguous_after(conversation_id, after, limit - len(out))
+            out.extend(d for d in docs if not d.get("hole"))
+            if not has_more or not docs or len(out) >= limit:
+                return out, has_more
+            after = int(docs[-1]["seq"])
 
     async def contiguous_after(self, conversation_id: int, after: int, limit: int) -> tuple[list[Doc], bool]:
         """Documents with ids after+1, after+2, ... without a gap (holes included, marked `hole`).
@@ -562,6 +571,19 @@ class ChatService:
                 int(m["conversation_id"]): m
                 async for m in self._store.messages.find({"_id": {"$in": keys}, "hole": {"$ne": True}})
             }
+        # The last id may be a hole or still in flight: then the last message is the newest one stored.
+        for d in docs:
+            cid = int(d["_id"])
+            if d.get("last_seq") and cid not in last_docs:
+                found = await self._store.messages.find_one(
+                    {
+                        "_id": {"$gt": message_key(cid, 0), "$lt": message_key(cid + 1, 0)},
+                        "hole": {"$ne": True},
+                    },
+                    sort=[("_id", -1)],
+                )
+                if found is not None:
+                    last_docs[cid] = found
         out = []
         for d in docs:
             cid = int(d["_id"])

@@ -45,6 +45,11 @@ class Settings:
     public_url: str = _knob(
         "", "PUBLIC_URL", "Base of absolute media URLs (https://chat.example.com); empty uses the request's host"
     )
+    log_format: str = _knob("json", "LOG_FORMAT", "`json` (one object per line) or `text`")
+    log_level: str = _knob("INFO", "LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR")
+    shutdown_timeout_s: float = _knob(
+        10.0, "SHUTDOWN_TIMEOUT", "Seconds a SIGTERM'd node takes at most to close sockets and finish writes"
+    )
     max_body_bytes: int = _knob(64 * 1024, "MAX_BODY_BYTES", "Largest JSON request body")
     max_frame_bytes: int = _knob(64 * 1024, "MAX_FRAME_BYTES", "Largest WebSocket frame accepted (larger: close 1009)")
     max_content_chars: int = _knob(4000, "MAX_CONTENT_CHARS", "Longest message text, in characters")
@@ -105,6 +110,10 @@ class Settings:
             raise ValueError("ENVIRONMENT must be `development` or `production`")
         if self.environment == "production" and not self.jwt_secret:
             raise ValueError("JWT_SECRET is required when ENVIRONMENT=production")
+        if self.log_format not in ("json", "text"):
+            raise ValueError("LOG_FORMAT must be `json` or `text`")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
         if self.jwt_secret and len(self.jwt_secret) < 32:
             raise ValueError("JWT_SECRET must be at least 32 characters")
         for f in dataclasses.fields(self):

@@ -29,6 +29,7 @@ import orjson
 
 from services.bus import Bus, conversation_channel, user_channel
 from services.events import CONVERSATION, CONVERSATION_CLOSED, NOTIFICATION, decode
+from services.metrics import Metrics, frame_label
 
 log = logging.getLogger("chat.connections")
 
@@ -63,6 +64,8 @@ class Peer:
         self.last_message_id: int | None = None
         self.parked: dict[int, bytes] = {}
         self.resume_buffer: list[tuple[int, bytes]] | None = None
+        # Messages after this id are the ones this socket shows (backlog, then live); set when it joins.
+        self.shown_after: int | None = None
         self.last_activity = time.monotonic()
         self.closing = False
 
@@ -85,6 +88,8 @@ class Peer:
         if droppable and self.outstanding > self.outbound_limit // 4:
             return
         if self.outstanding + len(data) > self.outbound_limit:
+            if self.connections.metrics is not None:
+                self.connections.metrics.slow_consumers.inc()
             self.shut(CLOSE_POLICY, "slow consumer")
             return
         try:
@@ -153,11 +158,24 @@ class Peer:
         """Live messages are held back until `end_resume` (the backlog is being sent first)."""
         self.resume_buffer = []
 
-    def end_resume(self, last_sent: int) -> None:
+    def end_resume(self, shown_after: int, last_sent: int) -> None:
+        """The socket shows messages after `shown_after`; the backlog went up to `last_sent`."""
         buffered, self.resume_buffer = self.resume_buffer or [], None
+        self.shown_after = shown_after
         self.last_message_id = last_sent
         for seq, data in buffered:
             self.deliver_message(seq, data)
+
+    def answer_replay(self, seq: int, data: bytes) -> None:
+        """Answer a client_id retry sent on this socket with the stored message, shown once.
+
+        Not shown yet but due (after the last one delivered): it takes its place in order, and the live
+        copy, if still on its way, is then a repeat. Already shown by this socket: the client has it.
+        From before this socket joined: it would never come, so it is sent now as the answer."""
+        if self.last_message_id is not None and seq > self.last_message_id:
+            self.deliver_message(seq, data)
+        elif self.shown_after is None or seq <= self.shown_after:
+            self.push(data)
 
 
 GapFiller = Callable[[int, list[Peer]], Awaitable[None]]
@@ -176,6 +194,7 @@ class Connections:
         self.gap_filler: GapFiller | None = None
         # Called with a conversation id when an unmatch or block closed it (drop caches).
         self.on_conversation_closed: list[Callable[[int], None]] = []
+        self.metrics: Metrics | None = None
         self._gap_tasks: dict[int, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         bus.set_handler(self.on_bus_event)
@@ -228,6 +247,16 @@ class Connections:
     def on_bus_event(self, channel: str, payload: bytes) -> None:
         header, frame = decode(payload)
         kind = header.get("k")
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.bus_events.labels(kind=str(kind)).inc()
+            published = header.get("ts")
+            if isinstance(published, float):
+                metrics.deliver_latency.observe(max(0.0, time.time() - published))
+            receivers = self.notifications_by_user if kind == NOTIFICATION else self.by_conversation
+            count = len(receivers.get(int(channel.partition(":")[2]), ()))
+            if count and kind != CONVERSATION_CLOSED:
+                metrics.frames_out.labels(type=frame_label(header.get("t"))).inc(count)
         _, _, ident = channel.partition(":")
         target = int(ident)
         if kind == NOTIFICATION:

@@ -21,6 +21,7 @@ from services.events import Publisher
 from services.limits import RateLimiter
 from services.matching import MatchingService
 from services.media import MediaStore
+from services.metrics import Metrics
 from services.presence import Presence, RedisPresence
 from services.store import STORE_DOWN_ERRORS, Store
 from services.typing_state import TypingTracker
@@ -69,20 +70,24 @@ class Services:
     presence: Presence
     connections: Connections
     message_limiter: RateLimiter
+    metrics: Metrics
+    shutting_down: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
     def check_message_rate(self, user_id: int) -> None:
         """Messages per user, shared by socket and REST sends on this node."""
         wait_s = self.message_limiter.take(user_id)
         if wait_s > 0:
+            self.metrics.rate_limited.labels(scope="messages").inc()
             raise errors.RateLimited("Too many messages; slow down", retry_after_s=wait_s)
 
     async def readiness(self) -> dict[str, bool]:
-        checks: dict[str, bool] = {}
+        checks: dict[str, bool] = {"accepting": not self.shutting_down}
         try:
             await self.store.ping()
             checks["mongodb"] = True
         except STORE_DOWN_ERRORS:
+            self.metrics.backend_errors.labels(backend="mongodb").inc()
             checks["mongodb"] = False
         if self.settings.redis_url:
             checks["redis"] = self.bus.healthy
@@ -133,6 +138,7 @@ class Services:
         self.chat.start()
         self.typing.start()
         self.connections.start_heartbeat(self.settings.ping_interval_s)
+        self.metrics.start()
 
     async def close(self) -> None:
         """Close sockets with 1001, finish queued writes, then release the clients."""
@@ -142,6 +148,7 @@ class Services:
         await self.presence.close()
         await self.bus.close()
         await self.store.close()
+        await self.metrics.close()
         self.hasher.close()
 
 
@@ -203,6 +210,9 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         max_conversation_per_user=settings.max_conversation_sockets_per_user,
     )
     connections.on_conversation_closed.append(chat.forget_conversation)
+    metrics = Metrics()
+    connections.metrics = metrics
+    chat.on_message_stored.append(lambda _conversation, _sender: metrics.messages_stored.inc())
     services = Services(
         settings=settings,
         store=store,
@@ -218,9 +228,11 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         presence=make_presence(settings, store, chat, events, users, bus),
         connections=connections,
         message_limiter=RateLimiter(settings.message_rate, settings.message_burst),
+        metrics=metrics,
     )
     connections.gap_filler = services.fill_gaps
     if isinstance(bus, RedisBus):
         bus.on_reconnect.append(services.catch_up_all)
+        bus.on_error.append(lambda: metrics.backend_errors.labels(backend="redis").inc())
     await services.start()
     return services

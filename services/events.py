@@ -4,13 +4,15 @@ A bus payload is two JSON documents on two lines: a small routing header, then t
 sockets receive it. The header says which sockets take it (see services/connections.py); the frame bytes
 are written to every one of them untouched, so a frame is serialised once in the whole cluster, and a
 node reads only the header.
-Header keys: `k` kind, `x` a user whose sockets must not receive it, `s` a message id (for in-order
-delivery), `d` true when the frame may be dropped for a slow reader (typing).
+Header keys: `k` kind, `t` the frame's type (for metrics), `ts` when it was published (for the
+publish-to-deliver latency), `x` a user whose sockets must not receive it, `s` a message id (for
+in-order delivery), `d` true when the frame may be dropped for a slow reader (typing).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import orjson
@@ -31,6 +33,9 @@ def now_iso() -> str:
 
 
 def encode(header: dict[str, Any], frame: dict[str, Any] | None) -> bytes:
+    header["ts"] = time.time()
+    if frame is not None:
+        header["t"] = frame.get("type")
     return orjson.dumps(header) + b"\n" + (orjson.dumps(frame) if frame is not None else b"null")
 
 

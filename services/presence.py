@@ -40,13 +40,15 @@ class Presence:
         self._users = users
         self.local_counts: dict[int, int] = {}
         self.online_since: dict[int, dt.datetime] = {}
+        self.closed = False
         users.presence_view = self.profile_view
 
     async def start(self) -> None:
         """Nothing to do for a single node."""
 
     async def close(self) -> None:
-        """Nothing to do for a single node."""
+        """A single node going down takes every user's last socket with it."""
+        self.closed = True
 
     async def connected(self, user_id: int) -> None:
         count = self.local_counts.get(user_id, 0) + 1
@@ -55,6 +57,8 @@ class Presence:
             await self._online_here(user_id)
 
     async def disconnected(self, user_id: int) -> None:
+        if self.closed:
+            return  # sockets closed by a shutdown were handed over in close()
         count = self.local_counts.get(user_id, 0) - 1
         if count > 0:
             self.local_counts[user_id] = count
@@ -220,6 +224,7 @@ class RedisPresence(Presence):
 
     async def close(self) -> None:
         """Hand over: withdraw this node's entries, announcing offline only users with no socket elsewhere."""
+        self.closed = True
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import socket
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pymongo import AsyncMongoClient
 
 from services.embedded import free_port
 
@@ -80,3 +83,23 @@ class ServerProcess:
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+async def insert_conversation(mongo_url: str, database: str, a: int, b: int, conversation_id: int) -> int:
+    """An open conversation between two users, written straight to the database the processes share."""
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_url)
+    now = dt.datetime.now(dt.UTC)
+    low, high = sorted((a, b))
+    await client[database].conversations.insert_one(
+        {
+            "_id": conversation_id,
+            "participants": [low, high],
+            "match_id": conversation_id,
+            "status": "open",
+            "created_at": now,
+            "updated_at": now,
+            "last_seq": 0,
+        }
+    )
+    await client.close()
+    return conversation_id

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import uuid
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from tests.conftest import TEST_SECRET, RedisProcess
-from tests.processes import ServerProcess
+from tests.processes import ServerProcess, insert_conversation
 from tests.support import ApiClient, PortClient, ws_connect
 
 pytestmark = pytest.mark.slow
@@ -49,24 +47,7 @@ def cluster_env(tmp_path, mongo_url):
 
 
 async def open_conversation(mongo_url: str, database: str, a: int, b: int) -> int:
-    client: AsyncMongoClient = AsyncMongoClient(mongo_url)
-    db = client[database]
-    now = dt.datetime.now(dt.UTC)
-    cid = 900_000 + a
-    low, high = sorted((a, b))
-    await db.conversations.insert_one(
-        {
-            "_id": cid,
-            "participants": [low, high],
-            "match_id": cid,
-            "status": "open",
-            "created_at": now,
-            "updated_at": now,
-            "last_seq": 0,
-        }
-    )
-    await client.close()
-    return cid
+    return await insert_conversation(mongo_url, database, a, b, 900_000 + a)
 
 
 async def all_message_ids(api: ApiClient, cid: int, token: str) -> list[int]:

@@ -1,0 +1,53 @@
+"""Log output: one JSON object per line (for log shippers) or plain text (for a terminal).
+
+Context such as `request_id`, `user_id`, `status` or `close_code` is passed with `extra=` and becomes
+top-level JSON keys. Tokens and passwords are never put in a record: request URIs are logged through
+`redact`, which masks credentials in query strings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import sys
+from typing import Any
+
+import orjson
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|access|refresh|password)=)[^&]*")
+_RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+def redact(uri: str) -> str:
+    """The URI with credential values masked."""
+    return _SECRET_QUERY.sub(r"\1[redacted]", uri)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure(log_format: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,135 @@
+"""Operations: Prometheus metrics, structured logs, request ids, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import TEST_SECRET, RedisProcess
+from tests.processes import ServerProcess, insert_conversation
+from tests.support import ApiClient, PortClient, make_conversation, ws_connect
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+async def scrape(api: ApiClient) -> dict:
+    r = await api.get("/metrics")
+    assert r.status == 200
+    assert r.headers["Content-Type"].startswith("text/plain")
+    return samples(r.body.decode() if isinstance(r.body, bytes) else json.dumps(r.body))
+
+
+async def test_metrics_move_with_traffic(api, services):
+    before = await scrape(api)
+    a = await api.user("a")
+    b = await api.user("b")
+    cid = await make_conversation(services, a.id, b.id)
+    ws_a = await ws_connect(api, f"/ws/conversations/{cid}/?token={a.access}")
+    ws_b = await ws_connect(api, f"/ws/conversations/{cid}/?token={b.access}")
+    await ws_a.send({"type": "message", "content": "hi"})
+    await ws_b.recv_type("message")
+    await ws_a.send("not json")
+    assert (await ws_a.closed())[0] == 4003
+    await asyncio.sleep(0.1)
+    after = await scrape(api)
+
+    def value(data, name, **labels):
+        return data.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value(after, "chat_messages_stored_total") == value(before, "chat_messages_stored_total") + 1
+    assert value(after, "chat_frames_received_total", type="message") == 1
+    assert value(after, "chat_frames_received_total", type="invalid") == 1
+    assert value(after, "chat_websocket_connections_total", endpoint="conversation") == 2
+    assert value(after, "chat_websockets_open", endpoint="conversation") == 1
+    assert value(after, "chat_websocket_closes_total", code="4003") == 1
+    assert value(after, "chat_frames_sent_total", type="message") >= 2
+    assert value(after, "chat_publish_to_deliver_seconds_count") >= 1
+    assert value(after, "chat_http_requests_total", status="2xx") >= 4
+
+
+async def test_request_id_echoed_and_generated(api):
+    r = await api.get("/livez", headers={"X-Request-Id": "abc-123"})
+    assert r.headers["X-Request-Id"] == "abc-123"
+    r = await api.get("/livez", headers={"X-Request-Id": "bad id with spaces"})
+    assert r.headers["X-Request-Id"] != "bad id with spaces" and len(r.headers["X-Request-Id"]) == 16
+    r = await api.get("/nope/")
+    assert r.status == 404 and r.headers["X-Request-Id"]
+
+
+@pytest.fixture
+def node_env(tmp_path, mongo_url):
+    redis = RedisProcess(tmp_path / "redis")
+    redis.start()
+    env = {
+        "MONGODB_URL": mongo_url,
+        "MONGODB_DATABASE": "t_" + uuid.uuid4().hex[:16],
+        "REDIS_URL": redis.url,
+        "JWT_SECRET": TEST_SECRET,
+        "PRESENCE_TTL": "3",
+        "HEARTBEAT_INTERVAL": "0.5",
+        "LOG_FORMAT": "json",
+    }
+    nodes: list[ServerProcess] = []
+
+    def start(name: str) -> ServerProcess:
+        node = ServerProcess(tmp_path / name, {**env, "NODE_ID": name}).start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+    redis.stop()
+
+
+@pytest.mark.slow
+async def test_sigterm_closes_sockets_1001_and_hands_presence_over(node_env):
+    n1, n2 = node_env("n1"), node_env("n2")
+    api1, api2 = ApiClient(PortClient(n1.port)), ApiClient(PortClient(n2.port))
+    watcher_user = await api1.user("w")
+    both = await api1.user("both")
+    only2 = await api1.user("only2")
+    mongo_url, database = n1.env["MONGODB_URL"], n1.env["MONGODB_DATABASE"]
+    cids = [
+        await insert_conversation(mongo_url, database, watcher_user.id, other.id, 800_000 + other.id)
+        for other in (both, only2)
+    ]
+    w_both = await ws_connect(api1, f"/ws/conversations/{cids[0]}/?token={watcher_user.access}")
+    w_only2 = await ws_connect(api1, f"/ws/conversations/{cids[1]}/?token={watcher_user.access}")
+    await ws_connect(api1, f"/ws/notifications/?token={both.access}")
+    on_n2 = await ws_connect(api2, f"/ws/notifications/?token={both.access}")
+    conv_n2 = await ws_connect(api2, f"/ws/conversations/{cids[1]}/?token={only2.access}")
+    assert (await w_only2.recv_type("status", timeout=5))["status"] in ("offline", "online")
+
+    started = time.monotonic()
+    n2.signal(signal.SIGTERM)
+    assert (await on_n2.closed(timeout=10))[0] == 1001
+    assert (await conv_n2.closed(timeout=10))[0] == 1001
+    assert n2.wait(15) == 0
+    assert time.monotonic() - started < 10
+    # only2 had no other socket: reported offline at once; `both` still has one on n1: nothing.
+    offline = await w_only2.recv_type("status", timeout=5)
+    while offline["status"] != "offline":
+        offline = await w_only2.recv_type("status", timeout=5)
+    assert offline["user_id"] == only2.id
+    frames = await w_both.silent(1.5)
+    assert not [f for f in frames if f["type"] == "status" and f["status"] == "offline"]
+
+    # Logs are one JSON object per line, and never contain a token.
+    for line in n2.log().splitlines():
+        entry = json.loads(line)
+        assert {"ts", "level", "logger", "msg"} <= set(entry)
+    assert watcher_user.access not in n1.log() and both.access not in n2.log()
+    assert "[redacted]" in n1.log()
