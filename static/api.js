@@ -1,0 +1,190 @@
+// The REST side of the protocol: JSON in and out, `Authorization: Bearer <access>`, and the token pair.
+//
+// Tokens live in this object only (never in localStorage): a reload signs the user out, and a script
+// injected into the page later cannot find them lying around.
+//
+// Access tokens are short-lived JWTs. Rather than waiting for a 401, the client reads the token's own
+// lifetime (`exp - iat`) and refreshes a little before it runs out. It counts from the moment the token
+// arrived, not from `exp` against the local clock, so a browser whose clock is off still refreshes on
+// time. Refresh tokens rotate: each one works once, so refreshes are serialised through one promise.
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    const error = (body && body.error) || {};
+    super(error.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = error.code || "error";
+    this.fields = error.fields || null; // per-field messages of a 400
+  }
+}
+
+/** The claims of a JWT (`{user_id, token_type, exp, iat, jti}` here). Not verified: the server does that. */
+export function decodeJwt(token) {
+  const payload = token.split(".")[1] || "";
+  const base64 = payload.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(payload.length / 4) * 4, "=");
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  return JSON.parse(new TextDecoder().decode(bytes));
+}
+
+// Refresh when a quarter of the lifetime is left, but never earlier than a minute before the end.
+const REFRESH_MARGIN_MAX_S = 60;
+// A scheduled refresh that could not reach the server is tried again after this long.
+const REFRESH_RETRY_MS = 5000;
+
+export class Api {
+  /** `onSignedOut(reason)` is called when the session cannot be kept (refresh refused). */
+  constructor({ onSignedOut = () => {} } = {}) {
+    this.onSignedOut = onSignedOut;
+    this.tokens = null; // {access, refresh, userId, expiresAt (ms, local clock)}
+    this.refreshTimer = null;
+    this.refreshing = null;
+  }
+
+  get signedIn() {
+    return this.tokens !== null;
+  }
+
+  get userId() {
+    return this.tokens ? this.tokens.userId : null;
+  }
+
+  // -- tokens ---------------------------------------------------------------------------------------
+
+  setTokens({ access, refresh }) {
+    const claims = decodeJwt(access);
+    const lifetimeS = Math.max(1, claims.exp - claims.iat);
+    const received = Date.now();
+    this.tokens = { access, refresh, userId: claims.user_id, expiresAt: received + lifetimeS * 1000 };
+    const marginS = Math.min(REFRESH_MARGIN_MAX_S, lifetimeS / 4);
+    this.#scheduleRefresh((lifetimeS - marginS) * 1000);
+  }
+
+  #scheduleRefresh(delayMs) {
+    clearTimeout(this.refreshTimer);
+    this.refreshTimer = setTimeout(() => {
+      this.refresh().catch((error) => {
+        // 401 already signed the user out; anything else (server restarting) is retried.
+        if (error.status !== 401 && this.tokens) this.#scheduleRefresh(REFRESH_RETRY_MS);
+      });
+    }, delayMs);
+  }
+
+  clearTokens() {
+    clearTimeout(this.refreshTimer);
+    this.tokens = null;
+  }
+
+  /** POST /api/token/refresh/ {refresh} -> {access, refresh}. The old refresh token is spent. */
+  refresh() {
+    if (!this.tokens) return Promise.reject(new ApiError(401, null));
+    if (!this.refreshing) {
+      const refreshToken = this.tokens.refresh;
+      this.refreshing = this.#fetchJson("POST", "/api/token/refresh/", { json: { refresh: refreshToken } })
+        .then((pair) => {
+          if (this.tokens && this.tokens.refresh === refreshToken) this.setTokens(pair);
+          return this.tokens.access;
+        })
+        .catch((error) => {
+          // 401: the refresh token expired or was revoked. Anything else (server restarting) may pass.
+          if (error.status === 401 && this.tokens && this.tokens.refresh === refreshToken) {
+            this.clearTokens();
+            this.onSignedOut("Your session expired. Please sign in again.");
+          }
+          throw error;
+        })
+        .finally(() => {
+          this.refreshing = null;
+        });
+    }
+    return this.refreshing;
+  }
+
+  /**
+   * An access token good for at least a few more seconds, for a WebSocket handshake: sockets send it
+   * once, in the URL (`?token=`), and the server checks it only when the socket opens (an open socket
+   * outlives its token).
+   */
+  async freshAccessToken() {
+    if (!this.tokens) throw new ApiError(401, null);
+    if (this.tokens.expiresAt - Date.now() < 5000) await this.refresh();
+    return this.tokens.access;
+  }
+
+  // -- account --------------------------------------------------------------------------------------
+
+  /** POST /api/register/ then POST /api/token/: a new account, signed in. */
+  async register(fields) {
+    await this.#fetchJson("POST", "/api/register/", { json: fields });
+    return this.signIn(fields.username, fields.password);
+  }
+
+  async signIn(username, password) {
+    const pair = await this.#fetchJson("POST", "/api/token/", { json: { username, password } });
+    this.setTokens(pair);
+    return pair;
+  }
+
+  // -- authenticated calls --------------------------------------------------------------------------
+
+  get(path) {
+    return this.request("GET", path);
+  }
+  post(path, json) {
+    return this.request("POST", path, { json });
+  }
+  patch(path, json) {
+    return this.request("PATCH", path, { json });
+  }
+  delete(path) {
+    return this.request("DELETE", path);
+  }
+  /** Raw bytes (a picture upload): the body is the file itself, typed by its Content-Type. */
+  putBytes(path, blob) {
+    return this.request("PUT", path, { body: blob, contentType: blob.type || "application/octet-stream" });
+  }
+
+  async request(method, path, options = {}) {
+    if (!this.tokens) throw new ApiError(401, null);
+    try {
+      return await this.#fetchJson(method, path, { ...options, token: this.tokens.access });
+    } catch (error) {
+      // An access token can still expire between two scheduled refreshes (a laptop that slept):
+      // refresh once and replay the request.
+      if (error.status === 401 && this.tokens) {
+        const access = await this.refresh();
+        return this.#fetchJson(method, path, { ...options, token: access });
+      }
+      throw error;
+    }
+  }
+
+  async #fetchJson(method, path, { json, body, contentType, token } = {}) {
+    const headers = {};
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (json !== undefined) {
+      body = JSON.stringify(json);
+      headers["Content-Type"] = "application/json";
+    } else if (contentType) {
+      headers["Content-Type"] = contentType;
+    }
+    let response;
+    try {
+      response = await fetch(path, { method, headers, body });
+    } catch (networkError) {
+      const error = new ApiError(0, { error: { code: "network", message: "The server cannot be reached." } });
+      error.cause = networkError;
+      throw error;
+    }
+    const text = await response.text();
+    let data = null;
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch {
+        data = null;
+      }
+    }
+    if (!response.ok) throw new ApiError(response.status, data);
+    return data;
+  }
+}

@@ -1,0 +1,158 @@
+// Small DOM helpers. Text from the server only ever reaches the page through textContent and attribute
+// setters, never through innerHTML, so a message or a bio cannot inject markup.
+
+export const $ = (selector, root = document) => root.querySelector(selector);
+export const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+
+/** h("li", {class: "x", dataset: {id: 3}, onclick}, child, "text", ...) */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "text") el.textContent = value;
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+/** The name to show for a user object of any shape the API returns. */
+export function nameOf(user) {
+  if (!user) return "Someone";
+  return user.display_name || user.username || "Someone";
+}
+
+/**
+ * Fill an `.avatar` element: the picture if there is one, else initials on a colour picked from the
+ * user id (a fixed set of classes: the page's CSP allows no inline styles).
+ */
+export function fillAvatar(el, user) {
+  el.replaceChildren();
+  el.className = el.className.replace(/\bhue-\d\b/g, "").trim();
+  const picture = user && user.profile_picture;
+  if (picture) {
+    el.append(h("img", { src: picture, alt: "", loading: "lazy", decoding: "async" }));
+  } else {
+    const initials = nameOf(user)
+      .split(/[\s._-]+/)
+      .filter(Boolean)
+      .slice(0, 2)
+      .map((part) => part[0].toUpperCase())
+      .join("");
+    el.append(h("span", { class: "avatar-initials" }, initials || "?"));
+    el.classList.add(`hue-${Math.abs(Number((user && user.id) || 0)) % 8}`);
+  }
+  return el;
+}
+
+export function avatar(user, size = "md") {
+  return fillAvatar(h("span", { class: `avatar avatar-${size}`, "aria-hidden": "true" }), user);
+}
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const dayFormat = new Intl.DateTimeFormat(undefined, { day: "numeric", month: "short" });
+
+export function clockTime(iso) {
+  return iso ? timeFormat.format(new Date(iso)) : "";
+}
+
+/** "just now", "5 min ago", "today at 14:05", "yesterday at 09:12", "on 3 May". */
+export function relativeTime(iso) {
+  if (!iso) return "";
+  const then = new Date(iso);
+  const seconds = Math.max(0, (Date.now() - then.getTime()) / 1000);
+  if (seconds < 45) return "just now";
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (then.toDateString() === today.toDateString()) return `today at ${timeFormat.format(then)}`;
+  if (then.toDateString() === yesterday.toDateString()) return `yesterday at ${timeFormat.format(then)}`;
+  return `on ${dayFormat.format(then)}`;
+}
+
+/** A short time for lists: "14:05" today, "3 May" before. */
+export function shortTime(iso) {
+  if (!iso) return "";
+  const then = new Date(iso);
+  return then.toDateString() === new Date().toDateString() ? timeFormat.format(then) : dayFormat.format(then);
+}
+
+// -- toasts --------------------------------------------------------------------------------------------
+
+/**
+ * A toast in the polite live region: {title, text, kind: "info"|"like"|"match"|"message"|"error",
+ * action: {label, run}}. It leaves by itself, later when the pointer or focus is on it.
+ */
+export function toast({ title, text = "", kind = "info", action = null, timeoutMs = 6000 }) {
+  const region = $("#toasts");
+  const close = () => {
+    item.classList.add("leaving");
+    setTimeout(() => item.remove(), 200);
+  };
+  const item = h(
+    "div",
+    { class: `toast toast-${kind}`, dataset: { kind } },
+    h("div", { class: "toast-body" }, h("strong", { class: "toast-title" }, title), text ? h("span", { class: "toast-text" }, text) : null),
+    action
+      ? h("button", { type: "button", class: "button button-small toast-action", onclick: () => { close(); action.run(); } }, action.label)
+      : null,
+    h("button", { type: "button", class: "toast-close", "aria-label": "Dismiss", onclick: close }, "×"),
+  );
+  region.append(item);
+  let timer = setTimeout(close, timeoutMs);
+  const hold = () => clearTimeout(timer);
+  const release = () => {
+    clearTimeout(timer);
+    timer = setTimeout(close, 2500);
+  };
+  item.addEventListener("pointerenter", hold);
+  item.addEventListener("focusin", hold);
+  item.addEventListener("pointerleave", release);
+  item.addEventListener("focusout", release);
+  // Keep the stack short.
+  while (region.children.length > 4) region.firstElementChild.remove();
+  return item;
+}
+
+/** A modal yes/no question in the page's <dialog>; resolves true on confirm. */
+export function confirmDialog({ title, text, confirmLabel }) {
+  const dialog = $("#confirm");
+  $("#confirm-title").textContent = title;
+  $("#confirm-text").textContent = text;
+  $("#confirm-ok").textContent = confirmLabel;
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.returnValue = "cancel";
+    dialog.showModal();
+  });
+}
+
+/** Show per-field errors of a 400 (`error.fields`) next to the inputs, and the message under the form. */
+export function showFormError(form, error) {
+  clearFormError(form);
+  const box = $(".form-error", form);
+  const fields = (error && error.fields) || {};
+  const messages = [];
+  for (const [name, message] of Object.entries(fields)) {
+    const input = form.elements.namedItem(name.split(".")[0]);
+    if (input && input.setAttribute) {
+      input.setAttribute("aria-invalid", "true");
+    }
+    messages.push(`${name.replace(/_/g, " ")}: ${message}`);
+  }
+  box.textContent = messages.length ? messages.join(" · ") : (error && error.message) || "Something went wrong.";
+  box.hidden = false;
+}
+
+export function clearFormError(form) {
+  const box = $(".form-error", form);
+  box.hidden = true;
+  box.textContent = "";
+  for (const el of $$("[aria-invalid]", form)) el.removeAttribute("aria-invalid");
+}

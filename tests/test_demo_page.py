@@ -1,0 +1,434 @@
+"""The demo page in a real browser: Debian's Chromium driven by Playwright against `server.py` itself.
+
+Two people (two browser contexts, so two separate sessions) sign up in the page, like each other, chat
+both ways and see typing, read marks, presence and notification toasts. Then the server process is
+restarted under them (it closes every socket with 1001) and the page must come back by itself, with
+`?after=`, showing each message sent meanwhile exactly once.
+
+The conversation screenshot in docs/ is taken along the way; it is written there only when missing or
+with UPDATE_SCREENSHOTS=1, so that a test run leaves the work tree as it was.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+
+from services.embedded import free_port
+from tests.conftest import TEST_SECRET
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "screenshot-conversation.png"
+CHROMIUM = "/usr/bin/chromium"
+# No sandbox (root in CI), no GPU, nothing phoning home; and Chromium's Local Network Access checks
+# would otherwise block the page's WebSockets to the loopback server.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-features=LocalNetworkAccessChecks",
+]
+PASSWORD = "correct horse battery"
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture
+def sync_api() -> Any:
+    """Playwright's sync API, or skip (fail under CI) when it or Chromium is missing."""
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api = None
+    missing = None
+    if sync_api is None:
+        missing = "the playwright package is not installed (pip install -e '.[test]')"
+    elif not os.path.exists(CHROMIUM):
+        missing = f"{CHROMIUM} is not installed (make test installs it)"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return sync_api
+
+
+class DemoServer:
+    """`python server.py` on a fixed port, restartable on the same port and database."""
+
+    def __init__(self, data_dir: Path, mongo_url: str) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.database = "demo_" + uuid.uuid4().hex[:12]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "MONGODB_URL": mongo_url,
+            "MONGODB_DATABASE": self.database,
+            "JWT_SECRET": TEST_SECRET,
+            "PUBLIC_URL": self.base,
+            # Access tokens shorter than the test, so the pages' scheduled refresh has to work.
+            "ACCESS_TOKEN_TTL": "12",
+            # The test posts a batch of messages at once to fill more than one page of history.
+            "MESSAGE_BURST": "100",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "server.log"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "server.py", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if self.request("GET", "/livez", timeout=1)[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not answer /livez:\n{self.log()}")
+
+    def stop(self) -> None:
+        """SIGTERM: the server closes every WebSocket with 1001 and exits."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        """The end of the server's log, for failure messages."""
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def request(
+        self, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 10
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path, None if body is None else json.dumps(body), headers)
+            answer = connection.getresponse()
+            text = answer.read()
+        finally:
+            connection.close()
+        return answer.status, json.loads(text) if text else None
+
+    def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        """A REST call that must succeed; its JSON answer."""
+        status, data = self.request(method, path, body, token)
+        assert status < 300, (method, path, status, data)
+        return data
+
+    def token(self, username: str) -> str:
+        return str(self.call("POST", "/api/token/", {"username": username, "password": PASSWORD})["access"])
+
+
+@pytest.fixture
+def server(tmp_path: Path, mongo_url: str) -> Iterator[DemoServer]:
+    node = DemoServer(tmp_path / "data", mongo_url)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+        with pymongo.MongoClient(mongo_url) as client:
+            client.drop_database(node.database)
+
+
+def portrait_png(size: int = 96) -> bytes:
+    """A small valid PNG (a warm gradient with a lighter disc) to upload as a profile picture."""
+    rows = []
+    for y in range(size):
+        row = bytearray([0])
+        for x in range(size):
+            inside = (x - size / 2) ** 2 + (y - size * 0.42) ** 2 < (size * 0.22) ** 2
+            shoulders = (x - size / 2) ** 2 / 2.2 + (y - size * 1.05) ** 2 < (size * 0.4) ** 2
+            if inside or shoulders:
+                row += bytes((253, 226, 214))
+            else:
+                row += bytes((190 + y * 50 // size, 60 + x * 60 // size, 120 + y * 40 // size))
+        rows.append(bytes(row))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + chunk(b"IEND", b"")
+    )
+
+
+# -- page steps ----------------------------------------------------------------------------------------
+
+
+def watch(page: Any, problems: list[str], refreshes: list[int]) -> None:
+    """Record script errors, CSP refusals and failed requests (while the server is down or the browser
+    offline, failed connections are expected and ignored), and the statuses of token refreshes."""
+    page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
+    page.on("response", lambda r: refreshes.append(r.status) if r.url.endswith("/api/token/refresh/") else None)
+
+    def console(message: Any) -> None:
+        text = message.text
+        expected = "WebSocket connection to" in text or "Failed to load resource: net::" in text
+        if message.type == "error" and not expected:
+            problems.append(f"console: {text}")
+        if "Content Security Policy" in text or "Refused to" in text:
+            problems.append(f"csp: {text}")
+
+    page.on("console", console)
+
+
+def register(page: Any, username: str, name: str, gender: str, wants: str, birthdate: str, bio: str) -> None:
+    page.get_by_role("tab", name="Create account").click()
+    form = page.locator("#register-form")
+    form.get_by_label("Username").fill(username)
+    form.get_by_label("Password").fill(PASSWORD)
+    form.get_by_label("Display name").fill(name)
+    form.get_by_label("Birth date").fill(birthdate)
+    form.get_by_label("I am").select_option(gender)
+    for box in form.locator("input[name=interested_in]").all():
+        box.set_checked(box.get_attribute("value") == wants)
+    form.get_by_label("About you").fill(bio)
+    form.get_by_role("button", name="Create account").click()
+
+
+def sign_in(page: Any, username: str) -> None:
+    form = page.locator("#signin-form")
+    form.get_by_label("Username").fill(username)
+    form.get_by_label("Password").fill(PASSWORD)
+    form.get_by_role("button", name="Sign in").click()
+
+
+def say(page: Any, text: str) -> None:
+    box = page.locator("#composer-input")
+    box.press_sequentially(text, delay=4)  # real key presses: the page sends `typing` frames
+    box.press("Enter")
+
+
+def test_two_people_match_chat_and_survive_a_server_restart(sync_api: Any, server: DemoServer, tmp_path: Path) -> None:
+    expect = sync_api.expect
+    expect.set_options(timeout=TIMEOUT_MS)
+    suffix = uuid.uuid4().hex[:6]
+    alice_name, bob_name = f"alice_{suffix}", f"bob_{suffix}"
+    problems: list[str] = []
+    refreshes: list[int] = []
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            viewport = {"width": 1280, "height": 800}
+            alice_ctx = browser.new_context(viewport=viewport)
+            bob_ctx = browser.new_context(viewport=viewport)
+            alice = alice_ctx.new_page()
+            bob = bob_ctx.new_page()
+            for page in (alice, bob):
+                watch(page, problems, refreshes)
+                page.goto(server.base + "/")
+                expect(page.locator("#connection")).to_have_attribute("data-state", "signed-out")
+
+            # -- sign up, profile and picture --------------------------------------------------------
+            register(alice, alice_name, "Alice", "woman", "man", "1994-03-12", "Sunrise hikes and good coffee.")
+            expect(alice.locator("#connection")).to_have_attribute("data-state", "online")
+            expect(alice.locator("#me-name")).to_have_text("Alice")
+            alice.get_by_role("button", name="Profile").click()
+            alice.locator("#picture-input").set_input_files(
+                files=[{"name": "alice.png", "mimeType": "image/png", "buffer": portrait_png()}]
+            )
+            expect(alice.locator(".toast", has_text="Picture updated")).to_be_visible()
+            expect(alice.locator("#me-avatar img")).to_have_attribute("src", re.compile(r"/media/profile_pictures/"))
+            alice.get_by_label("Age from").fill("25")
+            alice.get_by_label("to", exact=True).fill("45")
+            alice.get_by_role("button", name="Save profile").click()
+            expect(alice.locator(".toast", has_text="Profile saved")).to_be_visible()
+            assert server.call("GET", "/api/users/me/", token=server.token(alice_name))["age_min"] == 25
+
+            register(bob, bob_name, "Bob", "man", "woman", "1992-08-30", "Weekend climber, weekday coder.")
+            expect(bob.locator("#connection")).to_have_attribute("data-state", "online")
+
+            # -- discover, like, like back: a match, announced by the notifications socket ------------
+            card = bob.locator(".candidate")
+            expect(card).to_have_attribute("aria-label", "Alice, 32")
+            card.get_by_role("button", name="Like Alice").click()
+            expect(alice.locator(".toast-like", has_text="Bob liked you")).to_be_visible()
+            expect(alice.locator("#likes-badge")).to_have_text("1")
+            alice.get_by_role("button", name="Liked you").click()
+            liked = alice.locator("#likes-list .person", has_text="Bob")
+            expect(liked).to_contain_text("Weekend climber")
+            liked.get_by_role("button", name="Like back").click()
+            expect(alice.locator(".toast-match", has_text="You and Bob like each other")).to_be_visible()
+            expect(bob.locator(".toast-match", has_text="You and Alice like each other")).to_be_visible()
+
+            # -- the conversation: presence, typing, messages both ways, read marks -------------------
+            alice.locator("#match-list .match", has_text="Bob").click()
+            bob.locator("#match-list .match", has_text="Alice").click()
+            for page, other in ((alice, "Bob"), (bob, "Alice")):
+                expect(page.locator("#chat-name")).to_have_text(other)
+                expect(page.locator("#chat-presence")).to_have_attribute("data-status", "online")
+                expect(page.locator("#chat-presence-text")).to_have_text("Online")
+            expect(bob.locator("#chat-avatar img")).to_be_visible()  # Alice's picture
+
+            alice.locator("#composer-input").press_sequentially("Hi Bob! I saw you like hik", delay=4)
+            expect(bob.locator("#typing")).to_contain_text("Alice is typing")
+            alice.locator("#composer-input").press_sequentially("ing too.", delay=4)
+            alice.locator("#composer-input").press("Enter")
+            first = bob.locator("#messages .message.theirs", has_text="Hi Bob! I saw you like hiking too.")
+            expect(first).to_be_visible()
+            expect(bob.locator("#typing")).to_have_text("")
+            # Bob's page has it on screen, so it reports it read: Alice's copy turns to double ticks.
+            expect(alice.locator("#messages .message.own .ticks")).to_have_attribute("data-read", "true")
+
+            conversation = [
+                (bob, "Hey Alice! Nearly every weekend. Any favourite trail?"),
+                (alice, "The ridge above the lake, at sunrise. The light is unreal."),
+                (bob, "Sounds perfect. Coffee first, then the ridge?"),
+            ]
+            for page, text in conversation:
+                say(page, text)
+                for viewer in (alice, bob):
+                    expect(viewer.locator("#messages .message:not(.pending)", has_text=text)).to_have_count(1)
+            expect(bob.locator("#messages .message.own .ticks[data-read=true]")).to_have_count(2)
+            expect(alice.locator("#messages .message.own .ticks[data-read=true]")).to_have_count(2)
+
+            # The screenshot for the README: Bob's view, Alice typing her answer.
+            alice.locator("#composer-input").press_sequentially("Deal. I know a place", delay=4)
+            expect(bob.locator("#typing")).to_contain_text("Alice is typing")
+            for close in bob.get_by_role("button", name="Dismiss").all():
+                close.click()
+            expect(bob.locator(".toast")).to_have_count(0)
+            bob.mouse.move(800, 600)  # no hover effect in the picture
+            shot = tmp_path / "conversation.png"
+            bob.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("UPDATE_SCREENSHOTS") or not SCREENSHOT.exists():
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                shutil.copyfile(shot, SCREENSHOT)
+            alice.locator("#composer-input").fill("")
+
+            # -- unread counts and a new_message toast while elsewhere in the app ----------------------
+            bob.get_by_role("button", name="Discover").click()
+            say_text = "Deal. I know a place that opens at six."
+            alice.locator("#composer-input").fill(say_text)
+            alice.locator("#composer-input").press("Enter")
+            toast = bob.locator(".toast-message", has_text=say_text)
+            expect(toast).to_contain_text("New message from Alice")
+            expect(bob.locator("#match-list .match", has_text="Alice").locator(".badge")).to_have_text("1")
+            toast.get_by_role("button", name="Open").click()
+            expect(bob.locator("#messages .message.theirs", has_text=say_text)).to_have_count(1)
+            expect(bob.locator("#match-list .match .badge")).to_have_count(0)
+
+            # -- presence: Alice leaves, Bob sees her offline; she signs in again ----------------------
+            alice.close()
+            expect(bob.locator("#chat-presence")).to_have_attribute("data-status", "offline")
+            expect(bob.locator("#chat-presence-text")).to_have_text("Last seen just now")
+
+            # Meanwhile Bob writes more than a page of history (over REST, as any client may).
+            bob_token = server.token(bob_name)
+            conversation_id = int(bob.locator("#match-list .match").first.get_attribute("data-conversation-id"))
+            for n in range(1, 33):
+                server.call(
+                    "POST", f"/api/conversations/{conversation_id}/messages/", {"content": f"Trail note {n}"}, bob_token
+                )
+            expect(bob.locator("#messages .message.own", has_text="Trail note 32")).to_have_count(1)
+
+            alice = alice_ctx.new_page()
+            watch(alice, problems, refreshes)
+            alice.goto(server.base + "/")
+            sign_in(alice, alice_name)
+            expect(alice.locator("#connection")).to_have_attribute("data-state", "online")
+            entry = alice.locator("#match-list .match", has_text="Bob")
+            expect(entry.locator(".badge")).to_have_text("32")
+            entry.click()
+            expect(bob.locator("#chat-presence")).to_have_attribute("data-status", "online")
+            expect(alice.locator("#messages .message.theirs", has_text="Trail note 32")).to_be_visible()
+            # Only the newest page came; scrolling up loads the rest, down to the first message.
+            expect(alice.locator("#messages .message", has_text="Hi Bob!")).to_have_count(0)
+            expect(alice.locator("#history-state")).to_have_text("Scroll up for earlier messages")
+            alice.locator("#chat-scroll").evaluate("el => { el.scrollTop = 0; }")
+            expect(alice.locator("#messages .message", has_text="Hi Bob!")).to_have_count(1)
+            expect(alice.locator("#history-state")).to_contain_text("This is the beginning")
+            expect(bob.locator("#messages .message.own .ticks[data-read=false]")).to_have_count(0)
+
+            # -- the server goes away under both pages and comes back ---------------------------------
+            # Bob's browser is also taken offline, so that his page certainly misses what Alice sends
+            # while it is away; the socket itself is closed by the server (1001, going away).
+            bob_ctx.set_offline(True)
+            server.stop()
+            for page in (alice, bob):
+                expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+            expect(bob.locator("#chat-banner")).to_contain_text("Reconnecting")
+            server.start()
+            expect(alice.locator("#connection")).to_have_attribute("data-state", "online", timeout=20_000)
+            alice_token = server.token(alice_name)
+            missed = [f"While you were away {n}" for n in (1, 2, 3)]
+            for text in missed:
+                server.call("POST", f"/api/conversations/{conversation_id}/messages/", {"content": text}, alice_token)
+            for text in missed:
+                expect(alice.locator("#messages .message.own", has_text=text)).to_have_count(1)
+            expect(bob.locator("#connection")).not_to_have_attribute("data-state", "online")
+            expect(bob.locator("#messages .message", has_text="While you were away")).to_have_count(0)
+            bob_ctx.set_offline(False)
+            # The next scheduled retry reconnects with ?after=<last id seen>: each missed message once.
+            expect(bob.locator("#connection")).to_have_attribute("data-state", "online", timeout=20_000)
+            for text in missed:
+                expect(bob.locator("#messages .message.theirs", has_text=text)).to_have_count(1)
+            expect(bob.locator("#chat-banner")).to_be_hidden()
+            shown = bob.locator("#messages li.message").evaluate_all("items => items.map(li => Number(li.dataset.id))")
+            assert shown == list(range(shown[0], shown[0] + len(shown))), "a message is missing or shown twice"
+            # And the reconnected socket is live: typing and messages flow again.
+            say(bob, "Back online. See you at six!")
+            expect(alice.locator("#messages .message.theirs", has_text="See you at six")).to_have_count(1)
+            expect(
+                bob.locator("#messages .message.own", has_text="See you at six").locator(".ticks")
+            ).to_have_attribute("data-read", "true")
+
+            # -- block: the conversation closes for both ----------------------------------------------
+            bob.locator(".chat-header").get_by_role("button", name="Block").click()
+            dialog = bob.locator("#confirm")
+            expect(dialog).to_contain_text("Block Alice?")
+            dialog.get_by_role("button", name="Block").click()
+            expect(bob.locator(".toast", has_text="Alice is blocked")).to_be_visible()
+            expect(bob.locator("#match-list .match")).to_have_count(0)
+            expect(alice.locator("#chat-banner")).to_have_text("This conversation is closed.")
+            expect(alice.locator("#composer-input")).to_be_disabled()
+            expect(alice.locator("#match-list .match")).to_have_count(0)
+        finally:
+            browser.close()
+    assert not problems, problems
+    # Access tokens lived 12 s, less than the test: the pages renewed theirs before they ran out.
+    assert refreshes and set(refreshes) == {200}, refreshes
