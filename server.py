@@ -8,9 +8,11 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import tornado.httpserver
 import tornado.web
+from tornado.httputil import HTTPConnection, HTTPMessageDelegate
 
 from handlers import make_app
 from services import logs
@@ -44,6 +46,27 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
             "user_id": getattr(handler, "user_id_for_log", None),
         },
     )
+
+
+class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
+    """Believes X-Forwarded-For / X-Real-IP only from TRUSTED_PROXIES.
+
+    Tornado's `xheaders` applies those headers whoever sends them (`trusted_downstream` only skips
+    trusted hops inside the list), so a client reaching a node directly could claim any address and
+    dodge per-IP limits. Here the peer address is checked first, per connection.
+    """
+
+    def initialize(self, *args: Any, trusted_proxies: frozenset[str] = frozenset(), **kwargs: Any) -> None:
+        self.trusted_proxies = trusted_proxies
+        super().initialize(*args, **kwargs)
+
+    def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        delegate = super().start_request(server_conn, request_conn)
+        peer = getattr(getattr(request_conn, "context", None), "remote_ip", None)
+        if self.xheaders and peer not in self.trusted_proxies:
+            # Tornado wraps the handler in a proxy adapter when xheaders is on; skip it for this peer.
+            return getattr(delegate, "delegate", delegate)  # type: ignore[no-any-return]
+        return delegate
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -80,11 +103,12 @@ class Node:
             mongodb_url = self.embedded.url
         self.services = await build_services(settings, mongodb_url)
         app = make_app(self.services, log_function=log_request)
-        self.http = tornado.httpserver.HTTPServer(
+        self.http = ProxyAwareHTTPServer(
             app,
             max_body_size=max(settings.max_upload_bytes, settings.max_body_bytes),
             xheaders=bool(settings.trusted_proxy_set),
             trusted_downstream=list(settings.trusted_proxy_set) or None,
+            trusted_proxies=settings.trusted_proxy_set,
             idle_connection_timeout=120,
         )
         self.http.listen(settings.port, settings.host)

@@ -45,6 +45,8 @@ LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
 BACKLOG_PAGE = 100
 STRIKE_WINDOW_S = 60.0
 
+_cleanups: set[asyncio.Task[None]] = set()
+
 
 class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
     endpoint = "conversation"
@@ -174,11 +176,17 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             )
             self.services.metrics.open_sockets.labels(endpoint=self.endpoint).dec()
             self.registered = False
-            asyncio.get_running_loop().create_task(self._unregister())
+            task = asyncio.get_running_loop().create_task(self._unregister())
+            # The loop keeps only weak references to tasks: hold this one until it is done, or the
+            # cleanup (and the presence transition it ends with) could vanish half-way.
+            _cleanups.add(task)
+            task.add_done_callback(_cleanups.discard)
 
     async def _unregister(self) -> None:
         try:
             await self.services.connections.remove(self)
+            if self.services.shutting_down:
+                return  # a shutdown hands presence over in bulk (Presence.close), and typing dies with it
             await self.left()
             await self.services.presence.disconnected(self.user_id)
         except Exception:

@@ -142,6 +142,7 @@ class Services:
 
     async def close(self) -> None:
         """Close sockets with 1001, finish queued writes, then release the clients."""
+        self.shutting_down = True
         await self.connections.close_all(1001, "server shutting down")
         await self.chat.close()
         await self.typing.close()

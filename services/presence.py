@@ -47,8 +47,17 @@ class Presence:
         """Nothing to do for a single node."""
 
     async def close(self) -> None:
-        """A single node going down takes every user's last socket with it."""
+        """A single node going down takes every user's last socket with it: record when they were seen."""
         self.closed = True
+        users = list(self.local_counts)
+        self.local_counts.clear()
+        if users:
+            try:
+                await self._store.users.update_many(
+                    {"_id": {"$in": users}}, {"$set": {"last_seen": dt.datetime.now(dt.UTC)}}
+                )
+            except STORE_DOWN_ERRORS:
+                log.warning("could not record last_seen of %d users at shutdown", len(users))
 
     async def connected(self, user_id: int) -> None:
         count = self.local_counts.get(user_id, 0) + 1

@@ -151,9 +151,15 @@ class Store:
             # every server (the embedded one adds defaults such as 2dsphereIndexVersion to what it stores
             # and then reports the re-sent spec as a conflict).
             existing = await collection.index_information()
-            missing = [m for m in models if m.document["name"] not in existing]
-            if missing:
-                await collection.create_indexes(missing)
+            for model in models:
+                if model.document["name"] in existing:
+                    continue
+                try:
+                    await collection.create_indexes([model])
+                except pymongo.errors.OperationFailure as exc:
+                    # Another node starting at the same moment created it first.
+                    if exc.code not in (85, 86):
+                        raise
 
     async def close(self) -> None:
         await self.client.close()

@@ -26,6 +26,7 @@ class TypingTracker:
         self.timeout_s = timeout_s
         self._expires: dict[tuple[int, int], float] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         if self._sweeper is None:
@@ -58,7 +59,10 @@ class TypingTracker:
 
     def stop_soon(self, conversation_id: int, user_id: int) -> None:
         if (conversation_id, user_id) in self._expires:
-            asyncio.get_running_loop().create_task(self.stop(conversation_id, user_id))
+            task = asyncio.get_running_loop().create_task(self.stop(conversation_id, user_id))
+            # Held until done: the loop keeps only weak references to tasks.
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     async def _publish(self, conversation_id: int, user_id: int, is_typing: bool) -> None:
         user = await self._users.summary(user_id)

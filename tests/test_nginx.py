@@ -461,12 +461,6 @@ async def test_client_address_comes_from_the_trusted_proxy(cluster: ProxiedClust
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.py passes xheaders=True to Tornado, which then believes X-Forwarded-For and X-Real-IP "
-    "from any peer; TRUSTED_PROXIES only strips trusted hops from the list. The peer address must be "
-    "checked against TRUSTED_PROXIES before the headers are used (docs/operations.md).",
-)
 async def test_forwarding_headers_from_an_untrusted_peer_are_ignored(cluster: ProxiedCluster) -> None:
     # Straight to a node from 127.0.0.2, which is not in TRUSTED_PROXIES: the claim must not be believed.
     source = loopback_source("127.0.0.2")
