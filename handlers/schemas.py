@@ -63,3 +63,9 @@ class SendMessageBody(Strict):
 
 class ReadBody(Strict):
     message_id: PositiveId
+
+
+class UserRef(Strict):
+    """The body of a like, a pass or a block: whom it is about."""
+
+    user_id: PositiveId

@@ -1,0 +1,286 @@
+"""GET /api/discover/: exclusions, preferences, distance, order, cursor paging, and the query plans."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import pytest
+
+from services import matching
+from services.matching import distance_m, pair_key, years_before
+from tests.test_matching import User, seed_user
+
+PARIS = {"lat": 48.8566, "lon": 2.3522}
+
+
+def offset(point: dict[str, float], km_north: float) -> dict[str, float]:
+    return {"lat": point["lat"] + km_north / 111.2, "lon": point["lon"]}
+
+
+async def discover(api: Any, user: User, query: str = "") -> dict[str, Any]:
+    r = await api.get(f"/api/discover/{query}", token=user.access)
+    assert r.status == 200, r.body
+    return r.body
+
+
+async def ids(api: Any, user: User, query: str = "") -> list[int]:
+    return [p["id"] for p in (await discover(api, user, query))["results"]]
+
+
+async def all_pages(api: Any, user: User, limit: int, extra: str = "") -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(200):
+        query = f"?limit={limit}{extra}" + (f"&cursor={cursor}" if cursor else "")
+        page = await discover(api, user, query)
+        assert len(page["results"]) <= limit
+        seen += page["results"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return seen
+    raise AssertionError("the cursor never ended")
+
+
+async def test_every_exclusion_rule(api, services):
+    viewer = await seed_user(services, "viewer")
+    liked, passed, blocked, blocker, matched, past, deleted = [await seed_user(services) for _ in range(7)]
+    fresh_old = await seed_user(services, "fresh")
+    fresh_new = await seed_user(services, "fresh")
+    m = services.matching
+    await m.like(viewer.id, liked.id)
+    await m.pass_user(viewer.id, passed.id)
+    await m.block(viewer.id, blocked.id)
+    await m.block(blocker.id, viewer.id)
+    await m.like(viewer.id, matched.id)
+    await m.like(matched.id, viewer.id)
+    # A past match with no like left behind it: the match alone must hide the pair.
+    await services.store.matches.insert_one(
+        {
+            "_id": await services.store.next_id("matches"),
+            "pair": pair_key(viewer.id, past.id),
+            "users": sorted((viewer.id, past.id)),
+            "conversation_id": await services.store.next_id("conversations"),
+            "status": "ended",
+            "created_at": dt.datetime.now(dt.UTC),
+        }
+    )
+    await services.store.users.update_one({"_id": deleted.id}, {"$set": {"deleted": True}})
+
+    page = await discover(api, viewer)
+    assert [p["id"] for p in page["results"]] == [fresh_new.id, fresh_old.id]  # newest first, nobody else
+    assert page["next_cursor"] is None
+    profile = page["results"][0]
+    assert set(profile) == {"id", "username", "profile_picture", "display_name", "bio", "age", "gender"}
+    assert profile["username"] == fresh_new.username and isinstance(profile["age"], int)
+    # Those who liked the viewer (without a like back) still appear: liking is not an exclusion.
+    assert (await m.like(fresh_old.id, viewer.id))[1]
+    assert await ids(api, viewer) == [fresh_new.id, fresh_old.id]
+    # And from the other side: the blocked, the blocker and the liked do not see the viewer either
+    # (the liked one still may: only their own likes and passes hide people from them).
+    assert viewer.id not in await ids(api, blocked)
+    assert viewer.id not in await ids(api, blocker)
+    assert viewer.id in await ids(api, liked)
+    assert viewer.id not in await ids(api, matched)
+    assert viewer.id not in await ids(api, past)
+
+
+async def test_gender_preferences_both_ways(api, services):
+    viewer = await seed_user(services, gender="woman", interested_in=["man", "nonbinary"])
+    man_for_women = await seed_user(services, gender="man", interested_in=["woman"])
+    man_for_anyone = await seed_user(services, gender="man", interested_in=[])
+    nb_for_women = await seed_user(services, gender="nonbinary", interested_in=["woman", "man"])
+    await seed_user(services, gender="man", interested_in=["man"])  # not into women
+    await seed_user(services, gender="woman", interested_in=["woman"])  # not what the viewer wants
+    await seed_user(services, gender=None, interested_in=[])  # states no gender: not a man nor nonbinary
+    shown = set(await ids(api, viewer))
+    assert shown == {man_for_women.id, man_for_anyone.id, nb_for_women.id}
+
+    # A viewer open to anyone and stating no gender: only people open to anyone.
+    open_viewer = await seed_user(services, interested_in=[])
+    shown = set(await ids(api, open_viewer))
+    assert man_for_anyone.id in shown and man_for_women.id not in shown and nb_for_women.id not in shown
+
+
+async def test_age_ranges_both_ways(api, services):
+    today = dt.datetime.now(dt.UTC).date()
+
+    def born(age: int) -> dt.date:
+        return years_before(today, age)
+
+    viewer = await seed_user(services, birthdate=born(30), age_min=25, age_max=35)
+    exactly_25 = await seed_user(services, birthdate=born(25))
+    exactly_35 = await seed_user(services, birthdate=born(35))
+    turns_36_today = await seed_user(services, birthdate=born(36))
+    almost_25 = await seed_user(services, birthdate=born(25) + dt.timedelta(days=1))
+    await seed_user(services, birthdate=None)  # age unknown: cannot satisfy an age range
+    wants_older = await seed_user(services, birthdate=born(28), age_min=31)
+    wants_younger = await seed_user(services, birthdate=born(28), age_max=29)
+    wants_viewer = await seed_user(services, birthdate=born(28), age_min=30, age_max=30)
+    shown = set(await ids(api, viewer))
+    assert shown == {exactly_25.id, exactly_35.id, wants_viewer.id}
+    assert turns_36_today.id not in shown and almost_25.id not in shown
+    assert wants_older.id not in shown and wants_younger.id not in shown
+
+    # A viewer with no birth date is shown only to people without an age range.
+    ageless = await seed_user(services, birthdate=None)
+    shown = set(await ids(api, ageless))
+    assert wants_viewer.id not in shown and viewer.id not in shown and exactly_25.id in shown
+
+
+async def test_distance_order_and_filter(api, services):
+    viewer = await seed_user(services, location=PARIS)
+    far = await seed_user(services, location=offset(PARIS, 500))
+    mid = await seed_user(services, location=offset(PARIS, 50))
+    near = await seed_user(services, location=offset(PARIS, 1))
+    nowhere_old = await seed_user(services)
+    nowhere_new = await seed_user(services)
+    page = await discover(api, viewer)
+    # Nearest first within 100 km, then people without a location, newest first.
+    assert [p["id"] for p in page["results"]] == [near.id, mid.id, nowhere_new.id, nowhere_old.id]
+    assert [p.get("distance_km") for p in page["results"]] == [1, 50, None, None]
+    assert page["next_cursor"] is None
+    wider = await ids(api, viewer, "?max_distance_km=1000")
+    assert wider == [near.id, mid.id, far.id, nowhere_new.id, nowhere_old.id]
+    assert await ids(api, viewer, "?max_distance_km=10") == [near.id, nowhere_new.id, nowhere_old.id]
+    # Without a location of one's own, nobody is excluded for distance: newest first.
+    placeless = await seed_user(services)
+    assert await ids(api, placeless) == [nowhere_new.id, nowhere_old.id, near.id, mid.id, far.id, viewer.id]
+
+
+async def test_paging_newest_first(api, services):
+    viewer = await seed_user(services)
+    users = [await seed_user(services) for _ in range(25)]
+    seen = await all_pages(api, viewer, 10)
+    assert [p["id"] for p in seen] == [u.id for u in reversed(users)]
+    first = await discover(api, viewer, "?limit=10")
+    assert len(first["results"]) == 10 and isinstance(first["next_cursor"], str)
+
+
+async def test_paging_nearest_first_with_ties(api, services, monkeypatch):
+    # A tiny band capacity forces the overflow path (narrowing a band) many times over.
+    monkeypatch.setattr(matching, "GEO_CAP", 3)
+    monkeypatch.setattr(matching, "MIN_BAND_M", 1.0)
+    viewer = await seed_user(services, location=PARIS)
+    placed = []
+    for i in range(24):
+        km = [0.0, 0.5, 3, 3, 3, 7, 12, 12.5, 20, 33, 41, 42, 55, 60, 61, 70, 75, 80, 85, 90, 95, 99, 150, 300][i]
+        placed.append(await seed_user(services, location=offset(PARIS, km)))
+    unplaced = [await seed_user(services) for _ in range(3)]
+    seen = await all_pages(api, viewer, 4)
+    got = [p["id"] for p in seen]
+    assert len(got) == len(set(got))
+    point = [PARIS["lon"], PARIS["lat"]]
+
+    async def dist(user_id: int) -> float:
+        doc = await services.store.users.find_one({"_id": user_id})
+        return distance_m(point, doc["location"]["coordinates"])
+
+    keyed = [(await dist(u.id), u.id) for u in placed]
+    expected = [uid for d, uid in sorted(keyed) if d <= 100_000]
+    assert got == expected + [u.id for u in reversed(unplaced)]
+
+
+async def test_windows_bound_the_work_and_the_cursor_goes_on(api, services):
+    viewer = await seed_user(services, gender="woman", interested_in=["man"])
+    wanted = await seed_user(services, gender="man", interested_in=["woman"])
+    # More unsuitable accounts than one request reads: the page comes back empty with a cursor.
+    per_request = matching.WINDOW_IDS * matching.MAX_WINDOWS
+    start = await services.store.next_id("users")
+    count = per_request + 100
+    await services.store.users.insert_many(
+        [
+            {"_id": start + i, "username": f"bulk{start + i}", "username_key": f"bulk{start + i}", "gender": "woman"}
+            for i in range(count)
+        ]
+    )
+    await services.store.counters.update_one({"_id": "users"}, {"$max": {"value": start + count}})
+    first = await discover(api, viewer)
+    assert first["results"] == [] and first["next_cursor"]
+    second = await discover(api, viewer, f"?cursor={first['next_cursor']}")
+    assert [p["id"] for p in second["results"]] == [wanted.id]
+
+
+async def test_bad_cursors(api, services):
+    viewer = await seed_user(services)
+    received_cursor = matching.encode_cursor({"m": "r", "t": 1, "o": "0" * 24})
+    for cursor in (
+        "garbage",
+        "e30",  # {}
+        matching.encode_cursor({"m": "n", "b": "5"}),
+        matching.encode_cursor({"m": "n", "b": -5}),
+        matching.encode_cursor({"m": "n", "b": 2**60}),
+        matching.encode_cursor({"m": "g", "d": 1.0, "i": 1, "w": 0}),
+        matching.encode_cursor([1, 2]),  # type: ignore[arg-type]
+        received_cursor,
+        "x" * 300,
+    ):
+        r = await api.get(f"/api/discover/?cursor={cursor}", token=viewer.access)
+        assert r.status == 400 and r.error_code == "invalid_cursor", (cursor, r.body)
+
+
+async def test_a_cursor_survives_a_change_of_location(api, services):
+    viewer = await seed_user(services)
+    for _ in range(3):
+        await seed_user(services, location=PARIS)
+    first = await discover(api, viewer, "?limit=1")
+    await services.store.users.update_one(
+        {"_id": viewer.id}, {"$set": {"location": {"type": "Point", "coordinates": [PARIS["lon"], PARIS["lat"]]}}}
+    )
+    # The newest-first cursor no longer applies to a located viewer: the listing starts again by distance.
+    again = await discover(api, viewer, f"?limit=5&cursor={first['next_cursor']}")
+    assert len(again["results"]) == 3 and all(p["distance_km"] == 1 for p in again["results"])
+
+
+def plan_stages(plan: Any) -> list[str]:
+    """Every `stage` named anywhere in an explain document (find or aggregate, embedded or MongoDB)."""
+    found: list[str] = []
+    if isinstance(plan, dict):
+        for key, value in plan.items():
+            if key == "stage" and isinstance(value, str):
+                found.append(value)
+            elif key not in ("command", "parsedQuery", "filter"):
+                found += plan_stages(value)
+    elif isinstance(plan, list):
+        for item in plan:
+            found += plan_stages(item)
+    return found
+
+
+@pytest.mark.parametrize("located", [False, True])
+async def test_discover_queries_are_index_scans(api, services, located):
+    location = PARIS if located else None
+    viewer = await seed_user(services, location=location, gender="woman", interested_in=["man"], age_min=20)
+    others = [await seed_user(services, location=offset(PARIS, i), gender="man") for i in range(20)]
+    for other in others[:5]:
+        await services.matching.like(viewer.id, other.id)
+    await services.matching.pass_user(viewer.id, others[5].id)
+    await services.matching.block(viewer.id, others[6].id)
+    await services.matching.block(others[7].id, viewer.id)
+    plans = await services.matching.discover_query_plans(viewer.id)
+    expected = {"window", "liked", "passed", "blocked", "blocked_by", "matched"} | ({"nearest"} if located else set())
+    assert set(plans) == expected
+    for name, plan in plans.items():
+        stages = plan_stages(plan.get("queryPlanner", plan))
+        assert stages, (name, plan)
+        assert "COLLSCAN" not in stages, (name, stages)
+        assert not {"SORT", "SORT_KEY_GENERATOR"} & set(stages), (name, stages)
+        assert {"IXSCAN", "GEO_NEAR_2DSPHERE", "IDHACK", "EXPRESS_IXSCAN"} & set(stages), (name, stages)
+    if located:
+        nearest = plan_stages(plans["nearest"]["queryPlanner"])
+        assert "GEO_NEAR_2DSPHERE" in nearest or "location_geo" in str(plans["nearest"]["queryPlanner"])
+
+
+async def test_our_distance_agrees_with_the_servers(services):
+    # Bands are cut by the server's $near distance and ordered by ours; they must agree well within EDGE_M.
+    center = [PARIS["lon"], PARIS["lat"]]
+    assert abs(distance_m([0.0, 10.0], [0.0, 11.0]) - 6_378_100.0 * math.radians(1)) < 1e-6
+    for km_east, km_north in ((0.3, 0.1), (12.0, -7.0), (70.0, 60.0)):
+        where = {"lat": PARIS["lat"] + km_north / 111.2, "lon": PARIS["lon"] + km_east / 73.0}
+        user = await seed_user(services, location=where)
+        ours = distance_m(center, [where["lon"], where["lat"]])
+        near = {"$geometry": {"type": "Point", "coordinates": center}}
+        tight = {"$near": {**near, "$minDistance": ours - 0.01, "$maxDistance": ours + 0.01}}
+        found = await services.store.users.find({"_id": user.id, "location": tight}).to_list(None)
+        assert [d["_id"] for d in found] == [user.id], (km_east, km_north, ours)
