@@ -226,11 +226,11 @@ class ConversationSocket(BaseSocket):
                 return
         chat = self.services.chat
         try:
+            # Read from the store, not the cache: an unmatch or block on another node reaches only nodes
+            # with a socket on the conversation, so a cached "open" could let a socket in for a while.
             # Without `after`, the socket gets every message stored from now on: the id it starts from is
             # read before subscribing, so what is stored in between arrives as a gap and is fetched.
-            conversation = await chat.member_conversation(
-                conversation_id, user_id, require_open=True, fresh=after is None
-            )
+            conversation = await chat.member_conversation(conversation_id, user_id, require_open=True, fresh=True)
         except errors.NotFound:
             self.shut(CLOSE_FORBIDDEN, "not a participant")
             return

@@ -1,0 +1,129 @@
+"""Typing indicators expire on the server: silence, a sent message or a disconnect report `is_typing: false`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.support import make_conversation
+from tests.ws_helpers import join, messages, pair
+
+TIMEOUT_S = 0.5
+
+
+@pytest.fixture
+def settings_overrides():
+    return {"typing_timeout_s": TIMEOUT_S}
+
+
+def typing_frames(frames):
+    return [f for f in frames if f["type"] == "typing"]
+
+
+async def test_silent_typist_is_reported_stopped_after_the_timeout(api, services):
+    p = await pair(api, services)
+    a = await join(api, p.cid, p.a)
+    b = await join(api, p.cid, p.b)
+    loop = asyncio.get_running_loop()
+
+    await b.send({"type": "typing", "is_typing": True})
+    assert (await a.recv_type("typing"))["is_typing"] is True
+    started = loop.time()
+    stopped = await a.recv_type("typing", timeout=TIMEOUT_S + 3)
+    elapsed = loop.time() - started
+    assert stopped == {"type": "typing", "user_id": p.b.id, "username": p.b.username, "is_typing": False}
+    assert TIMEOUT_S * 0.8 <= elapsed <= TIMEOUT_S + 1.5
+    # Reported once, and never to the typist.
+    assert typing_frames(await a.silent(TIMEOUT_S + 0.3)) == []
+    assert typing_frames(await b.silent(0.05)) == []
+
+
+async def test_repeated_typing_true_keeps_the_indicator_alive(api, services):
+    p = await pair(api, services)
+    a = await join(api, p.cid, p.a)
+    b = await join(api, p.cid, p.b)
+
+    async def keystrokes():
+        # One every third of the timeout for twice the timeout: never silent long enough to expire.
+        for _ in range(6):
+            await b.send({"type": "typing", "is_typing": True})
+            await asyncio.sleep(TIMEOUT_S / 3)
+
+    typist = asyncio.ensure_future(keystrokes())
+    during = typing_frames(await a.silent(2 * TIMEOUT_S - 0.1))
+    await typist
+    assert len(during) >= 4 and all(f["is_typing"] for f in during)
+    while (await a.recv_type("typing", timeout=TIMEOUT_S + 1.5))["is_typing"]:
+        pass
+
+
+async def test_explicit_stop_is_relayed_and_not_repeated_by_the_expiry(api, services):
+    p = await pair(api, services)
+    a = await join(api, p.cid, p.a)
+    b = await join(api, p.cid, p.b)
+    await b.send({"type": "typing", "is_typing": True})
+    await b.send({"type": "typing", "is_typing": False})
+    assert [f["is_typing"] for f in typing_frames(await a.silent(TIMEOUT_S + 0.5))] == [True, False]
+
+
+async def test_sending_a_message_reports_the_typist_stopped(api, services):
+    p = await pair(api, services)
+    a = await join(api, p.cid, p.a)
+    b = await join(api, p.cid, p.b)
+    await b.send({"type": "typing", "is_typing": True})
+    assert (await a.recv_type("typing"))["is_typing"] is True
+    await b.send({"type": "message", "content": "done typing"})
+    frames = []
+    while len([f for f in frames if f["type"] in ("typing", "message")]) < 2:
+        frames.append(await a.recv(timeout=TIMEOUT_S / 2))  # well before the expiry would say it
+    assert typing_frames(frames) == [
+        {"type": "typing", "user_id": p.b.id, "username": p.b.username, "is_typing": False}
+    ]
+    assert (await messages(b, 1))[0]["content"] == "done typing"
+    # Nothing more when the timeout passes.
+    assert typing_frames(await a.silent(TIMEOUT_S + 0.5)) == []
+
+
+async def test_a_message_sent_over_rest_also_stops_the_indicator(api, services):
+    p = await pair(api, services)
+    a = await join(api, p.cid, p.a)
+    b = await join(api, p.cid, p.b)
+    await b.send({"type": "typing", "is_typing": True})
+    assert (await a.recv_type("typing"))["is_typing"] is True
+    sent = await api.post(f"/api/conversations/{p.cid}/messages/", {"content": "from REST"}, token=p.b.access)
+    assert sent.status == 201
+    assert (await a.recv_type("typing", timeout=TIMEOUT_S / 2))["is_typing"] is False
+
+
+async def test_disconnecting_reports_the_typist_stopped_once_their_last_socket_leaves(api, services):
+    p = await pair(api, services)
+    a = await join(api, p.cid, p.a)
+    b1 = await join(api, p.cid, p.b)
+    b2 = await join(api, p.cid, p.b)
+    await b1.send({"type": "typing", "is_typing": True})
+    assert (await a.recv_type("typing"))["is_typing"] is True
+
+    # The user is still in the conversation through another socket: keep typing until it expires.
+    b1.close()
+    await asyncio.sleep(0.1)
+    await b2.send({"type": "typing", "is_typing": True})
+    assert (await a.recv_type("typing"))["is_typing"] is True
+    assert typing_frames(await a.silent(0.15)) == []
+
+    b2.close()
+    stopped = await a.recv_type("typing", timeout=TIMEOUT_S / 2)
+    assert stopped == {"type": "typing", "user_id": p.b.id, "username": p.b.username, "is_typing": False}
+    assert typing_frames(await a.silent(TIMEOUT_S + 0.5)) == []
+
+
+async def test_typing_in_one_conversation_is_not_shown_in_another(api, services):
+    p = await pair(api, services)
+    carol = await api.user("carol")
+    other_cid = await make_conversation(services, p.b.id, carol.id)
+    a = await join(api, p.cid, p.a)
+    c = await join(api, other_cid, carol)
+    b = await join(api, other_cid, p.b)
+    await b.send({"type": "typing", "is_typing": True})
+    assert (await c.recv_type("typing"))["user_id"] == p.b.id
+    assert typing_frames(await a.silent(0.3)) == []
