@@ -164,6 +164,8 @@ class BaseHandler(tornado.web.RequestHandler):
             message = exc.log_message or self._reason
             if status_code == 413:
                 code = "body_too_large"
+            if status_code == 405:
+                self.set_header("Allow", ", ".join(self.allowed_methods()))
         elif status_code >= 500:
             message = "Internal server error"
         self.set_status(status_code)
@@ -172,6 +174,15 @@ class BaseHandler(tornado.web.RequestHandler):
         if fields:
             error["fields"] = fields
         self.finish(orjson.dumps({"error": error}))
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler implements (for 405's Allow header)."""
+        base = tornado.web.RequestHandler
+        return [
+            m
+            for m in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if getattr(type(self), m.lower()) is not getattr(base, m.lower())
+        ]
 
     def on_finish(self) -> None:
         self.services.metrics.http_requests.labels(status=f"{self.get_status() // 100}xx").inc()

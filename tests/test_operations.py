@@ -133,3 +133,9 @@ async def test_sigterm_closes_sockets_1001_and_hands_presence_over(node_env):
         assert {"ts", "level", "logger", "msg"} <= set(entry)
     assert watcher_user.access not in n1.log() and both.access not in n2.log()
     assert "[redacted]" in n1.log()
+
+
+async def test_wrong_method_answers_405_with_allow(api):
+    r = await api.request("DELETE", "/api/token/")
+    assert r.status == 405 and r.error_code == "method_not_allowed"
+    assert r.headers["Allow"] == "POST"
