@@ -5,6 +5,11 @@ from __future__ import annotations
 import orjson
 import tornado.web
 
+from handlers.base import DEFAULT_CODES
+from services.media import ATTACHMENT_TYPES
+
+CONTENT_TYPE_BY_EXTENSION = {extension: content_type for content_type, extension in ATTACHMENT_TYPES.items()}
+
 
 class MediaHandler(tornado.web.StaticFileHandler):
     def set_extra_headers(self, path: str) -> None:
@@ -14,9 +19,17 @@ class MediaHandler(tornado.web.StaticFileHandler):
         self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
         self.set_header("Cache-Control", "public, max-age=86400, immutable")
 
+    def get_content_type(self) -> str:
+        # The type verified at upload, by the extension we chose then; the host's mime.types is not
+        # consulted (it may lack webp, or map an extension to something a browser would render).
+        assert self.absolute_path is not None
+        extension = self.absolute_path.rpartition(".")[2].lower()
+        content_type = CONTENT_TYPE_BY_EXTENSION.get(extension, "application/octet-stream")
+        return content_type + ("; charset=utf-8" if content_type == "text/plain" else "")
+
     def write_error(self, status_code: int, **kwargs: object) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        code = "not_found" if status_code == 404 else "error"
+        code = DEFAULT_CODES.get(status_code, "error")
         self.finish(orjson.dumps({"error": {"code": code, "message": self._reason}}))
 
 

@@ -7,12 +7,26 @@ with per-field messages, and they are the source of the request schemas in the O
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 Gender = Literal["man", "woman", "nonbinary"]
 PositiveId = Annotated[StrictInt, Field(gt=0, le=2**53)]
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _date_text(value: Any) -> Any:
+    # pydantic's lax dates also take numbers (0 becomes 1970-01-01) and midnight datetimes; on the wire
+    # a date is only ever "YYYY-MM-DD", and anything else is a client bug worth a 400.
+    if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+        raise ValueError("must be a date written YYYY-MM-DD")
+    return value
+
+
+IsoDate = Annotated[dt.date, BeforeValidator(_date_text)]
 
 
 class Strict(BaseModel):
@@ -28,7 +42,7 @@ class ProfileFields(Strict):
     email: Annotated[StrictStr, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
     display_name: Annotated[StrictStr, Field(min_length=1, max_length=50)] | None = None
     bio: Annotated[StrictStr, Field(max_length=500)] | None = None
-    birthdate: dt.date | None = None
+    birthdate: IsoDate | None = None
     gender: Gender | None = None
     interested_in: Annotated[list[Gender], Field(max_length=3)] | None = None
     location: Location | None = None

@@ -31,6 +31,7 @@ ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ["user_id", "token_type", "exp", "iat", "jti"]
 # Tokens issued a little in the future (clock skew between nodes) are tolerated up to this many seconds.
 LEEWAY_S = 5
+MAX_ID = 2**53
 
 
 class TokenError(Unauthorized):
@@ -92,19 +93,23 @@ class TokenService:
         if not token:
             raise TokenError("Authentication token missing", code="token_missing")
         try:
+            # The leeway covers clock skew between nodes: PyJWT applies it to `exp` and also refuses an
+            # `iat` in the future, so without it a token minted on a node one second ahead is refused.
             claims = jwt.decode(
                 token,
                 self._secret,
                 algorithms=[ALGORITHM],
                 options={"require": REQUIRED_CLAIMS},
-                leeway=0,
+                leeway=LEEWAY_S,
             )
         except jwt.ExpiredSignatureError:
             raise TokenError("Token expired", code="token_expired") from None
         except jwt.PyJWTError:
             raise TokenError("Token invalid") from None
         user_id = claims.get("user_id")
-        if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
+        # Bounded like every id on the wire: a larger integer cannot be encoded as a BSON int64 and
+        # would surface as a 500 from the first query that uses it.
+        if not isinstance(user_id, int) or isinstance(user_id, bool) or not 0 < user_id <= MAX_ID:
             raise TokenError("Token invalid")
         if claims.get("token_type") != expected_type:
             raise TokenError("Wrong token type")
@@ -121,10 +126,12 @@ class TokenService:
     async def issue(self, user_id: int, family: str | None = None) -> TokenPair:
         now = dt.datetime.now(dt.UTC)
         refresh_jti = uuid.uuid4().hex
+        rotating = family is not None
+        family = family or uuid.uuid4().hex
         await self._store.refresh_tokens.insert_one(
             {
                 "_id": refresh_jti,
-                "family": family or uuid.uuid4().hex,
+                "family": family,
                 "user_id": user_id,
                 "used": False,
                 "revoked": False,
@@ -132,6 +139,11 @@ class TokenService:
                 "expires_at": now + dt.timedelta(seconds=self.refresh_ttl_s),
             }
         )
+        if rotating and await self._store.refresh_tokens.find_one({"family": family, "revoked": True}, {"_id": 1}):
+            # The family was revoked (a reuse was detected) between our claim of the old token and the
+            # insert above, so the revocation missed this new token: it must not be handed out.
+            await self._store.refresh_tokens.update_one({"_id": refresh_jti}, {"$set": {"revoked": True}})
+            raise TokenError("Refresh token already used or revoked", code="token_revoked")
         return TokenPair(
             access=self._encode(user_id, "access", self.access_ttl_s, uuid.uuid4().hex, now),
             refresh=self._encode(user_id, "refresh", self.refresh_ttl_s, refresh_jti, now),

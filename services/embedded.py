@@ -9,6 +9,7 @@ SIGTERM when the parent exits normally, and the kernel sends it SIGTERM if the p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("chat.embedded")
@@ -24,15 +26,50 @@ log = logging.getLogger("chat.embedded")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: ask the kernel to SIGTERM us when the parent dies."""
+def _tie_to_parent(parent_pid: int) -> Callable[[], None]:
+    """What the child runs between fork and exec: ask the kernel to SIGTERM it when the parent dies.
+
+    The kernel tracks the forking *thread*: Popen must run on a thread that lives as long as the
+    process (the main thread, or an executor thread, which is only retired at interpreter exit).
+    """
+
+    def tie() -> None:
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+        # A parent that died between fork and prctl sends no signal: we would be adopted and live on.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        # Own process group: a Ctrl-C in the terminal reaches the parent, which then stops us in order.
+        os.setpgrp()
+
+    return tie
+
+
+def _state(pid: int) -> str:
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-    # Own process group: a Ctrl-C in the terminal reaches the parent, which then stops us in order.
-    os.setpgrp()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _resume(pid: int) -> None:
+    """Let a paused child (SIGSTOP, a debugger) run again before it is sent SIGTERM.
+
+    A signal sent to a stopped process, or in the instant it resumes, may be taken by any of its threads;
+    CPython then only sets a flag and never wakes its main thread, so the child would sit out the whole
+    stop timeout. Once its threads have run for a moment, the main thread receives the signal as usual.
+    """
+    if _state(pid) not in ("T", "t"):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 1.0
+    while _state(pid) in ("T", "t") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,7 +111,11 @@ class EmbeddedMongo:
         ]
         with open(log_path, "ab") as log_file:
             self.process = subprocess.Popen(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+                cmd,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_tie_to_parent(os.getpid()),
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -93,6 +134,7 @@ class EmbeddedMongo:
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return
+        _resume(proc.pid)
         proc.terminate()
         try:
             proc.wait(timeout_s)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from functools import partial
 from pathlib import Path
 
 from services.errors import Invalid, TooLarge
@@ -75,6 +76,15 @@ class MediaStore:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, _write_file, target, data)
         return relative
+
+    async def delete(self, relative_path: str) -> None:
+        """Remove a stored file; a file already gone is not an error."""
+        target = (self.root / relative_path).resolve()
+        # Paths come from our own documents, but a corrupted one must never reach outside the media root.
+        if not target.is_relative_to(self.root.resolve()):
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, partial(target.unlink, missing_ok=True))
 
 
 def _write_file(target: Path, data: bytes) -> None:

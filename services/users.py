@@ -9,13 +9,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pymongo.errors
+from pymongo import ReturnDocument
 
 from services.auth import PasswordHasher, TokenPair, TokenService
 from services.errors import Conflict, Invalid, NotFound, Unauthorized
 from services.media import IMAGE_TYPES, MediaStore
 from services.store import Doc, Store
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,30}$")
+# Matched with fullmatch: `$` alone would also accept a trailing newline ("alice\n").
+USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,30}")
 GENDERS = ("man", "woman", "nonbinary")
 PROFILE_FIELDS = (
     "email",
@@ -71,7 +73,7 @@ class UserService:
     # -- accounts -------------------------------------------------------------------------------------
 
     async def register(self, username: str, password: str, profile: dict[str, Any]) -> Doc:
-        if not USERNAME_RE.match(username):
+        if not USERNAME_RE.fullmatch(username):
             raise Invalid(
                 "Invalid username",
                 fields={"username": "3 to 30 characters: letters, digits, '_', '.', '-'"},
@@ -163,7 +165,19 @@ class UserService:
     async def set_picture(self, user_id: int, data: bytes) -> str:
         content_type = self._media.check(data, IMAGE_TYPES)
         relative = await self._media.save("profile_pictures", data, content_type)
-        await self._store.users.update_one({"_id": user_id}, {"$set": {"picture": relative}})
+        previous = await self._store.users.find_one_and_update(
+            {"_id": user_id, "deleted": {"$ne": True}},
+            {"$set": {"picture": relative}},
+            projection={"picture": 1},
+            return_document=ReturnDocument.BEFORE,
+        )
+        if previous is None:
+            await self._media.delete(relative)
+            raise NotFound("User not found")
+        # The replaced file is referenced by nothing else (names are random per upload); keeping it
+        # would let every re-upload grow the data dir forever.
+        if previous.get("picture") and previous["picture"] != relative:
+            await self._media.delete(previous["picture"])
         self._summaries.pop(user_id, None)
         url = self._media.url(relative)
         assert url is not None
@@ -235,8 +249,9 @@ class UserService:
                 value = dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
             elif key == "location" and value is not None:
                 value = {"type": "Point", "coordinates": [float(value["lon"]), float(value["lat"])]}
-            elif key == "interested_in" and value is None:
-                value = []
+            elif key == "interested_in":
+                # Order kept, duplicates dropped: matching reads it as a set.
+                value = list(dict.fromkeys(value or []))
             elif key in ("age_min", "age_max") and value is not None and value < self.min_age:
                 errors[key] = f"must be at least {self.min_age}"
                 continue
