@@ -20,6 +20,7 @@ from services.config import Settings
 from services.container import Services, build_services
 from services.embedded import EmbeddedMongo
 from services.logs import redact
+from services.store import STORE_DOWN_ERRORS
 
 log = logging.getLogger("chat.server")
 
@@ -158,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level.upper())
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except STORE_DOWN_ERRORS as exc:
+        where = settings.mongodb_url.rpartition("@")[2] or "the embedded MongoDB"  # never print credentials
+        print(f"cannot reach MongoDB ({where}): {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

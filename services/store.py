@@ -27,6 +27,7 @@ STORE_DOWN_ERRORS: tuple[type[BaseException], ...] = (
     pymongo.errors.ConnectionFailure,
     pymongo.errors.ServerSelectionTimeoutError,
     pymongo.errors.NetworkTimeout,
+    pymongo.errors.ExecutionTimeout,
 )
 
 Doc = dict[str, Any]
@@ -46,18 +47,29 @@ class IdAllocator:
     async def next_id(self) -> int:
         async with self._lock:
             if self._next >= self._end:
+                self._end = await self._reserve_block() + 1
+                self._next = self._end - self._block_size
+            value = self._next
+            self._next += 1
+            return value
+
+    async def _reserve_block(self) -> int:
+        """The last id of a newly reserved block. Two nodes creating the counter at the same moment
+        can see their upserts collide (DuplicateKeyError, or no document back): the retry then finds
+        the counter and increments it."""
+        for _ in range(5):
+            try:
                 doc = await self._counters.find_one_and_update(
                     {"_id": self._name},
                     {"$inc": {"value": self._block_size}},
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
                 )
-                assert doc is not None
-                self._end = int(doc["value"]) + 1
-                self._next = self._end - self._block_size
-            value = self._next
-            self._next += 1
-            return value
+            except pymongo.errors.DuplicateKeyError:
+                continue
+            if doc is not None:
+                return int(doc["value"])
+        raise pymongo.errors.OperationFailure(f"could not reserve ids for {self._name}")
 
 
 class Store:
@@ -68,7 +80,9 @@ class Store:
             url,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
-            socketTimeoutMS=max(timeout_ms * 5, 10_000),
+            # Every operation, retries included, gives up after this: a store that accepts connections
+            # and then stalls answers 503 quickly instead of holding requests for the socket timeout.
+            timeoutMS=timeout_ms + 1000,
             tz_aware=True,
             appname="chat-server",
         )

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "process test password"
 # What "fails fast" means for a client: the store's 2 s selection timeout plus some slack on a busy box.
-FAST_S = 3.5
+FAST_S = 4.5
 
 # Straight to 127.0.0.1: a proxy configured in the environment must not sit between test and server.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -298,15 +298,8 @@ def test_a_paused_store_is_reported_fast(servers):
         ready = server.call("GET", "/readyz")
         assert ready.status == 503 and ready.body["checks"]["mongodb"] is False
         assert ready.elapsed < FAST_S, ready.elapsed
-        try:
-            reply = server.call("GET", "/api/users/me/", token=user["access"], timeout=FAST_S + 1)
-        except (TimeoutError, urllib.error.URLError):
-            reply = None
-        if reply is None or reply.elapsed >= FAST_S:
-            pytest.xfail(
-                "a hung store holds REST calls for the socket timeout (services/store.py: socketTimeoutMS is at "
-                "least 10 s and no client-wide timeoutMS), not the ~2 s budget"
-            )
+        reply = server.call("GET", "/api/users/me/", token=user["access"], timeout=FAST_S + 1)
+        assert reply.elapsed < FAST_S, reply.elapsed
         assert reply.status == 503 and reply.body["error"]["code"] == "unavailable"
     finally:
         server.process.send_signal(signal.SIGTERM)
