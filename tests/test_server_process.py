@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "process test password"
-# What "fails fast" means for a client: the store's 2 s selection timeout plus some slack on a busy box.
+# What "fails fast" means for a client: the store's operation budget (MONGODB_TIMEOUT_MS + 1 s)
+# plus slack on a busy box.
 FAST_S = 4.5
 
 # Straight to 127.0.0.1: a proxy configured in the environment must not sit between test and server.
