@@ -43,7 +43,9 @@ class Settings:
     access_token_ttl_s: int = _knob(15 * 60, "ACCESS_TOKEN_TTL", "Access token lifetime, seconds")
     refresh_token_ttl_s: int = _knob(7 * 24 * 3600, "REFRESH_TOKEN_TTL", "Refresh token lifetime, seconds")
     public_url: str = _knob(
-        "", "PUBLIC_URL", "Base of absolute media URLs (https://chat.example.com); empty: http://HOST:PORT, localhost for loopback"
+        "",
+        "PUBLIC_URL",
+        "Base of absolute media URLs (https://chat.example.com); empty: http://HOST:PORT, localhost for loopback",
     )
     log_format: str = _knob("json", "LOG_FORMAT", "`json` (one object per line) or `text`")
     log_level: str = _knob("INFO", "LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR")
