@@ -124,7 +124,10 @@ async def test_read_receipt_marks_that_message_and_earlier_ones_read_and_is_broa
 
     # A reader's own messages are not marked read by their own receipt.
     await b.send({"type": "message", "content": "reply"})
+    assert (await messages(b, 1))[0]["id"] == 4
     await b.send({"type": "read_receipt", "message_id": 4})
+    await b.send({"type": "ping"})
+    await b.recv_type("pong")  # frames of one socket are handled in order: the receipt is done
     results = (await history(api, p.cid, p.a)).body["results"]
     assert results[-1]["id"] == 4 and results[-1]["is_read"] is False
 

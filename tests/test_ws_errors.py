@@ -5,14 +5,12 @@ Refused input must never be stored: each test that feeds bad input checks REST h
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import tornado.httpclient
 import tornado.websocket
 
 from tests.support import make_conversation, ws_connect
-from tests.ws_helpers import conv_path, history_ids, join, messages, notifications, pair, token
+from tests.ws_helpers import conv_path, history_ids, join, messages, notifications, pair, token, wait_for
 
 BASE_OVERRIDES = {"max_frame_bytes": 2048, "max_content_chars": 100}
 
@@ -231,7 +229,7 @@ async def test_sockets_over_the_per_user_limit_close_1008(api, services):
     # Another user is not affected, and closing one socket makes room again.
     await join(api, p.cid, p.b)
     first.close()
-    await asyncio.sleep(0.2)
+    await wait_for(lambda: services.connections.count(p.a.id) < 2)
     await join(api, p.cid, p.a)
 
 
@@ -248,7 +246,7 @@ async def test_conversation_sockets_over_their_own_limit_close_1008(api, service
 
 @pytest.mark.parametrize(
     "settings_overrides",
-    [{"message_rate": 0.5, "message_burst": 3, "rate_strikes_to_close": 4}],
+    [{"message_rate": 0.1, "message_burst": 3, "rate_strikes_to_close": 4}],
     indirect=True,
 )
 async def test_rate_limit_answers_error_frames_then_closes_1008_when_abuse_persists(api, services):
@@ -261,7 +259,7 @@ async def test_rate_limit_answers_error_frames_then_closes_1008_when_abuse_persi
     await a.send({"type": "message", "content": "too fast", "client_id": "late-1"})
     error = await a.recv_type("error")
     assert error["code"] == "rate_limited" and isinstance(error["message"], str)
-    assert isinstance(error["retry_after_ms"], int) and 0 < error["retry_after_ms"] <= 2000
+    assert isinstance(error["retry_after_ms"], int) and 0 < error["retry_after_ms"] <= 10_000
     assert error["client_id"] == "late-1"
     await still_open(a)
 

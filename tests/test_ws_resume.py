@@ -149,7 +149,8 @@ async def test_concurrent_retries_store_one_message_and_answer_all_with_it(api, 
         rest_answers = [r for r in results if r is not None and not isinstance(r, tuple)]
         direct_answers = [r for r in results if isinstance(r, tuple)]
         assert sorted(r.status for r in rest_answers) in ([200, 200, 201], [200, 200, 200])
-        assert sum(created for _, created in direct_answers) + [r.status for r in rest_answers].count(201) == 1
+        # Exactly one of the nine created it (a socket send, when none of these did).
+        assert sum(created for _, created in direct_answers) + [r.status for r in rest_answers].count(201) <= 1
         ids = {r.body["id"] for r in rest_answers} | {m["id"] for m, _ in direct_answers}
         for ws in sockets:
             ids |= {m["id"] for m in await messages(ws, 1)}
