@@ -6,6 +6,7 @@ from tests.support import ws_connect
 from tests.ws_helpers import (
     ISO_Z,
     PNG,
+    abort,
     check_message_object,
     history,
     join,
@@ -180,6 +181,16 @@ async def test_status_transitions_follow_the_last_socket_of_either_endpoint(api,
     assert (await a.recv_type("status"))["status"] == "online"
     # The user's own sockets are not told about themselves.
     assert [f for f in await a.silent(0.2) if f["type"] == "status" and f["user_id"] == p.a.id] == []
+
+
+async def test_a_connection_lost_without_a_close_frame_also_reports_offline(api, services):
+    p = await pair(api, services)
+    a = await join(api, p.cid, p.a)
+    b = await join(api, p.cid, p.b)
+    assert (await a.recv_type("status"))["status"] == "online"
+    abort(b)  # the network goes away: no close handshake
+    offline = await a.recv_type("status")
+    assert offline["user_id"] == p.b.id and offline["status"] == "offline"
 
 
 async def test_the_seed_javascript_client_reads_every_field_it_uses(api, services):
