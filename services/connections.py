@@ -195,6 +195,7 @@ class Connections:
         # Called with a conversation id when an unmatch or block closed it (drop caches).
         self.on_conversation_closed: list[Callable[[int], None]] = []
         self.metrics: Metrics | None = None
+        self._presence_versions: dict[int, int] = {}
         self._gap_tasks: dict[int, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         bus.set_handler(self.on_bus_event)
@@ -263,6 +264,8 @@ class Connections:
             for peer in list(self.notifications_by_user.get(target, ())):
                 peer.push(frame)
         elif kind == CONVERSATION:
+            if "pv" in header and self._stale_presence(int(header["pu"]), int(header["pv"])):
+                return
             exclude = header.get("x")
             seq = header.get("s")
             droppable = bool(header.get("d"))
@@ -278,6 +281,16 @@ class Connections:
                 hook(target)
             for peer in list(self.by_conversation.get(target, ())):
                 peer.shut(4001, "conversation closed")
+
+    def _stale_presence(self, user_id: int, version: int) -> bool:
+        """True for a status older than one already passed on for that user (announcements race).
+        One transition arrives once per shared conversation, all with the same version: equal passes."""
+        if version < self._presence_versions.get(user_id, 0):
+            return True
+        if len(self._presence_versions) > 100_000:
+            self._presence_versions.clear()
+        self._presence_versions[user_id] = version
+        return False
 
     def push_to_user(self, user_id: int, data: bytes) -> None:
         for peer in list(self.by_user.get(user_id, ())):

@@ -6,7 +6,8 @@ are written to every one of them untouched, so a frame is serialised once in the
 node reads only the header.
 Header keys: `k` kind, `t` the frame's type (for metrics), `ts` when it was published (for the
 publish-to-deliver latency), `x` a user whose sockets must not receive it, `s` a message id (for
-in-order delivery), `d` true when the frame may be dropped for a slow reader (typing).
+in-order delivery), `d` true when the frame may be dropped for a slow reader (typing), `pu`/`pv` the user
+and version of a presence transition (older ones are dropped).
 """
 
 from __future__ import annotations
@@ -61,9 +62,13 @@ class Publisher:
         *,
         exclude_user: int | None = None,
         seq: int | None = None,
+        presence_version: int | None = None,
     ) -> None:
         """Send a frame to every socket open on a conversation (optionally not to one user's)."""
         header: dict[str, Any] = {"k": CONVERSATION}
+        if presence_version is not None:
+            header["pv"] = presence_version
+            header["pu"] = frame["user_id"]
         if exclude_user is not None:
             header["x"] = exclude_user
         if seq is not None:

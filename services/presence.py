@@ -76,16 +76,22 @@ class Presence:
         await self._offline_here(user_id)
 
     async def _online_here(self, user_id: int) -> None:
-        await self.announce(user_id, online=True)
+        await self.announce(user_id, online=True, version=local_version())
 
     async def _offline_here(self, user_id: int) -> None:
-        await self.announce(user_id, online=False)
+        await self.announce(user_id, online=False, version=local_version())
 
     async def is_online(self, user_id: int) -> bool:
         return user_id in self.local_counts
 
-    async def announce(self, user_id: int, *, online: bool, at: dt.datetime | None = None) -> None:
-        """Publish a transition to every open conversation of the user; record last_seen when offline."""
+    async def announce(
+        self, user_id: int, *, online: bool, at: dt.datetime | None = None, version: int | None = None
+    ) -> None:
+        """Publish a transition to every open conversation of the user; record last_seen when offline.
+
+        `version` orders the transitions of one user: announcing takes a few awaits, so a later
+        transition (on this node or another) can be published before an earlier one, and receivers
+        drop a status older than one they already passed on (services/connections.py)."""
         at = at or dt.datetime.now(dt.UTC)
         if online:
             self.online_since[user_id] = at
@@ -103,7 +109,7 @@ class Presence:
             return
         frame = self.frame(user_id, user["username"], online, at)
         for conversation_id in conversations:
-            await self._events.to_conversation(conversation_id, frame, exclude_user=user_id)
+            await self._events.to_conversation(conversation_id, frame, exclude_user=user_id, presence_version=version)
 
     @staticmethod
     def frame(user_id: int, username: str, online: bool, at: dt.datetime | None) -> dict[str, Any]:
@@ -139,43 +145,63 @@ class Presence:
         return {"status": "online" if online else "offline", "last_seen": None if online else iso(doc.get("last_seen"))}
 
 
+def local_version() -> int:
+    """A transition's version when this process alone decides it: microseconds of the clock."""
+    return time.time_ns() // 1000
+
+
+# Versions of transitions decided in Redis come from Redis's own clock, read inside the script that
+# decides the transition, so they increase in the order Redis serialised the transitions.
+_VERSION = "local now = redis.call('TIME') local version = now[1] * 1000000 + now[2]\n"
+
 # Each user has a sorted set `online:<user>` whose members are node ids and whose scores are the times
 # until which that node vouches for the user (refreshed by the node's heartbeat). A user is online while
 # some member's score lies in the future. Scripts make every transition atomic, so that exactly one node
 # reports each online and each offline, however the connections race across nodes.
 
-_CONNECT = """
+_CONNECT = (
+    _VERSION
+    + """
 local live = redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[5])
-return live
+return {live, version}
 """
+)
 
-# Also used by the sweeper for a dead node's users: returns 1 when removing `node` made the user offline.
-_DISCONNECT = """
+# Also used by the sweeper for a dead node's users: returns the transition's version when removing
+# `node` made the user offline, else 0.
+_DISCONNECT = (
+    _VERSION
+    + """
 local removed = redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('SREM', KEYS[2], ARGV[3])
 if removed == 1 and redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') == 0 then
-  return 1
+  return version
 end
 return 0
 """
+)
 
-# The heartbeat: re-vouch for every local user in one call; returns those who were offline meanwhile
-# (e.g. Redis restarted or this node was declared dead), so that they are announced online again.
-_HEARTBEAT = """
+# The heartbeat: re-vouch for every local user in one call; returns [user, version, ...] for those who
+# were offline meanwhile (Redis restarted, or this node was declared dead): they are announced again.
+_HEARTBEAT = (
+    _VERSION
+    + """
 local back = {}
 for i = 1, #ARGV - 4 do
   local key = KEYS[i]
   if redis.call('ZCOUNT', key, ARGV[#ARGV - 2], '+inf') == 0 then
     table.insert(back, ARGV[i])
+    table.insert(back, version)
   end
   redis.call('ZADD', key, ARGV[#ARGV - 1], ARGV[#ARGV])
   redis.call('EXPIRE', key, ARGV[#ARGV - 3])
 end
 return back
 """
+)
 
 HEARTBEAT_CHUNK = 500
 
@@ -254,7 +280,7 @@ class RedisPresence(Presence):
         self._unsynced_offline.discard(user_id)
         now = self._now()
         try:
-            live_before = await self._connect(
+            live_before, version = await self._connect(
                 keys=[self._online_key(user_id), self._node_users_key],
                 args=[now, now + self.ttl_s, self.node_id, int(self.ttl_s * 4) + 60, user_id],
             )
@@ -263,20 +289,20 @@ class RedisPresence(Presence):
             await self.announce(user_id, online=True)
             return
         if int(live_before) == 0:
-            await self.announce(user_id, online=True)
+            await self.announce(user_id, online=True, version=int(version))
         else:
             self.online_since.setdefault(user_id, dt.datetime.now(dt.UTC))
 
     async def _offline_here(self, user_id: int) -> None:
         try:
-            went_offline = await self._disconnect(
+            version = await self._disconnect(
                 keys=[self._online_key(user_id), self._node_users_key], args=[self._now(), self.node_id, user_id]
             )
         except REDIS_ERRORS:
             self._unsynced_offline.add(user_id)
             return
-        if int(went_offline) == 1:
-            await self.announce(user_id, online=False)
+        if int(version):
+            await self.announce(user_id, online=False, version=int(version))
 
     async def is_online(self, user_id: int) -> bool:
         if user_id in self.local_counts:
@@ -307,12 +333,12 @@ class RedisPresence(Presence):
             if user_id in self.local_counts:
                 self._unsynced_offline.discard(user_id)
                 continue
-            went_offline = await self._disconnect(
+            version = await self._disconnect(
                 keys=[self._online_key(user_id), self._node_users_key], args=[now, self.node_id, user_id]
             )
             self._unsynced_offline.discard(user_id)
-            if int(went_offline) == 1:
-                await self.announce(user_id, online=False)
+            if int(version):
+                await self.announce(user_id, online=False, version=int(version))
         user_ids = list(self.local_counts)
         if user_ids:
             pipe = self.redis.pipeline(transaction=False)
@@ -324,8 +350,9 @@ class RedisPresence(Presence):
                 keys=[self._online_key(u) for u in chunk],
                 args=[*chunk, int(self.ttl_s * 4) + 60, now, now + self.ttl_s, self.node_id],
             )
-            for user_id in back or []:
-                await self.announce(int(user_id), online=True)
+            back = back or []
+            for user_id, version in zip(back[::2], back[1::2], strict=True):
+                await self.announce(int(user_id), online=True, version=int(version))
 
     async def _sweep_dead_nodes(self) -> None:
         """Report offline the users of nodes whose heartbeat stopped; one surviving node sweeps each."""
@@ -344,10 +371,8 @@ class RedisPresence(Presence):
             log.warning("node %s stopped heartbeating; sweeping its %d users", node, len(members))
             for raw_user in members:
                 user_id = int(raw_user)
-                went_offline = await self._disconnect(
-                    keys=[self._online_key(user_id), users_key], args=[now, node, user_id]
-                )
-                if int(went_offline) == 1:
-                    await self.announce(user_id, online=False)
+                version = await self._disconnect(keys=[self._online_key(user_id), users_key], args=[now, node, user_id])
+                if int(version):
+                    await self.announce(user_id, online=False, version=int(version))
             await self.redis.delete(users_key)
             await self.redis.hdel(self._nodes_key, node)

@@ -53,6 +53,8 @@ async def test_offline_only_when_last_socket_anywhere_closes(cluster_factory):
     b1 = await ws_connect(n1.api, f"/ws/notifications/?token={b.access}")
     assert (await watcher.recv_type("status"))["status"] == "online"
     b2 = await ws_connect(n2.api, f"/ws/notifications/?token={b.access}")
+    await b2.send({"type": "ping"})  # answered only once the socket is registered (and b counted on n2)
+    assert (await b2.recv_type("pong"))["type"] == "pong"
     b1.close()
     frames = await watcher.silent(0.8)
     assert [f for f in frames if f["type"] == "status"] == []
@@ -76,3 +78,22 @@ async def test_node_death_reports_offline(cluster_factory):
     st = await watcher.recv_type("status", timeout=FAST["presence_ttl_s"] + 3)
     assert st["status"] == "offline" and st["user_id"] == b.id
     await asyncio.sleep(0)
+
+
+async def test_a_late_status_announcement_never_overrides_a_newer_one(cluster_factory):
+    # Announcing takes a few awaits, so two transitions of one user decided on two nodes can be
+    # published in the opposite order; receivers keep the newest.
+    n1, n2 = await cluster_factory(2, **FAST)
+    a = await n1.api.user("alice")
+    b = await n1.api.user("bob")
+    cid = await make_conversation(n1.services, a.id, b.id)
+    watcher = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={a.access}")
+    await watcher.recv_type("status")
+    presence2 = n2.services.presence
+    frame_new = presence2.frame(b.id, b.username, True, None)
+    frame_old = presence2.frame(b.id, b.username, False, None)
+    await n2.services.events.to_conversation(cid, frame_new, exclude_user=b.id, presence_version=2_000)
+    await n1.services.events.to_conversation(cid, frame_old, exclude_user=b.id, presence_version=1_000)
+    first = await watcher.recv_type("status")
+    assert first["status"] == "online"
+    assert [f for f in await watcher.silent(0.5) if f["type"] == "status"] == []
