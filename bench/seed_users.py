@@ -26,7 +26,8 @@ from services.store import Store
 
 GENDERS = ("man", "woman", "nonbinary")
 INTERESTS: tuple[list[str], ...] = ([], ["man"], ["woman"], ["man", "woman"], ["woman", "nonbinary"])
-# Mainland France, roughly: about 1,000 km by 1,000 km, so a 100 km radius holds ~3% of located users.
+# Most of mainland France: about 530 km by 780 km, so a 100 km radius around a point well
+# inside it holds ~7% of the located users.
 REGION = {"lon": (-1.5, 5.5), "lat": (43.5, 50.5)}
 BATCH = 2000
 
