@@ -129,10 +129,12 @@ class UserService:
         return profile
 
     async def blocked_either_way(self, a: int, b: int) -> bool:
-        found = await self._store.blocks.find_one(
-            {"$or": [{"from_id": a, "to_id": b}, {"from_id": b, "to_id": a}]}, {"_id": 1}
-        )
-        return found is not None
+        # Two point reads on the (from_id, to_id) index: an `$or` of the two is a collection scan on
+        # the embedded store.
+        for blocker, blocked in ((a, b), (b, a)):
+            if await self._store.blocks.find_one({"from_id": blocker, "to_id": blocked}, {"_id": 1}):
+                return True
+        return False
 
     async def get_many(self, user_ids: list[int]) -> dict[int, Doc]:
         docs = await self._store.users.find({"_id": {"$in": user_ids}}).to_list(None)
