@@ -5,7 +5,7 @@ viewer a history (likes, passes, blocks), then times `MatchingService.discover` 
 path (no HTTP: add ~1 ms for the handler) for two kinds of viewer:
 
 - newest: a viewer without a location; pages come newest first through windows of account ids;
-- nearest: a viewer with a location; pages come nearest first through 2dsphere `$near` bands.
+- nearest: a viewer with a location; pages come nearest first through `$nearSphere` bands on the 2d index.
 
 Each viewer asks for its first page and then follows the cursor for a few more pages. It prints p50 /
 p99 per kind and size. Without --mongodb-url it starts the embedded store (SecantusDB) in a temporary

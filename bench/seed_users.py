@@ -56,7 +56,7 @@ def user_doc(user_id: int, rng: random.Random, created_at: dt.datetime, *, locat
     if rng.random() < located_share:
         lon = rng.uniform(*REGION["lon"])
         lat = rng.uniform(*REGION["lat"])
-        doc["location"] = {"type": "Point", "coordinates": [lon, lat]}
+        doc["location"] = [lon, lat]
     return doc
 
 

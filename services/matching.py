@@ -39,7 +39,7 @@ from services import errors
 from services.config import Settings
 from services.events import Publisher, new_like_notification, new_match_notification
 from services.store import Doc, Store
-from services.users import UserService, age_on, iso
+from services.users import UserService, age_on, iso, point_of
 
 log = logging.getLogger("chat.matching")
 
@@ -57,7 +57,7 @@ MIN_BAND_M = 10.0
 # Our distance and the server's may differ in the last bits; band edges overlap by this much and our own
 # distance decides what was already shown.
 EDGE_M = 0.5
-EARTH_RADIUS_M = 6_378_100.0  # the sphere MongoDB measures 2dsphere distances on
+EARTH_RADIUS_M = 6_378_100.0  # the sphere MongoDB measures spherical distances on
 RECEIVED_WINDOW = 100
 MAX_RECEIVED_WINDOWS = 5
 MAX_CURSOR_CHARS = 256
@@ -148,8 +148,9 @@ def window_pipeline(ids: list[int], prefs: Doc) -> list[Doc]:
 
 
 def nearest_filter(prefs: Doc, point: list[float], low_m: float, high_m: float) -> Doc:
-    near = {"$geometry": {"type": "Point", "coordinates": point}, "$minDistance": low_m, "$maxDistance": high_m}
-    return {**prefs, "location": {"$near": near}}
+    # `$nearSphere` on the 2d index measures great-circle distances in radians (see users.point_of).
+    near = {"$nearSphere": point, "$minDistance": low_m / EARTH_RADIUS_M, "$maxDistance": high_m / EARTH_RADIUS_M}
+    return {**prefs, "location": near}
 
 
 # -- cursors --------------------------------------------------------------------------------------------
@@ -233,13 +234,7 @@ class MatchingService:
 
     @staticmethod
     def _point(user: Doc) -> list[float] | None:
-        location = user.get("location")
-        if not isinstance(location, dict):
-            return None
-        coordinates = location.get("coordinates")
-        if not isinstance(coordinates, list) or len(coordinates) != 2:
-            return None
-        return [float(coordinates[0]), float(coordinates[1])]
+        return point_of(user)
 
     async def _top_user_id(self) -> int:
         """Every account id is at most the end of the last block reserved for the `users` sequence."""
@@ -292,9 +287,9 @@ class MatchingService:
         max_m: float,
         results: list[Doc],
     ) -> Doc | None:
-        """Nearest first within `max_m`, through the 2dsphere index, one distance band per query.
+        """Nearest first within `max_m`, through the 2d index (`$nearSphere`), one distance band per query.
 
-        Only a complete band can be ordered: a server that honours `$near`'s order would let us keep
+        Only a complete band can be ordered: a server that honours `$nearSphere`'s order would let us keep
         the first GEO_CAP of a fuller band, but one that does not (the embedded store) returns any
         GEO_CAP of them. So a band that overflows is narrowed and asked again, and the order inside a
         complete band is ours: (distance, id), which is also the cursor.

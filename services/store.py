@@ -117,7 +117,8 @@ class Store:
         specs: dict[AsyncCollection[Doc], list[IndexModel]] = {
             self.users: [
                 IndexModel([("username_key", ASCENDING)], unique=True, name="username_unique"),
-                IndexModel([("location", "2dsphere")], name="location_geo", sparse=True),
+                # Legacy [lon, lat] pairs under a 2d index: see services/users.py point_of.
+                IndexModel([("location", "2d")], name="location_2d"),
                 IndexModel([("created_at", DESCENDING)], name="newest"),
             ],
             self.refresh_tokens: [

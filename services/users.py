@@ -43,6 +43,22 @@ def iso(value: dt.datetime | None) -> str | None:
     return text.replace("+00:00", "Z")
 
 
+def point_of(doc: Doc) -> list[float] | None:
+    """A user's stored location as [lon, lat], or None.
+
+    Locations are stored as legacy coordinate pairs under a `2d` index: MongoDB answers `$nearSphere`
+    on it with spherical distances, and the embedded store serves it about a hundred times faster than
+    a 2dsphere `$near` (which reads a whole S2 face there, whatever the radius). GeoJSON points written
+    by older versions are still read.
+    """
+    location = doc.get("location")
+    if isinstance(location, dict):
+        location = location.get("coordinates")
+    if not isinstance(location, list) or len(location) != 2:
+        return None
+    return [float(location[0]), float(location[1])]
+
+
 def age_on(birthdate: dt.date, today: dt.date) -> int:
     return today.year - birthdate.year - ((today.month, today.day) < (birthdate.month, birthdate.day))
 
@@ -219,13 +235,13 @@ class UserService:
 
     def own_profile(self, doc: Doc) -> dict[str, Any]:
         birthdate = _as_date(doc.get("birthdate"))
-        location = doc.get("location")
+        location = point_of(doc)
         return {
             **self.public_profile(doc),
             "email": doc.get("email"),
             "birthdate": birthdate.isoformat() if birthdate else None,
             "interested_in": doc.get("interested_in") or [],
-            "location": ({"lat": location["coordinates"][1], "lon": location["coordinates"][0]} if location else None),
+            "location": {"lat": location[1], "lon": location[0]} if location else None,
             "age_min": doc.get("age_min"),
             "age_max": doc.get("age_max"),
             "created_at": iso(doc.get("created_at")),
@@ -250,7 +266,7 @@ class UserService:
                     continue
                 value = dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
             elif key == "location" and value is not None:
-                value = {"type": "Point", "coordinates": [float(value["lon"]), float(value["lat"])]}
+                value = [float(value["lon"]), float(value["lat"])]
             elif key == "interested_in":
                 # Order kept, duplicates dropped: matching reads it as a set.
                 value = list(dict.fromkeys(value or []))

@@ -175,7 +175,7 @@ async def test_paging_nearest_first_with_ties(api, services, monkeypatch):
 
     async def dist(user_id: int) -> float:
         doc = await services.store.users.find_one({"_id": user_id})
-        return distance_m(point, doc["location"]["coordinates"])
+        return distance_m(point, doc["location"])
 
     keyed = [(await dist(u.id), u.id) for u in placed]
     expected = [uid for d, uid in sorted(keyed) if d <= 100_000]
@@ -225,9 +225,7 @@ async def test_a_cursor_survives_a_change_of_location(api, services):
     for _ in range(3):
         await seed_user(services, location=PARIS)
     first = await discover(api, viewer, "?limit=1")
-    await services.store.users.update_one(
-        {"_id": viewer.id}, {"$set": {"location": {"type": "Point", "coordinates": [PARIS["lon"], PARIS["lat"]]}}}
-    )
+    await services.store.users.update_one({"_id": viewer.id}, {"$set": {"location": [PARIS["lon"], PARIS["lat"]]}})
     # The newest-first cursor no longer applies to a located viewer: the listing starts again by distance.
     again = await discover(api, viewer, f"?limit=5&cursor={first['next_cursor']}")
     assert len(again["results"]) == 3 and all(p["distance_km"] == 1 for p in again["results"])
@@ -266,10 +264,10 @@ async def test_discover_queries_are_index_scans(api, services, located):
         assert stages, (name, plan)
         assert "COLLSCAN" not in stages, (name, stages)
         assert not {"SORT", "SORT_KEY_GENERATOR"} & set(stages), (name, stages)
-        assert {"IXSCAN", "GEO_NEAR_2DSPHERE", "IDHACK", "EXPRESS_IXSCAN"} & set(stages), (name, stages)
+        assert {"IXSCAN", "GEO_NEAR_2D", "IDHACK", "EXPRESS_IXSCAN"} & set(stages), (name, stages)
     if located:
         nearest = plan_stages(plans["nearest"]["queryPlanner"])
-        assert "GEO_NEAR_2DSPHERE" in nearest or "location_geo" in str(plans["nearest"]["queryPlanner"])
+        assert "GEO_NEAR_2D" in nearest or "location_2d" in str(plans["nearest"]["queryPlanner"])
 
 
 async def test_our_distance_agrees_with_the_servers(services):
@@ -280,7 +278,7 @@ async def test_our_distance_agrees_with_the_servers(services):
         where = {"lat": PARIS["lat"] + km_north / 111.2, "lon": PARIS["lon"] + km_east / 73.0}
         user = await seed_user(services, location=where)
         ours = distance_m(center, [where["lon"], where["lat"]])
-        near = {"$geometry": {"type": "Point", "coordinates": center}}
-        tight = {"$near": {**near, "$minDistance": ours - 0.01, "$maxDistance": ours + 0.01}}
+        radius = 6_378_100.0
+        tight = {"$nearSphere": center, "$minDistance": (ours - 0.01) / radius, "$maxDistance": (ours + 0.01) / radius}
         found = await services.store.users.find({"_id": user.id, "location": tight}).to_list(None)
         assert [d["_id"] for d in found] == [user.id], (km_east, km_north, ours)

@@ -42,7 +42,7 @@ async def seed_user(services: Services, prefix: str = "m", **fields: Any) -> Use
     if birthdate is not None:
         doc["birthdate"] = dt.datetime(birthdate.year, birthdate.month, birthdate.day, tzinfo=dt.UTC)
     if location is not None:
-        doc["location"] = {"type": "Point", "coordinates": [float(location["lon"]), float(location["lat"])]}
+        doc["location"] = [float(location["lon"]), float(location["lat"])]
     await services.store.users.insert_one(doc)
     tokens = await services.tokens.issue(user_id)
     return User(user_id, username, tokens.access, tokens.refresh)
