@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from handlers import auth, conversations, health, matching, media, metrics, openapi, sockets, static, users
+from handlers import auth, conversations, echo, health, matching, media, metrics, openapi, sockets, static, users
 from handlers.base import NotFoundHandler
 
 if TYPE_CHECKING:
@@ -21,6 +21,8 @@ def make_app(services: Services, **tornado_settings: Any) -> tornado.web.Applica
     for module in ROUTE_MODULES:
         for pattern, handler in module.routes:
             rules.append((pattern, handler, {"services": services}))
+    if settings.enable_echo_route:
+        rules.extend((pattern, handler, {"services": services}) for pattern, handler in echo.routes)
     rules.extend(media.make_routes(str(services.media.root)))
     rules.extend(static.make_routes())
     return tornado.web.Application(

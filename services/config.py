@@ -91,6 +91,11 @@ class Settings:
     like_quota_per_day: int = _knob(
         1000, "LIKE_QUOTA_PER_DAY", "New likes one user may send per UTC day (then 429); 0 means no limit"
     )
+    enable_echo_route: bool = _knob(
+        False,
+        "ENABLE_ECHO_ROUTE",
+        "Serve the unauthenticated /ws/echo/ socket for protocol conformance runs; never in production",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -118,6 +123,8 @@ class Settings:
             raise ValueError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
         if self.jwt_secret and len(self.jwt_secret) < 32:
             raise ValueError("JWT_SECRET must be at least 32 characters")
+        if self.environment == "production" and self.enable_echo_route:
+            raise ValueError("ENABLE_ECHO_ROUTE is for conformance runs and is refused when ENVIRONMENT=production")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type in ("int", int, "float", float) and value < 0:
