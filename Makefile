@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8888
 DATA_DIR ?= ./data
 
-.PHONY: install run test lint typecheck check services clean
+.PHONY: install run test lint typecheck check services clean conformance
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 check: lint typecheck test
+
+# WebSocket protocol conformance (Autobahn|Testsuite, Python 2.7 via pyenv): not part of `make test`.
+conformance: install
+	bash scripts/conformance.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
+import tornado.iostream
 import tornado.websocket
 
 from handlers import protocol
@@ -48,6 +50,88 @@ STRIKE_WINDOW_S = 60.0
 _cleanups: set[asyncio.Task[None]] = set()
 
 
+# -- RFC 6455 close handshake (Tornado fixes; every socket class below gets them) --------------------------
+
+CLOSE_PROTOCOL_ERROR = 1002
+LINGER_S = 2.0
+
+
+def valid_close_payload(payload: bytes) -> bool:
+    """Whether a client's close frame may be answered by echoing it (RFC 6455 5.5.1, 7.4).
+
+    Empty, or a code a peer may send (1000-1003, 1007-1014, 3000-4999: 1004-1006 and 1015 are reserved
+    for local use, the rest of 1000-2999 for future protocol versions) and a UTF-8 reason.
+    """
+    if not payload:
+        return True
+    if len(payload) == 1:
+        return False
+    code = int.from_bytes(payload[:2], "big")
+    if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        return False
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class StrictCloseProtocol(tornado.websocket.WebSocketProtocol13):
+    """Tornado's protocol with two fixes to the closing handshake.
+
+    - Tornado echoes whatever close code the client sent, even one that must never be on the wire, and
+      lets a close reason that is not UTF-8 raise out of its read loop. RFC 6455 7.4 makes both a
+      protocol error: such a close frame is answered with 1002.
+    - When Tornado refuses a frame over MAX_FRAME_BYTES it writes the 1009 close frame and drops the
+      connection at once, with the rest of the client's message still unread. The kernel then answers the
+      client's next bytes with a reset, which can destroy the 1009 before the client has read it (the
+      client sees 1006). Instead the write side is shut (after the close frame) and what the client still
+      sends is read and discarded for up to LINGER_S, as HTTP servers do before closing.
+    """
+
+    _lingering = False
+
+    def _handle_message(self, opcode: int, data: bytes) -> asyncio.Future[None] | None:
+        if opcode == 0x8 and not self.client_terminated and not valid_close_payload(data):
+            self.client_terminated = True
+            self.close_code = CLOSE_PROTOCOL_ERROR
+            self.close(CLOSE_PROTOCOL_ERROR, "invalid close frame")
+            return None
+        return super()._handle_message(opcode, data)  # type: ignore[no-any-return]
+
+    def _abort(self) -> None:
+        stream = self.stream
+        if self._lingering:
+            return  # the connection is already being closed, by _linger
+        if self.server_terminated and not self.client_terminated and stream is not None and not stream.closed():
+            # Our close frame is written and the client has not answered it: an abort on a refusal.
+            self._lingering = True
+            self.client_terminated = True
+            if self._waiting is not None:
+                stream.io_loop.remove_timeout(self._waiting)
+                self._waiting = None
+            task = asyncio.ensure_future(self._linger(stream))
+            _cleanups.add(task)  # type: ignore[arg-type]
+            task.add_done_callback(_cleanups.discard)  # type: ignore[arg-type]
+            return
+        super()._abort()
+
+    async def _linger(self, stream: tornado.iostream.IOStream) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_S
+        try:
+            await asyncio.wait_for(stream.write(b""), LINGER_S)  # the close frame is flushed
+            if stream.socket is None:
+                return
+            stream.socket.shutdown(socket.SHUT_WR)
+            while (left := deadline - loop.time()) > 0:
+                await asyncio.wait_for(stream.read_bytes(64 * 1024, partial=True), left)
+        except (tornado.iostream.StreamClosedError, TimeoutError, OSError):
+            pass
+        finally:
+            stream.close()
+
+
 class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
     endpoint = "conversation"
     server_close_code: int | None = None
@@ -61,6 +145,12 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         self.frame_bucket = TokenBucket(settings.frame_rate, settings.frame_burst)
         self.strikes: list[float] = []
         self.init_peer(services.connections, settings.outbound_buffer_bytes)
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        if protocol is None:
+            return None
+        return StrictCloseProtocol(self, False, protocol.params)  # type: ignore[attr-defined]
 
     # Origin is checked in open() so that a refusal is the seed's close code 1008, not an HTTP 403.
     def check_origin(self, origin: str) -> bool:
