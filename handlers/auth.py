@@ -12,7 +12,9 @@ class RegisterHandler(BaseHandler):
         body = self.json_body(RegisterBody)
         self._check_password_length(body.password)
         profile = body.model_dump(exclude={"username", "password"}, exclude_unset=True)
-        doc = await self.services.users.register(body.username, body.password, profile)
+        doc = await self.services.users.register(
+            body.username, body.password, profile, client_ip=self.request.remote_ip
+        )
         self.send_json(self.services.users.own_profile(doc), status=201)
 
     def _check_password_length(self, password: str) -> None:
@@ -24,10 +26,10 @@ class RegisterHandler(BaseHandler):
 class TokenHandler(BaseHandler):
     async def post(self) -> None:
         body = self.json_body(TokenBody)
-        if len(body.password) > self.services.settings.max_password_chars:
-            # No account has such a password; refuse before spending a hash on it.
-            raise errors.Unauthorized("Invalid username or password", code="invalid_credentials")
-        pair = await self.services.users.login(body.username, body.password)
+        # No account has a password over the limit: it is refused without spending a hash on it, but
+        # like any wrong password (throttling included), so its answer tells nothing more.
+        password = body.password if len(body.password) <= self.services.settings.max_password_chars else None
+        pair = await self.services.users.login(body.username, password, client_ip=self.request.remote_ip)
         self.send_json({"access": pair.access, "refresh": pair.refresh})
 
 

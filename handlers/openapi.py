@@ -473,7 +473,15 @@ def _operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                 "requestBody": json_body(RegisterBody),
                 "responses": {
                     "201": json_response("The new account's own profile.", ref("OwnProfile")),
-                    **errors_for(400, 409, 413, 503, e409="`username_taken`."),
+                    **errors_for(
+                        400,
+                        409,
+                        413,
+                        429,
+                        503,
+                        e409="`username_taken`.",
+                        e429="`too_many_attempts`: too many failed sign-ins or taken names from this address.",
+                    ),
                 },
             }
         },
@@ -486,7 +494,15 @@ def _operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                 "requestBody": json_body(TokenBody),
                 "responses": {
                     "200": json_response("The token pair.", ref("TokenPair")),
-                    **errors_for(400, 401, 413, 503, e401="`invalid_credentials`."),
+                    **errors_for(
+                        400,
+                        401,
+                        413,
+                        429,
+                        503,
+                        e401="`invalid_credentials`.",
+                        e429="`too_many_attempts`: too many failed sign-ins for this username or from this address.",
+                    ),
                 },
             }
         },

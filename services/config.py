@@ -66,7 +66,9 @@ class Settings:
     max_conversation_sockets_per_user: int = _knob(
         10, "MAX_CONVERSATION_SOCKETS_PER_USER", "Conversation sockets one user may hold on one node"
     )
-    max_sockets_per_node: int = _knob(50_000, "MAX_SOCKETS_PER_NODE", "WebSockets this node accepts in all")
+    max_sockets_per_node: int = _knob(
+        50_000, "MAX_SOCKETS_PER_NODE", "WebSockets this node accepts in all (lowered at start to fit the file limit)"
+    )
     outbound_buffer_bytes: int = _knob(
         1024 * 1024, "OUTBOUND_BUFFER_BYTES", "Unsent bytes a socket may owe before it is closed as a slow consumer"
     )
@@ -83,6 +85,17 @@ class Settings:
     max_upload_bytes: int = _knob(5 * 1024 * 1024, "MAX_UPLOAD_BYTES", "Largest picture or attachment upload")
     max_password_chars: int = _knob(128, "MAX_PASSWORD_CHARS", "Longest password accepted (checked before hashing)")
     hash_concurrency: int = _knob(2, "HASH_CONCURRENCY", "Password hashes computed at once (each takes 19 MiB)")
+    login_failures_per_account: int = _knob(
+        10, "LOGIN_FAILURES_PER_ACCOUNT", "Failed sign-ins for one username per LOGIN_WINDOW, then 429; 0: no limit"
+    )
+    login_failures_per_ip: int = _knob(
+        50,
+        "LOGIN_FAILURES_PER_IP",
+        "Failed sign-ins (and sign-ups of taken names) from one IP (IPv6: one /64) per LOGIN_WINDOW, then 429",
+    )
+    login_window_s: float = _knob(
+        900.0, "LOGIN_WINDOW", "Seconds over which failed sign-ins are counted (in Redis when set, else per node)"
+    )
     id_block_size: int = _knob(50, "ID_BLOCK_SIZE", "Integer ids reserved per database round trip")
     min_age: int = _knob(18, "MIN_AGE", "Youngest age allowed on a profile")
     trusted_proxies: str = _knob(

@@ -18,7 +18,7 @@ from services.chat import ChatService
 from services.config import Settings
 from services.connections import Connections, Peer
 from services.events import Publisher
-from services.limits import RateLimiter
+from services.limits import LoginThrottle, RateLimiter
 from services.matching import MatchingService
 from services.media import MediaStore
 from services.metrics import Metrics
@@ -193,6 +193,13 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     media = MediaStore(Path(settings.data_dir) / "media", public_base(settings), settings.max_upload_bytes)
     users = UserService(store, hasher, tokens, media, min_age=settings.min_age)
     bus: Bus = RedisBus(settings.redis_url, settings.redis_prefix) if settings.redis_url else InProcessBus()
+    users.login_throttle = LoginThrottle(
+        settings.login_failures_per_account,
+        settings.login_failures_per_ip,
+        settings.login_window_s,
+        redis=bus.redis if isinstance(bus, RedisBus) else None,
+        prefix=settings.redis_prefix,
+    )
     events = Publisher(bus)
     chat = ChatService(
         store,

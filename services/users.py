@@ -12,7 +12,8 @@ import pymongo.errors
 from pymongo import ReturnDocument
 
 from services.auth import PasswordHasher, TokenPair, TokenService
-from services.errors import Conflict, Invalid, NotFound, Unauthorized
+from services.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
+from services.limits import LoginThrottle
 from services.media import IMAGE_TYPES, MediaStore
 from services.store import Doc, Store
 
@@ -63,6 +64,10 @@ def age_on(birthdate: dt.date, today: dt.date) -> int:
     return today.year - birthdate.year - ((today.month, today.day) < (birthdate.month, birthdate.day))
 
 
+def _too_many_attempts(wait_s: float) -> RateLimited:
+    return RateLimited("Too many failed attempts; try again later", retry_after_s=wait_s, code="too_many_attempts")
+
+
 def _as_date(value: Any) -> dt.date | None:
     if value is None:
         return None
@@ -85,10 +90,14 @@ class UserService:
         self._summaries: dict[int, tuple[float, dict[str, Any]]] = {}
         # Set by the presence layer: adds `status` / `last_seen` when the viewer may see them.
         self.presence_view: Callable[[int, Doc], Awaitable[dict[str, Any]]] | None = None
+        # Failed sign-ins per username and per address; none (no throttling) unless the container sets it.
+        self.login_throttle = LoginThrottle(0, 0, 0.0)
 
     # -- accounts -------------------------------------------------------------------------------------
 
-    async def register(self, username: str, password: str, profile: dict[str, Any]) -> Doc:
+    async def register(
+        self, username: str, password: str, profile: dict[str, Any], *, client_ip: str | None = None
+    ) -> Doc:
         if not USERNAME_RE.fullmatch(username):
             raise Invalid(
                 "Invalid username",
@@ -96,9 +105,15 @@ class UserService:
             )
         fields = self._validate_profile(profile)
         now = dt.datetime.now(dt.UTC)
+        # `username_taken` necessarily tells that an account exists; probing names through it costs the
+        # address the same budget as failed sign-ins, so sign-up is no faster an oracle than sign-in.
+        wait_s, booking = await self.login_throttle.attempt(None, client_ip)
+        if wait_s > 0:
+            raise _too_many_attempts(wait_s)
         # Fail early on a taken name without spending a hash; the unique index still decides races.
         if await self._store.users.find_one({"username_key": username.lower()}, {"_id": 1}):
             raise Conflict("Username already taken", code="username_taken", fields={"username": "already taken"})
+        await self.login_throttle.succeeded(None, client_ip, booking)
         password_hash = await self._hasher.hash(password)
         doc: Doc = {
             "_id": await self._store.next_id("users"),
@@ -119,11 +134,19 @@ class UserService:
             ) from None
         return doc
 
-    async def login(self, username: str, password: str) -> TokenPair:
+    async def login(self, username: str, password: str | None, *, client_ip: str | None = None) -> TokenPair:
+        """A token pair for the right password; `password` None is one no account can have (too long).
+
+        Throttled per username and per address before anything is looked up, so a throttled guess
+        costs no hash, and unknown and existing usernames get the same answers at the same speed."""
+        wait_s, booking = await self.login_throttle.attempt(username, client_ip)
+        if wait_s > 0:
+            raise _too_many_attempts(wait_s)
         doc = await self._store.users.find_one({"username_key": username.lower()})
-        ok = await self._hasher.verify(doc["password_hash"] if doc else None, password)
+        ok = password is not None and await self._hasher.verify(doc["password_hash"] if doc else None, password)
         if not ok or doc is None or doc.get("deleted"):
             raise Unauthorized("Invalid username or password", code="invalid_credentials")
+        await self.login_throttle.succeeded(username, client_ip, booking)
         return await self._tokens.issue(int(doc["_id"]))
 
     # -- profiles -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pymongo import AsyncMongoClient
@@ -34,10 +35,18 @@ def wait_for_port(port: int, timeout_s: float = 20.0, process: subprocess.Popen[
 class ServerProcess:
     """`python server.py` as a user runs it, with settings from the environment."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str],
+        port: int | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.env = env
+        # Runs in the child before exec: to give it resource limits of its own (setrlimit).
+        self.preexec_fn = preexec_fn
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"server-{self.port}.log"
 
@@ -52,6 +61,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=self.preexec_fn,
             )
         wait_for_port(self.port, process=self.process)
         return self
