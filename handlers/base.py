@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,7 +18,8 @@ import pydantic
 import tornado.web
 
 from services import errors
-from services.store import STORE_DOWN_ERRORS
+from services.auth import TokenError
+from services.store import STORE_DOWN_ERRORS, Store
 
 if TYPE_CHECKING:
     from services.container import Services
@@ -67,6 +69,45 @@ def pydantic_fields(exc: pydantic.ValidationError) -> dict[str, str]:
 
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+# -- accounts that no longer exist --------------------------------------------------------------------
+# A token stays valid until it expires, but the account behind it may be deleted meanwhile. Each node
+# remembers for a while whether a user id still has an account, so the check costs one point read per
+# user per ACCOUNT_CACHE_TTL_S, not one per request.
+
+ACCOUNT_CACHE_TTL_S = 30.0
+ACCOUNT_CACHE_MAX = 100_000
+
+
+class AccountCache:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._entries: dict[int, tuple[float, bool]] = {}
+
+    async def exists(self, user_id: int) -> bool:
+        now = time.monotonic()
+        cached = self._entries.get(user_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        doc = await self._store.users.find_one({"_id": user_id}, {"deleted": 1})
+        alive = doc is not None and not doc.get("deleted")
+        if len(self._entries) >= ACCOUNT_CACHE_MAX:
+            self._entries.clear()
+        self._entries[user_id] = (now + ACCOUNT_CACHE_TTL_S, alive)
+        return alive
+
+
+def accounts(services: Services) -> AccountCache:
+    """The node's AccountCache (kept with its services: ids are per database)."""
+    cache = services.extras.get("accounts")
+    if cache is None:
+        cache = services.extras["accounts"] = AccountCache(services.store)
+    return cache  # type: ignore[no-any-return]
+
+
+async def refuse_deleted_account(services: Services, user_id: int) -> None:
+    if not await accounts(services).exists(user_id):
+        raise TokenError("Token invalid")
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -132,6 +173,18 @@ class BaseHandler(tornado.web.RequestHandler):
         if scheme.lower() != "bearer" or not token.strip():
             return None
         return token.strip()
+
+    async def prepare(self) -> None:
+        # A valid token of a deleted account is refused here, before any handler runs; require_user()
+        # (synchronous, in every handler) then only has to check the token itself.
+        token = self.bearer_token()
+        if token is None:
+            return
+        try:
+            user_id = self.services.tokens.user_id_from_access(token)
+        except TokenError:
+            return  # require_user() reports it, on the endpoints that need a user
+        await refuse_deleted_account(self.services, user_id)
 
     def require_user(self) -> int:
         """The authenticated user's id, or 401."""
@@ -199,5 +252,5 @@ class BaseHandler(tornado.web.RequestHandler):
 class NotFoundHandler(BaseHandler):
     """Unknown paths answer the JSON envelope, not Tornado's HTML page."""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         raise errors.NotFound("No such endpoint", code="not_found")

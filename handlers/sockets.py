@@ -23,6 +23,7 @@ import tornado.iostream
 import tornado.websocket
 
 from handlers import protocol
+from handlers.base import accounts
 from services import errors
 from services.auth import TokenError
 from services.connections import (
@@ -183,6 +184,14 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             self.shut(CLOSE_BAD_TOKEN, "invalid token")
             return None
 
+    async def authenticate_account(self) -> int | None:
+        """authenticate(), and a valid token of a deleted account is refused like an invalid one."""
+        user_id = self.authenticate()
+        if user_id is not None and not await accounts(self.services).exists(user_id):
+            self.shut(CLOSE_BAD_TOKEN, "invalid token")
+            return None
+        return user_id
+
     async def register(self) -> bool:
         try:
             await self.services.connections.add(self)
@@ -299,7 +308,7 @@ class ConversationSocket(BaseSocket):
             self.shut(CLOSE_SERVER_ERROR, "unexpected server error")
 
     async def _open_conversation(self, conversation_id: int) -> None:
-        user_id = self.authenticate()
+        user_id = await self.authenticate_account()
         if user_id is None:
             return
         self.user_id = user_id
@@ -381,7 +390,7 @@ class NotificationSocket(BaseSocket):
 
     async def open(self) -> None:
         try:
-            user_id = self.authenticate()
+            user_id = await self.authenticate_account()
             if user_id is None:
                 return
             self.user_id = user_id
