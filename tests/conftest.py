@@ -3,6 +3,7 @@ a fresh database per test, and a running Application with an HTTP client for it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -145,7 +146,7 @@ def services(io_loop: tornado.ioloop.IOLoop, settings: Settings, mongo_url: str)
         await built.close()
 
     yield built
-    io_loop.run_sync(teardown)
+    io_loop.run_sync(teardown, timeout=60)
 
 
 @pytest.fixture
@@ -212,10 +213,11 @@ def cluster_factory(
     async def teardown() -> None:
         for node in created:
             node.server.stop()
-            await node.services.close()
-            await node.server.close_all_connections()
-        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_url)
+            await asyncio.wait_for(node.services.close(), 20)
+            await asyncio.wait_for(node.server.close_all_connections(), 20)
+        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_url, serverSelectionTimeoutMS=5000, timeoutMS=15000)
         await client.drop_database(database)
         await client.close()
 
-    io_loop.run_sync(teardown)
+    # Bounded: a teardown that hangs must fail the test, never stall the run.
+    io_loop.run_sync(teardown, timeout=90)
