@@ -160,6 +160,8 @@ def check_answer(status: int, headers: Any, body: bytes, context: Any) -> None:
             assert isinstance(error["fields"], dict), (context, error)
     if status == 429:
         assert int(headers["Retry-After"]) >= 1, context
+    if status == 405:
+        assert headers.get("Allow"), context
 
 
 @pytest.mark.parametrize(("method", "path", "fields", "content_types", "query"), OPERATIONS, ids=lambda v: str(v))
