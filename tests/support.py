@@ -29,6 +29,7 @@ class Response:
 
 @dataclass
 class TestUser:
+    __test__ = False  # a helper, not a test class, wherever it is imported
     id: int
     username: str
     access: str
