@@ -18,8 +18,12 @@ grow by more than RSS_BOUND over the module.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
+import os
+import socket
+import time
 from typing import Any
 
 import pytest
@@ -28,6 +32,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
+from handlers.sockets import LINGER_S
 from tests.fuzz_node import FuzzNode, node_fixture, rss_bytes
 from tests.support import TestUser, make_conversation, ws_connect
 
@@ -350,6 +355,72 @@ def test_invalid_utf8_in_text_frames_fails_the_connection(node, chat, prefix, ba
 @given(content=st.text(min_size=1, max_size=MAX_CONTENT + 50))
 def test_giant_and_unicode_contents_are_stored_or_refused_with_an_error_frame(node, chat, content):
     check(node, chat, dumps({"type": "message", "content": content}))
+
+
+def close_code_allowed(code: int) -> bool:
+    """RFC 6455 7.4: the codes a peer may put in a close frame (1012-1014 registered later with IANA)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+async def close_with(node: FuzzNode, path: str, payload: bytes) -> int | None:
+    """Send a raw close frame (any code, any reason bytes) and return the code of the server's answer."""
+    ws = await ws_connect(node.api, path)
+    assert ws.conn.protocol is not None
+    ws.conn.protocol._write_frame(True, 0x8, payload)  # the public close() refuses malformed payloads
+    while await asyncio.wait_for(ws.conn.read_message(), 10) is not None:
+        pass
+    return ws.conn.close_code
+
+
+@FUZZ
+@given(
+    code=st.integers(0, 65535) | st.sampled_from([999, 1004, 1005, 1006, 1015, 1016, 2999, 3000, 4999, 5000]),
+    reason=st.binary(max_size=20) | st.text(max_size=20).map(str.encode),
+)
+def test_close_frames_are_echoed_when_valid_and_answered_1002_otherwise(node, chat, code, reason):
+    payload = code.to_bytes(2, "big") + reason
+    try:
+        reason.decode("utf-8")
+        valid = close_code_allowed(code)
+    except UnicodeDecodeError:
+        valid = False
+    path = f"/ws/notifications/?token={chat['a'].access}"
+    assert node.run(close_with(node, path, payload)) == (code if valid else 1002), (code, reason)
+
+
+def test_a_one_byte_close_payload_is_a_protocol_error_and_an_empty_one_is_fine(node, chat):
+    path = f"/ws/notifications/?token={chat['a'].access}"
+    assert node.run(close_with(node, path, b"\x03")) == 1002
+    assert node.run(close_with(node, path, b"")) is None  # echoed empty: no code either way
+
+
+def test_1009_reaches_a_client_that_keeps_sending_its_oversized_message(node, chat):
+    """After refusing a message with 1009 the server keeps reading (and drops) what the client still
+    sends, then closes with a FIN. Closing at once would make the kernel answer the client's next bytes
+    with a reset, which can destroy the 1009 before the client reads it."""
+    with socket.create_connection(("127.0.0.1", node.port), timeout=5) as raw:
+        key = base64.b64encode(os.urandom(16)).decode()
+        raw.sendall(
+            f"GET /ws/notifications/?token={chat['a'].access} HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += raw.recv(4096)
+        assert response.startswith(b"HTTP/1.1 101"), response
+        # A masked text frame announcing 1 MiB (mask of zeros: the payload goes as it is), and 1 KiB of it.
+        raw.sendall(bytes([0x81, 0x80 | 127]) + (1024 * 1024).to_bytes(8, "big") + b"\0" * 4 + b"x" * 1024)
+        header = raw.recv(2)
+        assert header[0] == 0x88, header
+        close = raw.recv(header[1] & 0x7F)
+        assert int.from_bytes(close[:2], "big") == 1009, close
+        # The client, busy uploading, goes on sending: no reset, then an orderly end of stream.
+        for _ in range(50):
+            raw.sendall(b"x" * 4096)
+            time.sleep(0.002)
+        raw.settimeout(LINGER_S + 3)
+        assert raw.recv(4096) == b""
 
 
 def test_the_node_still_serves_after_the_fuzzing(node, chat):
