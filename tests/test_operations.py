@@ -38,6 +38,7 @@ async def test_metrics_move_with_traffic(api, services):
     cid = await make_conversation(services, a.id, b.id)
     ws_a = await ws_connect(api, f"/ws/conversations/{cid}/?token={a.access}")
     ws_b = await ws_connect(api, f"/ws/conversations/{cid}/?token={b.access}")
+    await ws_b.recv_type("status")  # b has joined: a message sent before that would not reach it
     await ws_a.send({"type": "message", "content": "hi"})
     await ws_b.recv_type("message")
     await ws_a.send("not json")

@@ -7,6 +7,7 @@ async def test_message_roundtrip(api, services):
     cid = await make_conversation(services, a.id, b.id)
     ws_a = await ws_connect(api, f"/ws/conversations/{cid}/?token={a.access}")
     ws_b = await ws_connect(api, f"/ws/conversations/{cid}/?token={b.access}")
+    await ws_b.recv_type("status")  # b has joined: a message sent before that would not reach it
     notif_b = await ws_connect(api, f"/ws/notifications/?token={b.access}")
     await ws_a.send({"type": "message", "content": "Salut, ça va ?"})
     got_a = await ws_a.recv_type("message")
