@@ -6,13 +6,26 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from handlers import auth, conversations, echo, health, matching, media, metrics, openapi, sockets, static, users
+from handlers import (
+    auth,
+    conversations,
+    devices,
+    echo,
+    health,
+    matching,
+    media,
+    metrics,
+    openapi,
+    sockets,
+    static,
+    users,
+)
 from handlers.base import NotFoundHandler
 
 if TYPE_CHECKING:
     from services.container import Services
 
-ROUTE_MODULES = [auth, users, matching, conversations, sockets, health, metrics, openapi]
+ROUTE_MODULES = [auth, users, matching, conversations, devices, sockets, health, metrics, openapi]
 
 
 def make_app(services: Services, **tornado_settings: Any) -> tornado.web.Application:

@@ -27,7 +27,16 @@ import tornado.web
 
 from handlers import conversations, matching
 from handlers.base import DEFAULT_CODES, BaseHandler
-from handlers.schemas import ProfilePatch, ReadBody, RefreshBody, RegisterBody, SendMessageBody, TokenBody, UserRef
+from handlers.schemas import (
+    DeviceBody,
+    ProfilePatch,
+    ReadBody,
+    RefreshBody,
+    RegisterBody,
+    SendMessageBody,
+    TokenBody,
+    UserRef,
+)
 from services.config import Settings
 from services.connections import (
     CLOSE_BAD_FRAME,
@@ -71,6 +80,7 @@ REQUEST_MODELS: tuple[type[pydantic.BaseModel], ...] = (
     SendMessageBody,
     ReadBody,
     UserRef,
+    DeviceBody,
 )
 
 
@@ -265,6 +275,27 @@ def response_schemas() -> dict[str, Any]:
             {"message_id": ID, "read_receipt": nullable(ref("ReadReceipt"))},
             description="`read_receipt` is the frame broadcast to the conversation; null when nothing moved.",
         ),
+        "Device": obj(
+            {
+                "id": ID,
+                "kind": {"type": "string", "enum": ["webpush", "webhook"]},
+                "endpoint": {"type": "string", "description": "The push service URL (`webpush`)."},
+                "url": {"type": "string", "description": "The gateway URL (`webhook`)."},
+                "created_at": TIMESTAMP,
+            },
+            optional=("endpoint", "url"),
+            description="A push target of the current user: `endpoint` for `webpush`, `url` for `webhook`.",
+        ),
+        "VapidPublicKey": obj(
+            {
+                "public_key": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z0-9_-]{87}$",
+                    "description": "base64url of the uncompressed P-256 point: `applicationServerKey` for "
+                    "`PushManager.subscribe()`.",
+                }
+            }
+        ),
         "Liveness": obj({"status": {"const": "ok"}}),
         "Readiness": obj(
             {
@@ -353,6 +384,25 @@ def request_schemas(settings: Settings) -> dict[str, Any]:
     send["description"] = (
         "Text (not only whitespace) or an attachment uploaded to this conversation, or both. "
         "`client_id` makes a retry safe: the same one returns the stored message (200) and stores nothing."
+    )
+
+    device = out["DeviceBody"]
+    # Which fields each kind takes (the handler answers 400 `validation_error` otherwise).
+    device["oneOf"] = [
+        {
+            "properties": {"kind": {"const": "webpush"}},
+            "required": ["endpoint", "keys"],
+            "not": {"required": ["url"]},
+        },
+        {
+            "properties": {"kind": {"const": "webhook"}},
+            "required": ["url"],
+            "not": {"anyOf": [{"required": [name]} for name in ("endpoint", "keys", "expirationTime")]},
+        },
+    ]
+    device["description"] = (
+        "`webpush`: `PushSubscription.toJSON()` plus `kind`; the endpoint must be https on a known push service. "
+        "`webhook`: a `url` under one of the operator's PUSH_WEBHOOK_ALLOWED_PREFIXES."
     )
     return out
 
@@ -802,6 +852,65 @@ def _operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                 },
             }
         },
+        "/api/devices/": {
+            "get": {
+                "tags": ["push"],
+                "operationId": "listDevices",
+                "summary": "My push devices",
+                "responses": {
+                    "200": json_response("Oldest first.", {"type": "array", "items": ref("Device")}),
+                    **errors_for(401, 503),
+                },
+            },
+            "post": {
+                "tags": ["push"],
+                "operationId": "registerDevice",
+                "summary": "Register a push target: a browser's Web Push subscription or a webhook",
+                "description": "Pushes go to a user's devices while the user has no WebSocket open: one per "
+                "conversation per coalescing window, `{type, conversation_id, count}`, no message text by "
+                "default (docs/push.md). Registering an endpoint again is idempotent; an endpoint registered "
+                f"by another account moves to this one. At most {settings.push_max_devices} devices per user.",
+                "requestBody": json_body(DeviceBody),
+                "responses": {
+                    "201": json_response("Registered.", ref("Device")),
+                    "200": json_response("Already registered to you: the same device.", ref("Device")),
+                    **errors_for(
+                        400,
+                        401,
+                        409,
+                        413,
+                        503,
+                        e400="`validation_error`, `invalid_subscription` (endpoint or keys), `webhook_not_allowed` "
+                        "or `webpush_disabled`.",
+                        e409="`too_many_devices`.",
+                    ),
+                },
+            },
+        },
+        "/api/devices/{device_id}/": {
+            "delete": {
+                "tags": ["push"],
+                "operationId": "deleteDevice",
+                "summary": "Remove a push device",
+                "parameters": [path_id("device_id", "The device's id.")],
+                "responses": {
+                    "204": {"description": "Removed."},
+                    **errors_for(401, 404, 503, e404="`device_not_found` (also someone else's)."),
+                },
+            }
+        },
+        "/api/push/vapid-public-key/": {
+            "get": {
+                "tags": ["push"],
+                "operationId": "vapidPublicKey",
+                "summary": "The server's VAPID public key (RFC 8292), for PushManager.subscribe()",
+                "security": PUBLIC,
+                "responses": {
+                    "200": json_response("The key.", ref("VapidPublicKey")),
+                    **errors_for(404, 503, e404="`webpush_disabled`: no VAPID key configured (production)."),
+                },
+            }
+        },
         "/livez": {
             "get": {
                 "tags": ["operations"],
@@ -952,6 +1061,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
             {"name": "profiles", "description": "Own profile, picture, other people's public profiles"},
             {"name": "matching", "description": "Discover, likes, passes, matches and blocks"},
             {"name": "conversations", "description": "Conversations, history, sending, read pointers, attachments"},
+            {"name": "push", "description": "Push devices for offline notifications (Web Push, webhooks)"},
             {"name": "operations", "description": "Probes and metrics"},
             {"name": "documentation", "description": "This document"},
         ],

@@ -83,3 +83,25 @@ class UserRef(Strict):
     """The body of a like, a pass or a block: whom it is about."""
 
     user_id: PositiveId
+
+
+B64URL = r"^[A-Za-z0-9_-]+={0,2}$"
+
+
+class PushKeys(Strict):
+    """A PushSubscription's keys (RFC 8291): the browser's P-256 public key and its 16-byte auth secret."""
+
+    p256dh: Annotated[StrictStr, Field(min_length=87, max_length=88, pattern=B64URL)]
+    auth: Annotated[StrictStr, Field(min_length=22, max_length=24, pattern=B64URL)]
+
+
+class DeviceBody(Strict):
+    """A push target: a browser's `PushSubscription.toJSON()` with `kind: "webpush"`, or a webhook URL of
+    the operator's push gateway with `kind: "webhook"`. Which fields a kind needs is checked by the handler."""
+
+    kind: Literal["webpush", "webhook"]
+    endpoint: Annotated[StrictStr, Field(min_length=1, max_length=2048)] | None = None
+    keys: PushKeys | None = None
+    # PushSubscription.toJSON() names it so; milliseconds since the epoch, usually null.
+    expirationTime: Annotated[StrictInt | StrictFloat, Field(ge=0, le=2**53)] | None = None
+    url: Annotated[StrictStr, Field(min_length=1, max_length=2048)] | None = None

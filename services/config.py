@@ -104,6 +104,57 @@ class Settings:
     like_quota_per_day: int = _knob(
         1000, "LIKE_QUOTA_PER_DAY", "New likes one user may send per UTC day (then 429); 0 means no limit"
     )
+    push_grace_s: float = _knob(
+        5.0, "PUSH_GRACE_DELAY", "Seconds a push waits; none is sent if the user came online or read meanwhile"
+    )
+    push_window_s: float = _knob(
+        60.0, "PUSH_COALESCE_WINDOW", "Seconds between two pushes of one conversation (or of likes) to one user"
+    )
+    push_preview_chars: int = _knob(
+        0, "PUSH_PREVIEW_CHARS", "Characters of message text (and the sender's name) in a push; 0: no text"
+    )
+    push_max_devices: int = _knob(10, "PUSH_MAX_DEVICES", "Push targets (browsers, phones) one user may register")
+    push_max_attempts: int = _knob(5, "PUSH_MAX_ATTEMPTS", "Tries of one push to one device before it is dropped")
+    push_retry_base_s: float = _knob(
+        5.0, "PUSH_RETRY_BASE", "Seconds before the first retry of a failed push; doubled at each retry"
+    )
+    push_retry_max_s: float = _knob(600.0, "PUSH_RETRY_MAX", "Longest wait between two retries of a push, seconds")
+    push_timeout_s: float = _knob(10.0, "PUSH_TIMEOUT", "Seconds a push service or webhook has to answer one push")
+    push_lease_s: float = _knob(
+        60.0, "PUSH_LEASE", "Seconds a node owns a push it claimed; then another node may retry it (> PUSH_TIMEOUT)"
+    )
+    push_poll_interval_s: float = _knob(
+        5.0, "PUSH_POLL_INTERVAL", "Seconds between a node's looks for pushes queued by other or restarted nodes"
+    )
+    push_concurrency: int = _knob(16, "PUSH_CONCURRENCY", "Pushes one node sends at once")
+    push_ttl_s: int = _knob(86400, "PUSH_TTL", "Seconds a push service keeps a push for a device that is offline")
+    push_webpush_allowed_hosts: str = _knob(
+        "fcm.googleapis.com,push.services.mozilla.com,notify.windows.com,push.apple.com",
+        "PUSH_WEBPUSH_ALLOWED_HOSTS",
+        "Comma-separated push service hosts (and their subdomains) Web Push endpoints may name; `*` allows any",
+    )
+    push_allow_insecure: bool = _knob(
+        False, "PUSH_ALLOW_INSECURE", "Accept http:// push endpoints on 127.0.0.1/localhost (tests, development)"
+    )
+    push_webhook_allowed_prefixes: str = _knob(
+        "",
+        "PUSH_WEBHOOK_ALLOWED_PREFIXES",
+        "Comma-separated URL prefixes webhook devices may use (your FCM/APNs gateway); empty: no webhooks",
+    )
+    push_webhook_secret: str = _knob(
+        "", "PUSH_WEBHOOK_SECRET", "HMAC-SHA256 key of webhooks' X-Chat-Signature (32+ characters; needed for webhooks)"
+    )
+    vapid_private_key: str = _knob(
+        "",
+        "VAPID_PRIVATE_KEY",
+        "Web Push signing key (base64url P-256 scalar or PEM); empty in development: generated in DATA_DIR",
+    )
+    vapid_public_key: str = _knob(
+        "", "VAPID_PUBLIC_KEY", "Its public key (base64url); optional, checked against VAPID_PRIVATE_KEY when set"
+    )
+    vapid_subject: str = _knob(
+        "", "VAPID_SUBJECT", "Contact for push services: mailto: or https: URL; empty: PUBLIC_URL if https"
+    )
     enable_echo_route: bool = _knob(
         False,
         "ENABLE_ECHO_ROUTE",
@@ -142,6 +193,12 @@ class Settings:
             value = getattr(self, f.name)
             if f.type in ("int", int, "float", float) and value < 0:
                 raise ValueError(f"{f.metadata['env']} must not be negative")
+        self._validate_push()
+
+    def _validate_push(self) -> None:
+        from services.push_delivery import check_push_settings
+
+        check_push_settings(self)
 
     @property
     def allowed_origin_set(self) -> frozenset[str]:

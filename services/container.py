@@ -23,6 +23,8 @@ from services.matching import MatchingService
 from services.media import MediaStore
 from services.metrics import Metrics
 from services.presence import Presence, RedisPresence
+from services.push import PushService
+from services.push_delivery import load_vapid_keys
 from services.store import STORE_DOWN_ERRORS, Store
 from services.typing_state import TypingTracker
 from services.users import UserService
@@ -71,6 +73,7 @@ class Services:
     connections: Connections
     message_limiter: RateLimiter
     metrics: Metrics
+    push: PushService
     shutting_down: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -139,12 +142,14 @@ class Services:
         self.typing.start()
         self.connections.start_heartbeat(self.settings.ping_interval_s)
         self.metrics.start()
+        self.push.start()
 
     async def close(self) -> None:
         """Close sockets with 1001, finish queued writes, then release the clients."""
         self.shutting_down = True
         await self.connections.close_all(1001, "server shutting down")
         await self.chat.close()
+        await self.push.close()
         await self.typing.close()
         await self.presence.close()
         await self.bus.close()
@@ -221,6 +226,9 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     metrics = Metrics()
     connections.metrics = metrics
     chat.on_message_stored.append(lambda _conversation, _sender: metrics.messages_stored.inc())
+    presence = make_presence(settings, store, chat, events, users, bus)
+    push = PushService(store, settings, presence, load_vapid_keys(settings, public_base(settings)), metrics)
+    events.on_notify.append(push.on_notify)
     services = Services(
         settings=settings,
         store=store,
@@ -233,10 +241,11 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         matching=MatchingService(store, users, events, settings),
         chat=chat,
         typing=typing,
-        presence=make_presence(settings, store, chat, events, users, bus),
+        presence=presence,
         connections=connections,
         message_limiter=RateLimiter(settings.message_rate, settings.message_burst),
         metrics=metrics,
+        push=push,
     )
     connections.gap_filler = services.fill_gaps
     if isinstance(bus, RedisBus):

@@ -13,13 +13,17 @@ and version of a presence transition (older ones are dropped).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
 from services.bus import Bus, conversation_channel, user_channel
 from services.users import iso
+
+log = logging.getLogger("chat.events")
 
 # kinds of events
 NOTIFICATION = "notification"  # to the user's notifications sockets
@@ -49,11 +53,20 @@ def decode(payload: bytes) -> tuple[dict[str, Any], bytes]:
 class Publisher:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
+        # Awaited with (user_id, notification) after each notification is published: push delivery
+        # (services/push.py) queues it there for users who are offline. A failing hook is logged and
+        # never fails the publisher: the notification itself went out.
+        self.on_notify: list[Callable[[int, dict[str, Any]], Awaitable[None]]] = []
 
     async def notify(self, user_id: int, notification: dict[str, Any]) -> None:
         """Send `{"type": "notification", "notification": ...}` to one user's notifications sockets."""
         frame = {"type": "notification", "notification": notification}
         await self.bus.publish(user_channel(user_id), encode({"k": NOTIFICATION}, frame))
+        for hook in self.on_notify:
+            try:
+                await hook(user_id, notification)
+            except Exception:
+                log.exception("notification hook failed for user %s", user_id)
 
     async def to_conversation(
         self,

@@ -97,6 +97,8 @@ class Store:
         self.messages = self.db["messages"]
         self.attachments = self.db["attachments"]
         self.counters = self.db["counters"]
+        self.push_devices = self.db["push_devices"]
+        self.push_outbox = self.db["push_outbox"]
         self._allocators: dict[str, IdAllocator] = {}
         self._id_block_size = id_block_size
 
@@ -159,6 +161,16 @@ class Store:
                     name="client_id_unique",
                     partialFilterExpression={"client_id": {"$type": "string"}},
                 ),
+            ],
+            # services/push.py: a push endpoint or webhook URL belongs to one user at a time.
+            self.push_devices: [
+                IndexModel([("target", ASCENDING)], unique=True, name="target_unique"),
+                IndexModel([("user_id", ASCENDING)], name="by_user"),
+            ],
+            self.push_outbox: [
+                # Workers claim the entry due first; idle entries are dropped after their window.
+                IndexModel([("due_at", ASCENDING)], name="due"),
+                IndexModel([("expires_at", ASCENDING)], name="idle_expiry", expireAfterSeconds=0),
             ],
         }
         for collection, models in specs.items():

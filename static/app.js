@@ -11,6 +11,7 @@
 // the page drops any id it already shows, so nothing is missed and nothing appears twice.
 
 import { Api, ApiError } from "./api.js";
+import { PushToggle } from "./push.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
   $, $$, avatar, clearFormError, clockTime, confirmDialog, fillAvatar, h, nameOf, relativeTime, shortTime,
@@ -25,6 +26,7 @@ const TYPING_REPEAT_MS = 3000; // the server forgets a silent typist after a few
 const THEIR_TYPING_MAX_MS = 12_000; // hide their indicator even if the `false` frame never comes
 
 const api = new Api({ onSignedOut: (reason) => signOut(reason) });
+let pushToggle = null; // the "Enable notifications" button (push.js), made in setup()
 
 const state = {
   me: null, // own profile (GET /api/users/me/)
@@ -174,6 +176,7 @@ async function startSession() {
   $("#me").hidden = false;
   renderMe();
   connectNotifications();
+  pushToggle.start().catch(() => {});
   showPanel("discover");
   await Promise.all([loadMatches(), loadLikes()].map((p) => p.catch((e) => reportError(e))));
   clearInterval(state.presenceTimer);
@@ -185,6 +188,7 @@ function signOut(reason) {
   if (state.notifications) state.notifications.stop();
   state.notifications = null;
   clearInterval(state.presenceTimer);
+  pushToggle.stop();
   api.clearTokens();
   Object.assign(state, {
     me: null, people: new Map(), matches: new Map(), likes: [], candidates: [], discoverLoaded: false,
@@ -1243,7 +1247,14 @@ async function endMatch(kind) {
 // Start
 // =====================================================================================================
 
+/** A notification was clicked while this page was open: show what it was about. */
+function openPushed(push) {
+  if (push.conversation_id) openChat(push.conversation_id);
+  else if (push.type === "new_like") showPanel("likes");
+}
+
 function setup() {
+  pushToggle = new PushToggle(api, $("#push-toggle"), { notify: toast, onOpen: openPushed });
   setupAuthForms();
   setupProfile();
   setupChat();
