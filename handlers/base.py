@@ -6,6 +6,7 @@ Domain errors become HTTP statuses here and nowhere else, so every endpoint answ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -83,17 +84,36 @@ class AccountCache:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._entries: dict[int, tuple[float, bool]] = {}
+        # Lookups in flight: a user whose sockets all reconnect at once (a node restart, a network
+        # blip) costs one read, not one per socket; a reconnect storm of 2,000 sockets otherwise queued
+        # 2,000 reads behind MongoDB's connection pool and refused most sockets with 1011.
+        self._pending: dict[int, asyncio.Future[bool]] = {}
 
     async def exists(self, user_id: int) -> bool:
         now = time.monotonic()
         cached = self._entries.get(user_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        doc = await self._store.users.find_one({"_id": user_id}, {"deleted": 1})
+        pending = self._pending.get(user_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = self._pending[user_id] = asyncio.get_running_loop().create_future()
+        try:
+            doc = await self._store.users.find_one({"_id": user_id}, {"deleted": 1})
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, and nobody waiting is no error
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            self._pending.pop(user_id, None)
         alive = doc is not None and not doc.get("deleted")
         if len(self._entries) >= ACCOUNT_CACHE_MAX:
             self._entries.clear()
         self._entries[user_id] = (now + ACCOUNT_CACHE_TTL_S, alive)
+        future.set_result(alive)
         return alive
 
 

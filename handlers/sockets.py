@@ -11,6 +11,7 @@ the socket with 1011.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -47,6 +48,8 @@ log = logging.getLogger("chat.ws")
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
 BACKLOG_PAGE = 100
 STRIKE_WINDOW_S = 60.0
+# Seconds a socket closed for persistent abuse has to read its close frame before it is dropped.
+ABUSER_GRACE_S = 1.0
 
 _cleanups: set[asyncio.Task[None]] = set()
 
@@ -199,6 +202,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             self.shut(CLOSE_POLICY, str(exc))
             return False
         self.registered = True
+        self._bound_kernel_buffer()
         metrics = self.services.metrics
         metrics.open_sockets.labels(endpoint=self.endpoint).inc()
         metrics.connections.labels(endpoint=self.endpoint).inc()
@@ -217,11 +221,36 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
     def _send_ping(self) -> None:
         self.ping()
 
+    def _drop(self, after_s: float) -> None:
+        stream = self.ws_connection.stream if self.ws_connection is not None else None
+        if stream is not None:
+            stream.io_loop.call_later(after_s, lambda: None if stream.closed() else stream.close())
+
+    def _bound_kernel_buffer(self) -> None:
+        """What a reader costs is our outbound bound plus the kernel's send buffer, which autotuning
+        grows up to tcp_wmem's maximum (4 MiB by default): four times OUTBOUND_BUFFER_BYTES, and as
+        much delay before a reader that stopped reading is noticed. An eighth of the bound is plenty
+        for chat frames (Linux doubles the figure for its own bookkeeping)."""
+        stream = self.ws_connection.stream if self.ws_connection is not None else None
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(16 * 1024, self.outbound_limit // 8))
+
     def on_pong(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        self._count_control_frame()
 
     def on_ping(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        self._count_control_frame()
+
+    def _count_control_frame(self) -> None:
+        """Control frames spend the socket's frame budget like any other frame. Tornado answers every
+        ping with a pong before calling us, outside the outbound bound: a flood of pings from a client
+        that never reads would otherwise pile pongs up in memory, and cost a write each."""
+        if not self.closing and self.registered and self.frame_bucket.take() > 0:
+            self.strike()
 
     # -- frames ------------------------------------------------------------------------------------
 
@@ -259,6 +288,8 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         self.strikes = [t for t in self.strikes if now - t < STRIKE_WINDOW_S]
         self.strikes.append(now)
         if len(self.strikes) >= self.services.settings.rate_strikes_to_close:
+            # A client that kept pushing past its error frames will not be waited for either.
+            self._drop(ABUSER_GRACE_S)
             self.shut(CLOSE_POLICY, "rate limit exceeded")
 
     async def frame_ping(self) -> None:

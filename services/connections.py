@@ -45,6 +45,10 @@ CLOSE_BAD_FRAME = 4003
 
 MAX_PARKED = 1000
 GAP_FILL_DELAY_S = 0.25
+# A slow consumer's close frame waits behind everything it has not read: its connection is dropped
+# this long after, instead of after the usual wait for a close handshake that cannot come in time.
+SLOW_CONSUMER_GRACE_S = 2.0
+DEAD_PEER_GRACE_S = 1.0
 
 
 class LimitExceeded(Exception):
@@ -80,6 +84,9 @@ class Peer:
     def _send_ping(self) -> None:
         raise NotImplementedError
 
+    def _drop(self, after_s: float) -> None:
+        """End the connection after `after_s` whatever the client does (optional)."""
+
     # -- output ------------------------------------------------------------------------------------
 
     def push(self, data: bytes, *, droppable: bool = False) -> None:
@@ -88,9 +95,7 @@ class Peer:
         if droppable and self.outstanding > self.outbound_limit // 4:
             return
         if self.outstanding + len(data) > self.outbound_limit:
-            if self.connections.metrics is not None:
-                self.connections.metrics.slow_consumers.inc()
-            self.shut(CLOSE_POLICY, "slow consumer")
+            self.slow_consumer()
             return
         try:
             pending = self._transmit(data)
@@ -117,6 +122,14 @@ class Peer:
         self.closing = True
         self._shut(code, reason)
 
+    def slow_consumer(self) -> None:
+        if self.closing:
+            return
+        if self.connections.metrics is not None:
+            self.connections.metrics.slow_consumers.inc()
+        self._drop(SLOW_CONSUMER_GRACE_S)  # first: closing detaches the transport from the handler
+        self.shut(CLOSE_POLICY, "slow consumer")
+
     # -- ordered message delivery ------------------------------------------------------------------
 
     def deliver_message(self, seq: int, data: bytes) -> None:
@@ -130,7 +143,7 @@ class Peer:
             self._drain_parked()
         elif seq > last + 1:
             if len(self.parked) >= MAX_PARKED:
-                self.shut(CLOSE_POLICY, "slow consumer")
+                self.slow_consumer()
                 return
             self.parked[seq] = data
             self.connections.request_gap_fill(self)
@@ -331,7 +344,10 @@ class Connections:
             now = time.monotonic()
             for peer in list(self.peers):
                 if now - peer.last_activity > 2 * interval_s + 1:
-                    peer.shut(CLOSE_GOING_AWAY, "ping timeout")
+                    if not peer.closing:
+                        # Silent through two pings: it will not answer a close handshake either.
+                        peer._drop(DEAD_PEER_GRACE_S)
+                        peer.shut(CLOSE_GOING_AWAY, "ping timeout")
                 else:
                     with contextlib.suppress(Exception):
                         peer._send_ping()

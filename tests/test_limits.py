@@ -199,7 +199,10 @@ async def test_sockets_past_the_node_limit_close_1008_server_full_and_room_comes
 # -- sign-in throttling -------------------------------------------------------------------------------
 
 
-async def sign_in(api: ApiClient, username: str, password: str = "wrong password!") -> Response:
+GUESS = "not the right one"
+
+
+async def sign_in(api: ApiClient, username: str, password: str = GUESS) -> Response:
     return await api.post("/api/token/", {"username": username, "password": password})
 
 
