@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8888
 DATA_DIR ?= ./data
+# Two workers, one per core: each gets its own embedded MongoDB and Redis. `make test PYTEST_ARGS=` runs serially.
+PYTEST_ARGS ?= -n 2
 
 .PHONY: install run test lint typecheck check services clean conformance
 
