@@ -90,6 +90,10 @@ async def test_redis_restart_under_traffic_loses_nothing(cluster_env):
     b = await api1.user("bob")
     cid = await open_conversation(mongo_url, database, a.id, b.id)
     ws_b = await ws_connect(api2, f"/ws/conversations/{cid}/?token={b.access}")
+    # A socket opened without ?after= receives what is stored after it joined: wait for the join (the
+    # pong comes once it is registered) so that the first message counts.
+    await ws_b.send({"type": "ping"})
+    await ws_b.recv_type("pong")
     seen_by_b: list[int] = []
     contents_by_b: list[str] = []
 
