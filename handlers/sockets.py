@@ -128,7 +128,12 @@ class StrictCloseProtocol(tornado.websocket.WebSocketProtocol13):
             if stream.socket is None:
                 return
             stream.socket.shutdown(socket.SHUT_WR)
-            while (left := deadline - loop.time()) > 0:
+            while (left := deadline - loop.time()) > 0 and not stream.closed():
+                if stream.reading():
+                    # Tornado's own frame loop already reads (and drops, now that we close): a second
+                    # reader is not allowed on a stream, so just give it the time.
+                    await asyncio.sleep(min(left, 0.05))
+                    continue
                 await asyncio.wait_for(stream.read_bytes(64 * 1024, partial=True), left)
         except (tornado.iostream.StreamClosedError, TimeoutError, OSError):
             pass
