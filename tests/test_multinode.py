@@ -9,6 +9,16 @@ from tests.support import make_conversation, ws_connect
 FAST = {"presence_ttl_s": 3.0, "heartbeat_interval_s": 0.5}
 
 
+async def alice_watching_bob(cluster_factory):
+    """Two nodes; Alice and Bob share a conversation; Alice's socket on it (node 1) watches Bob."""
+    n1, n2 = await cluster_factory(2, **FAST)
+    a = await n1.api.user("alice")
+    b = await n1.api.user("bob")
+    cid = await make_conversation(n1.services, a.id, b.id)
+    watcher = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={a.access}")
+    return n1, n2, a, b, cid, watcher
+
+
 async def test_every_event_crosses_nodes_once(cluster_factory):
     n1, n2 = await cluster_factory(2, **FAST)
     a = await n1.api.user("alice")
@@ -44,11 +54,7 @@ async def test_every_event_crosses_nodes_once(cluster_factory):
 
 
 async def test_offline_only_when_last_socket_anywhere_closes(cluster_factory):
-    n1, n2 = await cluster_factory(2, **FAST)
-    a = await n1.api.user("alice")
-    b = await n1.api.user("bob")
-    cid = await make_conversation(n1.services, a.id, b.id)
-    watcher = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={a.access}")
+    n1, n2, _a, b, _cid, watcher = await alice_watching_bob(cluster_factory)
     await watcher.recv_type("status")  # b offline initially
     b1 = await ws_connect(n1.api, f"/ws/notifications/?token={b.access}")
     assert (await watcher.recv_type("status"))["status"] == "online"
@@ -64,11 +70,7 @@ async def test_offline_only_when_last_socket_anywhere_closes(cluster_factory):
 
 
 async def test_node_death_reports_offline(cluster_factory):
-    n1, n2 = await cluster_factory(2, **FAST)
-    a = await n1.api.user("alice")
-    b = await n1.api.user("bob")
-    cid = await make_conversation(n1.services, a.id, b.id)
-    watcher = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={a.access}")
+    _n1, n2, _a, b, _cid, watcher = await alice_watching_bob(cluster_factory)
     await watcher.recv_type("status")
     await ws_connect(n2.api, f"/ws/notifications/?token={b.access}")
     assert (await watcher.recv_type("status"))["status"] == "online"
@@ -83,11 +85,7 @@ async def test_node_death_reports_offline(cluster_factory):
 async def test_a_late_status_announcement_never_overrides_a_newer_one(cluster_factory):
     # Announcing takes a few awaits, so two transitions of one user decided on two nodes can be
     # published in the opposite order; receivers keep the newest.
-    n1, n2 = await cluster_factory(2, **FAST)
-    a = await n1.api.user("alice")
-    b = await n1.api.user("bob")
-    cid = await make_conversation(n1.services, a.id, b.id)
-    watcher = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={a.access}")
+    n1, n2, _a, b, cid, watcher = await alice_watching_bob(cluster_factory)
     await watcher.recv_type("status")
     presence2 = n2.services.presence
     frame_new = presence2.frame(b.id, b.username, True, None)
