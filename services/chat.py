@@ -89,6 +89,7 @@ class ChatService:
         # The last message id this node allocated per conversation: the expected value of the next
         # compare-and-set (see _allocate_ids).
         self._last_seq: dict[int, int] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._queue: list[_PendingSend] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -151,6 +152,8 @@ class ChatService:
         self._wakeup.set()
         try:
             await asyncio.wait_for(self._writer, timeout_s)
+            if self._background:
+                await asyncio.wait_for(asyncio.gather(*self._background, return_exceptions=True), timeout_s)
         except TimeoutError:
             log.error("message writer did not finish within %.0fs", timeout_s)
         self._writer = None
@@ -286,7 +289,11 @@ class ChatService:
                 await self._fail_insert(doc, item)
             else:
                 item.future.set_result((doc, True))
-        await self._advance_read_pointers(read_updates)
+        # Senders are answered already; the pointers ($max, so order does not matter) are written beside
+        # the next batch instead of before it.
+        task = asyncio.get_running_loop().create_task(self._advance_read_pointers(read_updates))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _allocate_ids(self, cid: int, senders: list[int], count: int, now: dt.datetime) -> int | None:
         """Reserve `count` message ids of an open conversation; the last of them, or None if it is closed
