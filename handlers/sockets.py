@@ -31,6 +31,7 @@ from services.connections import (
     CLOSE_BAD_FRAME,
     CLOSE_BAD_TOKEN,
     CLOSE_FORBIDDEN,
+    CLOSE_GOING_AWAY,
     CLOSE_NO_TOKEN,
     CLOSE_POLICY,
     CLOSE_SERVER_ERROR,
@@ -161,6 +162,13 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             return None
         return StrictCloseProtocol(self, False, protocol.params)  # type: ignore[attr-defined]
 
+    def unavailable_close(self) -> tuple[int, str]:
+        """How to close a socket whose opening could not reach the store: during a shutdown the store is
+        being closed on purpose, and the client should reconnect elsewhere (1001)."""
+        if self.services.shutting_down:
+            return CLOSE_GOING_AWAY, "server shutting down"
+        return CLOSE_SERVER_ERROR, "storage unavailable"
+
     # Origin is checked in open() so that a refusal is the seed's close code 1008, not an HTTP 403.
     def check_origin(self, origin: str) -> bool:
         return True
@@ -201,6 +209,10 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         return user_id
 
     async def register(self) -> bool:
+        if self.services.shutting_down:
+            # Opened while the node stops: the client reconnects (to another node) as after any 1001.
+            self.shut(CLOSE_GOING_AWAY, "server shutting down")
+            return False
         try:
             await self.services.connections.add(self)
         except LimitExceeded as exc:
@@ -338,7 +350,7 @@ class ConversationSocket(BaseSocket):
         try:
             await self._open_conversation(int(conversation_id_text))
         except STORE_DOWN_ERRORS:
-            self.shut(CLOSE_SERVER_ERROR, "storage unavailable")
+            self.shut(*self.unavailable_close())
         except Exception:
             log.exception("unexpected error opening a conversation socket")
             self.shut(CLOSE_SERVER_ERROR, "unexpected server error")
@@ -432,7 +444,7 @@ class NotificationSocket(BaseSocket):
             self.user_id = user_id
             await self.register()
         except STORE_DOWN_ERRORS:
-            self.shut(CLOSE_SERVER_ERROR, "storage unavailable")
+            self.shut(*self.unavailable_close())
         except Exception:
             log.exception("unexpected error opening a notifications socket")
             self.shut(CLOSE_SERVER_ERROR, "unexpected server error")

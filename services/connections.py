@@ -209,6 +209,7 @@ class Connections:
         self.on_conversation_closed: list[Callable[[int], None]] = []
         self.metrics: Metrics | None = None
         self._presence_versions: dict[int, int] = {}
+        self._all_gone = asyncio.Event()
         self._gap_tasks: dict[int, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         bus.set_handler(self.on_bus_event)
@@ -245,6 +246,8 @@ class Connections:
         if peer not in self.peers:
             return
         self.peers.discard(peer)
+        if not self.peers:
+            self._all_gone.set()
         _discard(self.by_user, peer.user_id, peer)
         if peer.conversation_id is None:
             emptied = _discard(self.notifications_by_user, peer.user_id, peer)
@@ -353,7 +356,9 @@ class Connections:
                         peer._send_ping()
             await asyncio.sleep(0)
 
-    async def close_all(self, code: int, reason: str) -> None:
+    async def close_all(self, code: int, reason: str, grace_s: float = 2.0) -> None:
+        """Close every socket, then give clients up to `grace_s` to answer the close frames, so that
+        the frames are on the wire before the process exits (a client then sees `code`, not 1006)."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
@@ -361,6 +366,10 @@ class Connections:
             task.cancel()
         for peer in list(self.peers):
             peer.shut(code, reason)
+        if self.peers:
+            self._all_gone.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), grace_s)
 
 
 def _discard(index: dict[int, set[Peer]], key: int, peer: Peer) -> bool:

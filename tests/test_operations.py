@@ -112,6 +112,9 @@ async def test_sigterm_closes_sockets_1001_and_hands_presence_over(node_env):
     await ws_connect(api1, f"/ws/notifications/?token={both.access}")
     on_n2 = await ws_connect(api2, f"/ws/notifications/?token={both.access}")
     conv_n2 = await ws_connect(api2, f"/ws/conversations/{cids[1]}/?token={only2.access}")
+    for ws in (on_n2, conv_n2):  # joined (registered) before the signal: pongs come after the join
+        await ws.send({"type": "ping"})
+        await ws.recv_type("pong")
     assert (await w_only2.recv_type("status", timeout=5))["status"] in ("offline", "online")
 
     started = time.monotonic()
