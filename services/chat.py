@@ -1,7 +1,7 @@
 """Conversations and messages: membership, sending, history, read pointers, attachments.
 
-Message ids are a dense sequence per conversation (1, 2, 3...), allocated by one atomic `$inc` of the
-conversation's `last_seq`. Dense ids let a reader tell "not stored yet" from "never will be": a reader
+Message ids are a dense sequence per conversation (1, 2, 3...), reserved by a compare-and-set of the
+conversation's `last_seq` (see `_allocate_ids`). Dense ids let a reader tell "not stored yet" from "never will be": a reader
 that sees id 7 but not 6 knows 6 is in flight on some node, waits for it, and only after HOLE_TIMEOUT
 writes a tombstone in its place (a writer that died between allocating and inserting). The tombstone
 takes the message's `_id`, so a late insert of the real message fails and is never acknowledged: a
@@ -12,7 +12,7 @@ A message's `_id` packs (conversation id, id) into one integer, so a page of his
 `_id` alone, the cheapest query on any MongoDB.
 
 Writes are grouped: concurrent sends wait in one queue and a single writer task stores them with one
-`$inc` per conversation and one `insert_many` per batch. Nobody is answered before their batch is
+compare-and-set per conversation and one `insert_many` per batch. Nobody is answered before their batch is
 acknowledged by MongoDB. With no concurrency a batch is one message and there is no added delay.
 """
 
