@@ -1,12 +1,13 @@
 """Conversations and messages: membership, sending, history, read pointers, attachments.
 
 Message ids are a dense sequence per conversation (1, 2, 3...), reserved by a compare-and-set of the
-conversation's `last_seq` (see `_allocate_ids`). Dense ids let a reader tell "not stored yet" from "never will be": a reader
-that sees id 7 but not 6 knows 6 is in flight on some node, waits for it, and only after HOLE_TIMEOUT
-writes a tombstone in its place (a writer that died between allocating and inserting). The tombstone
-takes the message's `_id`, so a late insert of the real message fails and is never acknowledged: a
-message is either delivered in order to everyone or reported as failed to its sender. That is what makes
-`?after=<id>` resume lossless and duplicate-free with several nodes writing one conversation.
+conversation's `last_seq` (see `_allocate_ids`). Dense ids let a reader tell "not stored yet" from
+"never will be": a reader that sees id 7 but not 6 knows 6 is in flight on some node, waits for it, and
+only after HOLE_TIMEOUT writes a tombstone in its place (a writer that died between allocating and
+inserting). The tombstone takes the message's `_id`, so a late insert of the real message fails and is
+never acknowledged: a message is either delivered in order to everyone or reported as failed to its
+sender. That is what makes `?after=<id>` resume lossless and duplicate-free with several nodes writing
+one conversation.
 
 A message's `_id` packs (conversation id, id) into one integer, so a page of history is a range scan on
 `_id` alone, the cheapest query on any MongoDB.
