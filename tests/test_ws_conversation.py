@@ -222,6 +222,10 @@ async def test_the_seed_javascript_client_reads_every_field_it_uses(api, service
                 )
 
     notif_a = await notifications(api, p.a)
+    # The pong comes after the socket joined and Alice's `online` was announced; B, joining after that,
+    # learns her status once, from the join.
+    await notif_a.send({"type": "ping"})
+    await notif_a.recv_type("pong")
     b = await ws_connect(api, f"/ws/conversations/{p.cid}/?token={p.b.access}")
     on_conversation_frame(await b.recv())
     await b.send({"type": "typing", "is_typing": True})
