@@ -149,6 +149,14 @@ class Peer:
             self.connections.request_gap_fill(self)
         # seq <= last: already delivered (resume overlap or a repeat): nothing to do
 
+    def receive_page(self, page: list[tuple[int, bytes | None]]) -> None:
+        """Messages fetched from MongoDB, as ChatService.backlog gives them (None marks a hole)."""
+        for seq, frame in page:
+            if frame is None:
+                self.skip_message(seq)
+            else:
+                self.deliver_message(seq, frame)
+
     def skip_message(self, seq: int) -> None:
         """`seq` is a hole (never stored): move past it."""
         if self.last_message_id is not None and seq == self.last_message_id + 1:

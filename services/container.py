@@ -107,11 +107,7 @@ class Services:
                 page, _ = await self.chat.backlog(conversation_id, peer.last_message_id, min(count, 100))
                 if not page:
                     break
-                for seq, frame in page:
-                    if frame is None:
-                        peer.skip_message(seq)
-                    else:
-                        peer.deliver_message(seq, frame)
+                peer.receive_page(page)
 
     def catch_up_all(self) -> None:
         """After the bus lost events (Redis away), send every conversation socket what it missed."""
@@ -125,11 +121,7 @@ class Services:
             for peer in peers:
                 while peer.last_message_id is not None and not peer.closing:
                     page, has_more = await self.chat.backlog(conversation_id, peer.last_message_id, 100)
-                    for seq, frame in page:
-                        if frame is None:
-                            peer.skip_message(seq)
-                        else:
-                            peer.deliver_message(seq, frame)
+                    peer.receive_page(page)
                     if not has_more:
                         break
         except STORE_DOWN_ERRORS:
