@@ -75,6 +75,7 @@ class Services:
     metrics: Metrics
     push: PushService
     shutting_down: bool = False
+    catch_ups: set[asyncio.Task[None]] = field(default_factory=set)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def check_message_rate(self, user_id: int) -> None:
@@ -114,7 +115,10 @@ class Services:
         for conversation_id, peers in list(self.connections.by_conversation.items()):
             waiting = [p for p in peers if p.last_message_id is not None]
             if waiting:
-                asyncio.get_running_loop().create_task(self.catch_up(conversation_id, waiting))
+                task = asyncio.get_running_loop().create_task(self.catch_up(conversation_id, waiting))
+                # The loop keeps only weak references to tasks: hold each until it is done.
+                self.catch_ups.add(task)
+                task.add_done_callback(self.catch_ups.discard)
 
     async def catch_up(self, conversation_id: int, peers: list[Peer]) -> None:
         try:
