@@ -377,12 +377,15 @@ class ConversationSocket(BaseSocket):
             # with a socket on the conversation, so a cached "open" could let a socket in for a while.
             # Without `after`, the socket gets every message stored from now on: the id it starts from is
             # read before subscribing, so what is stored in between arrives as a gap and is fetched.
-            conversation = await chat.member_conversation(conversation_id, user_id, require_open=True, fresh=True)
+            conversation, newest = await asyncio.gather(
+                chat.member_conversation(conversation_id, user_id, require_open=True, fresh=True),
+                chat.last_stored_seq(conversation_id) if after is None else asyncio.sleep(0, 0),
+            )
         except errors.NotFound:
             self.shut(CLOSE_FORBIDDEN, "not a participant")
             return
         if after is None:
-            self.last_message_id = self.shown_after = conversation.last_seq
+            self.last_message_id = self.shown_after = newest
         else:
             self.begin_resume()
         if not await self.register():

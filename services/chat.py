@@ -1,30 +1,34 @@
 """Conversations and messages: membership, sending, history, read pointers, attachments.
 
-Message ids are a dense sequence per conversation (1, 2, 3...), reserved by a compare-and-set of the
-conversation's `last_seq` (see `_allocate_ids`). Dense ids let a reader tell "not stored yet" from
-"never will be": a reader that sees id 7 but not 6 knows 6 is in flight on some node, waits for it, and
-only after HOLE_TIMEOUT writes a tombstone in its place (a writer that died between allocating and
-inserting). The tombstone takes the message's `_id`, so a late insert of the real message fails and is
-never acknowledged: a message is either delivered in order to everyone or reported as failed to its
-sender. That is what makes `?after=<id>` resume lossless and duplicate-free with several nodes writing
-one conversation.
+Message ids are a dense sequence per conversation (1, 2, 3...), and the insert of a message is what
+reserves its id: a message's `_id` packs (conversation id, id), so two nodes that pick the same next id
+collide on `_id`, one insert wins and the other node reads the newest stored id and numbers its
+messages again (see `_write_batch`). A writer numbers its messages from an id it knows is stored (its
+own last insert, one seen on the bus, or one read back), and inserts them in order, so id n is never
+stored before id n - 1: a reader that sees id 7 has id 6 as well, and `?after=<id>` resumes without a
+gap or a repeat with several nodes writing one conversation.
 
-A message's `_id` packs (conversation id, id) into one integer, so a page of history is a range scan on
-`_id` alone, the cheapest query on any MongoDB.
+Closing a conversation stores a sealing tombstone at its next id (`seal`): a writer that still
+believes the conversation open collides with it, reads it back and fails the send, so no message is
+ever stored after the close. Tombstones (`hole: true`) are left out of everything a client sees. Data
+written by earlier versions, which reserved ids before inserting, can hold ids that were reserved and
+never stored; readers wait HOLE_TIMEOUT for such an id, then fill it with a tombstone and go on.
 
-Writes are grouped: concurrent sends wait in one queue and a single writer task stores them with one
-compare-and-set per conversation and one `insert_many` per batch. Nobody is answered before their batch is
-acknowledged by MongoDB. With no concurrency a batch is one message and there is no added delay.
+A page of history is a range scan on `_id` alone, the cheapest query on any MongoDB.
+
+Writes are grouped: concurrent sends wait in one queue and a single writer task stores each batch with
+one ordered `insert_many`. Nobody is answered before their batch is acknowledged by MongoDB. With no
+concurrency a batch is one message and there is no added delay. What the conversation document says
+about its messages (newest id, order in the list, senders' read pointers) is written behind, merged
+across batches (services/conversation_meta.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,7 @@ import orjson
 import pymongo.errors
 
 from services import errors
+from services.conversation_meta import ConversationMetadata
 from services.events import Publisher, now_iso
 from services.media import ATTACHMENT_TYPES, MediaStore
 from services.store import STORE_DOWN_ERRORS, Doc, Store
@@ -40,7 +45,14 @@ from services.users import UserService, iso
 log = logging.getLogger("chat.chat")
 
 SEQ_BITS = 32
+# message_key must fit MongoDB's signed 64-bit integers, for the conversation after this one too.
+MAX_CONVERSATION_ID = (1 << (63 - SEQ_BITS)) - 1
 MAX_BATCH = 256
+MAX_BATCHES_IN_FLIGHT = 2
+# Insert rounds per batch before the senders left are told to retry (collisions with other nodes).
+MAX_ROUNDS = 20
+DUPLICATE_KEY = 11000
+SEALED = -1  # in ChatService._last_seq: the conversation is closed, no id is free
 CONVERSATION_CACHE_TTL_S = 10.0
 
 
@@ -53,7 +65,6 @@ class Conversation:
     id: int
     participants: tuple[int, ...]
     is_open: bool
-    last_seq: int = 0  # only current when read with fresh=True
 
     def others(self, user_id: int) -> list[int]:
         return [p for p in self.participants if p != user_id]
@@ -79,6 +90,7 @@ class ChatService:
         *,
         max_content_chars: int = 4000,
         hole_timeout_s: float = 3.0,
+        metadata_interval_s: float = 0.0,
     ) -> None:
         self._store = store
         self._users = users
@@ -87,13 +99,17 @@ class ChatService:
         self.max_content_chars = max_content_chars
         self.hole_timeout_s = hole_timeout_s
         self._conversations: dict[int, tuple[float, Conversation]] = {}
-        # The last message id this node allocated per conversation: the expected value of the next
-        # compare-and-set (see _allocate_ids).
+        # The newest message id this node knows to be stored, per conversation (or SEALED): its next
+        # message is numbered from here (see _write_batch). Learnt from its own inserts, the bus and
+        # the store.
         self._last_seq: dict[int, int] = {}
+        self.metadata = ConversationMetadata(store.conversations, interval_s=metadata_interval_s)
         self._background: set[asyncio.Task[None]] = set()
         self._queue: list[_PendingSend] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
+        self._writing: set[int] = set()  # conversations with a batch in flight
         self._closing = False
         # Called with (conversation_id, sender_id) after a message is stored: the typing tracker uses it
         # to report the sender stopped typing.
@@ -107,16 +123,13 @@ class ChatService:
         cached = self._conversations.get(conversation_id)
         if cached is not None and cached[0] > now and not fresh:
             return cached[1]
-        doc = await self._store.conversations.find_one(
-            {"_id": conversation_id}, {"participants": 1, "status": 1, "last_seq": 1}
-        )
+        doc = await self._store.conversations.find_one({"_id": conversation_id}, {"participants": 1, "status": 1})
         if doc is None:
             return None
         conv = Conversation(
             int(doc["_id"]),
             tuple(int(p) for p in doc["participants"]),
             doc.get("status") == "open",
-            int(doc.get("last_seq", 0)),
         )
         if len(self._conversations) > 100_000:
             self._conversations.clear()
@@ -158,6 +171,7 @@ class ChatService:
         except TimeoutError:
             log.error("message writer did not finish within %.0fs", timeout_s)
         self._writer = None
+        await self.metadata.close(timeout_s)
 
     async def send_message(
         self,
@@ -218,135 +232,214 @@ class ChatService:
             await self._events.notify(other, notification)
 
     async def _write_loop(self) -> None:
+        """Start a batch of what is queued whenever a slot is free, while earlier batches are in flight:
+        the next batch is stored while the server handles the answers to the previous one, instead of
+        the two waiting for each other. A conversation is in one batch at a time, which keeps its ids
+        stored in order (see _write_batch)."""
         while True:
-            if not self._queue:
-                if self._closing:
+            batch = self._take_ready() if len(self._batches) < MAX_BATCHES_IN_FLIGHT else []
+            if not batch:
+                if self._closing and not self._queue and not self._batches:
                     return
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 continue
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            try:
-                await self._write_batch(batch)
-            except Exception as exc:  # never leave a caller waiting forever
-                failure = _as_domain_error(exc)
-                if not isinstance(exc, STORE_DOWN_ERRORS):
-                    log.exception("message batch failed")
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(failure)
+            if not self._batches and len(self._last_seq) > 100_000:
+                self._last_seq.clear()  # only with no batch in flight: none loses an id it just read
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch), name="message-batch")
+            self._batches.add(task)
+
+    def _take_ready(self) -> list[_PendingSend]:
+        """Up to MAX_BATCH queued sends into conversations with no batch in flight, in arrival order."""
+        batch: list[_PendingSend] = []
+        rest: list[_PendingSend] = []
+        for item in self._queue:
+            if len(batch) < MAX_BATCH and item.conversation_id not in self._writing:
+                batch.append(item)
+            else:
+                rest.append(item)
+        self._queue = rest
+        self._writing.update(item.conversation_id for item in batch)
+        return batch
+
+    async def _run_batch(self, batch: list[_PendingSend]) -> None:
+        try:
+            await self._write_batch(batch)
+        except Exception as exc:  # never leave a caller waiting forever
+            failure = _as_domain_error(exc)
+            if not isinstance(exc, STORE_DOWN_ERRORS):
+                log.exception("message batch failed")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(failure)
+        finally:
+            self._writing.difference_update(item.conversation_id for item in batch)
+            self._batches.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._wakeup.set()
 
     async def _write_batch(self, batch: list[_PendingSend]) -> None:
         now = dt.datetime.now(dt.UTC)
-        to_store = await self._answer_replays(batch)
-        by_conversation: dict[int, list[_PendingSend]] = defaultdict(list)
-        for item in to_store:
-            by_conversation[item.conversation_id].append(item)
-
-        async def allocate(cid: int, items: list[_PendingSend]) -> tuple[int, list[_PendingSend], int | None]:
-            senders = sorted({i.sender_id for i in items})
-            return cid, items, await self._allocate_ids(cid, senders, len(items), now)
-
-        allocations = await asyncio.gather(*(allocate(c, i) for c, i in by_conversation.items()))
-        docs: list[Doc] = []
-        owners: list[_PendingSend] = []
-        read_updates: dict[tuple[int, int], int] = {}
-        for cid, items, last_seq in allocations:
-            if last_seq is None:
-                self.forget_conversation(cid)
-                for item in items:
-                    item.future.set_exception(errors.Forbidden("Conversation is closed", code="conversation_closed"))
-                continue
-            first = last_seq - len(items) + 1
-            for offset, item in enumerate(items):
-                seq = first + offset
-                doc: Doc = {
-                    "_id": message_key(cid, seq),
-                    "conversation_id": cid,
-                    "seq": seq,
-                    "sender_id": item.sender_id,
-                    "content": item.content,
-                    "created_at": now,
-                }
-                if item.client_id is not None:
-                    doc["client_id"] = item.client_id
-                if item.attachment is not None:
-                    doc["attachment_id"] = item.attachment["_id"]
-                docs.append(doc)
-                owners.append(item)
-                # Sending implies having read everything before: the sender's read pointer moves along.
-                key = (cid, item.sender_id)
-                read_updates[key] = max(read_updates.get(key, 0), seq)
-        if not docs:
-            return
-        failed: dict[int, Exception] = {}
+        pending = await self._answer_replays(batch)
+        stored: list[Doc] = []
         try:
-            await self._store.messages.insert_many(docs, ordered=False)
-        except pymongo.errors.BulkWriteError as exc:
-            for err in exc.details.get("writeErrors", []):
-                failed[int(err["index"])] = exc
-        for index, (doc, item) in enumerate(zip(docs, owners, strict=True)):
-            if index in failed:
-                await self._fail_insert(doc, item)
-            else:
-                item.future.set_result((doc, True))
-        # Senders are answered already; the pointers ($max, so order does not matter) are written beside
-        # the next batch instead of before it.
-        task = asyncio.get_running_loop().create_task(self._advance_read_pointers(read_updates))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            pending = await self._store_in_rounds(pending, now, stored)
+        finally:
+            self._record_metadata(stored, now)
+        for item in pending:
+            item.future.set_exception(
+                errors.Unavailable("Too much contention on this conversation; retry", code="unavailable")
+            )
 
-    async def _allocate_ids(self, cid: int, senders: list[int], count: int, now: dt.datetime) -> int | None:
-        """Reserve `count` message ids of an open conversation; the last of them, or None if it is closed
-        (or the senders are not its participants).
+    async def _store_in_rounds(
+        self, pending: list[_PendingSend], now: dt.datetime, stored: list[Doc]
+    ) -> list[_PendingSend]:
+        """Store the sends, answering each; return those still unstored after MAX_ROUNDS.
 
-        A compare-and-set on `last_seq` from the value this node last wrote: one `update_one` by `_id`
-        when no other node wrote in between, a re-read and a retry when one did. (`find_one_and_update`
-        would do it in one command, but the embedded store answers it with a collection scan, which grew
-        to 100 ms per call at 5,000 conversations; an `update_one` by `_id` stays at a millisecond.)
+        Every round stores a prefix of what is left: all of it, or up to a collision (another node
+        stored that id first, or the message is a retry stored already), which is dealt with before the
+        next round. Collisions between nodes are rare: each node learns the others' ids from the bus.
         """
-        for _ in range(20):
-            known = self._last_seq.get(cid)
-            if known is None:
-                doc = await self._store.conversations.find_one({"_id": cid}, {"last_seq": 1})
-                if doc is None:
-                    return None
-                known = int(doc.get("last_seq", 0))
-            result = await self._store.conversations.update_one(
-                {"_id": cid, "last_seq": known, "status": "open", "participants": {"$all": senders}},
-                {"$set": {"last_seq": known + count, "updated_at": now}},
-            )
-            if result.matched_count == 1:
-                if len(self._last_seq) > 100_000:
-                    self._last_seq.clear()
-                self._last_seq[cid] = known + count
-                return known + count
-            # Another node allocated meanwhile, or the conversation closed: look again.
-            self._last_seq.pop(cid, None)
-            doc = await self._store.conversations.find_one(
-                {"_id": cid}, {"last_seq": 1, "status": 1, "participants": 1}
-            )
-            if doc is None or doc.get("status") != "open" or not set(senders) <= set(doc.get("participants", [])):
-                return None
-            self._last_seq[cid] = int(doc.get("last_seq", 0))
-            await asyncio.sleep(0)
-        raise errors.Unavailable("Too much contention on this conversation; retry", code="unavailable")
+        for _ in range(MAX_ROUNDS):
+            unknown = {i.conversation_id for i in pending if i.conversation_id not in self._last_seq}
+            if unknown:
+                await asyncio.gather(*(self._read_last_seq(cid) for cid in unknown))
+            pending = self._fail_closed(pending)
+            if not pending:
+                return []
+            docs = self._number(pending, now)
+            try:
+                await self._store.messages.insert_many(docs, ordered=True)
+            except pymongo.errors.BulkWriteError as exc:
+                failure = exc.details["writeErrors"][0]
+                index = int(failure["index"])
+                self._answer_stored(docs[:index], pending[:index], stored)
+                pending = await self._collision(docs[index], pending[index], failure) + pending[index + 1 :]
+                continue
+            except BaseException:
+                # Some prefix of the batch may be stored: learn the ids again before numbering more.
+                for item in pending:
+                    self._last_seq.pop(item.conversation_id, None)
+                raise
+            self._answer_stored(docs, pending, stored)
+            return []
+        return pending
 
-    async def _fail_insert(self, doc: Doc, item: _PendingSend) -> None:
-        """An insert of an allocated id failed: fill the id with a tombstone so readers need not wait,
-        then answer the sender (with the stored original, when it was a concurrent client_id retry)."""
-        with contextlib.suppress(pymongo.errors.DuplicateKeyError):
-            await self._store.messages.insert_one(
-                {"_id": doc["_id"], "conversation_id": doc["conversation_id"], "seq": doc["seq"], "hole": True}
-            )
-        if item.client_id is not None:
+    def _fail_closed(self, pending: list[_PendingSend]) -> list[_PendingSend]:
+        """Answer the sends into conversations found sealed; return the others."""
+        rest = []
+        for item in pending:
+            if self._last_seq[item.conversation_id] == SEALED:
+                self.forget_conversation(item.conversation_id)
+                item.future.set_exception(errors.Forbidden("Conversation is closed", code="conversation_closed"))
+            else:
+                rest.append(item)
+        return rest
+
+    def _number(self, pending: list[_PendingSend], now: dt.datetime) -> list[Doc]:
+        """The message documents, numbered from the newest id known stored in each conversation."""
+        next_seq: dict[int, int] = {}
+        docs: list[Doc] = []
+        for item in pending:
+            cid = item.conversation_id
+            seq = next_seq.get(cid, self._last_seq[cid]) + 1
+            next_seq[cid] = seq
+            doc: Doc = {
+                "_id": message_key(cid, seq),
+                "conversation_id": cid,
+                "seq": seq,
+                "sender_id": item.sender_id,
+                "content": item.content,
+                "created_at": now,
+            }
+            if item.client_id is not None:
+                doc["client_id"] = item.client_id
+            if item.attachment is not None:
+                doc["attachment_id"] = item.attachment["_id"]
+            docs.append(doc)
+        return docs
+
+    def _answer_stored(self, docs: list[Doc], items: list[_PendingSend], stored: list[Doc]) -> None:
+        for doc, item in zip(docs, items, strict=True):
+            self.observe_seq(int(doc["conversation_id"]), int(doc["seq"]))
+            item.future.set_result((doc, True))
+            stored.append(doc)
+
+    async def _collision(self, doc: Doc, item: _PendingSend, failure: Doc) -> list[_PendingSend]:
+        """An insert failed: what is left to store of this message ([item] or [])."""
+        if failure.get("code") != DUPLICATE_KEY:
+            item.future.set_exception(errors.Unavailable("Message could not be stored; retry", code="store_failed"))
+            return []
+        if item.client_id is not None and failure.get("keyPattern") != {"_id": 1}:
+            # A retry stored meanwhile (by another node, or by this one before a restart).
             existing = await self._store.messages.find_one(
                 {"conversation_id": item.conversation_id, "sender_id": item.sender_id, "client_id": item.client_id}
             )
             if existing is not None:
                 item.future.set_result((existing, False))
-                return
-        item.future.set_exception(errors.Unavailable("Message could not be stored; retry", code="store_failed"))
+                return []
+        # Another node stored this id first, or the conversation was sealed: look at what is stored.
+        await self._read_last_seq(int(doc["conversation_id"]))
+        return [item]
+
+    async def _read_last_seq(self, conversation_id: int) -> None:
+        """Learn the newest id stored in a conversation, or that it is sealed (closed)."""
+        newest = await self._newest(conversation_id)
+        if newest is not None and newest.get("sealed"):
+            self._last_seq[conversation_id] = SEALED
+        else:
+            self._last_seq[conversation_id] = 0 if newest is None else int(newest["seq"])
+
+    def observe_seq(self, conversation_id: int, seq: int) -> None:
+        """A message with this id is stored (this node's insert, or another node's seen on the bus)."""
+        known = self._last_seq.get(conversation_id, 0)
+        if known != SEALED and seq > known:
+            self._last_seq[conversation_id] = seq
+
+    def _record_metadata(self, stored: list[Doc], now: dt.datetime) -> None:
+        """Queue what the stored messages change in their conversations: newest id, order, read pointers
+        (sending implies having read everything before)."""
+        by_conversation: dict[int, tuple[int, dict[int, int]]] = {}
+        for doc in stored:
+            cid, seq, sender = int(doc["conversation_id"]), int(doc["seq"]), int(doc["sender_id"])
+            last, readers = by_conversation.setdefault(cid, (0, {}))
+            readers[sender] = max(readers.get(sender, 0), seq)
+            by_conversation[cid] = (max(last, seq), readers)
+        for cid, (last, readers) in by_conversation.items():
+            self.metadata.touch(cid, last, now, readers)
+
+    async def seal(self, conversation_id: int) -> None:
+        """Store the closing tombstone at the conversation's next id: no message can be stored after it."""
+        for _ in range(MAX_ROUNDS):
+            newest = await self._newest(conversation_id)
+            if newest is not None and newest.get("sealed"):
+                break
+            seq = 1 if newest is None else int(newest["seq"]) + 1
+            try:
+                await self._store.messages.insert_one(
+                    {
+                        "_id": message_key(conversation_id, seq),
+                        "conversation_id": conversation_id,
+                        "seq": seq,
+                        "hole": True,
+                        "sealed": True,
+                    }
+                )
+                break
+            except pymongo.errors.DuplicateKeyError:
+                continue  # a message took that id first: it was sent before the close
+        else:
+            raise errors.Unavailable("Could not close the conversation; retry", code="unavailable")
+        self._last_seq[conversation_id] = SEALED
+        self.forget_conversation(conversation_id)
+
+    async def _newest(self, conversation_id: int) -> Doc | None:
+        if conversation_id >= MAX_CONVERSATION_ID:
+            return None  # outside the key space: no message can exist there
+        return await self._store.messages.find_one(
+            {"_id": {"$gt": message_key(conversation_id, 0), "$lt": message_key(conversation_id + 1, 0)}},
+            {"seq": 1, "sealed": 1},
+            sort=[("_id", -1)],
+        )
 
     async def _answer_replays(self, batch: list[_PendingSend]) -> list[_PendingSend]:
         """Answer retries of already stored client_ids, and duplicates inside the batch; return the rest."""
@@ -378,17 +471,6 @@ class ChatService:
                 rest.append(item)
         return rest
 
-    async def _advance_read_pointers(self, pointers: dict[tuple[int, int], int]) -> None:
-        if not pointers:
-            return
-        ops = [
-            pymongo.UpdateOne({"_id": cid}, {"$max": {f"read_seq.{uid}": seq}}) for (cid, uid), seq in pointers.items()
-        ]
-        try:
-            await self._store.conversations.bulk_write(ops, ordered=False)
-        except pymongo.errors.PyMongoError:
-            log.warning("could not advance read pointers after a send", exc_info=True)
-
     async def _attachment_for(self, conversation_id: int, sender_id: int, attachment_id: int) -> Doc:
         doc = await self._store.attachments.find_one(
             {"_id": attachment_id, "conversation_id": conversation_id, "uploader_id": sender_id}
@@ -405,10 +487,14 @@ class ChatService:
         Returns the receipt frame, or None when the pointer was already there.
         """
         await self.member_conversation(conversation_id, user_id, require_open=False)
+        if message_id > max(self._last_seq.get(conversation_id, 0), 0):
+            newest = await self._newest(conversation_id)
+            last = 0 if newest is None else int(newest["seq"]) - (1 if newest.get("sealed") else 0)
+            if message_id > last:
+                raise errors.NotFound("No such message in this conversation", code="message_not_found")
         result = await self._store.conversations.update_one(
             {
                 "_id": conversation_id,
-                "last_seq": {"$gte": message_id},
                 "$or": [
                     {f"read_seq.{user_id}": {"$lt": message_id}},
                     {f"read_seq.{user_id}": {"$exists": False}},
@@ -417,9 +503,6 @@ class ChatService:
             {"$set": {f"read_seq.{user_id}": message_id}},
         )
         if result.matched_count == 0:
-            doc = await self._store.conversations.find_one({"_id": conversation_id}, {"last_seq": 1})
-            if doc is None or message_id > int(doc.get("last_seq", 0)):
-                raise errors.NotFound("No such message in this conversation", code="message_not_found")
             return None
         user = await self._users.summary(user_id)
         frame = {
@@ -443,6 +526,7 @@ class ChatService:
     ) -> tuple[list[dict[str, Any]], bool]:
         """A page of messages in storage order, and whether more lie beyond it in the paging direction."""
         await self.member_conversation(conversation_id, viewer_id, require_open=False)
+        await self.metadata.settled([conversation_id])
         conv_doc = await self._store.conversations.find_one({"_id": conversation_id}, {"read_seq": 1, "last_seq": 1})
         read_seq = {int(k): int(v) for k, v in ((conv_doc or {}).get("read_seq") or {}).items()}
         if after is not None:
@@ -511,11 +595,7 @@ class ChatService:
 
     async def last_stored_seq(self, conversation_id: int) -> int:
         """The highest message id stored in the conversation (tombstones included), 0 if none."""
-        doc = await self._store.messages.find_one(
-            {"_id": {"$gt": message_key(conversation_id, 0), "$lt": message_key(conversation_id + 1, 0)}},
-            {"seq": 1},
-            sort=[("_id", -1)],
-        )
+        doc = await self._newest(conversation_id)
         return 0 if doc is None else int(doc["seq"])
 
     async def backlog(
@@ -592,12 +672,14 @@ class ChatService:
     # -- conversations over REST -------------------------------------------------------------------
 
     async def list_conversations(self, user_id: int, limit: int = 50) -> list[dict[str, Any]]:
+        await self.metadata.settled()
         docs = await self._store.conversations.find(
             {"participants": user_id, "status": "open"}, sort=[("updated_at", -1)], limit=limit
         ).to_list(None)
         return await self._describe(docs, user_id)
 
     async def get_conversation(self, conversation_id: int, user_id: int) -> dict[str, Any]:
+        await self.metadata.settled([conversation_id])
         doc = await self._store.conversations.find_one({"_id": conversation_id, "participants": user_id})
         if doc is None:
             raise errors.NotFound("Conversation not found", code="conversation_not_found")

@@ -215,6 +215,9 @@ class Connections:
         self.gap_filler: GapFiller | None = None
         # Called with a conversation id when an unmatch or block closed it (drop caches).
         self.on_conversation_closed: list[Callable[[int], None]] = []
+        # Called with (conversation id, message id) for every stored message the bus brings: the
+        # message writer numbers this node's next message in that conversation after it.
+        self.on_message_seen: list[Callable[[int, int], None]] = []
         self.metrics: Metrics | None = None
         self._presence_versions: dict[int, int] = {}
         self._all_gone = asyncio.Event()
@@ -293,6 +296,9 @@ class Connections:
             exclude = header.get("x")
             seq = header.get("s")
             droppable = bool(header.get("d"))
+            if seq is not None:
+                for seen in self.on_message_seen:
+                    seen(target, int(seq))
             for peer in list(self.by_conversation.get(target, ())):
                 if peer.user_id == exclude:
                     continue

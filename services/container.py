@@ -209,6 +209,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         media,
         max_content_chars=settings.max_content_chars,
         hole_timeout_s=settings.hole_timeout_s,
+        metadata_interval_s=settings.metadata_interval_s,
     )
     typing = TypingTracker(events, users, settings.typing_timeout_s)
     chat.on_message_stored.append(typing.stop_soon)
@@ -219,6 +220,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         max_conversation_per_user=settings.max_conversation_sockets_per_user,
     )
     connections.on_conversation_closed.append(chat.forget_conversation)
+    connections.on_message_seen.append(chat.observe_seq)
     metrics = Metrics()
     connections.metrics = metrics
     chat.on_message_stored.append(lambda _conversation, _sender: metrics.messages_stored.inc())
@@ -234,7 +236,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         users=users,
         bus=bus,
         events=events,
-        matching=MatchingService(store, users, events, settings),
+        matching=MatchingService(store, users, events, settings, seal_conversation=chat.seal),
         chat=chat,
         typing=typing,
         presence=presence,

@@ -27,6 +27,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -195,11 +196,21 @@ def decode_cursor(text: str, modes: tuple[str, ...]) -> Doc:
 
 
 class MatchingService:
-    def __init__(self, store: Store, users: UserService, events: Publisher, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        users: UserService,
+        events: Publisher,
+        settings: Settings,
+        *,
+        seal_conversation: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
         self._users = users
         self._events = events
         self._settings = settings
+        # Stores the closing tombstone after which no message can be stored (ChatService.seal).
+        self._seal_conversation = seal_conversation
 
     # -- discovery ------------------------------------------------------------------------------------
 
@@ -661,6 +672,8 @@ class MatchingService:
         await self._store.conversations.update_one(
             {"_id": cid, "status": {"$ne": "closed"}}, {"$set": {"status": "closed", "closed_at": now}}
         )
+        if self._seal_conversation is not None:
+            await self._seal_conversation(cid)
         # Published even when it was already closed: a socket opened during the first close still goes.
         try:
             await self._events.close_conversation(cid)

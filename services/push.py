@@ -406,7 +406,8 @@ class PushService:
             if conv is None or conv.get("status") != "open" or user_id not in conv.get("participants", ()):
                 return None, "closed"
             read = int((conv.get("read_seq") or {}).get(str(user_id), 0))
-            unread = int(conv.get("last_seq", 0)) - read
+            # The conversation's own last_seq is written behind the messages: the entry's may be newer.
+            unread = max(int(conv.get("last_seq", 0)), int(entry.get("last_seq", 0))) - read
             if unread <= 0 or read >= int(entry.get("last_seq", 0)):
                 return None, "read"
             payload: dict[str, Any] = {"type": kind, "conversation_id": conversation_id, "count": unread}

@@ -125,11 +125,11 @@ def token(user_id: int, *, kind: str = "access", ttl_s: int = 600, secret: str =
 
 
 async def allocate_hole(services: Any, cid: int) -> int:
-    """Take the next message id the way a writer does, then never store it (a writer that died)."""
-    doc = await services.store.conversations.find_one_and_update(
-        {"_id": cid}, {"$inc": {"last_seq": 1}}, return_document=True
-    )
-    return int(doc["last_seq"])
+    """Make the node's next message skip an id, which then is never stored: what a writer of the earlier
+    design (ids reserved before the insert) left behind when it died between the two. Returns the id."""
+    skipped = max(services.chat._last_seq.get(cid, 0), await services.chat.last_stored_seq(cid)) + 1
+    services.chat._last_seq[cid] = skipped
+    return skipped
 
 
 def abort(ws: WsClient) -> None:
