@@ -5,11 +5,11 @@ newest id, for unread counts and the conversation list's order, and the sender's
 sending implies having read what came before) is bookkeeping that no sender needs to wait for. Every
 field is written with `$max`, so updates commute: they can be merged, retried and applied in any order.
 
-One flush runs at a time, and while touches keep coming the next one waits `interval_s`: touches that
-arrive meanwhile are merged, so under load a conversation costs one update per interval, not one per
-message (an update costs the embedded store several times an insert: without the interval, the
-bookkeeping took more of its time than the messages). Readers that show this metadata call `settled()`
-first, which also cuts the wait short, so a node always reads its own writes.
+One flush runs at a time, and flushes start at least `interval_s` apart: touches that arrive meanwhile
+are merged, so under load a conversation costs one update per interval, not one per message (an
+update costs the embedded store several times an insert: without the interval, the bookkeeping took
+more of its time than the messages). Readers that show this metadata call `settled()` first, which
+cuts the wait short, so a node always reads its own writes.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class ConversationMetadata:
         self._conversations = conversations
         self._interval_s = interval_s
         self._hurry = asyncio.Event()
+        self._last_flush = float("-inf")
         self._pending: dict[int, _Touch] = {}
         self._in_flight: dict[int, _Touch] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -101,25 +102,30 @@ class ConversationMetadata:
                 self._flusher.cancel()
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         delay = RETRY_MIN_S
         while self._pending:
+            wait = self._last_flush + self._interval_s - loop.time()
+            if wait > 0 and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), wait)
+            self._hurry.clear()
+            self._last_flush = loop.time()
             self._in_flight, self._pending = self._pending, {}
             ops = [pymongo.UpdateOne({"_id": cid}, touch.update()) for cid, touch in self._in_flight.items()]
             try:
                 await self._conversations.bulk_write(ops, ordered=False)
                 delay = RETRY_MIN_S
-                pause = self._interval_s
             except pymongo.errors.PyMongoError as exc:
                 log.warning("could not write conversation metadata (%s); retrying in %.2fs", exc, delay)
                 for cid, touch in self._in_flight.items():
                     current = self._pending.setdefault(cid, touch)
                     if current is not touch:
                         current.merge(touch)
-                pause, delay = delay, min(delay * 2, RETRY_MAX_S)
+                self._in_flight = {}
+                # Not cut short by readers: they give up after their own timeout instead.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
             finally:
                 self._in_flight = {}
                 self._flushed.set()
-            if self._pending and pause > 0 and not self._hurry.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hurry.wait(), pause)
-            self._hurry.clear()

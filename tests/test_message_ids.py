@@ -1,0 +1,177 @@
+"""Message ids are reserved by the insert itself: what another node stored first, a conversation sealed
+while a node still believes it open, a retry stored elsewhere meanwhile, and the conversation metadata
+written behind the messages."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from services.chat import message_key
+from tests.ws_helpers import history_ids, join, messages, pair, send_rest
+
+METADATA_INTERVAL_S = 30.0
+
+
+@pytest.fixture
+def settings_overrides():
+    # Long enough that nothing in a test is written by the interval: only by a reader asking for it.
+    return {"metadata_interval_s": METADATA_INTERVAL_S}
+
+
+async def store_as_another_node(services, cid, seq, sender_id, content, **extra):
+    """A message inserted straight into the store, as a second node would, unseen by this one."""
+    await services.store.messages.insert_one(
+        {
+            "_id": message_key(cid, seq),
+            "conversation_id": cid,
+            "seq": seq,
+            "sender_id": sender_id,
+            "content": content,
+            "created_at": dt.datetime.now(dt.UTC),
+            **extra,
+        }
+    )
+
+
+async def test_an_id_taken_by_another_node_is_not_reused_and_ids_stay_dense(api, services):
+    p = await pair(api, services)
+    assert (await send_rest(api, p.cid, p.a, "one")).body["id"] == 1
+    await store_as_another_node(services, p.cid, 2, p.b.id, "two, from elsewhere")
+
+    got = await send_rest(api, p.cid, p.a, "three")
+    assert got.status == 201 and got.body["id"] == 3
+    assert await history_ids(api, p.cid, p.a) == [1, 2, 3]
+    contents = [
+        m["content"] for m in (await api.get(f"/api/conversations/{p.cid}/messages/", token=p.a.access)).body["results"]
+    ]
+    assert contents == ["one", "two, from elsewhere", "three"]
+
+
+async def test_concurrent_sends_after_a_collision_keep_each_senders_order(api, services):
+    p = await pair(api, services)
+    await send_rest(api, p.cid, p.a, "first")
+    await store_as_another_node(services, p.cid, 2, p.b.id, "elsewhere")
+    live = await join(api, p.cid, p.b)
+    texts = [f"a{i}" for i in range(8)]
+    results = await asyncio.gather(*(send_rest(api, p.cid, p.a, t) for t in texts))
+    assert all(r.status == 201 for r in results)
+    by_text = {r.body["content"]: r.body["id"] for r in results}
+    assert sorted(by_text.values()) == list(range(3, 11))
+    got = await messages(live, 8)
+    assert [m["id"] for m in got] == list(range(3, 11))
+    assert await history_ids(api, p.cid, p.a) == list(range(1, 11))
+
+
+async def test_a_node_that_believes_a_closed_conversation_open_stores_nothing_after_the_seal(api, services):
+    p = await pair(api, services)
+    assert (await send_rest(api, p.cid, p.a, "before")).status == 201
+    # Another node closes it: the status and the seal are in the store, but this node's membership
+    # cache still says open and no bus event reached it.
+    await services.store.conversations.update_one({"_id": p.cid}, {"$set": {"status": "closed"}})
+    await services.store.messages.insert_one(
+        {"_id": message_key(p.cid, 2), "conversation_id": p.cid, "seq": 2, "hole": True, "sealed": True}
+    )
+    assert (await services.chat.member_conversation(p.cid, p.a.id, require_open=True)).is_open
+
+    refused = await send_rest(api, p.cid, p.a, "after the close")
+    assert refused.status == 403 and refused.body["error"]["code"] == "conversation_closed", refused.body
+    assert await services.store.messages.count_documents({"conversation_id": p.cid}) == 2
+    assert await services.store.messages.find_one({"conversation_id": p.cid, "content": "after the close"}) is None
+    # The cache was dropped: the next attempt is refused by the membership check itself.
+    again = await send_rest(api, p.cid, p.a, "again")
+    assert again.status == 404 and again.body["error"]["code"] == "conversation_not_found"
+
+
+async def test_unmatch_seals_the_conversation_after_its_last_message(api, services):
+    p = await pair(api, services)
+    for text in ("one", "two"):
+        assert (await send_rest(api, p.cid, p.a, text)).status == 201
+    match_id = (await services.store.conversations.find_one({"_id": p.cid}))["match_id"]
+    assert (await api.delete(f"/api/matches/{match_id}/", token=p.b.access)).status == 204
+
+    seal = await services.store.messages.find_one({"_id": message_key(p.cid, 3)})
+    assert seal is not None and seal["sealed"] is True and seal["hole"] is True
+    assert await history_ids(api, p.cid, p.a) == [1, 2]  # the seal is no message
+    # A second close (a repeated unmatch) does not stack seals.
+    await services.chat.seal(p.cid)
+    assert await services.store.messages.count_documents({"conversation_id": p.cid}) == 3
+
+
+async def test_seal_of_a_conversation_without_messages_takes_id_one(api, services):
+    p = await pair(api, services)
+    await services.chat.seal(p.cid)
+    assert (await services.store.messages.find_one({"_id": message_key(p.cid, 1)}))["sealed"] is True
+    assert await history_ids(api, p.cid, p.a) == []
+
+
+async def test_a_retry_stored_by_another_node_meanwhile_is_answered_as_a_replay(api, services, monkeypatch):
+    p = await pair(api, services)
+    assert (await send_rest(api, p.cid, p.a, "one")).status == 201
+    # The other node stored this client_id between this node's replay check and its insert.
+    await store_as_another_node(services, p.cid, 2, p.a.id, "retried", client_id="c-1")
+
+    async def nothing_stored_yet(batch):
+        return batch
+
+    monkeypatch.setattr(services.chat, "_answer_replays", nothing_stored_yet)
+    services.chat._last_seq[p.cid] = 2  # knows id 2 is taken, not by whom
+    got = await send_rest(api, p.cid, p.a, "retried", client_id="c-1")
+    assert got.status == 200 and got.body["id"] == 2 and got.body["client_id"] == "c-1", got.body
+    # No id was used up by the replay.
+    assert (await send_rest(api, p.cid, p.a, "next")).body["id"] == 3
+    assert await history_ids(api, p.cid, p.a) == [1, 2, 3]
+
+
+async def test_a_replay_inside_a_batch_does_not_shift_the_other_senders(api, services, monkeypatch):
+    p = await pair(api, services)
+    await store_as_another_node(services, p.cid, 1, p.a.id, "stored", client_id="dup")
+
+    async def nothing_stored_yet(batch):
+        return batch
+
+    monkeypatch.setattr(services.chat, "_answer_replays", nothing_stored_yet)
+    services.chat._last_seq[p.cid] = 0  # stale: believes the conversation empty
+    results = await asyncio.gather(
+        send_rest(api, p.cid, p.a, "stored", client_id="dup"),
+        send_rest(api, p.cid, p.b, "fresh one"),
+        send_rest(api, p.cid, p.b, "fresh two"),
+    )
+    assert results[0].status == 200 and results[0].body["id"] == 1
+    assert sorted(r.body["id"] for r in results[1:]) == [2, 3]
+    assert await history_ids(api, p.cid, p.a) == [1, 2, 3]
+
+
+# -- metadata written behind ------------------------------------------------------------------------------
+
+
+async def test_the_conversation_list_reads_this_nodes_writes_without_waiting_for_the_interval(api, services):
+    p = await pair(api, services)
+    loop = asyncio.get_running_loop()
+    for text in ("one", "two", "three"):
+        assert (await send_rest(api, p.cid, p.a, text)).status == 201
+    started = loop.time()
+    listed = await api.get("/api/conversations/", token=p.b.access)
+    assert loop.time() - started < METADATA_INTERVAL_S / 10
+    [conv] = [c for c in listed.body if c["id"] == p.cid]
+    assert conv["unread_count"] == 3 and conv["last_message"]["content"] == "three"
+    # The sender read everything it answered: its own messages are not unread.
+    [mine] = [c for c in (await api.get("/api/conversations/", token=p.a.access)).body if c["id"] == p.cid]
+    assert mine["unread_count"] == 0
+    stored = await services.store.conversations.find_one({"_id": p.cid})
+    assert stored["last_seq"] == 3 and stored["read_seq"][str(p.a.id)] == 3
+
+
+async def test_a_read_receipt_for_a_message_just_stored_is_accepted_and_a_future_id_is_not(api, services):
+    p = await pair(api, services)
+    b = await join(api, p.cid, p.b)
+    assert (await send_rest(api, p.cid, p.a, "hello")).status == 201
+    [message] = await messages(b, 1)
+    await b.send({"type": "read_receipt", "message_id": message["id"]})
+    receipt = await b.recv_type("read_receipt")
+    assert receipt["message_id"] == message["id"] and receipt["user_id"] == p.b.id
+    await b.send({"type": "read_receipt", "message_id": message["id"] + 5})
+    error = await b.recv_type("error")
+    assert error["code"] == "message_not_found", error
