@@ -24,6 +24,7 @@ import collections
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,8 @@ def main() -> int:
     raise_fd_limit(4 * args.pairs + 1000)
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-profile-"))
     out.mkdir(parents=True, exist_ok=True)
+    # A store left by an earlier run would be seeded a second time, with ids the fixtures do not match.
+    shutil.rmtree(out / "work", ignore_errors=True)
     with Stack(out / "work") as stack:
         store_url, _ = stack.start_store()
         doc, seconds = asyncio.run(seed(store_url, BENCH_DATABASE, BENCH_SECRET, args.users // 2, 24 * 3600))
