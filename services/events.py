@@ -8,6 +8,8 @@ Header keys: `k` kind, `t` the frame's type (for metrics), `ts` when it was publ
 publish-to-deliver latency), `x` a user whose sockets must not receive it, `s` a message id (for
 in-order delivery), `d` true when the frame may be dropped for a slow reader (typing), `pu`/`pv` the user
 and version of a presence transition (older ones are dropped).
+Between nodes the Redis bus wraps a payload in an envelope naming the node that published it and removes
+it again on arrival (services/bus.py): subscribers always receive the payload as `encode` made it.
 """
 
 from __future__ import annotations

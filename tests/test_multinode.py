@@ -84,16 +84,21 @@ async def test_node_death_reports_offline(cluster_factory):
 
 async def test_a_late_status_announcement_never_overrides_a_newer_one(cluster_factory):
     # Announcing takes a few awaits, so two transitions of one user decided on two nodes can be
-    # published in the opposite order; receivers keep the newest.
+    # published in the opposite order, and a node's own events reach its sockets before those that
+    # cross Redis; receivers keep the newest, whichever way the older one comes.
     n1, n2, _a, b, cid, watcher = await alice_watching_bob(cluster_factory)
     await watcher.recv_type("status")
     presence2 = n2.services.presence
-    frame_new = presence2.frame(b.id, b.username, True, None)
-    frame_old = presence2.frame(b.id, b.username, False, None)
-    await n2.services.events.to_conversation(cid, frame_new, exclude_user=b.id, presence_version=2_000)
-    await n1.services.events.to_conversation(cid, frame_old, exclude_user=b.id, presence_version=1_000)
-    first = await watcher.recv_type("status")
-    assert first["status"] == "online"
+    online = presence2.frame(b.id, b.username, True, None)
+    offline = presence2.frame(b.id, b.username, False, None)
+    # The newer one from the other node, then an older one from the watcher's own node.
+    await n2.services.events.to_conversation(cid, online, exclude_user=b.id, presence_version=2_000)
+    assert (await watcher.recv_type("status"))["status"] == "online"
+    await n1.services.events.to_conversation(cid, offline, exclude_user=b.id, presence_version=1_000)
+    # The newer one from the watcher's own node, then an older one from the other node.
+    await n1.services.events.to_conversation(cid, offline, exclude_user=b.id, presence_version=4_000)
+    assert (await watcher.recv_type("status"))["status"] == "offline"
+    await n2.services.events.to_conversation(cid, online, exclude_user=b.id, presence_version=3_000)
     assert [f for f in await watcher.silent(0.5) if f["type"] == "status"] == []
 
 
@@ -116,3 +121,4 @@ async def test_two_nodes_sending_into_one_conversation_get_dense_unique_ids(clus
     assert sorted(ids_a + ids_b) == list(range(1, 61))
     history = await n1.api.get(f"/api/conversations/{cid}/messages/?after=0&limit=100", token=a.access)
     assert [m["id"] for m in history.body["results"]] == list(range(1, 61))
+
