@@ -5,10 +5,11 @@ channel when the first local peer needs it and unsubscribes when the last one le
 event to exactly the peers it concerns: work per event is proportional to the sockets that receive it,
 never to all sockets of the node.
 
-Output is bounded per socket. A peer counts the bytes it has handed to its connection and not yet seen
-flushed; past a quarter of OUTBOUND_BUFFER_BYTES it drops typing events (they are stale by the time
-they would arrive), past all of it the socket is closed with 1008 "slow consumer". The client resumes
-with `?after=` and loses nothing, and the server never holds more than the bound for one reader.
+Output is bounded per socket. A peer reads how many bytes its connection still holds unsent (the
+transport reports it, or the peer counts its writes until they are flushed); past a quarter of
+OUTBOUND_BUFFER_BYTES it drops typing events (they are stale by the time they would arrive), past all
+of it the socket is closed with 1008 "slow consumer". The client resumes with `?after=` and loses
+nothing, and the server never holds more than the bound for one reader.
 
 Messages reach a conversation socket in id order, without gaps and without repeats: a peer remembers the
 last id it delivered, skips repeats, and parks an early arrival until the ids before it arrive or are
@@ -56,7 +57,8 @@ class LimitExceeded(Exception):
 
 
 class Peer:
-    """The transport-independent half of a socket; the WebSocket handler supplies `_transmit` and `_shut`."""
+    """The transport-independent half of a socket; the WebSocket handler supplies `_transmit`, `_shut` and
+    `_unsent_bytes`."""
 
     user_id: int = 0
     conversation_id: int | None = None
@@ -64,7 +66,8 @@ class Peer:
     def init_peer(self, connections: Connections, outbound_limit: int) -> None:
         self.connections = connections
         self.outbound_limit = outbound_limit
-        self.outstanding = 0
+        # Bytes written through a transport that cannot report its unsent bytes, until their flush.
+        self.counted = 0
         self.last_message_id: int | None = None
         self.parked: dict[int, bytes] = {}
         self.resume_buffer: list[tuple[int, bytes]] | None = None
@@ -76,7 +79,13 @@ class Peer:
     # -- supplied by the transport -----------------------------------------------------------------
 
     def _transmit(self, data: bytes) -> Awaitable[None] | None:
+        """Write `data`; raises when the connection is gone. Returns None only when `_unsent_bytes`
+        accounts for the write, else an awaitable that completes once it is flushed."""
         raise NotImplementedError
+
+    def _unsent_bytes(self) -> int | None:
+        """Bytes written to the connection that it has not sent yet, or None if it cannot tell."""
+        return None
 
     def _shut(self, code: int, reason: str) -> None:
         raise NotImplementedError
@@ -89,12 +98,19 @@ class Peer:
 
     # -- output ------------------------------------------------------------------------------------
 
+    @property
+    def outstanding(self) -> int:
+        """Bytes this socket owes its reader: written and not yet sent."""
+        unsent = self._unsent_bytes()
+        return self.counted if unsent is None else unsent
+
     def push(self, data: bytes, *, droppable: bool = False) -> None:
         if self.closing:
             return
-        if droppable and self.outstanding > self.outbound_limit // 4:
+        owed = self.outstanding
+        if droppable and owed > self.outbound_limit // 4:
             return
-        if self.outstanding + len(data) > self.outbound_limit:
+        if owed + len(data) > self.outbound_limit:
             self.slow_consumer()
             return
         try:
@@ -102,12 +118,13 @@ class Peer:
         except Exception:  # the connection went away under us; its close callback cleans up
             return
         if pending is not None:
+            # A future and a callback per frame: only for transports that cannot report unsent bytes.
             size = len(data)
-            self.outstanding += size
+            self.counted += size
             future = asyncio.ensure_future(pending)
 
             def flushed(done: asyncio.Future[None]) -> None:
-                self.outstanding -= size
+                self.counted -= size
                 if not done.cancelled():
                     done.exception()  # retrieved, so a closed stream does not log "never retrieved"
 
@@ -275,18 +292,18 @@ class Connections:
     def on_bus_event(self, channel: str, payload: bytes) -> None:
         header, frame = decode(payload)
         kind = header.get("k")
+        _, _, ident = channel.partition(":")
+        target = int(ident)
         metrics = self.metrics
         if metrics is not None:
-            metrics.bus_events.labels(kind=str(kind)).inc()
+            metrics.bus_events.child(str(kind)).inc()
             published = header.get("ts")
             if isinstance(published, float):
                 metrics.deliver_latency.observe(max(0.0, time.time() - published))
             receivers = self.notifications_by_user if kind == NOTIFICATION else self.by_conversation
-            count = len(receivers.get(int(channel.partition(":")[2]), ()))
+            count = len(receivers.get(target, ()))
             if count and kind != CONVERSATION_CLOSED:
-                metrics.frames_out.labels(type=frame_label(header.get("t"))).inc(count)
-        _, _, ident = channel.partition(":")
-        target = int(ident)
+                metrics.frames_out.child(frame_label(header.get("t"))).inc(count)
         if kind == NOTIFICATION:
             for peer in list(self.notifications_by_user.get(target, ())):
                 peer.push(frame)
