@@ -24,6 +24,7 @@ from services.store import STORE_DOWN_ERRORS, Store
 
 if TYPE_CHECKING:
     from services.container import Services
+    from services.users import UserService
 
 log = logging.getLogger("chat.http")
 
@@ -81,8 +82,9 @@ ACCOUNT_CACHE_MAX = 100_000
 
 
 class AccountCache:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, users: UserService | None = None) -> None:
         self._store = store
+        self._users = users
         self._entries: dict[int, tuple[float, bool]] = {}
         # Lookups in flight: a user whose sockets all reconnect at once (a node restart, a network
         # blip) costs one read, not one per socket; a reconnect storm of 2,000 sockets otherwise queued
@@ -99,7 +101,9 @@ class AccountCache:
             return await asyncio.shield(pending)
         future = self._pending[user_id] = asyncio.get_running_loop().create_future()
         try:
-            doc = await self._store.users.find_one({"_id": user_id}, {"deleted": 1})
+            # The same read brings the user's summary: a socket that opens next announces the user's
+            # presence by username, which would otherwise cost a second read of the same document.
+            doc = await self._store.users.find_one({"_id": user_id}, {"deleted": 1, "username": 1, "picture": 1})
         except Exception as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it, and nobody waiting is no error
@@ -110,6 +114,8 @@ class AccountCache:
         finally:
             self._pending.pop(user_id, None)
         alive = doc is not None and not doc.get("deleted")
+        if alive and doc is not None and self._users is not None and "username" in doc:
+            self._users.remember_summary(doc)
         if len(self._entries) >= ACCOUNT_CACHE_MAX:
             self._entries.clear()
         self._entries[user_id] = (now + ACCOUNT_CACHE_TTL_S, alive)
@@ -121,7 +127,7 @@ def accounts(services: Services) -> AccountCache:
     """The node's AccountCache (kept with its services: ids are per database)."""
     cache = services.extras.get("accounts")
     if cache is None:
-        cache = services.extras["accounts"] = AccountCache(services.store)
+        cache = services.extras["accounts"] = AccountCache(services.store, services.users)
     return cache  # type: ignore[no-any-return]
 
 

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -208,7 +208,8 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             return None
         return user_id
 
-    async def register(self) -> bool:
+    async def register(self, open_conversations: Collection[int] | None = None) -> bool:
+        """Join the node's registry; `open_conversations` as for `Presence.connected`."""
         if self.services.shutting_down:
             # Opened while the node stops: the client reconnects (to another node) as after any 1001.
             self.shut(CLOSE_GOING_AWAY, "server shutting down")
@@ -223,7 +224,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         metrics = self.services.metrics
         metrics.open_sockets.labels(endpoint=self.endpoint).inc()
         metrics.connections.labels(endpoint=self.endpoint).inc()
-        await self.services.presence.connected(self.user_id)
+        await self.services.presence.connected(self.user_id, open_conversations)
         return True
 
     # -- Peer transport ----------------------------------------------------------------------------
@@ -256,7 +257,6 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         if not hasattr(connection, "_write_frame") or self.get_compression_options() is not None:
             return None
         return unsent
-
 
     def _shut(self, code: int, reason: str) -> None:
         self.server_close_code = code
@@ -383,47 +383,77 @@ class ConversationSocket(BaseSocket):
             self.shut(CLOSE_SERVER_ERROR, "unexpected server error")
 
     async def _open_conversation(self, conversation_id: int) -> None:
-        user_id = await self.authenticate_account()
+        user_id = self.authenticate()
         if user_id is None:
             return
         self.user_id = user_id
         self.conversation_id = conversation_id
         after_text = self.get_query_argument("after", None)
         after: int | None = None
+        bad_after = False
         if after_text not in (None, ""):
             try:
                 after = int(after_text)  # type: ignore[arg-type]
-                if after < 0:
-                    raise ValueError
+                bad_after = after < 0
             except ValueError:
-                self.shut(CLOSE_BAD_FRAME, "`after` must be a message id")
-                return
+                bad_after = True
         chat = self.services.chat
-        try:
-            # Read from the store, not the cache: an unmatch or block on another node reaches only nodes
-            # with a socket on the conversation, so a cached "open" could let a socket in for a while.
-            # Without `after`, the socket gets every message stored from now on: the id it starts from is
-            # read before subscribing, so what is stored in between arrives as a gap and is fetched.
-            conversation, newest = await asyncio.gather(
-                chat.member_conversation(conversation_id, user_id, require_open=True, fresh=True),
-                chat.last_stored_seq(conversation_id) if after is None else asyncio.sleep(0, 0),
-            )
-        except errors.NotFound:
+        # What the socket needs from the store before it joins is read at once; the refusals keep their
+        # order (a deleted account, then a bad `after`, then a stranger or a closed conversation).
+        # Without `after`, the socket gets every message stored from now on: the id it starts from is
+        # read before subscribing, so what is stored in between arrives as a gap and is fetched.
+        alive, membership, newest = await asyncio.gather(
+            accounts(self.services).exists(user_id),
+            self._membership(conversation_id, user_id) if not bad_after else asyncio.sleep(0, None),
+            chat.last_stored_seq(conversation_id) if after is None and not bad_after else asyncio.sleep(0, 0),
+        )
+        if not alive:
+            self.shut(CLOSE_BAD_TOKEN, "invalid token")
+            return
+        if bad_after:
+            self.shut(CLOSE_BAD_FRAME, "`after` must be a message id")
+            return
+        if membership is None:
             self.shut(CLOSE_FORBIDDEN, "not a participant")
             return
+        others, open_conversations = membership
         if after is None:
             self.last_message_id = self.shown_after = newest
         else:
             self.begin_resume()
-        if not await self.register():
+        if not await self.register(open_conversations):
             return
-        for other in conversation.others(user_id):
+        for other in others:
             self.push_json(await self.services.presence.current_frame(other))
         if after is not None:
             # An `after` beyond the last stored message (a client's bug, a restored backup) would hold
             # back every new message until the ids caught up with it: resume from what exists instead.
             after = min(after, await chat.last_stored_seq(conversation_id))
             await self._send_backlog(conversation_id, after)
+
+    async def _membership(self, conversation_id: int, user_id: int) -> tuple[list[int], Collection[int] | None] | None:
+        """(the other participants, the user's open conversations if read) when the user takes part in
+        the open conversation; None otherwise, never saying which.
+
+        Read from the store, never a cache: an unmatch or block on another node reaches only nodes with a
+        socket on the conversation, so a cached "open" could let a socket in for a while. The user's
+        first socket here announces them to all their open conversations, which have to be read anyway:
+        then that one read (the conversations where the user takes part and which are open) answers the
+        membership too, with the same condition as the single conversation's."""
+        presence = self.services.presence
+        if presence.announces_first_socket(user_id):
+            open_conversations = await presence.open_conversations(user_id)
+            participants = open_conversations.get(conversation_id)
+            if participants is None:
+                return None
+            return [p for p in participants if p != user_id], open_conversations.keys()
+        try:
+            conversation = await self.services.chat.member_conversation(
+                conversation_id, user_id, require_open=True, fresh=True
+            )
+        except errors.NotFound:
+            return None
+        return conversation.others(user_id), None
 
     async def _send_backlog(self, conversation_id: int, after: int) -> None:
         last = after

@@ -14,11 +14,13 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import Collection
 from typing import Any
 
 import redis.exceptions
 
 from services.chat import ChatService
+from services.errors import NotFound
 from services.events import Publisher
 from services.store import STORE_DOWN_ERRORS, Doc, Store
 from services.users import UserService, iso
@@ -59,11 +61,23 @@ class Presence:
             except STORE_DOWN_ERRORS:
                 log.warning("could not record last_seen of %d users at shutdown", len(users))
 
-    async def connected(self, user_id: int) -> None:
+    async def connected(self, user_id: int, open_conversations: Collection[int] | None = None) -> None:
+        """A socket of the user opened here. `open_conversations`, when the caller has just read them
+        from the store (see `open_conversations`), are where an online transition is announced."""
         count = self.local_counts.get(user_id, 0) + 1
         self.local_counts[user_id] = count
         if count == 1:
-            await self._online_here(user_id)
+            await self._online_here(user_id, open_conversations)
+
+    def announces_first_socket(self, user_id: int) -> bool:
+        """Whether a socket of the user opening now would be their first here, the one that announces
+        them online (and so needs their open conversations)."""
+        return user_id not in self.local_counts
+
+    async def open_conversations(self, user_id: int) -> dict[int, tuple[int, ...]]:
+        """The user's open conversations and their participants, read from the store, not a cache."""
+        docs = self._store.conversations.find({"participants": user_id, "status": "open"}, {"participants": 1})
+        return {int(d["_id"]): tuple(int(p) for p in d["participants"]) async for d in docs}
 
     async def disconnected(self, user_id: int) -> None:
         if self.closed:
@@ -75,8 +89,8 @@ class Presence:
         self.local_counts.pop(user_id, None)
         await self._offline_here(user_id)
 
-    async def _online_here(self, user_id: int) -> None:
-        await self.announce(user_id, online=True, version=local_version())
+    async def _online_here(self, user_id: int, conversations: Collection[int] | None = None) -> None:
+        await self.announce(user_id, online=True, version=local_version(), conversations=conversations)
 
     async def _offline_here(self, user_id: int) -> None:
         await self.announce(user_id, online=False, version=local_version())
@@ -85,13 +99,20 @@ class Presence:
         return user_id in self.local_counts
 
     async def announce(
-        self, user_id: int, *, online: bool, at: dt.datetime | None = None, version: int | None = None
+        self,
+        user_id: int,
+        *,
+        online: bool,
+        at: dt.datetime | None = None,
+        version: int | None = None,
+        conversations: Collection[int] | None = None,
     ) -> None:
         """Publish a transition to every open conversation of the user; record last_seen when offline.
 
         `version` orders the transitions of one user: announcing takes a few awaits, so a later
         transition (on this node or another) can be published before an earlier one, and receivers
-        drop a status older than one they already passed on (services/connections.py)."""
+        drop a status older than one they already passed on (services/connections.py). `conversations`
+        are the user's open conversations if the caller read them just before; else they are read."""
         at = at or dt.datetime.now(dt.UTC)
         if online:
             self.online_since[user_id] = at
@@ -103,7 +124,8 @@ class Presence:
                 log.warning("could not record last_seen of user %d", user_id)
         try:
             user = await self._users.summary(user_id)
-            conversations = await self._chat.open_conversation_ids(user_id)
+            if conversations is None:
+                conversations = await self._chat.open_conversation_ids(user_id)
         except STORE_DOWN_ERRORS:
             log.warning("could not announce presence of user %d: store unavailable", user_id)
             return
@@ -124,12 +146,17 @@ class Presence:
     async def current_frame(self, user_id: int) -> dict[str, Any]:
         """The seed's `status` frame for the user as things stand (sent to a socket that joins)."""
         online = await self.is_online(user_id)
-        user = await self._users.summary(user_id)
         if online:
+            user = await self._users.summary(user_id)
             at = self.online_since.get(user_id)
         else:
-            doc = await self._store.users.find_one({"_id": user_id}, {"last_seen": 1})
-            at = (doc or {}).get("last_seen")
+            # Read after the online check, so that a user who left in between is not shown with the
+            # last_seen of an earlier visit; the summary is in the same document.
+            doc = await self._store.users.find_one({"_id": user_id}, {"username": 1, "picture": 1, "last_seen": 1})
+            if doc is None:
+                raise NotFound("User not found")
+            user = self._users.remember_summary(doc)
+            at = doc.get("last_seen")
         return self.frame(user_id, user["username"], online, at)
 
     async def profile_view(self, viewer_id: int, doc: Doc) -> dict[str, Any]:
@@ -276,7 +303,7 @@ class RedisPresence(Presence):
     def _now(self) -> float:
         return time.time()
 
-    async def _online_here(self, user_id: int) -> None:
+    async def _online_here(self, user_id: int, conversations: Collection[int] | None = None) -> None:
         self._unsynced_offline.discard(user_id)
         now = self._now()
         try:
@@ -286,10 +313,10 @@ class RedisPresence(Presence):
             )
         except REDIS_ERRORS:
             log.warning("presence of user %d not shared: Redis unavailable", user_id)
-            await self.announce(user_id, online=True)
+            await self.announce(user_id, online=True, conversations=conversations)
             return
         if int(live_before) == 0:
-            await self.announce(user_id, online=True, version=int(version))
+            await self.announce(user_id, online=True, version=int(version), conversations=conversations)
         else:
             self.online_since.setdefault(user_id, dt.datetime.now(dt.UTC))
 

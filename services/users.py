@@ -233,10 +233,15 @@ class UserService:
         doc = await self._store.users.find_one({"_id": user_id}, {"username": 1, "picture": 1})
         if doc is None:
             raise NotFound("User not found")
+        return self.remember_summary(doc)
+
+    def remember_summary(self, doc: Doc) -> dict[str, Any]:
+        """Cache the summary of a user document read for another purpose (it needs `username` and
+        `picture`), sparing the read `summary` would make."""
         summary = self.summary_of(doc)
         if len(self._summaries) > 50_000:
             self._summaries.clear()
-        self._summaries[user_id] = (now + SUMMARY_TTL_S, summary)
+        self._summaries[int(doc["_id"])] = (time.monotonic() + SUMMARY_TTL_S, summary)
         return summary
 
     def summary_of(self, doc: Doc) -> dict[str, Any]:

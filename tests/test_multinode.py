@@ -122,3 +122,26 @@ async def test_two_nodes_sending_into_one_conversation_get_dense_unique_ids(clus
     history = await n1.api.get(f"/api/conversations/{cid}/messages/?after=0&limit=100", token=a.access)
     assert [m["id"] for m in history.body["results"]] == list(range(1, 61))
 
+
+async def test_a_conversation_closed_on_another_node_is_refused_here_at_once(cluster_factory):
+    """Node 1 has no socket on the conversation when node 2 closes it, so it hears no close event: a
+    socket opening on node 1 is refused 4001 all the same, whether it is its user's first socket there
+    (membership read with the user's open conversations) or not (read of the conversation alone)."""
+    n1, n2 = await cluster_factory(2, **FAST)
+    a = await n1.api.user("alice")
+    b = await n1.api.user("bob")
+    cid = await make_conversation(n1.services, a.id, b.id)
+    first = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={a.access}")
+    assert (await first.recv_type("status"))["user_id"] == b.id
+    first.close()
+    await ws_connect(n1.api, f"/ws/notifications/?token={a.access}")  # Alice stays counted on node 1
+    sent = await n1.api.post(f"/api/conversations/{cid}/messages/", {"content": "hi"}, token=b.access)
+    assert sent.status == 201  # node 1 has the conversation cached as open
+    match_id = (await n1.services.store.conversations.find_one({"_id": cid}))["match_id"]
+    assert (await n2.api.delete(f"/api/matches/{match_id}/", token=b.access)).status == 204
+    assert not n1.services.presence.announces_first_socket(a.id)
+    assert n1.services.presence.announces_first_socket(b.id)
+    for user in (a, b):
+        for after in ("", "&after=0"):
+            ws = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={user.access}{after}")
+            assert (await ws.closed())[0] == 4001, (user.username, after)

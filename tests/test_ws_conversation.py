@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import contextvars
+import inspect
+
+from pymongo.asynchronous.collection import AsyncCollection
+
+import handlers.base
 from tests.support import ws_connect
 from tests.ws_helpers import (
     ISO_Z,
@@ -250,3 +257,70 @@ async def test_the_seed_javascript_client_reads_every_field_it_uses(api, service
         f"{p.b.username} est en train d'écrire...",
         f"Message 1 lu par {p.a.username}",
     ]
+
+
+# -- what opening a socket costs ---------------------------------------------------------------------------
+
+
+def count_store_commands(monkeypatch):
+    """Count the commands sent to each collection (a find_one is one, not also the find it runs)."""
+    counts: collections.Counter[str] = collections.Counter()
+    inner = contextvars.ContextVar("inner", default=False)
+    for name in ("find", "find_one", "aggregate", "count_documents", "insert_one", "update_one", "update_many"):
+        method = getattr(AsyncCollection, name)
+        if inspect.iscoroutinefunction(method):
+
+            async def counted_async(self, *args, _method=method, **kwargs):
+                counts[self.name] += 1
+                token = inner.set(True)
+                try:
+                    return await _method(self, *args, **kwargs)
+                finally:
+                    inner.reset(token)
+
+            monkeypatch.setattr(AsyncCollection, name, counted_async)
+        else:
+
+            def counted(self, *args, _method=method, **kwargs):
+                if not inner.get():
+                    counts[self.name] += 1
+                return _method(self, *args, **kwargs)
+
+            monkeypatch.setattr(AsyncCollection, name, counted)
+    return counts
+
+
+async def test_opening_a_conversation_socket_reads_each_thing_once(api, services, monkeypatch):
+    p = await pair(api, services)
+    # A node that has seen neither user yet, as in a connect storm.
+    handlers.base.accounts(services)._entries.clear()
+    services.users._summaries.clear()
+    counts = count_store_commands(monkeypatch)
+    a = await join(api, p.cid, p.a)
+    # Alice's account and summary (one document), her open conversations (which answer the membership
+    # and are where she is announced), the newest message id, and Bob's summary with his last_seen.
+    assert counts == {"users": 2, "conversations": 1, "messages": 1}, counts
+    counts.clear()
+    await join(api, p.cid, p.b)
+    assert counts == {"users": 1, "conversations": 1, "messages": 1}, counts  # Alice is online: no read
+    assert (await a.recv_type("status"))["status"] == "online"
+    counts.clear()
+    # Not her first socket: nothing to announce, the membership is a point read of the conversation.
+    await join(api, p.cid, p.a)
+    assert counts == {"conversations": 1, "messages": 1}, counts
+
+
+async def test_a_new_match_admits_its_participants_and_carries_their_presence(api, services):
+    """A conversation opened after a user came online: their next socket is admitted on it (membership is
+    read, not remembered), and the first socket of the other announces them there."""
+    a = await api.user("alice")
+    b = await api.user("bob")
+    await notifications(api, a)  # Alice is online, counted on this node, before the match exists
+    assert (await api.post("/api/likes/", {"user_id": b.id}, token=a.access)).status == 201
+    liked = await api.post("/api/likes/", {"user_id": a.id}, token=b.access)
+    assert liked.status == 201 and liked.body["match"] is not None, liked.body
+    cid = liked.body["match"]["conversation_id"]
+    on_a = await join(api, cid, a)
+    await join(api, cid, b)  # Bob's first socket: his open conversations are read with the membership
+    online = await on_a.recv_type("status")
+    assert online["user_id"] == b.id and online["status"] == "online"

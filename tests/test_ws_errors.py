@@ -9,6 +9,7 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
+import handlers.base
 from tests.support import make_conversation, ws_connect
 from tests.ws_helpers import conv_path, history_ids, join, messages, notifications, pair, token, wait_for
 
@@ -63,6 +64,21 @@ async def test_bad_tokens_close_4002_on_both_endpoints(api, services):
     # The same helper signs a token the server accepts: each refusal above is about its defect alone.
     good = await ws_connect(api, conv_path(p.cid, token(p.a.id)))
     assert (await good.recv())["type"] == "status"
+
+
+async def test_a_deleted_account_is_refused_4002_on_its_own_conversation_and_never_announced(api, services):
+    p = await pair(api, services)
+    watcher = await join(api, p.cid, p.a)
+    bob = await join(api, p.cid, p.b)  # the node now remembers Bob's account as alive, and his summary
+    assert (await watcher.recv_type("status"))["status"] == "online"
+    bob.close()
+    assert (await watcher.recv_type("status"))["status"] == "offline"
+    await services.store.users.update_one({"_id": p.b.id}, {"$set": {"deleted": True}})
+    # As the end of ACCOUNT_CACHE_TTL_S would (tests/test_authz_matrix.py waits for it).
+    handlers.base.accounts(services)._entries.clear()
+    for after in (None, 0, -1):
+        await closed_with(await ws_connect(api, conv_path(p.cid, p.b, after=after)), 4002)
+    assert [f for f in await watcher.silent(0.3) if f["type"] == "status"] == []
 
 
 # -- access: 4001 ---------------------------------------------------------------------------------------
