@@ -398,14 +398,11 @@ class ConversationSocket(BaseSocket):
             except ValueError:
                 bad_after = True
         chat = self.services.chat
-        # What the socket needs from the store before it joins is read at once; the refusals keep their
-        # order (a deleted account, then a bad `after`, then a stranger or a closed conversation).
-        # Without `after`, the socket gets every message stored from now on: the id it starts from is
-        # read before subscribing, so what is stored in between arrives as a gap and is fetched.
-        alive, membership, newest = await asyncio.gather(
+        # The account and the membership are read at once; the refusals keep their order (a deleted
+        # account, then a bad `after`, then a stranger or a closed conversation).
+        alive, membership = await asyncio.gather(
             accounts(self.services).exists(user_id),
             self._membership(conversation_id, user_id) if not bad_after else asyncio.sleep(0, None),
-            chat.last_stored_seq(conversation_id) if after is None and not bad_after else asyncio.sleep(0, 0),
         )
         if not alive:
             self.shut(CLOSE_BAD_TOKEN, "invalid token")
@@ -416,9 +413,11 @@ class ConversationSocket(BaseSocket):
         if membership is None:
             self.shut(CLOSE_FORBIDDEN, "not a participant")
             return
-        others, open_conversations = membership
+        others, open_conversations, last_seq = membership
         if after is None:
-            self.last_message_id = self.shown_after = newest
+            # The socket gets every message stored from now on: the id it starts from is read before
+            # subscribing, so what is stored in between arrives as a gap and is fetched.
+            self.last_message_id = self.shown_after = await chat.last_stored_seq(conversation_id, last_seq)
         else:
             self.begin_resume()
         if not await self.register(open_conversations):
@@ -428,12 +427,14 @@ class ConversationSocket(BaseSocket):
         if after is not None:
             # An `after` beyond the last stored message (a client's bug, a restored backup) would hold
             # back every new message until the ids caught up with it: resume from what exists instead.
-            after = min(after, await chat.last_stored_seq(conversation_id))
+            after = min(after, await chat.last_stored_seq(conversation_id, last_seq))
             await self._send_backlog(conversation_id, after)
 
-    async def _membership(self, conversation_id: int, user_id: int) -> tuple[list[int], Collection[int] | None] | None:
-        """(the other participants, the user's open conversations if read) when the user takes part in
-        the open conversation; None otherwise, never saying which.
+    async def _membership(
+        self, conversation_id: int, user_id: int
+    ) -> tuple[list[int], Collection[int] | None, int] | None:
+        """(the other participants, the user's open conversations if read, the conversation's stored
+        `last_seq`) when the user takes part in the open conversation; None otherwise, never saying which.
 
         Read from the store, never a cache: an unmatch or block on another node reaches only nodes with a
         socket on the conversation, so a cached "open" could let a socket in for a while. The user's
@@ -443,17 +444,17 @@ class ConversationSocket(BaseSocket):
         presence = self.services.presence
         if presence.announces_first_socket(user_id):
             open_conversations = await presence.open_conversations(user_id)
-            participants = open_conversations.get(conversation_id)
-            if participants is None:
+            found = open_conversations.get(conversation_id)
+            if found is None:
                 return None
-            return [p for p in participants if p != user_id], open_conversations.keys()
+            return [p for p in found.participants if p != user_id], open_conversations.keys(), found.last_seq
         try:
             conversation = await self.services.chat.member_conversation(
                 conversation_id, user_id, require_open=True, fresh=True
             )
         except errors.NotFound:
             return None
-        return conversation.others(user_id), None
+        return conversation.others(user_id), None, conversation.last_seq
 
     async def _send_backlog(self, conversation_id: int, after: int) -> None:
         last = after

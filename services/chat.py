@@ -47,6 +47,9 @@ log = logging.getLogger("chat.chat")
 SEQ_BITS = 32
 # message_key must fit MongoDB's signed 64-bit integers, for the conversation after this one too.
 MAX_CONVERSATION_ID = (1 << (63 - SEQ_BITS)) - 1
+MAX_SEQ = (1 << SEQ_BITS) - 1
+# Ids looked up at once past the newest known one (doubling while they are all stored).
+NEWEST_WINDOW = 16
 MAX_BATCH = 256
 MAX_BATCHES_IN_FLIGHT = 2
 # Insert rounds per batch before the senders left are told to retry (collisions with other nodes).
@@ -65,6 +68,8 @@ class Conversation:
     id: int
     participants: tuple[int, ...]
     is_open: bool
+    # As the conversation document said when read: written behind the messages, so a lower bound.
+    last_seq: int = 0
 
     def others(self, user_id: int) -> list[int]:
         return [p for p in self.participants if p != user_id]
@@ -123,13 +128,16 @@ class ChatService:
         cached = self._conversations.get(conversation_id)
         if cached is not None and cached[0] > now and not fresh:
             return cached[1]
-        doc = await self._store.conversations.find_one({"_id": conversation_id}, {"participants": 1, "status": 1})
+        doc = await self._store.conversations.find_one(
+            {"_id": conversation_id}, {"participants": 1, "status": 1, "last_seq": 1}
+        )
         if doc is None:
             return None
         conv = Conversation(
             int(doc["_id"]),
             tuple(int(p) for p in doc["participants"]),
             doc.get("status") == "open",
+            int(doc.get("last_seq", 0)),
         )
         if len(self._conversations) > 100_000:
             self._conversations.clear()
@@ -432,14 +440,64 @@ class ChatService:
         self._last_seq[conversation_id] = SEALED
         self.forget_conversation(conversation_id)
 
-    async def _newest(self, conversation_id: int) -> Doc | None:
+    async def _newest(self, conversation_id: int, known: int | None = None) -> Doc | None:
+        """The newest document stored in a conversation (a message or a tombstone), or None.
+
+        Ids are dense, so this needs no range scan (which the embedded store answers by reading the
+        whole collection): from the newest id known stored (the conversation's `last_seq`, written behind
+        the messages, or this node's own; `known` when the caller has just read the conversation), look
+        up the ids just after it by `_id`, in growing windows.
+        """
         if conversation_id >= MAX_CONVERSATION_ID:
             return None  # outside the key space: no message can exist there
-        return await self._store.messages.find_one(
-            {"_id": {"$gt": message_key(conversation_id, 0), "$lt": message_key(conversation_id + 1, 0)}},
-            {"seq": 1, "sealed": 1},
-            sort=[("_id", -1)],
-        )
+        if known is None:
+            conv = await self._store.conversations.find_one({"_id": conversation_id}, {"last_seq": 1})
+            known = int((conv or {}).get("last_seq", 0))
+        known = max(known, self._last_seq.get(conversation_id, 0))
+        newest: Doc | None = {"seq": known} if known > 0 else None
+        window = NEWEST_WINDOW
+        while known < MAX_SEQ:
+            found = await self._by_seq(conversation_id, known + 1, known + window, {"seq": 1, "sealed": 1})
+            if not found:
+                return newest
+            newest = max(found, key=lambda d: int(d["seq"]))
+            if len(found) < window:
+                return newest
+            known, window = int(newest["seq"]), window * 2
+        return newest
+
+    async def _by_seq(
+        self, conversation_id: int, first: int, last: int, projection: Doc | None = None, **filters: Any
+    ) -> list[Doc]:
+        """The documents with ids first..last (those stored), by `_id` point lookups, in no set order."""
+        first, last = max(first, 1), min(last, MAX_SEQ)
+        if first > last:
+            return []
+        keys = [message_key(conversation_id, seq) for seq in range(first, last + 1)]
+        return await self._store.messages.find({"_id": {"$in": keys}, **filters}, projection).to_list(None)
+
+    async def _first_stored_from(self, conversation_id: int, first: int) -> Doc | None:
+        """The stored document with the lowest id >= first, looked for only up to the newest id known
+        stored (usually below `first`: then nothing is read but the conversation's `last_seq`)."""
+        conv = await self._store.conversations.find_one({"_id": conversation_id}, {"last_seq": 1})
+        known = max(int((conv or {}).get("last_seq", 0)), self._last_seq.get(conversation_id, 0))
+        window = NEWEST_WINDOW
+        while first <= known:
+            found = await self._by_seq(conversation_id, first, min(known, first + window - 1))
+            if found:
+                return min(found, key=lambda d: int(d["seq"]))
+            first, window = first + window, window * 2
+        return None
+
+    async def _stored_before(self, conversation_id: int, top: int, count: int) -> list[Doc]:
+        """Up to `count` messages (tombstones left out) with ids <= top, newest first."""
+        out: list[Doc] = []
+        while len(out) < count and top >= 1:
+            first = max(1, top - (count - len(out)) + 1)
+            found = await self._by_seq(conversation_id, first, top, hole={"$ne": True})
+            out.extend(sorted(found, key=lambda d: -int(d["seq"])))
+            top = first - 1
+        return out[:count]
 
     async def _answer_replays(self, batch: list[_PendingSend]) -> list[_PendingSend]:
         """Answer retries of already stored client_ids, and duplicates inside the batch; return the rest."""
@@ -532,16 +590,12 @@ class ChatService:
         if after is not None:
             docs, has_more = await self.messages_after(conversation_id, after, limit)
         else:
-            # Without `before`, the end of this conversation's key range is the start of the next one's
-            # (seq 1 << SEQ_BITS would OR into the conversation bits instead).
-            upper = message_key(conversation_id, before) if before is not None else message_key(conversation_id + 1, 0)
-            # Tombstones are filtered in the query, so a page is never all holes (with no id to page on).
-            cursor = self._store.messages.find(
-                {"_id": {"$gt": message_key(conversation_id, 0), "$lt": upper}, "hole": {"$ne": True}},
-                sort=[("_id", -1)],
-                limit=limit + 1,
-            )
-            found = await cursor.to_list(None)
+            newest = await self._newest(conversation_id)
+            top = 0 if newest is None else int(newest["seq"])
+            if before is not None:
+                top = min(top, before - 1)
+            # Tombstones are left out, so a page is never all holes (with no id to page on).
+            found = await self._stored_before(conversation_id, top, limit + 1)
             has_more = len(found) > limit
             docs = list(reversed(found[:limit]))
         return await self.serialize_many(docs, read_seq), has_more
@@ -567,35 +621,37 @@ class ChatService:
         """
         deadline = time.monotonic() + self.hole_timeout_s + 1.0
         while True:
-            cursor = self._store.messages.find(
-                {"_id": {"$gt": message_key(conversation_id, after), "$lt": message_key(conversation_id + 1, 0)}},
-                sort=[("_id", 1)],
-                limit=limit + 1,
-            )
-            found = await cursor.to_list(None)
+            found = {int(d["seq"]): d for d in await self._by_seq(conversation_id, after + 1, after + limit + 1)}
             contiguous: list[Doc] = []
             expected = after + 1
-            gap_at: Doc | None = None
-            for doc in found:
-                if int(doc["seq"]) != expected:
-                    gap_at = doc
-                    break
-                contiguous.append(doc)
+            while expected in found:
+                contiguous.append(found[expected])
                 expected += 1
-            if gap_at is None:
-                return contiguous[:limit], len(contiguous) > limit
+            if len(contiguous) > limit:
+                return contiguous[:limit], True
+            later = [seq for seq in found if seq > expected]
+            if not later:
+                # Ids missing past the whole window (left by earlier versions) hide what lies beyond.
+                beyond = await self._first_stored_from(conversation_id, after + limit + 2)
+                if beyond is not None:
+                    found[int(beyond["seq"])] = beyond
+                    later = [int(beyond["seq"])]
             if contiguous:
-                return contiguous, True
+                return contiguous, bool(later)
+            if not later:
+                return [], False
             # The very next id is missing while a later one exists: in flight, or a dead writer's hole.
+            gap_at = found[min(later)]
             age = (dt.datetime.now(dt.UTC) - _aware(gap_at.get("created_at"))).total_seconds()
             if age >= self.hole_timeout_s or time.monotonic() >= deadline:
                 await self.fill_holes(conversation_id, expected, int(gap_at["seq"]) - 1)
                 continue
             await asyncio.sleep(0.05)
 
-    async def last_stored_seq(self, conversation_id: int) -> int:
-        """The highest message id stored in the conversation (tombstones included), 0 if none."""
-        doc = await self._newest(conversation_id)
+    async def last_stored_seq(self, conversation_id: int, known: int | None = None) -> int:
+        """The highest message id stored in the conversation (tombstones included), 0 if none; `known`:
+        an id known stored, such as the `last_seq` of a conversation document just read."""
+        doc = await self._newest(conversation_id, known)
         return 0 if doc is None else int(doc["seq"])
 
     async def backlog(
@@ -697,15 +753,9 @@ class ChatService:
         for d in docs:
             cid = int(d["_id"])
             if d.get("last_seq") and cid not in last_docs:
-                found = await self._store.messages.find_one(
-                    {
-                        "_id": {"$gt": message_key(cid, 0), "$lt": message_key(cid + 1, 0)},
-                        "hole": {"$ne": True},
-                    },
-                    sort=[("_id", -1)],
-                )
-                if found is not None:
-                    last_docs[cid] = found
+                found = await self._stored_before(cid, int(d["last_seq"]), 1)
+                if found:
+                    last_docs[cid] = found[0]
         out = []
         for d in docs:
             cid = int(d["_id"])

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.exceptions
 
@@ -32,6 +32,11 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     OSError,
 )
+
+
+class OpenConversation(NamedTuple):
+    participants: tuple[int, ...]
+    last_seq: int  # as stored: written behind the messages, a lower bound of the newest id
 
 
 class Presence:
@@ -74,10 +79,15 @@ class Presence:
         them online (and so needs their open conversations)."""
         return user_id not in self.local_counts
 
-    async def open_conversations(self, user_id: int) -> dict[int, tuple[int, ...]]:
-        """The user's open conversations and their participants, read from the store, not a cache."""
-        docs = self._store.conversations.find({"participants": user_id, "status": "open"}, {"participants": 1})
-        return {int(d["_id"]): tuple(int(p) for p in d["participants"]) async for d in docs}
+    async def open_conversations(self, user_id: int) -> dict[int, OpenConversation]:
+        """The user's open conversations, read from the store, not a cache."""
+        docs = self._store.conversations.find(
+            {"participants": user_id, "status": "open"}, {"participants": 1, "last_seq": 1}
+        )
+        return {
+            int(d["_id"]): OpenConversation(tuple(int(p) for p in d["participants"]), int(d.get("last_seq", 0)))
+            async for d in docs
+        }
 
     async def disconnected(self, user_id: int) -> None:
         if self.closed:

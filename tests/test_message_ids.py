@@ -10,6 +10,7 @@ import datetime as dt
 import pytest
 
 from services.chat import message_key
+from tests.support import make_conversation
 from tests.ws_helpers import history_ids, join, messages, pair, send_rest
 
 METADATA_INTERVAL_S = 30.0
@@ -175,3 +176,24 @@ async def test_a_read_receipt_for_a_message_just_stored_is_accepted_and_a_future
     await b.send({"type": "read_receipt", "message_id": message["id"] + 5})
     error = await b.recv_type("error")
     assert error["code"] == "message_not_found", error
+
+
+async def test_ids_past_the_id_space_never_reach_into_the_next_conversation(api, services):
+    """A message's key is (conversation << 32) | id: an `after` or `before` of 2**32 or more must not
+    address the next conversation's messages."""
+    p = await pair(api, services)
+    carol = await api.user("carol")
+    dave = await api.user("dave")
+    first = await make_conversation(services, p.a.id, carol.id)
+    second = await make_conversation(services, p.a.id, dave.id)
+    assert second == first + 1
+    await send_rest(api, second, p.a, "for dave only")
+    assert (await send_rest(api, first, p.a, "for carol")).status == 201
+    for query in (f"?after={2**32}", f"?after={2**32 - 1}", f"?before={2**32 + 2}", f"?after={2**40}&limit=100"):
+        got = await api.get(f"/api/conversations/{first}/messages/{query}", token=carol.access)
+        assert got.status in (200, 400), got.body
+        if got.status == 200:
+            assert all(m["content"] == "for carol" for m in got.body["results"]), (query, got.body)
+    resumed = await join(api, first, carol, after=2**32)
+    await send_rest(api, first, p.a, "later")
+    assert [m["content"] for m in await messages(resumed, 1)] == ["later"]
