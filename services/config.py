@@ -78,7 +78,7 @@ class Settings:
         3.0, "HOLE_TIMEOUT", "Seconds a missing message id may stay missing before readers skip it as a hole"
     )
     metadata_interval_s: float = _knob(
-        0.25,
+        1.0,
         "METADATA_INTERVAL",
         "Seconds between writes of conversations' last id, order and senders' read pointers while messages keep coming",
     )
