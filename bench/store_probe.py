@@ -1,25 +1,30 @@
-"""Time the embedded store's answers to the chat hot path's queries as the conversations grow.
+"""Time the embedded store's answers to the chat hot path's commands as the stored messages grow.
 
-The message writer allocates ids with one `find_one_and_update` per conversation and batch
-(services/chat.py `_write_batch`). On SecantusDB that command re-runs its write with the filter
-`{_id: <found>, $and: [<query>]}`, which no index covers, so the write walks the whole collection:
-its cost grows with the number of conversations, while `update_one` on the same `_id` stays flat.
-This probe seeds N conversations (bench/seed_chat.py) into a fresh embedded store for each size and
-times, on one conversation in the middle:
+For each size, a fresh database gets 50 conversations (bench/seed_chat.py) holding N messages in all,
+then one conversation in the middle is timed (median of `--repeat` calls) on:
 
-- `find_one_and_update` as the writer sends it (`_id`, open, participants `$all`; `$inc last_seq`),
-- a compare-and-set `update_one` (`_id`, open, `last_seq` as read; `$inc last_seq`): one way to allocate
-  the same ids atomically (matched 0 means another node moved first: read again and retry),
-- the same compare-and-set for 50 conversations in one `bulk_write` (a whole batch),
-- `find_one` by `_id` (the membership read) and the newest message of a conversation (`last_stored_seq`).
+- `insert_many` of 50 messages, one per conversation, ordered: a message batch (services/chat.py);
+- `update_one` with `$max` of a conversation's `last_seq`, `updated_at` and a read pointer: one entry of
+  the metadata written behind the messages (services/conversation_meta.py);
+- the newest message of a conversation by point lookups: `_id $in` the 16 ids after its `last_seq`
+  (`ChatService._newest`), and a page of 51 ids by `_id $in` (history, backlog);
+- the same two reads as `_id` range queries with a sort, which the server no longer sends: SecantusDB
+  answers them by reading the whole collection, so they grow with the total number of messages.
 
-    .venv/bin/python bench/store_probe.py --sizes 250,1000,5000
+    .venv/bin/python bench/store_probe.py --sizes 5000,50000
+
+`--growth N` measures something else: the cost of a write as writes accumulate in one store process, with
+retryable writes (the driver's default) and without (what services/embedded.py asks for): N single
+inserts from 8 concurrent writers, the mean per block of 2,000.
+
+    .venv/bin/python bench/store_probe.py --growth 16000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import statistics
 import sys
 import tempfile
@@ -28,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,6 +42,8 @@ from bench.seed_chat import seed_pairs
 from services.chat import message_key
 from services.embedded import EmbeddedMongo
 from services.store import Store
+
+CONVERSATIONS = 50
 
 
 async def timed(call: Callable[[], Awaitable[Any]], repeat: int) -> float:
@@ -49,55 +56,110 @@ async def timed(call: Callable[[], Awaitable[Any]], repeat: int) -> float:
     return statistics.median(samples)
 
 
-async def probe(url: str, size: int, repeat: int) -> dict[str, float]:
-    store = Store(url, f"probe_{size}", timeout_ms=60_000)
+async def probe(url: str, messages: int, repeat: int) -> dict[str, float]:
+    store = Store(url, f"probe_{messages}", timeout_ms=120_000)
     try:
         await store.ensure_indexes()
-        fixtures = await seed_pairs(store, BENCH_SECRET, size)
+        fixtures = await seed_pairs(store, BENCH_SECRET, CONVERSATIONS)
         ids = [c["id"] for c in fixtures["conversations"]]
+        per_conversation = messages // len(ids)
+        now = dt.datetime.now(dt.UTC)
+        last = dict.fromkeys(ids, 0)
+
+        def message(cid: int) -> dict[str, Any]:
+            last[cid] += 1
+            seq = last[cid]
+            return {"_id": message_key(cid, seq), "conversation_id": cid, "seq": seq, "sender_id": 1,
+                    "content": f"message {seq} of a conversation", "created_at": now}  # fmt: skip
+
+        for cid in ids:
+            for start in range(0, per_conversation, 1000):
+                batch = [message(cid) for _ in range(min(1000, per_conversation - start))]
+                await store.messages.insert_many(batch)
+            await store.conversations.update_one({"_id": cid}, {"$set": {"last_seq": last[cid]}})
         cid = ids[len(ids) // 2]
-        conv = await store.conversations.find_one({"_id": cid})
-        assert conv is not None
-        members = list(conv["participants"])
-        batch = ids[: min(50, len(ids))]
+        top = last[cid]
 
-        async def find_and_modify() -> None:
-            await store.conversations.find_one_and_update(
-                {"_id": cid, "status": "open", "participants": {"$all": members[:1]}},
-                {"$inc": {"last_seq": 0}},
-                projection={"last_seq": 1},
-                return_document=ReturnDocument.AFTER,
-            )
+        async def insert_batch() -> None:
+            await store.messages.insert_many([message(c) for c in ids], ordered=True)
 
-        async def compare_and_set() -> None:
+        async def metadata_update() -> None:
             await store.conversations.update_one(
-                {"_id": cid, "status": "open", "last_seq": 0}, {"$inc": {"last_seq": 0}}
+                {"_id": cid}, {"$max": {"last_seq": last[cid], "updated_at": now, "read_seq.1": last[cid]}}
             )
 
-        async def compare_and_set_batch() -> None:
-            ops = [UpdateOne({"_id": c, "status": "open", "last_seq": 0}, {"$inc": {"last_seq": 0}}) for c in batch]
-            await store.conversations.bulk_write(ops, ordered=False)
+        def by_ids(first: int, count: int) -> Callable[[], Awaitable[Any]]:
+            keys = [message_key(cid, s) for s in range(first, first + count)]
+            return lambda: store.messages.find({"_id": {"$in": keys}}).to_list(None)
 
-        async def point_read() -> None:
-            await store.conversations.find_one({"_id": cid}, {"participants": 1, "status": 1, "last_seq": 1})
-
-        async def newest_message() -> None:
+        async def newest_by_range() -> None:
             await store.messages.find_one(
-                {"_id": {"$gt": message_key(cid, 0), "$lt": message_key(cid + 1, 0)}}, {"seq": 1}, sort=[("_id", -1)]
+                {"_id": {"$gt": message_key(cid, 0), "$lt": message_key(cid + 1, 0)}}, sort=[("_id", -1)]
             )
+
+        async def page_by_range() -> None:
+            await store.messages.find(
+                {"_id": {"$gt": message_key(cid, 0), "$lt": message_key(cid, top)}}, sort=[("_id", -1)], limit=51
+            ).to_list(None)
 
         return {
-            "find_one_and_update": await timed(find_and_modify, repeat),
-            "update_one CAS": await timed(compare_and_set, repeat),
-            f"bulk CAS x{len(batch)}": await timed(compare_and_set_batch, repeat),
-            "find_one _id": await timed(point_read, repeat),
-            "newest message": await timed(newest_message, repeat),
+            f"insert_many x{len(ids)}": await timed(insert_batch, repeat),
+            "metadata update_one": await timed(metadata_update, repeat),
+            "newest: 16 ids by $in": await timed(by_ids(top + 1, 16), repeat),
+            "page: 51 ids by $in": await timed(by_ids(max(1, top - 51), 51), repeat),
+            "newest: range + sort": await timed(newest_by_range, min(repeat, 3)),
+            "page: range + sort": await timed(page_by_range, min(repeat, 3)),
         }
     finally:
         await store.close()
 
 
+async def write_growth(url: str, total: int, label: str) -> list[float]:
+    """Mean milliseconds per insert, per block of 2,000 inserts, as they accumulate."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
+    collection = client["growth"][label]
+    written = 0
+    means = []
+    try:
+        while written < total:
+            started = time.perf_counter()
+
+            async def writer(name: int) -> None:
+                nonlocal written
+                for _ in range(250):
+                    written += 1
+                    await collection.insert_one({"_id": f"{name}-{written}"})
+
+            await asyncio.gather(*(writer(k) for k in range(8)))
+            means.append((time.perf_counter() - started) * 1000 / 2000)
+    finally:
+        await client.close()
+    return means
+
+
+async def run_growth(total: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="store-probe-") as tmp:
+        server = EmbeddedMongo(Path(tmp) / "mongo", cache_size="256M")
+        server.start()
+        try:
+            base = server.url.replace("&retryWrites=false", "")
+            rows = {
+                "retryable writes": await write_growth(base + "&retryWrites=true", total, "retryable"),
+                "without": await write_growth(base + "&retryWrites=false", total, "plain"),
+            }
+        finally:
+            server.stop()
+    blocks = len(next(iter(rows.values())))
+    print("| writes so far | " + " | ".join(f"{(i + 1) * 2000:,}" for i in range(blocks)) + " |")
+    print("|---|" + "---|" * blocks)
+    for label, means in rows.items():
+        print(f"| {label}, ms per insert | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+
+
 async def run(args: argparse.Namespace) -> None:
+    if args.growth:
+        await run_growth(args.growth)
+        return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="store-probe-") as tmp:
         server = EmbeddedMongo(Path(tmp) / "mongo", cache_size="256M")
@@ -107,7 +169,7 @@ async def run(args: argparse.Namespace) -> None:
         finally:
             server.stop()
     names = list(next(iter(rows.values())))
-    print("| conversations | " + " | ".join(f"`{n}` ms" for n in names) + " |")
+    print("| messages stored | " + " | ".join(f"{n} ms" for n in names) + " |")
     print("|---|" + "---|" * len(names))
     for size, row in rows.items():
         print(f"| {size:,} | " + " | ".join(f"{row[n]:.1f}" for n in names) + " |")
@@ -115,8 +177,9 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="250,1000,5000", help="conversations to seed, per measurement")
+    parser.add_argument("--sizes", default="5000,50000", help="messages to store before each measurement")
     parser.add_argument("--repeat", type=int, default=9, help="calls per figure (the median is shown)")
+    parser.add_argument("--growth", type=int, default=0, help="instead: time this many inserts as they accumulate")
     asyncio.run(run(parser.parse_args()))
     return 0
 
