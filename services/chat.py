@@ -63,6 +63,12 @@ def message_key(conversation_id: int, seq: int) -> int:
     return (conversation_id << SEQ_BITS) | seq
 
 
+def tombstone(conversation_id: int, seq: int, **marks: Any) -> Doc:
+    """A document that takes an id without being a message (a skipped hole, or a conversation's seal)."""
+    key = message_key(conversation_id, seq)
+    return {"_id": key, "conversation_id": conversation_id, "seq": seq, "hole": True, **marks}
+
+
 @dataclass
 class Conversation:
     id: int
@@ -423,15 +429,7 @@ class ChatService:
                 break
             seq = 1 if newest is None else int(newest["seq"]) + 1
             try:
-                await self._store.messages.insert_one(
-                    {
-                        "_id": message_key(conversation_id, seq),
-                        "conversation_id": conversation_id,
-                        "seq": seq,
-                        "hole": True,
-                        "sealed": True,
-                    }
-                )
+                await self._store.messages.insert_one(tombstone(conversation_id, seq, sealed=True))
                 break
             except pymongo.errors.DuplicateKeyError:
                 continue  # a message took that id first: it was sent before the close
@@ -672,14 +670,7 @@ class ChatService:
     async def fill_holes(self, conversation_id: int, first: int, last: int) -> None:
         for seq in range(first, last + 1):
             try:
-                await self._store.messages.insert_one(
-                    {
-                        "_id": message_key(conversation_id, seq),
-                        "conversation_id": conversation_id,
-                        "seq": seq,
-                        "hole": True,
-                    }
-                )
+                await self._store.messages.insert_one(tombstone(conversation_id, seq))
                 log.warning("conversation %d: message id %d never stored; skipped as a hole", conversation_id, seq)
             except pymongo.errors.DuplicateKeyError:
                 pass
