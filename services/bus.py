@@ -375,33 +375,29 @@ class RedisBus(Bus):
         lost connection raises, and `_read_loop` builds a new one (no silent reconnect here, which would
         skip the catch-up). Replies other than messages go through redis-py's own bookkeeping."""
         read = pubsub.connection.read_response
-        own = self.node_tag
-        tag_length = len(own)
-        deliver = self._deliver
         skip = len(self._prefix_bytes)
         while not self._closing:
             reply = await read(timeout=math.inf, disconnect_on_error=False, push_request=True)
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                data = reply[2]
-                if data[:1] == b"@":
-                    if data.startswith(own):
-                        continue  # delivered locally when it was published
-                    data = data[tag_length:]
-                deliver(reply[1][skip:].decode(), data)
+                self._deliver_received(reply[1][skip:].decode(), reply[2])
             else:
                 message = await pubsub.handle_message(reply)
                 if message is not None:
                     self._on_pubsub_message(message)
 
+    def _deliver_received(self, channel: str, data: bytes) -> None:
+        """An event read from Redis: another node's, stripped of its envelope; this node's own are
+        dropped (delivered locally when they were published)."""
+        if data[:1] == b"@":
+            if data.startswith(self.node_tag):
+                return
+            data = data[len(self.node_tag) :]
+        self._deliver(channel, data)
+
     def _on_pubsub_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind in (b"message", "message"):
-            data = message["data"]
-            if data[:1] == b"@":
-                if data.startswith(self.node_tag):
-                    return
-                data = data[len(self.node_tag) :]
-            self._deliver(self._local(message["channel"]), data)
+            self._deliver_received(self._local(message["channel"]), message["data"])
         elif kind in (b"subscribe", "subscribe"):
             for waiter in self._confirmations.get(self._local(message["channel"]), []):
                 if not waiter.done():

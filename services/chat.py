@@ -14,7 +14,9 @@ ever stored after the close. Tombstones (`hole: true`) are left out of everythin
 written by earlier versions, which reserved ids before inserting, can hold ids that were reserved and
 never stored; readers wait HOLE_TIMEOUT for such an id, then fill it with a tombstone and go on.
 
-A page of history is a range scan on `_id` alone, the cheapest query on any MongoDB.
+Every read of messages is a set of `_id` point lookups: dense ids say which keys a page holds, and the
+newest id is found just past the conversation's `last_seq` (`_newest`). The embedded store answers an
+`_id` range query by reading the whole collection, so none is sent.
 
 Writes are grouped: concurrent sends wait in one queue and a single writer task stores each batch with
 one ordered `insert_many`. Nobody is answered before their batch is acknowledged by MongoDB. With no
@@ -115,7 +117,6 @@ class ChatService:
         # the store.
         self._last_seq: dict[int, int] = {}
         self.metadata = ConversationMetadata(store.conversations, interval_s=metadata_interval_s)
-        self._background: set[asyncio.Task[None]] = set()
         self._queue: list[_PendingSend] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -180,8 +181,6 @@ class ChatService:
         self._wakeup.set()
         try:
             await asyncio.wait_for(self._writer, timeout_s)
-            if self._background:
-                await asyncio.wait_for(asyncio.gather(*self._background, return_exceptions=True), timeout_s)
         except TimeoutError:
             log.error("message writer did not finish within %.0fs", timeout_s)
         self._writer = None
@@ -448,10 +447,7 @@ class ChatService:
         """
         if conversation_id >= MAX_CONVERSATION_ID:
             return None  # outside the key space: no message can exist there
-        if known is None:
-            conv = await self._store.conversations.find_one({"_id": conversation_id}, {"last_seq": 1})
-            known = int((conv or {}).get("last_seq", 0))
-        known = max(known, self._last_seq.get(conversation_id, 0))
+        known = await self._known_stored(conversation_id, known)
         newest: Doc | None = {"seq": known} if known > 0 else None
         window = NEWEST_WINDOW
         while known < MAX_SEQ:
@@ -463,6 +459,14 @@ class ChatService:
                 return newest
             known, window = int(newest["seq"]), window * 2
         return newest
+
+    async def _known_stored(self, conversation_id: int, last_seq: int | None = None) -> int:
+        """An id known stored in the conversation (0 if none): the higher of its `last_seq` (read here
+        unless the caller just read it) and this node's own knowledge."""
+        if last_seq is None:
+            conv = await self._store.conversations.find_one({"_id": conversation_id}, {"last_seq": 1})
+            last_seq = int((conv or {}).get("last_seq", 0))
+        return max(last_seq, self._last_seq.get(conversation_id, 0))
 
     async def _by_seq(
         self, conversation_id: int, first: int, last: int, projection: Doc | None = None, **filters: Any
@@ -477,8 +481,7 @@ class ChatService:
     async def _first_stored_from(self, conversation_id: int, first: int) -> Doc | None:
         """The stored document with the lowest id >= first, looked for only up to the newest id known
         stored (usually below `first`: then nothing is read but the conversation's `last_seq`)."""
-        conv = await self._store.conversations.find_one({"_id": conversation_id}, {"last_seq": 1})
-        known = max(int((conv or {}).get("last_seq", 0)), self._last_seq.get(conversation_id, 0))
+        known = await self._known_stored(conversation_id)
         window = NEWEST_WINDOW
         while first <= known:
             found = await self._by_seq(conversation_id, first, min(known, first + window - 1))
@@ -588,7 +591,7 @@ class ChatService:
         if after is not None:
             docs, has_more = await self.messages_after(conversation_id, after, limit)
         else:
-            newest = await self._newest(conversation_id)
+            newest = await self._newest(conversation_id, int((conv_doc or {}).get("last_seq", 0)))
             top = 0 if newest is None else int(newest["seq"])
             if before is not None:
                 top = min(top, before - 1)
