@@ -16,17 +16,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.embedded import EmbeddedMongo, free_port  # noqa: E402
+from services.embedded import EmbeddedMongo, free_port, wait_for_port  # noqa: E402
 
 SHARED_BENCH = Path(os.environ.get("SHARED_BENCH", ROOT.parent / "shared" / "bench"))
 BENCH_SECRET = "bench-only-jwt-secret-" + "0123456789" * 4
@@ -46,19 +44,6 @@ BENCH_SERVER_ENV = {
 
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f}s")
 
 
 class Child:

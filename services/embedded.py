@@ -78,6 +78,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_port(port: int, timeout_s: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Return once something accepts connections on 127.0.0.1:`port`; raise if `process` exits first or
+    `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f}s")
+
+
 class EmbeddedMongo:
     """A SecantusDB child process on a loopback port, with its data under `storage_path`."""
 
@@ -120,18 +135,12 @@ class EmbeddedMongo:
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_tie_to_parent(os.getpid()),
             )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"embedded MongoDB exited with code {self.process.returncode}; see {log_path}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    log.info("embedded MongoDB listening on 127.0.0.1:%d, data in %s", self.port, self.storage_path)
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"embedded MongoDB did not listen within {timeout_s}s; see {log_path}")
+        try:
+            wait_for_port(self.port, timeout_s, self.process)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"embedded MongoDB: {exc}; see {log_path}") from exc
+        log.info("embedded MongoDB listening on 127.0.0.1:%d, data in %s", self.port, self.storage_path)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc, self.process = self.process, None

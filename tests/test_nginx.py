@@ -32,9 +32,9 @@ from pymongo import MongoClient
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from services.config import Settings
-from services.embedded import free_port
+from services.embedded import free_port, wait_for_port
 from tests.conftest import TEST_SECRET, RedisProcess
-from tests.processes import ServerProcess, wait_for_port
+from tests.processes import ServerProcess
 from tests.support import ApiClient, PortClient, ws_connect
 
 ROOT = Path(__file__).resolve().parent.parent
