@@ -26,13 +26,13 @@ from tornado.httputil import HTTPConnection, HTTPHeaders, HTTPMessageDelegate, R
 from tornado.ioloop import IOLoop
 
 from handlers import make_app
-from services import logs
-from services.config import Settings
-from services.container import Services, build_services
-from services.embedded import EmbeddedMongo
-from services.limits import open_file_limit, socket_budget
-from services.logs import redact
-from services.store import STORE_DOWN_ERRORS
+from services.core import logs
+from services.core.config import Settings
+from services.core.container import Services, build_services
+from services.core.limits import open_file_limit, socket_budget
+from services.core.logs import redact
+from services.storage.embedded import EmbeddedMongo
+from services.storage.store import STORE_DOWN_ERRORS
 
 log = logging.getLogger("chat.server")
 

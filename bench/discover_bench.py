@@ -28,15 +28,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.seed_users import seed_history, seed_users
-from services.auth import PasswordHasher, TokenService
-from services.bus import InProcessBus
-from services.config import Settings
-from services.embedded import EmbeddedMongo
-from services.events import Publisher
-from services.matching import MatchingService
-from services.media import MediaStore
-from services.store import Store
-from services.users import UserService
+from services.accounts.auth import PasswordHasher, TokenService
+from services.accounts.users import UserService
+from services.core.config import Settings
+from services.matching.service import MatchingService
+from services.realtime.bus import InProcessBus
+from services.realtime.events import Publisher
+from services.storage.embedded import EmbeddedMongo
+from services.storage.media import MediaStore
+from services.storage.store import Store
 
 
 def percentile(values: list[float], q: float) -> float:

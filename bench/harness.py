@@ -24,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.embedded import EmbeddedMongo, free_port, wait_for_port  # noqa: E402
+from services.storage.embedded import EmbeddedMongo, free_port, wait_for_port  # noqa: E402
 
 SHARED_BENCH = Path(os.environ.get("SHARED_BENCH", ROOT.parent / "shared" / "bench"))
 BENCH_SECRET = "bench-only-jwt-secret-" + "0123456789" * 4

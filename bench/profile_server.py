@@ -43,7 +43,7 @@ FRAME_RE = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
 def frame_name(frame: str) -> str:
-    """`send_message (services/chat.py:170)` -> `services/chat.py send_message`: lines merged."""
+    """`send_message (services/chat/service.py:170)` -> `services/chat/service.py send_message`: lines merged."""
     match = FRAME_RE.match(frame.strip())
     if not match:
         return frame.strip()

@@ -4,7 +4,7 @@ and an access token per user, written straight into the store.
 Going through the API would cost an Argon2 hash per account and several round trips per match; the
 embedded store does ~700 single inserts/s but thousands of documents/s in `insert_many`, so 10,000
 users are seeded in seconds this way. The documents have the shapes the server itself writes
-(services/users.py `register`, services/matching.py `_create_match` / `_ensure_conversation`), and the
+(services/accounts/users.py `register`, services/matching/service.py `_create_match` / `_ensure_conversation`), and the
 ids are reserved on the server's own counters, so a server running on the same database goes on
 numbering after them. The accounts have no password: they cannot sign in, only use their token.
 
@@ -42,11 +42,11 @@ from pymongo import ReturnDocument
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.auth import TokenService
-from services.config import Settings
-from services.container import jwt_secret
-from services.embedded import EmbeddedMongo
-from services.store import Store
+from services.accounts.auth import TokenService
+from services.core.config import Settings
+from services.core.container import jwt_secret
+from services.storage.embedded import EmbeddedMongo
+from services.storage.store import Store
 
 BATCH = 2000
 DEFAULT_TOKEN_TTL_S = 24 * 3600

@@ -22,7 +22,7 @@ from pymongo import ReturnDocument
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.store import Store
+from services.storage.store import Store
 
 GENDERS = ("man", "woman", "nonbinary")
 INTERESTS: tuple[list[str], ...] = ([], ["man"], ["woman"], ["man", "woman"], ["woman", "nonbinary"])

@@ -3,9 +3,9 @@
 For each size, a fresh database gets 50 conversations (bench/seed_chat.py) holding N messages in all,
 then one conversation in the middle is timed (median of `--repeat` calls) on:
 
-- `insert_many` of 50 messages, one per conversation, ordered: a message batch (services/chat.py);
+- `insert_many` of 50 messages, one per conversation, ordered: a message batch (services/chat/service.py);
 - `update_one` with `$max` of a conversation's `last_seq`, `updated_at` and a read pointer: one entry of
-  the metadata written behind the messages (services/conversation_meta.py);
+  the metadata written behind the messages (services/chat/metadata.py);
 - the newest message of a conversation by point lookups: `_id $in` the 16 ids after its `last_seq`
   (`ChatService._newest`), and a page of 51 ids by `_id $in` (history, backlog);
 - the same two reads as `_id` range queries with a sort, which the server no longer sends: SecantusDB
@@ -14,7 +14,7 @@ then one conversation in the middle is timed (median of `--repeat` calls) on:
     .venv/bin/python bench/store_probe.py --sizes 5000,50000
 
 `--growth N` measures something else: the cost of a write as writes accumulate in one store process, with
-retryable writes (the driver's default) and without (what services/embedded.py asks for): N single
+retryable writes (the driver's default) and without (what services/storage/embedded.py asks for): N single
 inserts from 8 concurrent writers, the mean per block of 2,000.
 
     .venv/bin/python bench/store_probe.py --growth 16000
@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import BENCH_SECRET
 from bench.seed_chat import seed_pairs
-from services.chat import message_key
-from services.embedded import EmbeddedMongo
-from services.store import Store
+from services.chat.service import message_key
+from services.storage.embedded import EmbeddedMongo
+from services.storage.store import Store
 
 CONVERSATIONS = 50
 

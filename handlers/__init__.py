@@ -23,7 +23,7 @@ from handlers import (
 from handlers.base import NotFoundHandler
 
 if TYPE_CHECKING:
-    from services.container import Services
+    from services.core.container import Services
 
 ROUTE_MODULES = [auth, users, matching, conversations, devices, sockets, health, metrics, openapi]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from handlers.base import BaseHandler
 from handlers.schemas import RefreshBody, RegisterBody, TokenBody
-from services import errors
+from services.core import errors
 
 
 class RegisterHandler(BaseHandler):

@@ -18,13 +18,13 @@ import orjson
 import pydantic
 import tornado.web
 
-from services import errors
-from services.auth import TokenError
-from services.store import STORE_DOWN_ERRORS, Store
+from services.accounts.auth import TokenError
+from services.core import errors
+from services.storage.store import STORE_DOWN_ERRORS, Store
 
 if TYPE_CHECKING:
-    from services.container import Services
-    from services.users import UserService
+    from services.accounts.users import UserService
+    from services.core.container import Services
 
 log = logging.getLogger("chat.http")
 

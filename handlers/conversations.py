@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from handlers.base import BaseHandler
 from handlers.schemas import ReadBody, SendMessageBody
-from services import errors
+from services.core import errors
 
 MAX_PAGE = 100
 MAX_MESSAGE_ID = 2**32 - 1

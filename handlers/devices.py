@@ -1,4 +1,4 @@
-"""Push devices over REST, the VAPID public key, and the demo page's service worker (services/push.py)."""
+"""Push devices over REST, the VAPID public key, and the demo page's service worker (services/push/service.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from handlers.base import BaseHandler
 from handlers.schemas import DeviceBody
 from handlers.static import STATIC_ROOT, DemoFileHandler
-from services import errors
+from services.core import errors
 
 # Fields of the other kind are refused rather than ignored: a client that sends a webhook `url` with a
 # subscription is confused about what it registers.

@@ -6,8 +6,8 @@ from typing import Any
 
 from handlers.base import BaseHandler
 from handlers.schemas import UserRef
-from services import errors
-from services.matching import DEFAULT_MAX_DISTANCE_KM, MAX_CURSOR_CHARS
+from services.core import errors
+from services.matching.service import DEFAULT_MAX_DISTANCE_KM, MAX_CURSOR_CHARS
 
 DEFAULT_PAGE = 20
 MAX_PAGE = 50

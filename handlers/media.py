@@ -6,7 +6,7 @@ import orjson
 import tornado.web
 
 from handlers.base import DEFAULT_CODES
-from services.media import ATTACHMENT_TYPES
+from services.storage.media import ATTACHMENT_TYPES
 
 CONTENT_TYPE_BY_EXTENSION = {extension: content_type for content_type, extension in ATTACHMENT_TYPES.items()}
 

@@ -37,8 +37,10 @@ from handlers.schemas import (
     TokenBody,
     UserRef,
 )
-from services.config import Settings
-from services.connections import (
+from services.accounts.users import GENDERS, USERNAME_RE
+from services.core.config import Settings
+from services.matching.service import DEFAULT_MAX_DISTANCE_KM, MAX_CURSOR_CHARS
+from services.realtime.hub import (
     CLOSE_BAD_FRAME,
     CLOSE_BAD_TOKEN,
     CLOSE_FORBIDDEN,
@@ -49,9 +51,7 @@ from services.connections import (
     CLOSE_SERVER_ERROR,
     CLOSE_TOO_LARGE,
 )
-from services.matching import DEFAULT_MAX_DISTANCE_KM, MAX_CURSOR_CHARS
-from services.media import ATTACHMENT_TYPES, IMAGE_TYPES
-from services.users import GENDERS, USERNAME_RE
+from services.storage.media import ATTACHMENT_TYPES, IMAGE_TYPES
 
 log = logging.getLogger("chat.openapi")
 
@@ -140,7 +140,7 @@ GENDER = {"type": "string", "enum": list(GENDERS)}
 
 
 def response_schemas() -> dict[str, Any]:
-    """What the services answer (services/users.py, chat.py, matching.py), by component name."""
+    """What the services answer (services/accounts/users.py, chat.py, matching.py), by component name."""
     summary_properties = {"id": ID, "username": {"type": "string"}, "profile_picture": nullable(URL)}
     public_properties = {
         **summary_properties,

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from services import errors
+from services.core import errors
 
 MAX_CLIENT_ID_CHARS = 64
 MAX_ID = 2**53

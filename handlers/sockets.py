@@ -25,9 +25,10 @@ import tornado.websocket
 
 from handlers import protocol
 from handlers.base import accounts
-from services import errors
-from services.auth import TokenError
-from services.connections import (
+from services.accounts.auth import TokenError
+from services.core import errors
+from services.core.limits import TokenBucket
+from services.realtime.hub import (
     CLOSE_BAD_FRAME,
     CLOSE_BAD_TOKEN,
     CLOSE_FORBIDDEN,
@@ -38,11 +39,10 @@ from services.connections import (
     LimitExceeded,
     Peer,
 )
-from services.limits import TokenBucket
-from services.store import STORE_DOWN_ERRORS
+from services.storage.store import STORE_DOWN_ERRORS
 
 if TYPE_CHECKING:
-    from services.container import Services
+    from services.core.container import Services
 
 log = logging.getLogger("chat.ws")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.config import Settings
+from services.core.config import Settings
 
 
 def table() -> str:

@@ -19,9 +19,9 @@ import tornado.ioloop
 from pymongo import AsyncMongoClient
 
 from handlers import make_app
-from services.config import Settings
-from services.container import Services, build_services
-from services.embedded import EmbeddedMongo, free_port
+from services.core.config import Settings
+from services.core.container import Services, build_services
+from services.storage.embedded import EmbeddedMongo, free_port
 from tests.support import ApiClient, PortClient
 
 TEST_SECRET = "test-secret-" + "x" * 40

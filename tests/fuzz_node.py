@@ -18,7 +18,7 @@ import tornado.testing
 from pymongo import AsyncMongoClient
 
 from handlers import make_app
-from services.container import Services, build_services
+from services.core.container import Services, build_services
 from tests.conftest import make_settings
 from tests.support import ApiClient, PortClient
 

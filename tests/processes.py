@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pymongo import AsyncMongoClient
 
-from services.embedded import free_port, wait_for_port
+from services.storage.embedded import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

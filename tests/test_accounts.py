@@ -15,7 +15,7 @@ import jwt
 import orjson
 import pytest
 
-from services.auth import LEEWAY_S, REQUIRED_CLAIMS, TokenError
+from services.accounts.auth import LEEWAY_S, REQUIRED_CLAIMS, TokenError
 from tests.support import PASSWORD, Response
 
 ME = "/api/users/me/"

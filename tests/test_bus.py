@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio
 import tornado.ioloop
 
-from services.bus import InProcessBus, RedisBus
+from services.realtime.bus import InProcessBus, RedisBus
 from tests.conftest import RedisProcess
 from tests.ws_helpers import wait_for
 

@@ -23,7 +23,7 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
-from services.embedded import EmbeddedMongo
+from services.storage.embedded import EmbeddedMongo
 from tests.conftest import TEST_SECRET, RedisProcess
 from tests.processes import ServerProcess, insert_conversation
 from tests.support import ApiClient, PortClient, TestUser, WsClient, ws_connect

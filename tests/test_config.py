@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.config import Settings
-from services.container import jwt_secret
+from services.core.config import Settings
+from services.core.container import jwt_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_SECRET = "s" * 32

@@ -1,4 +1,4 @@
-"""services/conversation_meta.py on its own, against a recording stand-in for the collection: touches are
+"""services/chat/metadata.py on its own, against a recording stand-in for the collection: touches are
 merged, failed writes are retried without losing anything, and readers cut the interval short."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import pymongo.errors
 
-from services.conversation_meta import ConversationMetadata
+from services.chat.metadata import ConversationMetadata
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -29,7 +29,7 @@ from typing import Any
 import pymongo
 import pytest
 
-from services.embedded import free_port
+from services.storage.embedded import free_port
 from tests.conftest import TEST_SECRET
 
 pytestmark = pytest.mark.slow

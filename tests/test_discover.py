@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from services import matching
-from services.matching import distance_m, pair_key, years_before
+from services.matching import service as matching
+from services.matching.service import distance_m, pair_key, years_before
 from tests.test_matching import User, seed_user
 
 PARIS = {"lat": 48.8566, "lon": 2.3522}

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from scripts.config_table import README, readme_with_table
-from services.config import Settings
+from services.core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

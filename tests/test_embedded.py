@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pymongo import AsyncMongoClient
 
-from services.embedded import EmbeddedMongo
+from services.storage.embedded import EmbeddedMongo
 
 
 async def test_clients_of_the_embedded_store_do_not_use_retryable_writes(tmp_path):

@@ -28,8 +28,8 @@ import tornado.testing
 from pymongo import AsyncMongoClient
 
 from handlers import make_app
-from services.container import build_services
-from services.events import NOTIFICATION, encode
+from services.core.container import build_services
+from services.realtime.events import NOTIFICATION, encode
 from tests.conftest import TEST_SECRET, RedisProcess, make_settings
 from tests.processes import ServerProcess, insert_conversation
 from tests.support import ApiClient, PortClient, WsClient, make_conversation, ws_connect

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from handlers.openapi import build_document
-from services.config import Settings
+from services.core.config import Settings
 from tests.fuzz_node import FuzzNode, node_fixture, rss_bytes
 
 RSS_BOUND = 96 * 1024 * 1024

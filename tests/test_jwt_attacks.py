@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from services.auth import LEEWAY_S
+from services.accounts.auth import LEEWAY_S
 from tests.support import ApiClient, TestUser, ws_connect
 from tests.ws_helpers import conv_path, pair
 

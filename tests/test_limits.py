@@ -23,7 +23,7 @@ import pytest
 import tornado.testing
 
 import server
-from services.limits import LoginThrottle, address_key, socket_budget
+from services.core.limits import LoginThrottle, address_key, socket_budget
 from tests.conftest import TEST_SECRET
 from tests.processes import ServerProcess
 from tests.support import PASSWORD, ApiClient, PortClient, Response, WsClient, ws_connect

@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
-from services.bus import conversation_channel, user_channel
-from services.container import Services, build_services
-from services.events import CONVERSATION_CLOSED, NOTIFICATION, decode
-from services.matching import pair_key
+from services.core.container import Services, build_services
+from services.matching.service import pair_key
+from services.realtime.bus import conversation_channel, user_channel
+from services.realtime.events import CONVERSATION_CLOSED, NOTIFICATION, decode
 from tests import support
 
 User = support.TestUser  # imported under another name: pytest would try to collect a Test* class

@@ -9,7 +9,7 @@ import datetime as dt
 
 import pytest
 
-from services.chat import message_key
+from services.chat.service import message_key
 from tests.support import make_conversation
 from tests.ws_helpers import history_ids, join, messages, pair, send_rest
 

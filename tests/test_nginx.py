@@ -31,8 +31,8 @@ import tornado.websocket
 from pymongo import MongoClient
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
-from services.config import Settings
-from services.embedded import free_port, wait_for_port
+from services.core.config import Settings
+from services.storage.embedded import free_port, wait_for_port
 from tests.conftest import TEST_SECRET, RedisProcess
 from tests.processes import ServerProcess
 from tests.support import ApiClient, PortClient, ws_connect

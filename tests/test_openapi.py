@@ -24,7 +24,7 @@ from referencing.jsonschema import DRAFT202012
 
 from handlers import openapi
 from handlers.schemas import RegisterBody
-from services.config import Settings
+from services.core.config import Settings
 from tests.support import PASSWORD, Response, make_conversation
 
 PNG = base64.b64decode(

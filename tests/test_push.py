@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pymongo import AsyncMongoClient
 
-from services.config import Settings
-from services.container import Services, build_services
-from services.push_delivery import (
+from services.core.config import Settings
+from services.core.container import Services, build_services
+from services.push.delivery import (
     VAPID_KEY_FILE,
     endpoint_problem,
     private_key_text,
@@ -754,7 +754,7 @@ async def test_production_without_a_vapid_key_disables_web_push_only(tmp_path, m
 
 
 def test_webhook_signature_is_over_timestamp_and_body():
-    from services.push_delivery import sign_webhook
+    from services.push.delivery import sign_webhook
 
     body = orjson.dumps({"a": 1})
     header = sign_webhook(WEBHOOK_SECRET, body, 1700000000)

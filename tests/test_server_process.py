@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services.config import Settings
-from services.embedded import free_port
+from services.core.config import Settings
+from services.storage.embedded import free_port
 
 pytestmark = pytest.mark.slow
 

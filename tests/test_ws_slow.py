@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.connections import Peer
+from services.realtime.hub import Peer
 from tests.ws_helpers import join, pair, send_rest, wait_for
 
 LIMIT = 256 * 1024

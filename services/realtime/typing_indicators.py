@@ -13,8 +13,8 @@ import contextlib
 import logging
 import time
 
-from services.events import Publisher
-from services.users import UserService
+from services.accounts.users import UserService
+from services.realtime.events import Publisher
 
 log = logging.getLogger("chat.typing")
 

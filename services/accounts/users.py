@@ -11,11 +11,11 @@ from typing import Any
 import pymongo.errors
 from pymongo import ReturnDocument
 
-from services.auth import PasswordHasher, TokenPair, TokenService
-from services.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
-from services.limits import LoginThrottle
-from services.media import IMAGE_TYPES, MediaStore
-from services.store import Doc, Store
+from services.accounts.auth import PasswordHasher, TokenPair, TokenService
+from services.core.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
+from services.core.limits import LoginThrottle
+from services.storage.media import IMAGE_TYPES, MediaStore
+from services.storage.store import Doc, Store
 
 # Matched with fullmatch: `$` alone would also accept a trailing newline ("alice\n").
 USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,30}")

@@ -4,7 +4,7 @@ Ids are integers, as in the seed. They come from a `counters` document per seque
 (`ID_BLOCK_SIZE` at a time) so that an insert does not cost a second round trip; ids stay unique across
 nodes and restarts, and the unused rest of a block is simply skipped.
 
-Message ids are different: they are a dense sequence per conversation (see services/chat.py), and a
+Message ids are different: they are a dense sequence per conversation (see services/chat/service.py), and a
 message's `_id` packs (conversation id, sequence) into one integer so that a page of history is a range
 scan on `_id` alone.
 """
@@ -119,7 +119,7 @@ class Store:
         specs: dict[AsyncCollection[Doc], list[IndexModel]] = {
             self.users: [
                 IndexModel([("username_key", ASCENDING)], unique=True, name="username_unique"),
-                # Legacy [lon, lat] pairs under a 2d index: see services/users.py point_of.
+                # Legacy [lon, lat] pairs under a 2d index: see services/accounts/users.py point_of.
                 IndexModel([("location", "2d")], name="location_2d"),
                 IndexModel([("created_at", DESCENDING)], name="newest"),
             ],
@@ -162,7 +162,7 @@ class Store:
                     partialFilterExpression={"client_id": {"$type": "string"}},
                 ),
             ],
-            # services/push.py: a push endpoint or webhook URL belongs to one user at a time.
+            # services/push/service.py: a push endpoint or webhook URL belongs to one user at a time.
             self.push_devices: [
                 IndexModel([("target", ASCENDING)], unique=True, name="target_unique"),
                 IndexModel([("user_id", ASCENDING)], name="by_user"),

@@ -201,7 +201,7 @@ class Settings:
         self._validate_push()
 
     def _validate_push(self) -> None:
-        from services.push_delivery import check_push_settings
+        from services.push.delivery import check_push_settings
 
         check_push_settings(self)
 

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 
 if TYPE_CHECKING:
-    from services.config import Settings
+    from services.core.config import Settings
 
 log = logging.getLogger("chat.push")
 

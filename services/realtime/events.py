@@ -1,7 +1,7 @@
 """Events published on the bus, and the seed's notification frames.
 
 A bus payload is two JSON documents on two lines: a small routing header, then the frame exactly as
-sockets receive it. The header says which sockets take it (see services/connections.py); the frame bytes
+sockets receive it. The header says which sockets take it (see services/realtime/hub.py); the frame bytes
 are written to every one of them untouched, so a frame is serialised once in the whole cluster, and a
 node reads only the header.
 Header keys: `k` kind, `t` the frame's type (for metrics), `ts` when it was published (for the
@@ -9,7 +9,7 @@ publish-to-deliver latency), `x` a user whose sockets must not receive it, `s` a
 in-order delivery), `d` true when the frame may be dropped for a slow reader (typing), `pu`/`pv` the user
 and version of a presence transition (older ones are dropped).
 Between nodes the Redis bus wraps a payload in an envelope naming the node that published it and removes
-it again on arrival (services/bus.py): subscribers always receive the payload as `encode` made it.
+it again on arrival (services/realtime/bus.py): subscribers always receive the payload as `encode` made it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from services.bus import Bus, conversation_channel, user_channel
-from services.users import iso
+from services.accounts.users import iso
+from services.realtime.bus import Bus, conversation_channel, user_channel
 
 log = logging.getLogger("chat.events")
 
@@ -56,7 +56,7 @@ class Publisher:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         # Awaited with (user_id, notification) after each notification is published: push delivery
-        # (services/push.py) queues it there for users who are offline. A failing hook is logged and
+        # (services/push/service.py) queues it there for users who are offline. A failing hook is logged and
         # never fails the publisher: the notification itself went out.
         self.on_notify: list[Callable[[int, dict[str, Any]], Awaitable[None]]] = []
 

@@ -36,11 +36,11 @@ from bson import ObjectId
 from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from services import errors
-from services.config import Settings
-from services.events import Publisher, new_like_notification, new_match_notification
-from services.store import Doc, Store
-from services.users import UserService, age_on, iso, point_of
+from services.accounts.users import UserService, age_on, iso, point_of
+from services.core import errors
+from services.core.config import Settings
+from services.realtime.events import Publisher, new_like_notification, new_match_notification
+from services.storage.store import Doc, Store
 
 log = logging.getLogger("chat.matching")
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import orjson
 
-from services.bus import Bus, conversation_channel, user_channel
-from services.events import CONVERSATION, CONVERSATION_CLOSED, NOTIFICATION, decode
-from services.metrics import Metrics, frame_label
+from services.core.metrics import Metrics, frame_label
+from services.realtime.bus import Bus, conversation_channel, user_channel
+from services.realtime.events import CONVERSATION, CONVERSATION_CLOSED, NOTIFICATION, decode
 
 log = logging.getLogger("chat.connections")
 

@@ -12,7 +12,7 @@ import secrets
 from functools import partial
 from pathlib import Path
 
-from services.errors import Invalid, TooLarge
+from services.core.errors import Invalid, TooLarge
 
 IMAGE_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 ATTACHMENT_TYPES = {**IMAGE_TYPES, "image/gif": "gif", "application/pdf": "pdf", "text/plain": "txt"}

@@ -24,8 +24,8 @@ import argon2
 import jwt
 from pymongo import ReturnDocument
 
-from services.errors import Unauthorized
-from services.store import Store
+from services.core.errors import Unauthorized
+from services.storage.store import Store
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ["user_id", "token_type", "exp", "iat", "jti"]

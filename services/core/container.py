@@ -11,23 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services import errors
-from services.auth import PasswordHasher, TokenService
-from services.bus import Bus, InProcessBus, RedisBus
-from services.chat import ChatService
-from services.config import Settings
-from services.connections import Connections, Peer
-from services.events import Publisher
-from services.limits import LoginThrottle, RateLimiter
-from services.matching import MatchingService
-from services.media import MediaStore
-from services.metrics import Metrics
-from services.presence import Presence, RedisPresence
-from services.push import PushService
-from services.push_delivery import load_vapid_keys
-from services.store import STORE_DOWN_ERRORS, Store
-from services.typing_state import TypingTracker
-from services.users import UserService
+from services.accounts.auth import PasswordHasher, TokenService
+from services.accounts.users import UserService
+from services.chat.service import ChatService
+from services.core import errors
+from services.core.config import Settings
+from services.core.limits import LoginThrottle, RateLimiter
+from services.core.metrics import Metrics
+from services.matching.service import MatchingService
+from services.push.delivery import load_vapid_keys
+from services.push.service import PushService
+from services.realtime.bus import Bus, InProcessBus, RedisBus
+from services.realtime.events import Publisher
+from services.realtime.hub import Connections, Peer
+from services.realtime.presence import Presence, RedisPresence
+from services.realtime.typing_indicators import TypingTracker
+from services.storage.media import MediaStore
+from services.storage.store import STORE_DOWN_ERRORS, Store
 
 log = logging.getLogger("chat.services")
 

@@ -2,7 +2,7 @@
 
 Channels are named `conv:<id>` (everything said in a conversation) and `user:<id>` (notifications and
 control events for one user). A node subscribes only to the channels its local sockets need, and every
-node's subscriber hands what arrives to one callback (services/connections.py), which fans it out to
+node's subscriber hands what arrives to one callback (services/realtime/hub.py), which fans it out to
 local sockets. `InProcessBus` is the single-node implementation; the Redis one shares the interface.
 
 What a publish means, on either bus: the event is handed to this node's own subscriber on the next loop
@@ -13,7 +13,7 @@ bus, an event that does not reach Redis is logged and counted (`publish_failures
 and while Redis refuses commands the node reports itself unready. Stored messages are not lost by that:
 they are written to MongoDB before they are published, a socket that sees a gap in message ids fetches
 it, and a node that lost Redis catches every conversation socket up from MongoDB when it is back
-(services/container.py, `catch_up_all`). Other events (typing, presence, receipts, notification frames)
+(services/core/container.py, `catch_up_all`). Other events (typing, presence, receipts, notification frames)
 are transient and may miss other nodes during an outage.
 """
 

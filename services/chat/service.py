@@ -22,7 +22,7 @@ Writes are grouped: concurrent sends wait in one queue and a single writer task 
 one ordered `insert_many`. Nobody is answered before their batch is acknowledged by MongoDB. With no
 concurrency a batch is one message and there is no added delay. What the conversation document says
 about its messages (newest id, order in the list, senders' read pointers) is written behind, merged
-across batches (services/conversation_meta.py).
+across batches (services/chat/metadata.py).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from typing import Any
 import orjson
 import pymongo.errors
 
-from services import errors
-from services.conversation_meta import ConversationMetadata
-from services.events import Publisher, now_iso
-from services.media import ATTACHMENT_TYPES, MediaStore
-from services.store import STORE_DOWN_ERRORS, Doc, Store
-from services.users import UserService, iso
+from services.accounts.users import UserService, iso
+from services.chat.metadata import ConversationMetadata
+from services.core import errors
+from services.realtime.events import Publisher, now_iso
+from services.storage.media import ATTACHMENT_TYPES, MediaStore
+from services.storage.store import STORE_DOWN_ERRORS, Doc, Store
 
 log = logging.getLogger("chat.chat")
 

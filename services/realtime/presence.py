@@ -19,11 +19,11 @@ from typing import Any, NamedTuple
 
 import redis.exceptions
 
-from services.chat import ChatService
-from services.errors import NotFound
-from services.events import Publisher
-from services.store import STORE_DOWN_ERRORS, Doc, Store
-from services.users import UserService, iso
+from services.accounts.users import UserService, iso
+from services.chat.service import ChatService
+from services.core.errors import NotFound
+from services.realtime.events import Publisher
+from services.storage.store import STORE_DOWN_ERRORS, Doc, Store
 
 log = logging.getLogger("chat.presence")
 
@@ -121,7 +121,7 @@ class Presence:
 
         `version` orders the transitions of one user: announcing takes a few awaits, so a later
         transition (on this node or another) can be published before an earlier one, and receivers
-        drop a status older than one they already passed on (services/connections.py). `conversations`
+        drop a status older than one they already passed on (services/realtime/hub.py). `conversations`
         are the user's open conversations if the caller read them just before; else they are read."""
         at = at or dt.datetime.now(dt.UTC)
         if online:

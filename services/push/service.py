@@ -1,8 +1,8 @@
 """Push notifications for users who are offline: devices, a durable outbox, and a worker on every node.
 
 The seed: WebSockets for active users, push notifications for inactive ones. So a `new_message`,
-`new_match` or `new_like` notification (services/events.py calls `on_notify` for each) is queued for a
-push only when its user has no socket anywhere in the cluster (services/presence.py) and has at least one
+`new_match` or `new_like` notification (services/realtime/events.py calls `on_notify` for each) is queued for a
+push only when its user has no socket anywhere in the cluster (services/realtime/presence.py) and has at least one
 registered device.
 
 **The outbox.** Pushes wait in MongoDB (`push_outbox`), so a node that crashes or restarts loses none.
@@ -21,7 +21,7 @@ node that lost its lease cannot overwrite the new owner's state.
 **Before sending**, the worker looks again: nothing is sent if the user came online, read the
 conversation up to its last message, or the conversation or match was closed meanwhile.
 
-**Sending** goes to each of the user's devices (services/push_delivery.py). A 404/410 removes the device;
+**Sending** goes to each of the user's devices (services/push/delivery.py). A 404/410 removes the device;
 429, 5xx and network errors are retried, only for the devices that failed, after an exponential backoff
 (`PUSH_RETRY_BASE` doubling up to `PUSH_RETRY_MAX`, at least the service's Retry-After), at most
 `PUSH_MAX_ATTEMPTS` times; other refusals are dropped.
@@ -49,8 +49,9 @@ import orjson
 import pymongo.errors
 from pymongo import ReturnDocument
 
-from services import errors
-from services.push_delivery import (
+from services.accounts.users import iso
+from services.core import errors
+from services.push.delivery import (
     Outcome,
     Result,
     Sender,
@@ -59,13 +60,12 @@ from services.push_delivery import (
     subscription_key_problem,
     webhook_problem,
 )
-from services.store import STORE_DOWN_ERRORS, Doc, Store
-from services.users import iso
+from services.storage.store import STORE_DOWN_ERRORS, Doc, Store
 
 if TYPE_CHECKING:
-    from services.config import Settings
-    from services.metrics import Metrics
-    from services.presence import Presence
+    from services.core.config import Settings
+    from services.core.metrics import Metrics
+    from services.realtime.presence import Presence
 
 log = logging.getLogger("chat.push")
 

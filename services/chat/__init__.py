@@ -1,0 +1,1 @@
+"""Conversations and messages: sending, history, read pointers, conversation metadata."""

@@ -1,0 +1,1 @@
+"""The app's wiring: settings, the container that builds a node's services, domain errors, logs, metrics."""

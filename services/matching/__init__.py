@@ -1,0 +1,1 @@
+"""Discovery, likes, passes, matches, unmatch and blocks."""

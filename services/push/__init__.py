@@ -1,0 +1,1 @@
+"""Push notifications for offline users: devices, the outbox, delivery."""
