@@ -166,6 +166,3 @@ class TokenService:
         if record["user_id"] != claims["user_id"]:
             raise TokenError("Token invalid")
         return await self.issue(int(record["user_id"]), family=record["family"])
-
-    async def revoke_user(self, user_id: int) -> None:
-        await self._store.refresh_tokens.update_many({"user_id": user_id}, {"$set": {"revoked": True}})

@@ -175,10 +175,6 @@ class UserService:
                 return True
         return False
 
-    async def get_many(self, user_ids: list[int]) -> dict[int, Doc]:
-        docs = await self._store.users.find({"_id": {"$in": user_ids}}).to_list(None)
-        return {int(d["_id"]): d for d in docs}
-
     async def update(self, user_id: int, changes: dict[str, Any]) -> Doc:
         fields = self._validate_profile(changes, partial=True)
         current = await self.get(user_id)

@@ -339,10 +339,6 @@ class Connections:
         self._presence_versions[user_id] = version
         return False
 
-    def push_to_user(self, user_id: int, data: bytes) -> None:
-        for peer in list(self.by_user.get(user_id, ())):
-            peer.push(data)
-
     # -- gaps --------------------------------------------------------------------------------------
 
     def request_gap_fill(self, peer: Peer) -> None:
