@@ -1,12 +1,14 @@
 """MongoDB access: the client, the collections, their indexes, and integer id allocation.
 
-Ids are integers, as in the seed. They come from a `counters` document per sequence, reserved in blocks
-(`ID_BLOCK_SIZE` at a time) so that an insert does not cost a second round trip; ids stay unique across
-nodes and restarts, and the unused rest of a block is simply skipped.
+Ids are integers, as in the seed. Each sequence (users, matches, conversations...) has a `counters`
+document, and ids are reserved from it in blocks of `ID_BLOCK_SIZE` (one `$inc` per block), so most
+inserts cost no round trip for their id; ids stay unique across nodes and restarts, and the unused rest
+of a block is simply skipped.
 
-Message ids are different: they are a dense sequence per conversation (see services/chat/service.py), and a
-message's `_id` packs (conversation id, sequence) into one integer so that a page of history is a range
-scan on `_id` alone.
+Message ids are different: they are a dense sequence per conversation, reserved by the message's insert
+itself, and a message's `_id` packs (conversation id, id in the conversation) into one integer, so every
+read of messages is a set of `_id` point lookups (services/chat/service.py). No `_id` range is queried:
+the embedded store answers a range by reading the whole collection.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class IdAllocator:
 
 
 class Store:
-    """Owns the client and the collections; built once in server.py and shared by every service."""
+    """Owns the client and the collections; built once per process by `build_services`
+    (services/core/container.py) and shared by every service."""
 
     def __init__(self, url: str, database: str, *, timeout_ms: int = 2000, id_block_size: int = 50) -> None:
         self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
