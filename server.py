@@ -25,14 +25,13 @@ from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPConnection, HTTPHeaders, HTTPMessageDelegate, RequestStartLine, ResponseStartLine
 from tornado.ioloop import IOLoop
 
-from handlers import make_app
-from services.core import logs
+from handlers import make_app, tornado_internals
+from services.core import errors, logs
 from services.core.config import Settings
 from services.core.container import Services, build_services
 from services.core.limits import open_file_limit, socket_budget
 from services.core.logs import redact
 from services.storage.embedded import EmbeddedMongo
-from services.storage.store import STORE_DOWN_ERRORS
 
 log = logging.getLogger("chat.server")
 
@@ -285,15 +284,13 @@ class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
             super().add_sockets(sockets)
             return
         for sock in sockets:
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = self.accept_guard.add_accept_handler(sock, self._handle_connection)
+            tornado_internals.add_accept_handler(self, sock, self.accept_guard.add_accept_handler)
 
     def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
         delegate = super().start_request(server_conn, request_conn)
         peer = getattr(getattr(request_conn, "context", None), "remote_ip", None)
         if self.xheaders and peer not in self.trusted_proxies:
-            # Tornado wraps the handler in a proxy adapter when xheaders is on; skip it for this peer.
-            delegate = getattr(delegate, "delegate", delegate)
+            delegate = tornado_internals.without_proxy_adapter(delegate)
         if self.body_limit is not None:
             delegate = _BodyLimit(delegate, request_conn, self.body_limit)
         return delegate
@@ -414,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level.upper())
     try:
         asyncio.run(run(settings))
-    except STORE_DOWN_ERRORS as exc:
+    except Exception as exc:
+        if not errors.backend_unavailable(exc):
+            raise
         where = settings.mongodb_url.rpartition("@")[2] or "the embedded MongoDB"  # never print credentials
         print(f"cannot reach MongoDB ({where}): {exc}", file=sys.stderr)
         return 1

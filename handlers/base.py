@@ -1,16 +1,13 @@
 """What every REST handler shares: JSON in and out, bearer authentication, and the error envelope.
 
-Domain errors become HTTP statuses here and nowhere else, so every endpoint answers
+Every failure is answered through handlers/errors.py, so every endpoint answers
 `{"error": {"code", "message", "fields"?}}` with the same status for the same kind of failure.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 import re
-import time
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,122 +15,18 @@ import orjson
 import pydantic
 import tornado.web
 
+from handlers.errors import pydantic_fields, report
 from services.accounts.auth import TokenError
 from services.core import errors
-from services.storage.store import STORE_DOWN_ERRORS, Store
 
 if TYPE_CHECKING:
-    from services.accounts.users import UserService
     from services.core.container import Services
 
 log = logging.getLogger("chat.http")
 
 Model = TypeVar("Model", bound=pydantic.BaseModel)
 
-STATUS_BY_ERROR: dict[type[errors.DomainError], int] = {
-    errors.Invalid: 400,
-    errors.Unauthorized: 401,
-    errors.Forbidden: 403,
-    errors.NotFound: 404,
-    errors.Conflict: 409,
-    errors.TooLarge: 413,
-    errors.RateLimited: 429,
-    errors.Unavailable: 503,
-}
-
-DEFAULT_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "too_large",
-    429: "rate_limited",
-    500: "internal_error",
-    503: "unavailable",
-}
-
-
-def status_of(error: errors.DomainError) -> int:
-    for kind in type(error).__mro__:
-        if kind in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[kind]  # type: ignore[index]
-    return 400
-
-
-def pydantic_fields(exc: pydantic.ValidationError) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for err in exc.errors(include_url=False, include_input=False):
-        key = ".".join(str(part) for part in err["loc"]) or "body"
-        fields.setdefault(key, err["msg"])
-    return fields
-
-
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-# -- accounts that no longer exist --------------------------------------------------------------------
-# A token stays valid until it expires, but the account behind it may be deleted meanwhile. Each node
-# remembers for a while whether a user id still has an account, so the check costs one point read per
-# user per ACCOUNT_CACHE_TTL_S, not one per request.
-
-ACCOUNT_CACHE_TTL_S = 30.0
-ACCOUNT_CACHE_MAX = 100_000
-
-
-class AccountCache:
-    def __init__(self, store: Store, users: UserService | None = None) -> None:
-        self._store = store
-        self._users = users
-        self._entries: dict[int, tuple[float, bool]] = {}
-        # Lookups in flight: a user whose sockets all reconnect at once (a node restart, a network
-        # blip) costs one read, not one per socket; a reconnect storm of 2,000 sockets otherwise queued
-        # 2,000 reads behind MongoDB's connection pool and refused most sockets with 1011.
-        self._pending: dict[int, asyncio.Future[bool]] = {}
-
-    async def exists(self, user_id: int) -> bool:
-        now = time.monotonic()
-        cached = self._entries.get(user_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        pending = self._pending.get(user_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future = self._pending[user_id] = asyncio.get_running_loop().create_future()
-        try:
-            # The same read brings the user's summary: a socket that opens next announces the user's
-            # presence by username, which would otherwise cost a second read of the same document.
-            doc = await self._store.users.find_one({"_id": user_id}, {"deleted": 1, "username": 1, "picture": 1})
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it, and nobody waiting is no error
-            raise
-        except BaseException:
-            future.cancel()
-            raise
-        finally:
-            self._pending.pop(user_id, None)
-        alive = doc is not None and not doc.get("deleted")
-        if alive and doc is not None and self._users is not None and "username" in doc:
-            self._users.remember_summary(doc)
-        if len(self._entries) >= ACCOUNT_CACHE_MAX:
-            self._entries.clear()
-        self._entries[user_id] = (now + ACCOUNT_CACHE_TTL_S, alive)
-        future.set_result(alive)
-        return alive
-
-
-def accounts(services: Services) -> AccountCache:
-    """The node's AccountCache (kept with its services: ids are per database)."""
-    cache = services.extras.get("accounts")
-    if cache is None:
-        cache = services.extras["accounts"] = AccountCache(services.store, services.users)
-    return cache  # type: ignore[no-any-return]
-
-
-async def refuse_deleted_account(services: Services, user_id: int) -> None:
-    if not await accounts(services).exists(user_id):
-        raise TokenError("Token invalid")
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -210,7 +103,8 @@ class BaseHandler(tornado.web.RequestHandler):
             user_id = self.services.tokens.user_id_from_access(token)
         except TokenError:
             return  # require_user() reports it, on the endpoints that need a user
-        await refuse_deleted_account(self.services, user_id)
+        if not await self.services.users.exists(user_id):
+            raise TokenError("Token invalid")
 
     def require_user(self) -> int:
         """The authenticated user's id, or 401."""
@@ -228,31 +122,16 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        code = DEFAULT_CODES.get(status_code, "error")
-        message = self._reason
-        fields = None
-        if isinstance(exc, errors.DomainError):
-            status_code = status_of(exc)
-            code, message, fields = exc.code, exc.message, exc.fields
-            if isinstance(exc, errors.RateLimited):
-                self.set_header("Retry-After", str(max(1, math.ceil(exc.retry_after_s))))
-        elif isinstance(exc, STORE_DOWN_ERRORS):
+        answer = report(exc, status_code)
+        if answer.code == "unavailable" and not isinstance(exc, errors.DomainError):
             self.services.metrics.backend_errors.labels(backend="mongodb").inc()
-            status_code, code, message = 503, "unavailable", "Storage temporarily unavailable"
-        elif isinstance(exc, tornado.web.HTTPError):
-            message = exc.log_message or self._reason
-            if status_code == 413:
-                code = "body_too_large"
-            if status_code == 405:
-                self.set_header("Allow", ", ".join(self.allowed_methods()))
-        elif status_code >= 500:
-            message = "Internal server error"
-        self.set_status(status_code)
+        if answer.retry_after_header is not None:
+            self.set_header("Retry-After", answer.retry_after_header)
+        if answer.status == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        self.set_status(answer.status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        error: dict[str, Any] = {"code": code, "message": message}
-        if fields:
-            error["fields"] = fields
-        self.finish(orjson.dumps({"error": error}))
+        self.finish(orjson.dumps(answer.envelope()))
 
     def allowed_methods(self) -> list[str]:
         """The methods this handler implements (for 405's Allow header)."""
@@ -269,7 +148,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         if isinstance(value, errors.DomainError):
             return
-        if isinstance(value, STORE_DOWN_ERRORS):
+        if errors.backend_unavailable(value) if value is not None else False:
             log.warning("store unavailable during %s %s: %s", self.request.method, self.request.path, value)
             return
         super().log_exception(typ, value, tb)

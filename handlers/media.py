@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import orjson
-import tornado.web
-
-from handlers.base import DEFAULT_CODES
+from handlers.files import FileHandler
 from services.storage.media import ATTACHMENT_TYPES
 
 CONTENT_TYPE_BY_EXTENSION = {extension: content_type for content_type, extension in ATTACHMENT_TYPES.items()}
 
 
-class MediaHandler(tornado.web.StaticFileHandler):
+class MediaHandler(FileHandler):
     def set_extra_headers(self, path: str) -> None:
         # Uploaded bytes were type-checked on the way in; still never let a browser guess another type,
         # and never let an uploaded file run script in our origin.
@@ -26,11 +23,6 @@ class MediaHandler(tornado.web.StaticFileHandler):
         extension = self.absolute_path.rpartition(".")[2].lower()
         content_type = CONTENT_TYPE_BY_EXTENSION.get(extension, "application/octet-stream")
         return content_type + ("; charset=utf-8" if content_type == "text/plain" else "")
-
-    def write_error(self, status_code: int, **kwargs: object) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        code = DEFAULT_CODES.get(status_code, "error")
-        self.finish(orjson.dumps({"error": {"code": code, "message": self._reason}}))
 
 
 def make_routes(media_root: str) -> list[tuple[str, type, dict[str, object]]]:

@@ -26,7 +26,8 @@ import pydantic
 import tornado.web
 
 from handlers import conversations, matching
-from handlers.base import DEFAULT_CODES, BaseHandler
+from handlers.base import BaseHandler
+from handlers.files import FileHandler
 from handlers.schemas import (
     DeviceBody,
     ProfilePatch,
@@ -40,7 +41,7 @@ from handlers.schemas import (
 from services.accounts.users import GENDERS, USERNAME_RE
 from services.core.config import Settings
 from services.matching.service import DEFAULT_MAX_DISTANCE_KM, MAX_CURSOR_CHARS
-from services.realtime.hub import (
+from services.realtime.close_codes import (
     CLOSE_BAD_FRAME,
     CLOSE_BAD_TOKEN,
     CLOSE_FORBIDDEN,
@@ -1105,7 +1106,7 @@ class OpenAPIHandler(BaseHandler):
         self.finish(document_bytes(self.services.settings))
 
 
-class _DocsFiles(tornado.web.StaticFileHandler):
+class _DocsFiles(FileHandler):
     """Static files of the docs page. The route table hands every handler the services; these do not
     need them, so `initialize` takes whatever it is given and serves `folder`."""
 
@@ -1122,11 +1123,6 @@ class _DocsFiles(tornado.web.StaticFileHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Security-Policy", DOCS_CSP)
         self.set_header("Cache-Control", "no-cache")
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        code = DEFAULT_CODES.get(status_code, "error")
-        self.finish(orjson.dumps({"error": {"code": code, "message": self._reason}}))
 
 
 class DocsPageHandler(_DocsFiles):

@@ -1,102 +1,122 @@
-"""The seed's client frames: parsing, validation, and the type -> handler registry.
+"""The WebSocket frame registry: each client frame type tied to its pydantic model and its handler.
 
-A frame that is not JSON, not an object, of an unknown `type` or with a field of the wrong type is a
-protocol violation: the socket is closed with 4003. A well-formed frame the server refuses (empty text,
-rate limited, a message id of another conversation) is answered with an `error` frame and the socket
-stays open.
+A frame type is declared once, in handlers/frames.py, by decorating its handler:
+
+    @REGISTRY.frame(TypingFrame, "conversation")
+    def typing(socket: ConversationSocket, frame: TypingFrame) -> Awaitable[None] | None: ...
+
+The model validates the frame and documents it (the API document's WebSocket section is generated from
+this registry); the endpoints say which sockets accept it. A handler returns None when it finished
+without waiting, or an awaitable for work that has to wait (a store write): the socket awaits only then.
+
+A frame that is not JSON, not an object, of a type the endpoint does not accept or with a field of the
+wrong type is a protocol violation, `BadFrame` (close 4003). A well-formed frame the server refuses
+(empty text, rate limited, a message id of another conversation) raises a domain error, which the socket
+answers with an `error` frame (handlers/errors.py), and the socket stays open.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+import pydantic
 
-from services.core import errors
+from handlers.errors import BadFrame
 
-MAX_CLIENT_ID_CHARS = 64
-MAX_ID = 2**53
-KIND_NAMES = {"str": "a string", "bool": "a boolean", "id": "a positive integer"}
-
-
-class BadFrame(Exception):
-    """A protocol violation (close 4003)."""
+ENDPOINTS = ("conversation", "notifications")
+MAX_REASON_CHARS = 100
 
 
-@dataclass(frozen=True)
-class Field:
-    name: str
-    kind: str  # "str" | "bool" | "id"
-    required: bool = True
+class ClientFrame(pydantic.BaseModel):
+    """A frame a client sends. Fields a type does not know are ignored, as the seed's clients expect."""
+
+    model_config = pydantic.ConfigDict(extra="ignore", frozen=True)
 
 
-def _check(field: Field, value: Any) -> Any:
-    if field.kind == "str":
-        ok = isinstance(value, str)
-    elif field.kind == "bool":
-        ok = isinstance(value, bool)
-    else:  # a positive integer id; JSON true/false are not numbers
-        ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
-    if not ok:
-        raise BadFrame(f"`{field.name}` must be {KIND_NAMES[field.kind]}")
-    return value
+FrameHandler = Callable[[Any, Any], Awaitable[None] | None]
+Handler = TypeVar("Handler", bound=FrameHandler)
 
 
 @dataclass(frozen=True)
-class FrameType:
-    name: str
-    fields: tuple[Field, ...]
+class FrameSpec:
+    kind: str
+    model: type[ClientFrame]
+    endpoints: tuple[str, ...]
+    handler: FrameHandler
 
-    def validate(self, frame: dict[str, Any]) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for field in self.fields:
-            if field.name not in frame or (frame[field.name] is None and not field.required):
-                if field.required:
-                    raise BadFrame(f"`{field.name}` is required")
-                values[field.name] = None
-                continue
-            values[field.name] = _check(field, frame[field.name])
-        return values
+    @property
+    def summary(self) -> str:
+        return (self.handler.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
 
 
-MESSAGE = FrameType(
-    "message",
-    (Field("content", "str"), Field("client_id", "str", required=False), Field("attachment_id", "id", required=False)),
-)
-TYPING = FrameType("typing", (Field("is_typing", "bool"),))
-READ_RECEIPT = FrameType("read_receipt", (Field("message_id", "id"),))
-PING = FrameType("ping", ())
+class FrameRegistry:
+    def __init__(self) -> None:
+        self._by_endpoint: dict[str, dict[str, FrameSpec]] = {endpoint: {} for endpoint in ENDPOINTS}
 
-CONVERSATION_FRAMES = {f.name: f for f in (MESSAGE, TYPING, READ_RECEIPT, PING)}
-NOTIFICATION_FRAMES = {f.name: f for f in (PING,)}
+    def frame(self, model: type[ClientFrame], *endpoints: str) -> Callable[[Handler], Handler]:
+        """Register the decorated function as the handler of `model`'s frame type on `endpoints`."""
+        kind = frame_type_of(model)
+
+        def register(handler: Handler) -> Handler:
+            spec = FrameSpec(kind, model, endpoints, handler)
+            for endpoint in endpoints:
+                accepted = self._by_endpoint[endpoint]
+                if kind in accepted:
+                    raise ValueError(f"frame type {kind!r} registered twice on {endpoint}")
+                accepted[kind] = spec
+            return handler
+
+        return register
+
+    def accepted(self, endpoint: str) -> Mapping[str, FrameSpec]:
+        return self._by_endpoint[endpoint]
+
+    def specs(self) -> list[FrameSpec]:
+        """Every frame type once, in registration order."""
+        seen: dict[str, FrameSpec] = {}
+        for accepted in self._by_endpoint.values():
+            for kind, spec in accepted.items():
+                seen.setdefault(kind, spec)
+        return list(seen.values())
+
+    def parse(self, raw: str | bytes, endpoint: str) -> tuple[FrameSpec, ClientFrame]:
+        """The frame's spec and validated model, or BadFrame."""
+        if isinstance(raw, bytes):
+            raise BadFrame("binary frames are not accepted")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadFrame("frame is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise BadFrame("frame must be a JSON object")
+        kind = data.get("type")
+        spec = self._by_endpoint[endpoint].get(kind) if isinstance(kind, str) else None
+        if spec is None:
+            raise BadFrame("unknown frame type")
+        try:
+            return spec, spec.model.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise BadFrame(first_problem(exc)) from None
 
 
-def parse(raw: str | bytes, accepted: dict[str, FrameType]) -> tuple[str, dict[str, Any]]:
-    """(type, validated fields) of a client frame, or BadFrame."""
-    if isinstance(raw, bytes):
-        raise BadFrame("binary frames are not accepted")
-    try:
-        frame = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadFrame("frame is not valid JSON") from None
-    if not isinstance(frame, dict):
-        raise BadFrame("frame must be a JSON object")
-    kind = frame.get("type")
-    if not isinstance(kind, str) or kind not in accepted:
-        raise BadFrame("unknown frame type")
-    values = accepted[kind].validate(frame)
-    if kind == "message" and values["client_id"] is not None and len(values["client_id"]) > MAX_CLIENT_ID_CHARS:
-        raise BadFrame(f"`client_id` longer than {MAX_CLIENT_ID_CHARS} characters")
-    return kind, values
+def frame_type_of(model: type[ClientFrame]) -> str:
+    """The `type` a model's frames carry: its `type` field is a one-value Literal."""
+    annotation = model.model_fields["type"].annotation
+    (kind,) = getattr(annotation, "__args__", (None,))
+    if not isinstance(kind, str):
+        raise TypeError(f"{model.__name__}.type must be a Literal of one string")
+    return kind
 
 
-def error_frame(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "error", "code": code, "message": message, **extra}
+def first_problem(exc: pydantic.ValidationError) -> str:
+    """One line for the close reason (at most 123 bytes on the wire): the first field that is wrong."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    field = ".".join(str(part) for part in error["loc"])
+    text = "is required" if error["type"] == "missing" else error["msg"].lower()
+    return f"`{field}` {text}"[:MAX_REASON_CHARS]
 
 
-def error_frame_for(exc: errors.DomainError, **extra: Any) -> dict[str, Any]:
-    frame = error_frame(exc.code, exc.message, **extra)
-    if isinstance(exc, errors.RateLimited):
-        frame["retry_after_ms"] = max(1, int(exc.retry_after_s * 1000))
-    return frame
+REGISTRY = FrameRegistry()

@@ -19,16 +19,18 @@ from collections.abc import Awaitable, Collection
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import orjson
-import tornado.iostream
 import tornado.websocket
 
-from handlers import protocol
-from handlers.base import accounts
+from handlers import (
+    frames,  # noqa: F401 - registers the frame types
+    tornado_internals,
+)
+from handlers.errors import BadFrame, report
+from handlers.protocol import REGISTRY, ClientFrame
 from services.accounts.auth import TokenError
 from services.core import errors
 from services.core.limits import TokenBucket
-from services.realtime.hub import (
+from services.realtime.close_codes import (
     CLOSE_BAD_FRAME,
     CLOSE_BAD_TOKEN,
     CLOSE_FORBIDDEN,
@@ -36,10 +38,8 @@ from services.realtime.hub import (
     CLOSE_NO_TOKEN,
     CLOSE_POLICY,
     CLOSE_SERVER_ERROR,
-    LimitExceeded,
-    Peer,
 )
-from services.storage.store import STORE_DOWN_ERRORS
+from services.realtime.hub import LimitExceeded, Peer
 
 if TYPE_CHECKING:
     from services.core.container import Services
@@ -51,101 +51,14 @@ BACKLOG_PAGE = 100
 STRIKE_WINDOW_S = 60.0
 # Seconds a socket closed for persistent abuse has to read its close frame before it is dropped.
 ABUSER_GRACE_S = 1.0
+MAX_REASON_CHARS = 100
 
 _cleanups: set[asyncio.Task[None]] = set()
-
-
-# -- RFC 6455 close handshake (Tornado fixes; every socket class below gets them) --------------------------
-
-CLOSE_PROTOCOL_ERROR = 1002
-LINGER_S = 2.0
-
-
-def valid_close_payload(payload: bytes) -> bool:
-    """Whether a client's close frame may be answered by echoing it (RFC 6455 5.5.1, 7.4).
-
-    Empty, or a code a peer may send (1000-1003, 1007-1014, 3000-4999: 1004-1006 and 1015 are reserved
-    for local use, the rest of 1000-2999 for future protocol versions) and a UTF-8 reason.
-    """
-    if not payload:
-        return True
-    if len(payload) == 1:
-        return False
-    code = int.from_bytes(payload[:2], "big")
-    if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
-        return False
-    try:
-        payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-class StrictCloseProtocol(tornado.websocket.WebSocketProtocol13):
-    """Tornado's protocol with two fixes to the closing handshake.
-
-    - Tornado echoes whatever close code the client sent, even one that must never be on the wire, and
-      lets a close reason that is not UTF-8 raise out of its read loop. RFC 6455 7.4 makes both a
-      protocol error: such a close frame is answered with 1002.
-    - When Tornado refuses a frame over MAX_FRAME_BYTES it writes the 1009 close frame and drops the
-      connection at once, with the rest of the client's message still unread. The kernel then answers the
-      client's next bytes with a reset, which can destroy the 1009 before the client has read it (the
-      client sees 1006). Instead the write side is shut (after the close frame) and what the client still
-      sends is read and discarded for up to LINGER_S, as HTTP servers do before closing.
-    """
-
-    _lingering = False
-
-    def _handle_message(self, opcode: int, data: bytes) -> asyncio.Future[None] | None:
-        if opcode == 0x8 and not self.client_terminated and not valid_close_payload(data):
-            self.client_terminated = True
-            self.close_code = CLOSE_PROTOCOL_ERROR
-            self.close(CLOSE_PROTOCOL_ERROR, "invalid close frame")
-            return None
-        return super()._handle_message(opcode, data)  # type: ignore[no-any-return]
-
-    def _abort(self) -> None:
-        stream = self.stream
-        if self._lingering:
-            return  # the connection is already being closed, by _linger
-        if self.server_terminated and not self.client_terminated and stream is not None and not stream.closed():
-            # Our close frame is written and the client has not answered it: an abort on a refusal.
-            self._lingering = True
-            self.client_terminated = True
-            if self._waiting is not None:
-                stream.io_loop.remove_timeout(self._waiting)
-                self._waiting = None
-            task = asyncio.ensure_future(self._linger(stream))
-            _cleanups.add(task)  # type: ignore[arg-type]
-            task.add_done_callback(_cleanups.discard)  # type: ignore[arg-type]
-            return
-        super()._abort()
-
-    async def _linger(self, stream: tornado.iostream.IOStream) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LINGER_S
-        try:
-            await asyncio.wait_for(stream.write(b""), LINGER_S)  # the close frame is flushed
-            if stream.socket is None:
-                return
-            stream.socket.shutdown(socket.SHUT_WR)
-            while (left := deadline - loop.time()) > 0 and not stream.closed():
-                if stream.reading():
-                    # Tornado's own frame loop already reads (and drops, now that we close): a second
-                    # reader is not allowed on a stream, so just give it the time.
-                    await asyncio.sleep(min(left, 0.05))
-                    continue
-                await asyncio.wait_for(stream.read_bytes(64 * 1024, partial=True), left)
-        except (tornado.iostream.StreamClosedError, TimeoutError, OSError):
-            pass
-        finally:
-            stream.close()
 
 
 class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
     endpoint = "conversation"
     server_close_code: int | None = None
-    accepted_frames: dict[str, protocol.FrameType] = {}
 
     def initialize(self, services: Services) -> None:
         self.services = services
@@ -160,14 +73,19 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         protocol = super().get_websocket_protocol()
         if protocol is None:
             return None
-        return StrictCloseProtocol(self, False, protocol.params)  # type: ignore[attr-defined]
+        return tornado_internals.StrictCloseProtocol(self, False, protocol.params)  # type: ignore[attr-defined]
 
-    def unavailable_close(self) -> tuple[int, str]:
-        """How to close a socket whose opening could not reach the store: during a shutdown the store is
-        being closed on purpose, and the client should reconnect elsewhere (1001)."""
-        if self.services.shutting_down:
-            return CLOSE_GOING_AWAY, "server shutting down"
-        return CLOSE_SERVER_ERROR, "storage unavailable"
+    def refuse(self, exc: Exception) -> None:
+        """Close a socket whose opening failed, with the code the error map gives (handlers/errors.py)."""
+        answer = report(exc)
+        if answer.code == "internal_error":
+            log.error("unexpected error opening a %s socket", self.endpoint, exc_info=exc)
+            self.shut(CLOSE_SERVER_ERROR, "unexpected server error")
+        elif answer.code == "unavailable" and self.services.shutting_down:
+            # The store is being closed on purpose: the client reconnects (to another node) as after any 1001.
+            self.shut(CLOSE_GOING_AWAY, "server shutting down")
+        else:
+            self.shut(answer.open_close_code, answer.message[:MAX_REASON_CHARS])
 
     # Origin is checked in open() so that a refusal is the seed's close code 1008, not an HTTP 403.
     def check_origin(self, origin: str) -> bool:
@@ -203,7 +121,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
     async def authenticate_account(self) -> int | None:
         """authenticate(), and a valid token of a deleted account is refused like an invalid one."""
         user_id = self.authenticate()
-        if user_id is not None and not await accounts(self.services).exists(user_id):
+        if user_id is not None and not await self.services.users.exists(user_id):
             self.shut(CLOSE_BAD_TOKEN, "invalid token")
             return None
         return user_id
@@ -217,7 +135,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         try:
             await self.services.connections.add(self)
         except LimitExceeded as exc:
-            self.shut(CLOSE_POLICY, str(exc))
+            self.refuse(exc)
             return False
         self.registered = True
         self._bound_kernel_buffer()
@@ -235,28 +153,16 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             return self.write_message(data)  # Peer counts this write until the future completes
         if connection.is_closing():
             raise tornado.websocket.WebSocketClosedError()
-        # The text frame write_message would send (frames are UTF-8 JSON), without the Task it wraps
-        # around every write only to return a future: `_unsent_bytes` accounts for the write instead.
-        connection._write_frame(True, 0x1, data)  # type: ignore[attr-defined]
+        tornado_internals.write_text_frame(connection, data)
         return None
 
     def _unsent_bytes(self) -> int | None:
-        """Bytes written to this socket's stream that the kernel has not taken yet, or None when
-        `_transmit` has to go through `write_message` (Peer then counts the writes itself).
-
-        The one place that relies on Tornado internals, and tests/test_ws_transport.py fails if they
-        change: IOStream keeps this figure only in its private write indexes, and WebSocketProtocol13
-        writes a frame without a Task only in `_write_frame`. A handler that asks for compression
-        (get_compression_options) keeps write_message, which compresses."""
-        connection = self.ws_connection
-        stream = getattr(connection, "stream", None)
-        try:
-            unsent: int = stream._total_write_index - stream._total_write_done_index  # type: ignore[union-attr]
-        except AttributeError:
+        """Bytes written to this socket that the kernel has not taken yet, or None when `_transmit` has
+        to go through `write_message` (Peer then counts the writes itself): a handler that asks for
+        compression (get_compression_options) keeps write_message, which compresses."""
+        if self.get_compression_options() is not None:
             return None
-        if not hasattr(connection, "_write_frame") or self.get_compression_options() is not None:
-            return None
-        return unsent
+        return tornado_internals.unsent_bytes(self.ws_connection)
 
     def _shut(self, code: int, reason: str) -> None:
         self.server_close_code = code
@@ -298,32 +204,53 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
 
     # -- frames ------------------------------------------------------------------------------------
 
-    async def on_message(self, message: str | bytes) -> None:
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        """Validate the frame against the registry and run its handler. Returns an awaitable only when
+        the handler has to wait (Tornado then reads the next frame after it), so most frames cost no Task.
+        No exception escapes: Tornado would drop the connection without a close frame."""
         self.last_activity = time.monotonic()
         if self.closing or not self.registered:
-            return
+            return None
         try:
-            kind, values = protocol.parse(message, self.accepted_frames)
-        except protocol.BadFrame as exc:
+            spec, frame = REGISTRY.parse(message, self.endpoint)
+        except BadFrame as exc:
             self.services.metrics.frames_in.labels(type="invalid").inc()
-            self.shut(CLOSE_BAD_FRAME, str(exc)[:100])
-            return
-        self.services.metrics.frames_in.labels(type=kind).inc()
+            self.shut(CLOSE_BAD_FRAME, exc.message)
+            return None
+        self.services.metrics.frames_in.labels(type=spec.kind).inc()
         try:
             wait_s = self.frame_bucket.take()
             if wait_s > 0:
                 raise errors.RateLimited("Too many frames", retry_after_s=wait_s)
-            await getattr(self, f"frame_{kind}")(**values)
-        except errors.DomainError as exc:
-            extra = {"client_id": values["client_id"]} if kind == "message" and values.get("client_id") else {}
-            self.push_json(protocol.error_frame_for(exc, **extra))
-            if isinstance(exc, errors.RateLimited):
-                self.strike()
-        except STORE_DOWN_ERRORS:
-            self.push_json(protocol.error_frame("unavailable", "Storage temporarily unavailable; retry"))
-        except Exception:
-            log.exception("unexpected error handling a %s frame from user %d", kind, self.user_id)
-            self.shut(CLOSE_SERVER_ERROR, "unexpected server error")
+            pending = spec.handler(self, frame)
+        except Exception as exc:
+            self.answer_error(exc, frame)
+            return None
+        return None if pending is None else self._finish(pending, frame)
+
+    async def _finish(self, pending: Awaitable[None], frame: ClientFrame) -> None:
+        try:
+            await pending
+        except Exception as exc:
+            self.answer_error(exc, frame)
+
+    def answer_error(self, exc: Exception, frame: ClientFrame) -> None:
+        """Answer a refused frame with an `error` frame (the socket stays open), or close the socket
+        when the error map says the failure ends it."""
+        answer = report(exc)
+        if answer.close_code is not None:
+            if answer.status >= 500:
+                log.error(
+                    "unexpected error handling a %s frame from user %d", frame_kind(frame), self.user_id, exc_info=exc
+                )
+                self.shut(answer.close_code, "unexpected server error")
+            else:
+                self.shut(answer.close_code, answer.message[:MAX_REASON_CHARS])
+            return
+        client_id = getattr(frame, "client_id", None)
+        self.push_json(answer.frame(**({"client_id": client_id} if client_id else {})))
+        if isinstance(exc, errors.RateLimited):
+            self.strike()
 
     def strike(self) -> None:
         """Count a rate-limit hit; a client that keeps pushing after being told is closed."""
@@ -335,9 +262,6 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             # A client that kept pushing past its error frames will not be waited for either.
             self._drop(ABUSER_GRACE_S)
             self.shut(CLOSE_POLICY, "rate limit exceeded")
-
-    async def frame_ping(self) -> None:
-        self.push_json({"type": "pong"})
 
     def on_close(self) -> None:
         self.closing = True
@@ -371,16 +295,17 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
 
 
 class ConversationSocket(BaseSocket):
-    accepted_frames = protocol.CONVERSATION_FRAMES
+    @property
+    def conversation(self) -> int:
+        """The conversation this socket was opened on (known before any frame is handled)."""
+        assert self.conversation_id is not None
+        return self.conversation_id
 
     async def open(self, conversation_id_text: str) -> None:
         try:
             await self._open_conversation(int(conversation_id_text))
-        except STORE_DOWN_ERRORS:
-            self.shut(*self.unavailable_close())
-        except Exception:
-            log.exception("unexpected error opening a conversation socket")
-            self.shut(CLOSE_SERVER_ERROR, "unexpected server error")
+        except Exception as exc:
+            self.refuse(exc)
 
     async def _open_conversation(self, conversation_id: int) -> None:
         user_id = self.authenticate()
@@ -401,7 +326,7 @@ class ConversationSocket(BaseSocket):
         # The account and the membership are read at once; the refusals keep their order (a deleted
         # account, then a bad `after`, then a stranger or a closed conversation).
         alive, membership = await asyncio.gather(
-            accounts(self.services).exists(user_id),
+            self.services.users.exists(user_id),
             self._membership(conversation_id, user_id) if not bad_after else asyncio.sleep(0, None),
         )
         if not alive:
@@ -468,24 +393,6 @@ class ConversationSocket(BaseSocket):
                 break
         self.end_resume(after, last)
 
-    async def frame_message(self, content: str, client_id: str | None, attachment_id: int | None) -> None:
-        assert self.conversation_id is not None
-        self.services.check_message_rate(self.user_id)
-        message, created = await self.services.chat.send_message(
-            self.conversation_id, self.user_id, content, client_id, attachment_id
-        )
-        if not created:
-            # A retry publishes nothing; its answer goes to the socket that asked.
-            self.answer_replay(message["id"], orjson.dumps({"type": "message", "message": message}))
-
-    async def frame_typing(self, is_typing: bool) -> None:
-        assert self.conversation_id is not None
-        await self.services.typing.update(self.conversation_id, self.user_id, is_typing)
-
-    async def frame_read_receipt(self, message_id: int) -> None:
-        assert self.conversation_id is not None
-        await self.services.chat.mark_read(self.conversation_id, self.user_id, message_id)
-
     async def left(self) -> None:
         assert self.conversation_id is not None
         still_here = self.services.connections.by_conversation.get(self.conversation_id, ())
@@ -494,7 +401,6 @@ class ConversationSocket(BaseSocket):
 
 
 class NotificationSocket(BaseSocket):
-    accepted_frames = protocol.NOTIFICATION_FRAMES
     endpoint = "notifications"
 
     async def open(self) -> None:
@@ -504,14 +410,15 @@ class NotificationSocket(BaseSocket):
                 return
             self.user_id = user_id
             await self.register()
-        except STORE_DOWN_ERRORS:
-            self.shut(*self.unavailable_close())
-        except Exception:
-            log.exception("unexpected error opening a notifications socket")
-            self.shut(CLOSE_SERVER_ERROR, "unexpected server error")
+        except Exception as exc:
+            self.refuse(exc)
 
 
 routes: list[tuple[str, Any]] = [
     (r"/ws/conversations/([0-9]{1,15})/", ConversationSocket),
     (r"/ws/notifications/", NotificationSocket),
 ]
+
+
+def frame_kind(frame: ClientFrame) -> str:
+    return str(getattr(frame, "type", "?"))

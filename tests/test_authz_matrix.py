@@ -17,7 +17,7 @@ from typing import Any
 import jwt
 import pytest
 
-import handlers.base
+import services.accounts.liveness as services_accounts_liveness
 from tests.support import PASSWORD, ApiClient, Response, TestUser, ws_connect
 from tests.ws_helpers import PNG, conv_path, history_ids, token
 
@@ -71,7 +71,7 @@ async def build_world(api: ApiClient, services: Any) -> World:
     await services.store.users.update_one({"_id": deleted.id}, {"$set": {"deleted": True}})
     # The likes above made this node remember the account as alive for ACCOUNT_CACHE_TTL_S: forget it,
     # as that much time passing would (test_an_account_deleted_while_signed_in... covers the wait).
-    handlers.base.accounts(services)._entries.clear()
+    services.users.liveness.forget()
 
     friends = await matched(api, stranger, friend)
     upload = await api.post(
@@ -170,9 +170,9 @@ async def test_an_account_deleted_while_signed_in_is_refused_within_the_cache_li
     user = await api.user("leaving")
     assert (await api.get("/api/conversations/", token=user.access)).status == 200
     await services.store.users.update_one({"_id": user.id}, {"$set": {"deleted": True}})
-    monkeypatch.setattr(handlers.base, "ACCOUNT_CACHE_TTL_S", 0.0)
+    monkeypatch.setattr(services_accounts_liveness, "ACCOUNT_CACHE_TTL_S", 0.0)
     # The entry cached by the first request lives ACCOUNT_CACHE_TTL_S (30 s); drop it instead of waiting.
-    handlers.base.accounts(services)._entries.clear()
+    services.users.liveness.forget()
     assert_envelope(await api.get("/api/conversations/", token=user.access), 401, "deleted")
     ws = await ws_connect(api, f"/ws/notifications/?token={user.access}")
     assert (await ws.closed())[0] == 4002

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from handlers.sockets import LINGER_S
+from handlers.tornado_internals import LINGER_S
 from tests.fuzz_node import FuzzNode, node_fixture, rss_bytes
 from tests.support import TestUser, make_conversation, ws_connect
 

@@ -8,7 +8,6 @@ import inspect
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-import handlers.base
 from tests.support import ws_connect
 from tests.ws_helpers import (
     ISO_Z,
@@ -293,7 +292,7 @@ def count_store_commands(monkeypatch):
 async def test_opening_a_conversation_socket_reads_each_thing_once(api, services, monkeypatch):
     p = await pair(api, services)
     # A node that has seen neither user yet, as in a connect storm.
-    handlers.base.accounts(services)._entries.clear()
+    services.users.liveness.forget()
     services.users._summaries.clear()
     counts = count_store_commands(monkeypatch)
     a = await join(api, p.cid, p.a)

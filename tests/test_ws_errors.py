@@ -9,7 +9,6 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
-import handlers.base
 from tests.support import make_conversation, ws_connect
 from tests.ws_helpers import conv_path, history_ids, join, messages, notifications, pair, token, wait_for
 
@@ -75,7 +74,7 @@ async def test_a_deleted_account_is_refused_4002_on_its_own_conversation_and_nev
     assert (await watcher.recv_type("status"))["status"] == "offline"
     await services.store.users.update_one({"_id": p.b.id}, {"$set": {"deleted": True}})
     # As the end of ACCOUNT_CACHE_TTL_S would (tests/test_authz_matrix.py waits for it).
-    handlers.base.accounts(services)._entries.clear()
+    services.users.liveness.forget()
     for after in (None, 0, -1):
         await closed_with(await ws_connect(api, conv_path(p.cid, p.b, after=after)), 4002)
     assert [f for f in await watcher.silent(0.3) if f["type"] == "status"] == []

@@ -12,6 +12,7 @@ import pymongo.errors
 from pymongo import ReturnDocument
 
 from services.accounts.auth import PasswordHasher, TokenPair, TokenService
+from services.accounts.liveness import AccountLiveness
 from services.core.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
 from services.core.limits import LoginThrottle
 from services.storage.media import IMAGE_TYPES, MediaStore
@@ -92,8 +93,13 @@ class UserService:
         self.presence_view: Callable[[int, Doc], Awaitable[dict[str, Any]]] | None = None
         # Failed sign-ins per username and per address; none (no throttling) unless the container sets it.
         self.login_throttle = LoginThrottle(0, 0, 0.0)
+        self.liveness = AccountLiveness(store, self.remember_summary)
 
     # -- accounts -------------------------------------------------------------------------------------
+
+    async def exists(self, user_id: int) -> bool:
+        """Whether the account is there and not deleted (cached a few seconds: see AccountLiveness)."""
+        return await self.liveness.exists(user_id)
 
     async def register(
         self, username: str, password: str, profile: dict[str, Any], *, client_ip: str | None = None

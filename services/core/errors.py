@@ -52,3 +52,12 @@ class Unavailable(DomainError):
     """A backing store (MongoDB, Redis) cannot be reached: the request may succeed later."""
 
     code = "unavailable"
+
+
+def backend_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means a backing store cannot be reached right now (the request may succeed later).
+
+    Raw driver errors escape from many awaits, so the edge asks this instead of knowing the drivers."""
+    from services.storage.store import STORE_DOWN_ERRORS  # storage depends on nothing here: no cycle
+
+    return isinstance(exc, (Unavailable, *STORE_DOWN_ERRORS))

@@ -30,19 +30,10 @@ import orjson
 
 from services.core.metrics import Metrics, frame_label
 from services.realtime.bus import Bus, conversation_channel, user_channel
+from services.realtime.close_codes import CLOSE_GOING_AWAY, CLOSE_POLICY
 from services.realtime.events import CONVERSATION, CONVERSATION_CLOSED, NOTIFICATION, decode
 
 log = logging.getLogger("chat.connections")
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_LARGE = 1009
-CLOSE_SERVER_ERROR = 1011
-CLOSE_NO_TOKEN = 4000
-CLOSE_FORBIDDEN = 4001
-CLOSE_BAD_TOKEN = 4002
-CLOSE_BAD_FRAME = 4003
 
 MAX_PARKED = 1000
 GAP_FILL_DELAY_S = 0.25

@@ -1,0 +1,82 @@
+"""The frames clients send on the two sockets: each type's model and handler, registered in one place.
+
+Adding a frame type is one model and one decorated function here (and its tests); the sockets, the
+error answers and the API document's WebSocket section follow from the registry (handlers/protocol.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import orjson
+from pydantic import Field, StrictBool, StrictInt, StrictStr
+
+from handlers.protocol import REGISTRY, ClientFrame
+
+if TYPE_CHECKING:
+    from handlers.sockets import BaseSocket, ConversationSocket
+
+MAX_CLIENT_ID_CHARS = 64
+MAX_ID = 2**53
+FrameId = Annotated[StrictInt, Field(gt=0, le=MAX_ID)]
+
+
+class MessageFrame(ClientFrame):
+    """A chat message. `client_id` makes a retry safe: the same id is stored once and answered again."""
+
+    type: Literal["message"]
+    content: StrictStr
+    client_id: Annotated[StrictStr, Field(max_length=MAX_CLIENT_ID_CHARS)] | None = None
+    attachment_id: FrameId | None = None
+
+
+class TypingFrame(ClientFrame):
+    """Whether the sender is typing; the server reports `false` itself when they go silent."""
+
+    type: Literal["typing"]
+    is_typing: StrictBool
+
+
+class ReadReceiptFrame(ClientFrame):
+    """Everything up to `message_id` has been read."""
+
+    type: Literal["read_receipt"]
+    message_id: FrameId
+
+
+class PingFrame(ClientFrame):
+    """An application-level keepalive, answered with `{"type": "pong"}`."""
+
+    type: Literal["ping"]
+
+
+@REGISTRY.frame(MessageFrame, "conversation")
+async def message(socket: ConversationSocket, frame: MessageFrame) -> None:
+    """Store a message and deliver it to every socket of the conversation (the sender's included)."""
+    services = socket.services
+    services.check_message_rate(socket.user_id)
+    stored, created = await services.chat.send_message(
+        socket.conversation, socket.user_id, frame.content, frame.client_id, frame.attachment_id
+    )
+    if not created:
+        # A retry publishes nothing; its answer goes to the socket that asked.
+        socket.answer_replay(stored["id"], orjson.dumps({"type": "message", "message": stored}))
+
+
+@REGISTRY.frame(TypingFrame, "conversation")
+def typing(socket: ConversationSocket, frame: TypingFrame) -> Awaitable[None] | None:
+    """Tell the other participants whether the sender is typing."""
+    return socket.services.typing.update(socket.conversation, socket.user_id, frame.is_typing)
+
+
+@REGISTRY.frame(ReadReceiptFrame, "conversation")
+async def read_receipt(socket: ConversationSocket, frame: ReadReceiptFrame) -> None:
+    """Move the sender's read pointer and tell the other participants."""
+    await socket.services.chat.mark_read(socket.conversation, socket.user_id, frame.message_id)
+
+
+@REGISTRY.frame(PingFrame, "conversation", "notifications")
+def ping(socket: BaseSocket, frame: PingFrame) -> None:
+    """Answer `pong` (to clients that cannot see WebSocket control frames)."""
+    socket.push_json({"type": "pong"})

@@ -1,0 +1,49 @@
+"""WebSocket close codes: the seed's, and the RFC 6455 ones this server sends.
+
+One table, so that the sockets, the error map (handlers/errors.py) and the API document agree on what
+each code means and whether a client should come back after it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY = 1008
+CLOSE_TOO_LARGE = 1009
+CLOSE_SERVER_ERROR = 1011
+CLOSE_NO_TOKEN = 4000
+CLOSE_FORBIDDEN = 4001
+CLOSE_BAD_TOKEN = 4002
+CLOSE_BAD_FRAME = 4003
+
+
+class CloseCode(NamedTuple):
+    code: int
+    meaning: str
+    retry: bool  # whether a well-behaved client reconnects (and resumes) after it
+
+
+CLOSE_CODES: dict[int, CloseCode] = {
+    c.code: c
+    for c in (
+        CloseCode(CLOSE_NORMAL, "normal closure", False),
+        CloseCode(CLOSE_GOING_AWAY, "server going away (shutdown); reconnect, to another node if need be", True),
+        CloseCode(CLOSE_PROTOCOL_ERROR, "protocol error (an invalid close frame)", False),
+        CloseCode(
+            CLOSE_POLICY,
+            "policy: origin not allowed, connection limit, slow consumer, or persistent abuse of the rate limits",
+            False,
+        ),
+        CloseCode(CLOSE_TOO_LARGE, "frame larger than the limit", False),
+        CloseCode(CLOSE_SERVER_ERROR, "unexpected server error or storage unavailable", True),
+        CloseCode(CLOSE_NO_TOKEN, "no token in the URL", False),
+        CloseCode(
+            CLOSE_FORBIDDEN, "not a participant (or no such conversation, or closed by an unmatch or a block)", False
+        ),
+        CloseCode(CLOSE_BAD_TOKEN, "token invalid or expired, or the account no longer exists", False),
+        CloseCode(CLOSE_BAD_FRAME, "invalid frame: not JSON, not an object, unknown type or wrong field types", False),
+    )
+}
