@@ -1,8 +1,8 @@
 """How a socket hands frames to Tornado: without a Task per frame, its unsent bytes read from the stream.
 
-`BaseSocket._transmit` and `BaseSocket._unsent_bytes` rely on Tornado internals (IOStream's write indexes,
-WebSocketProtocol13._write_frame). These tests fail if a Tornado upgrade changes them, rather than letting
-the server fall back to its slower path unnoticed."""
+`BaseSocket._transmit` and `BaseSocket._unsent_bytes` go through handlers/tornado_internals.py (IOStream's
+write indexes, WebSocketProtocol13._write_frame). These tests fail if a Tornado upgrade changes them,
+rather than letting the server fall back to its slower path unnoticed."""
 
 from __future__ import annotations
 
