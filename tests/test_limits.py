@@ -22,7 +22,7 @@ import orjson
 import pytest
 import tornado.testing
 
-import server
+from handlers.http_server import make_http_server
 from services.core.limits import LoginThrottle, address_key, socket_budget
 from tests.conftest import TEST_SECRET
 from tests.processes import ServerProcess
@@ -99,7 +99,7 @@ async def test_a_body_over_the_transport_limit_gets_the_413_envelope_not_a_bare_
     handler runs; the node's HTTP server answers that with the envelope too, and before the body is
     sent when the client asks `Expect: 100-continue`."""
     sock, port = tornado.testing.bind_unused_port()
-    http = server.make_http_server(app, services.settings, file_limit=1024)
+    http = make_http_server(app, services.settings, file_limit=1024)
     http.add_sockets([sock])
     limit = services.settings.max_upload_bytes
     try:

@@ -30,7 +30,7 @@ import orjson
 
 from services.core.metrics import Metrics, frame_label
 from services.realtime.bus import Bus, conversation_channel, user_channel
-from services.realtime.close_codes import CLOSE_GOING_AWAY, CLOSE_POLICY
+from services.realtime.close_codes import CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_POLICY
 from services.realtime.events import CONVERSATION, CONVERSATION_CLOSED, NOTIFICATION, decode
 
 log = logging.getLogger("chat.connections")
@@ -283,42 +283,46 @@ class Connections:
     def on_bus_event(self, channel: str, payload: bytes) -> None:
         header, frame = decode(payload)
         kind = header.get("k")
-        _, _, ident = channel.partition(":")
-        target = int(ident)
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.bus_events.child(str(kind)).inc()
-            published = header.get("ts")
-            if isinstance(published, float):
-                metrics.deliver_latency.observe(max(0.0, time.time() - published))
-            receivers = self.notifications_by_user if kind == NOTIFICATION else self.by_conversation
-            count = len(receivers.get(target, ()))
-            if count and kind != CONVERSATION_CLOSED:
-                metrics.frames_out.child(frame_label(header.get("t"))).inc(count)
+        target = int(channel.partition(":")[2])
+        if self.metrics is not None:
+            self._count_event(self.metrics, header, kind, target)
         if kind == NOTIFICATION:
             for peer in list(self.notifications_by_user.get(target, ())):
                 peer.push(frame)
         elif kind == CONVERSATION:
-            if "pv" in header and self._stale_presence(int(header["pu"]), int(header["pv"])):
-                return
-            exclude = header.get("x")
-            seq = header.get("s")
-            droppable = bool(header.get("d"))
-            if seq is not None:
-                for seen in self.on_message_seen:
-                    seen(target, int(seq))
-            for peer in list(self.by_conversation.get(target, ())):
-                if peer.user_id == exclude:
-                    continue
-                if seq is not None:
-                    peer.deliver_message(int(seq), frame)
-                else:
-                    peer.push(frame, droppable=droppable)
+            self._to_conversation(target, header, frame)
         elif kind == CONVERSATION_CLOSED:
             for hook in self.on_conversation_closed:
                 hook(target)
             for peer in list(self.by_conversation.get(target, ())):
-                peer.shut(4001, "conversation closed")
+                peer.shut(CLOSE_FORBIDDEN, "conversation closed")
+
+    def _count_event(self, metrics: Metrics, header: dict[str, Any], kind: Any, target: int) -> None:
+        metrics.bus_events.child(str(kind)).inc()
+        published = header.get("ts")
+        if isinstance(published, float):
+            metrics.deliver_latency.observe(max(0.0, time.time() - published))
+        receivers = self.notifications_by_user if kind == NOTIFICATION else self.by_conversation
+        count = len(receivers.get(target, ()))
+        if count and kind != CONVERSATION_CLOSED:
+            metrics.frames_out.child(frame_label(header.get("t"))).inc(count)
+
+    def _to_conversation(self, conversation_id: int, header: dict[str, Any], frame: bytes) -> None:
+        if "pv" in header and self._stale_presence(int(header["pu"]), int(header["pv"])):
+            return
+        exclude = header.get("x")
+        seq = header.get("s")
+        droppable = bool(header.get("d"))
+        if seq is not None:
+            for seen in self.on_message_seen:
+                seen(conversation_id, int(seq))
+        for peer in list(self.by_conversation.get(conversation_id, ())):
+            if peer.user_id == exclude:
+                continue
+            if seq is not None:
+                peer.deliver_message(int(seq), frame)
+            else:
+                peer.push(frame, droppable=droppable)
 
     def _stale_presence(self, user_id: int, version: int) -> bool:
         """True for a status older than one already passed on for that user (announcements race).
