@@ -13,6 +13,7 @@ from pymongo import ReturnDocument
 
 from services.accounts.auth import PasswordHasher, TokenPair, TokenService
 from services.accounts.liveness import AccountLiveness
+from services.core.clock import iso
 from services.core.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
 from services.core.limits import LoginThrottle
 from services.storage.media import IMAGE_TYPES, MediaStore
@@ -33,16 +34,6 @@ PROFILE_FIELDS = (
     "age_max",
 )
 SUMMARY_TTL_S = 30.0
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    """ISO 8601 UTC with a trailing Z, as every timestamp on the wire."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    text = value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
 
 
 def point_of(doc: Doc) -> list[float] | None:

@@ -14,7 +14,6 @@ it again on arrival (services/realtime/bus.py): subscribers always receive the p
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from services.accounts.users import iso
+from services.core.clock import now_iso
 from services.realtime.bus import Bus, conversation_channel, user_channel
 
 log = logging.getLogger("chat.events")
@@ -31,12 +30,6 @@ log = logging.getLogger("chat.events")
 NOTIFICATION = "notification"  # to the user's notifications sockets
 CONVERSATION = "conversation"  # to the conversation sockets of a conversation
 CONVERSATION_CLOSED = "conversation_closed"  # close the conversation's sockets with 4001
-
-
-def now_iso() -> str:
-    value = iso(dt.datetime.now(dt.UTC))
-    assert value is not None
-    return value
 
 
 def encode(header: dict[str, Any], frame: dict[str, Any] | None) -> bytes:
