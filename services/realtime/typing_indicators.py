@@ -12,15 +12,21 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any, Protocol
 
-from services.accounts.users import UserService
 from services.realtime.events import Publisher
 
 log = logging.getLogger("chat.typing")
 
 
+class UserSummaries(Protocol):
+    """Where a typing frame's username comes from (the accounts feature's UserService)."""
+
+    async def summary(self, user_id: int) -> dict[str, Any]: ...
+
+
 class TypingTracker:
-    def __init__(self, events: Publisher, users: UserService, timeout_s: float) -> None:
+    def __init__(self, events: Publisher, users: UserSummaries, timeout_s: float) -> None:
         self._events = events
         self._users = users
         self.timeout_s = timeout_s
