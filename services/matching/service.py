@@ -40,6 +40,7 @@ from services.accounts.users import UserService, age_on, iso, point_of
 from services.core import errors
 from services.core.config import Settings
 from services.realtime.events import Publisher, new_like_notification, new_match_notification
+from services.storage.documents import conversation_document
 from services.storage.store import Doc, Store
 
 log = logging.getLogger("chat.matching")
@@ -600,22 +601,18 @@ class MatchingService:
 
     async def _ensure_conversation(self, match: Doc) -> None:
         """Create the match's conversation if it is missing; a no-op when it exists."""
-        created = match["created_at"]
-        fields: Doc = {
-            "participants": list(match["users"]),
-            "match_id": int(match["_id"]),
-            "status": "open" if match["status"] == "active" else "closed",
-            "created_at": created,
-            "updated_at": created,
-            "last_seq": 0,
-        }
-        if match["status"] != "active":
-            fields["closed_at"] = match.get("ended_at") or _utcnow()
+        closed_at = None if match["status"] == "active" else (match.get("ended_at") or _utcnow())
+        fields = conversation_document(
+            int(match["conversation_id"]),
+            match["users"],
+            int(match["_id"]),
+            created_at=match["created_at"],
+            closed_at=closed_at,
+        )
+        conversation_id = fields.pop("_id")  # the upsert's filter gives the new document its id
         # A concurrent upsert of the same id may win the insert; then the conversation exists, as wanted.
         with contextlib.suppress(pymongo.errors.DuplicateKeyError):
-            await self._store.conversations.update_one(
-                {"_id": int(match["conversation_id"])}, {"$setOnInsert": fields}, upsert=True
-            )
+            await self._store.conversations.update_one({"_id": conversation_id}, {"$setOnInsert": fields}, upsert=True)
 
     async def matches(self, viewer_id: int, *, limit: int) -> list[Doc]:
         """Active matches, newest first."""

@@ -1,0 +1,91 @@
+"""The shapes of the documents the app stores, each built in one place.
+
+The services, the tests that write fixtures straight to the store and the bench seeders all build their
+documents here, so a field added to a stored document is added for all of them at once: a fixture can
+never hold a document the server would not have written.
+
+Each factory takes the ids already allocated (services/storage/store.py) and the time to record; none
+of them reads or writes the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from bson import ObjectId
+
+from services.storage.store import Doc
+
+# Matches no Argon2 hash, so an account stored with it cannot sign in: for accounts written straight to
+# the store (fixtures, bench populations) that only ever use tokens minted for them.
+UNUSABLE_HASH = "!"
+
+
+def pair_key(a: int, b: int) -> str:
+    """The key of an unordered pair of users, the same whichever way round: `matches.pair` is unique."""
+    low, high = sorted((a, b))
+    return f"{low}:{high}"
+
+
+def user_document(user_id: int, username: str, *, password_hash: str, created_at: dt.datetime, **profile: Any) -> Doc:
+    """An account; `profile` holds the optional profile fields (display_name, gender, birthdate...) and
+    may override the defaults (interested_in)."""
+    return {
+        "_id": user_id,
+        "username": username,
+        # Usernames are unique whatever their case: the unique index is on this key.
+        "username_key": username.lower(),
+        "password_hash": password_hash,
+        "picture": None,
+        "created_at": created_at,
+        "last_seen": None,
+        "interested_in": [],
+        **profile,
+    }
+
+
+def relation_document(from_id: int, to_id: int, *, created_at: dt.datetime) -> Doc:
+    """One user's like, pass or block of another (the collection says which)."""
+    return {"_id": ObjectId(), "from_id": from_id, "to_id": to_id, "created_at": created_at}
+
+
+def match_document(
+    match_id: int, a: int, b: int, conversation_id: int, *, created_at: dt.datetime, status: str = "active"
+) -> Doc:
+    """The match of two users; it names the id of the conversation that goes with it (see
+    `conversation_document`), reserved when the match is created."""
+    return {
+        "_id": match_id,
+        "pair": pair_key(a, b),
+        "users": sorted((a, b)),
+        "conversation_id": conversation_id,
+        "status": status,
+        "created_at": created_at,
+    }
+
+
+def conversation_document(
+    conversation_id: int,
+    participants: Iterable[int],
+    match_id: int,
+    *,
+    created_at: dt.datetime,
+    closed_at: dt.datetime | None = None,
+) -> Doc:
+    """A match's conversation with no message yet: open, or closed at `closed_at` when the match has
+    already ended. `last_seq` then follows the newest message id, written behind the messages
+    (services/chat/metadata.py)."""
+    doc: Doc = {
+        "_id": conversation_id,
+        "participants": sorted(participants),
+        "match_id": match_id,
+        "status": "open" if closed_at is None else "closed",
+        "created_at": created_at,
+        "updated_at": created_at,
+        "last_seq": 0,
+    }
+    if closed_at is not None:
+        doc["closed_at"] = closed_at
+    return doc
