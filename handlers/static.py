@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import tornado.web
+from handlers.files import FileHandler
 
 log = logging.getLogger("chat.static")
 
@@ -15,7 +15,7 @@ log = logging.getLogger("chat.static")
 STATIC_ROOT = Path(__file__).resolve().parent.parent / "static"
 
 
-class DemoFileHandler(tornado.web.StaticFileHandler):
+class DemoFileHandler(FileHandler):
     def set_extra_headers(self, path: str) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-cache")
