@@ -3,12 +3,12 @@ and an access token per user, written straight into the store.
 
 Going through the API would cost an Argon2 hash per account and several round trips per match; the
 embedded store does ~700 single inserts/s but thousands of documents/s in `insert_many`, so 10,000
-users are seeded in seconds this way. The documents have the shapes the server itself writes
-(services/accounts/users.py `register`, services/matching/service.py `_create_match` / `_ensure_conversation`), and the
-ids are reserved on the server's own counters, so a server running on the same database goes on
-numbering after them. The accounts have no password: they cannot sign in, only use their token.
+users are seeded in seconds this way. The documents come from the factories the server writes with
+(services/storage/documents.py), and the ids are reserved on the server's own counters, so a server
+running on the same database goes on numbering after them. The accounts have no password: they cannot
+sign in, only use their token.
 
-Tokens are access tokens minted by services.auth.TokenService with the server's JWT secret, valid for
+Tokens are access tokens minted by services.accounts.auth.TokenService with the server's JWT secret, valid for
 `--token-ttl` seconds (a day by default, so a long soak does not outlive them).
 
 The fixtures file has the peer's format, `{"conversations": [{"id": N, "tokens": [tokenA, tokenB]}]}`,
@@ -38,42 +38,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pymongo import ReturnDocument
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.accounts.auth import TokenService
 from services.core.config import Settings
 from services.core.container import jwt_secret
+from services.storage.documents import UNUSABLE_HASH, conversation_document, match_document, user_document
 from services.storage.embedded import EmbeddedMongo
 from services.storage.store import Store
 
 BATCH = 2000
 DEFAULT_TOKEN_TTL_S = 24 * 3600
-
-
-async def reserve(store: Store, sequence: str, count: int) -> int:
-    """The first of `count` consecutive ids of `sequence`, taken with one `$inc` of the server's counter
-    (the server's own id blocks come from the same counter, so neither side can hand out these ids)."""
-    counter = await store.counters.find_one_and_update(
-        {"_id": sequence}, {"$inc": {"value": count}}, upsert=True, return_document=ReturnDocument.AFTER
-    )
-    assert counter is not None
-    return int(counter["value"]) - count + 1
-
-
-def user_doc(user_id: int, now: dt.datetime) -> dict[str, Any]:
-    name = f"load_{user_id}"  # ids are unique, so the names are too
-    return {
-        "_id": user_id,
-        "username": name,
-        "username_key": name,
-        "password_hash": "!",  # matches no Argon2 hash: these accounts cannot sign in
-        "picture": None,
-        "created_at": now,
-        "last_seen": None,
-        "interested_in": [],
-    }
 
 
 async def insert_in_batches(collection: Any, docs: list[dict[str, Any]]) -> None:
@@ -92,37 +67,21 @@ async def seed_pairs(
 ) -> dict[str, Any]:
     """Create `pairs` matched pairs with open conversations; returns the fixtures document."""
     now = dt.datetime.now(dt.UTC)
-    first_user = await reserve(store, "users", 2 * pairs)
-    first_match = await reserve(store, "matches", pairs)
-    first_conversation = await reserve(store, "conversations", pairs)
+    # Reserved on the server's own counters: the server's id blocks come from them too, so neither side
+    # can hand out these ids.
+    first_user = await store.reserve_ids("users", 2 * pairs)
+    first_match = await store.reserve_ids("matches", pairs)
+    first_conversation = await store.reserve_ids("conversations", pairs)
     users: list[dict[str, Any]] = []
     matches: list[dict[str, Any]] = []
     conversations: list[dict[str, Any]] = []
     for i in range(pairs):
         low, high = first_user + 2 * i, first_user + 2 * i + 1
         match_id, conversation_id = first_match + i, first_conversation + i
-        users += [user_doc(low, now), user_doc(high, now)]
-        matches.append(
-            {
-                "_id": match_id,
-                "pair": f"{low}:{high}",
-                "users": [low, high],
-                "conversation_id": conversation_id,
-                "status": "active",
-                "created_at": now,
-            }
-        )
-        conversations.append(
-            {
-                "_id": conversation_id,
-                "participants": [low, high],
-                "match_id": match_id,
-                "status": "open",
-                "created_at": now,
-                "updated_at": now,
-                "last_seq": 0,
-            }
-        )
+        # ids are unique, so the names are too
+        users += [user_document(uid, f"load_{uid}", password_hash=UNUSABLE_HASH, created_at=now) for uid in (low, high)]
+        matches.append(match_document(match_id, low, high, conversation_id, created_at=now))
+        conversations.append(conversation_document(conversation_id, (low, high), match_id, created_at=now))
     # The conversation goes in last: a conversation whose users or match are missing is never visible.
     await insert_in_batches(store.users, users)
     await insert_in_batches(store.matches, matches)

@@ -17,11 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bson import ObjectId
-from pymongo import ReturnDocument
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from services.storage.documents import UNUSABLE_HASH, relation_document, user_document
 from services.storage.store import Store
 
 GENDERS = ("man", "woman", "nonbinary")
@@ -36,20 +34,17 @@ def user_doc(user_id: int, rng: random.Random, created_at: dt.datetime, *, locat
     today = created_at.date()
     age = rng.randint(18, 60)
     birthdate = dt.datetime(today.year - age, rng.randint(1, 12), rng.randint(1, 28), tzinfo=dt.UTC)
-    doc: dict[str, Any] = {
-        "_id": user_id,
-        "username": f"bench{user_id}",
-        "username_key": f"bench{user_id}",
-        "password_hash": "!",  # no password: these accounts cannot sign in
-        "picture": None,
-        "created_at": created_at,
-        "last_seen": None,
-        "display_name": f"Bench {user_id}",
-        "bio": "Seeded for the discover benchmark.",
-        "gender": rng.choice(GENDERS),
-        "interested_in": list(rng.choice(INTERESTS)),
-        "birthdate": birthdate,
-    }
+    doc = user_document(
+        user_id,
+        f"bench{user_id}",
+        password_hash=UNUSABLE_HASH,  # these accounts cannot sign in
+        created_at=created_at,
+        display_name=f"Bench {user_id}",
+        bio="Seeded for the discover benchmark.",
+        gender=rng.choice(GENDERS),
+        interested_in=list(rng.choice(INTERESTS)),
+        birthdate=birthdate,
+    )
     if rng.random() < 0.4:
         low = rng.randint(18, 40)
         doc["age_min"], doc["age_max"] = low, low + rng.randint(5, 25)
@@ -60,20 +55,11 @@ def user_doc(user_id: int, rng: random.Random, created_at: dt.datetime, *, locat
     return doc
 
 
-async def reserve_ids(store: Store, count: int) -> int:
-    """The first of `count` consecutive user ids, reserved on the server's own counter."""
-    counter = await store.counters.find_one_and_update(
-        {"_id": "users"}, {"$inc": {"value": count}}, upsert=True, return_document=ReturnDocument.AFTER
-    )
-    assert counter is not None
-    return int(counter["value"]) - count + 1
-
-
 async def seed_users(store: Store, count: int, *, seed: int = 1, located_share: float = 0.8) -> list[int]:
     """Insert `count` users; returns their ids."""
     rng = random.Random(seed)
     now = dt.datetime.now(dt.UTC)
-    first = await reserve_ids(store, count)
+    first = await store.reserve_ids("users", count)
     ids = list(range(first, first + count))
     for start in range(0, count, BATCH):
         # One registration a minute, the last one now: ids and creation times grow together.
@@ -94,7 +80,7 @@ async def seed_history(
     now = dt.datetime.now(dt.UTC)
 
     def pairs(targets: list[int]) -> list[dict[str, Any]]:
-        return [{"_id": ObjectId(), "from_id": viewer_id, "to_id": t, "created_at": now} for t in targets]
+        return [relation_document(viewer_id, t, created_at=now) for t in targets]
 
     if likes:
         await store.likes.insert_many(pairs(others[:likes]), ordered=False)

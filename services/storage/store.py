@@ -35,6 +35,25 @@ STORE_DOWN_ERRORS: tuple[type[BaseException], ...] = (
 Doc = dict[str, Any]
 
 
+async def reserve_block(counters: AsyncCollection[Doc], sequence: str, count: int) -> int:
+    """The last of `count` consecutive ids of `sequence`, reserved with one `$inc` of its counter.
+    Two nodes creating the counter at the same moment can see their upserts collide (DuplicateKeyError,
+    or no document back): the retry then finds the counter and increments it."""
+    for _ in range(5):
+        try:
+            doc = await counters.find_one_and_update(
+                {"_id": sequence},
+                {"$inc": {"value": count}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except pymongo.errors.DuplicateKeyError:
+            continue
+        if doc is not None:
+            return int(doc["value"])
+    raise pymongo.errors.OperationFailure(f"could not reserve ids for {sequence}")
+
+
 class IdAllocator:
     """Hands out integer ids from blocks reserved with one `$inc` each; safe for concurrent callers."""
 
@@ -49,29 +68,11 @@ class IdAllocator:
     async def next_id(self) -> int:
         async with self._lock:
             if self._next >= self._end:
-                self._end = await self._reserve_block() + 1
+                self._end = await reserve_block(self._counters, self._name, self._block_size) + 1
                 self._next = self._end - self._block_size
             value = self._next
             self._next += 1
             return value
-
-    async def _reserve_block(self) -> int:
-        """The last id of a newly reserved block. Two nodes creating the counter at the same moment
-        can see their upserts collide (DuplicateKeyError, or no document back): the retry then finds
-        the counter and increments it."""
-        for _ in range(5):
-            try:
-                doc = await self._counters.find_one_and_update(
-                    {"_id": self._name},
-                    {"$inc": {"value": self._block_size}},
-                    upsert=True,
-                    return_document=ReturnDocument.AFTER,
-                )
-            except pymongo.errors.DuplicateKeyError:
-                continue
-            if doc is not None:
-                return int(doc["value"])
-        raise pymongo.errors.OperationFailure(f"could not reserve ids for {self._name}")
 
 
 class Store:
@@ -113,6 +114,11 @@ class Store:
 
     async def next_id(self, sequence: str) -> int:
         return await self.allocator(sequence).next_id()
+
+    async def reserve_ids(self, sequence: str, count: int) -> int:
+        """The first of `count` consecutive ids of `sequence`, none of which any allocator will hand out:
+        for writing many documents at once (bench seeders)."""
+        return await reserve_block(self.counters, sequence, count) - count + 1
 
     async def ping(self) -> None:
         await self.client.admin.command("ping")
