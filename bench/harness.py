@@ -50,7 +50,14 @@ class Child:
     """A process we started: started listening on `port`, stopped with SIGTERM (then SIGKILL)."""
 
     def __init__(
-        self, name: str, argv: list[str], log_path: Path, *, port: int, env: dict[str, str] | None = None, cwd=None
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        *,
+        port: int,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.argv = argv

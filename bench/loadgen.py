@@ -44,6 +44,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import random
@@ -732,6 +733,7 @@ async def scenario_reconnect_storm(target: Target, pairs: list[Pair], args: argp
     resumers = [Resumer(p, a, b) for p, a, b in opened]
     running = True  # A keeps writing
     finished = False  # nobody reconnects any more
+    unanchored = 0  # reconnects of a B that had no id to resume from
     reconnect_latencies: list[float] = []
     storm_rates: list[float] = []
     reconnect_failures: collections.Counter[str] = collections.Counter()
@@ -839,7 +841,6 @@ async def scenario_reconnect_storm(target: Target, pairs: list[Pair], args: argp
     readers = [loop.create_task(reader(r, r.b)) for r in resumers]
     writers = [loop.create_task(writer(r)) for r in resumers]
     storms = 0
-    unanchored = 0
     # Every B should have an id to resume from before the first storm: wait for A's first message.
     for _ in range(100):
         if all(r.last_id is not None for r in resumers):
@@ -856,7 +857,7 @@ async def scenario_reconnect_storm(target: Target, pairs: list[Pair], args: argp
     while time.monotonic() + args.interval < end:
         await asyncio.sleep(args.interval)
         t0 = time.monotonic()
-        await bounded(args.concurrency, [lambda r=r: reconnect(r) for r in resumers if not r.reconnecting])
+        await bounded(args.concurrency, [functools.partial(reconnect, r) for r in resumers if not r.reconnecting])
         storm_rates.append(len(resumers) / max(1e-9, time.monotonic() - t0))
         storms += 1
     await asyncio.sleep(max(0.0, end - time.monotonic()))
@@ -934,7 +935,7 @@ async def scenario_slow_readers(target: Target, pairs: list[Pair], args: argpars
     # batches writes then stores enough per second to fill a slow reader's bound within the run.
     extra = await bounded(
         args.concurrency,
-        [lambda p=p: target.open(0, p) for p, _, _ in slow_pairs for _ in range(args.flood_sockets - 1)],
+        [functools.partial(target.open, 0, p) for p, _, _ in slow_pairs for _ in range(args.flood_sockets - 1)],
     )
     flooders = [a for _, a, _ in slow_pairs] + [r[0] for r in extra if isinstance(r, tuple)]
     flooding = True

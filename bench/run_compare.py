@@ -56,7 +56,6 @@ DEFAULT_PEER_PYTHON = Path("/work/peer-venv/bin/python")
 class Metric:
     key: str
     label: str
-    higher_is_better: bool
 
 
 @dataclass(frozen=True)
@@ -79,10 +78,10 @@ class Plan:
         return max(2 * pairs, self.sockets)
 
 
-DELIVERIES = Metric("deliveries_per_s", "deliveries/s", True)
-P50 = Metric("p50_ms", "p50 ms", False)
-P99 = Metric("p99_ms", "p99 ms", False)
-MAX = Metric("max_ms", "max ms", False)
+DELIVERIES = Metric("deliveries_per_s", "deliveries/s")
+P50 = Metric("p50_ms", "p50 ms")
+P99 = Metric("p99_ms", "p99 ms")
+MAX = Metric("max_ms", "max ms")
 ALL = ("ours", "ours-2", "ceiling", "peer")
 
 PLANS = [
@@ -93,14 +92,14 @@ PLANS = [
         "messages",
         ("--pairs", "50"),
         ALL,
-        (DELIVERIES, P50, P99, MAX, Metric("echo_p50_ms", "sender's echo p50 ms", False)),
+        (DELIVERIES, P50, P99, MAX, Metric("echo_p50_ms", "sender's echo p50 ms")),
     ),
     Plan(
         "connect-storm",
         "connect-storm",
         ("--sockets", "1000"),
         ("ours", "ceiling", "peer"),
-        (Metric("connects_per_s", "connects/s", True), P50, P99),
+        (Metric("connects_per_s", "connects/s"), P50, P99),
         sockets=1000,
     ),
     Plan(
@@ -109,12 +108,12 @@ PLANS = [
         ("--pairs", "50"),
         ALL,
         (
-            Metric("reconnects_per_s", "reconnects/s", True),
-            Metric("reconnect_p99_ms", "reconnect p99 ms", False),
-            Metric("messages_acked", "messages stored", True),
-            Metric("missing", "missing on a connected B", False),
-            Metric("duplicated", "duplicated", False),
-            Metric("undelivered_to_b_not_connected", "not yet delivered: B still reconnecting", False),
+            Metric("reconnects_per_s", "reconnects/s"),
+            Metric("reconnect_p99_ms", "reconnect p99 ms"),
+            Metric("messages_acked", "messages stored"),
+            Metric("missing", "missing on a connected B"),
+            Metric("duplicated", "duplicated"),
+            Metric("undelivered_to_b_not_connected", "not yet delivered: B still reconnecting"),
         ),
     ),
     Plan(
@@ -125,9 +124,9 @@ PLANS = [
         ("--pairs", "50", "--slow-fraction", "0.02", "--flood-sockets", "10", "--duration", "20"),
         ("ours", "ceiling", "peer"),
         (
-            Metric("deliveries_per_s", "others' deliveries/s", True),
-            Metric("p99_ms", "others' p99 ms", False),
-            Metric("slow_close_codes", "slow sockets' close codes", False),
+            Metric("deliveries_per_s", "others' deliveries/s"),
+            Metric("p99_ms", "others' p99 ms"),
+            Metric("slow_close_codes", "slow sockets' close codes"),
         ),
     ),
     Plan(
@@ -136,13 +135,13 @@ PLANS = [
         ("--pairs", "250", "--sample-every", "10"),
         ("ours",),
         (
-            Metric("target_rate", "offered deliveries/s", True),
+            Metric("target_rate", "offered deliveries/s"),
             DELIVERIES,
             P99,
-            Metric("rss_first_kb", "server RSS at the start, KB", False),
-            Metric("rss_last_kb", "server RSS at the end, KB", False),
-            Metric("rss_max_kb", "server RSS at most, KB", False),
-            Metric("rss_slope_second_half_kb_per_min", "RSS trend over the second half, KB/min", False),
+            Metric("rss_first_kb", "server RSS at the start, KB"),
+            Metric("rss_last_kb", "server RSS at the end, KB"),
+            Metric("rss_max_kb", "server RSS at most, KB"),
+            Metric("rss_slope_second_half_kb_per_min", "RSS trend over the second half, KB/min"),
         ),
     ),
     Plan(
@@ -151,9 +150,9 @@ PLANS = [
         ("--sockets", "10000", "--hold", "10"),
         ("ours", "ceiling"),
         (
-            Metric("sockets", "sockets held", True),
-            Metric("rss_per_socket_kb", "server RSS per socket, KB", False),
-            Metric("idle_server_cpu_pct", "server CPU while idle, %", False),
+            Metric("sockets", "sockets held"),
+            Metric("rss_per_socket_kb", "server RSS per socket, KB"),
+            Metric("idle_server_cpu_pct", "server CPU while idle, %"),
         ),
         fresh=True,
         sockets=10000,
@@ -315,7 +314,8 @@ def run_loadgen(argv: list[str], timeout_s: float) -> dict[str, Any] | None:
     if done.returncode != 0 or not lines:
         log(f"load generator failed (exit {done.returncode})")
         return None
-    return json.loads(lines[-1])
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
 
 
 def soak_rate(results: Results) -> float | None:
