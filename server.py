@@ -19,8 +19,8 @@ from handlers.http_server import make_http_server
 from services.core import errors, logs
 from services.core.config import Settings
 from services.core.container import Services, build_services
-from services.core.limits import open_file_limit, socket_budget
 from services.core.logs import redact
+from services.core.system import open_file_limit, socket_budget
 from services.storage.embedded import EmbeddedMongo
 
 log = logging.getLogger("chat.server")

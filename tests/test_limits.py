@@ -23,7 +23,8 @@ import pytest
 import tornado.testing
 
 from handlers.http_server import make_http_server
-from services.core.limits import LoginThrottle, address_key, socket_budget
+from services.accounts.throttle import LoginThrottle, address_key
+from services.core.system import socket_budget
 from tests.conftest import TEST_SECRET
 from tests.processes import ServerProcess
 from tests.support import PASSWORD, ApiClient, PortClient, Response, WsClient, ws_connect

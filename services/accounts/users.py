@@ -13,9 +13,9 @@ from pymongo import ReturnDocument
 
 from services.accounts.auth import PasswordHasher, TokenPair, TokenService
 from services.accounts.liveness import AccountLiveness
+from services.accounts.throttle import LoginThrottle
 from services.core.clock import iso
 from services.core.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
-from services.core.limits import LoginThrottle
 from services.storage.media import IMAGE_TYPES, MediaStore
 from services.storage.store import Doc, Store
 

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from services.accounts.auth import PasswordHasher, TokenService
+from services.accounts.throttle import LoginThrottle
 from services.accounts.users import UserService
 from services.chat.service import ChatService
 from services.core import errors
 from services.core.config import Settings
-from services.core.limits import LoginThrottle, RateLimiter
+from services.core.limits import RateLimiter
 from services.core.metrics import Metrics
 from services.matching.service import MatchingService
 from services.push.delivery import load_vapid_keys
