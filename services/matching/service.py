@@ -522,6 +522,28 @@ class MatchingService:
                 f"Daily like quota of {quota} reached", retry_after_s=retry, code="like_quota_exceeded"
             )
 
+    async def _received_window(
+        self, viewer_id: int, after: tuple[dt.datetime, ObjectId] | None
+    ) -> tuple[list[Doc], bool]:
+        """The next likes the viewer received, newest first, strictly before `after`; and whether none
+        older remain."""
+        flt: Doc = {"to_id": viewer_id}
+        if after is not None:
+            flt["created_at"] = {"$lte": after[0]}
+        window = await (
+            self._store.likes.find(flt, {"from_id": 1, "created_at": 1})
+            .sort("created_at", DESCENDING)
+            .limit(RECEIVED_WINDOW)
+            .to_list(None)
+        )
+        exhausted = len(window) < RECEIVED_WINDOW
+        window.sort(key=lambda d: (d["created_at"], d["_id"]), reverse=True)
+        if not exhausted and window[0]["created_at"] != window[-1]["created_at"]:
+            # The limit may have cut the oldest millisecond in two: leave all of it to the next window.
+            oldest = window[-1]["created_at"]
+            window = [d for d in window if d["created_at"] != oldest]
+        return [d for d in window if after is None or (d["created_at"], d["_id"]) < after], exhausted
+
     async def likes_received(self, viewer_id: int, *, limit: int, cursor: str | None = None) -> Doc:
         """Who liked the viewer, newest first, minus anyone matched, passed, liked back or blocked."""
         state = decode_cursor(cursor, ("r",)) if cursor else None
@@ -531,22 +553,7 @@ class MatchingService:
         results: list[Doc] = []
         exhausted = False
         for _ in range(MAX_RECEIVED_WINDOWS):
-            flt: Doc = {"to_id": viewer_id}
-            if after is not None:
-                flt["created_at"] = {"$lte": after[0]}
-            window = await (
-                self._store.likes.find(flt, {"from_id": 1, "created_at": 1})
-                .sort("created_at", DESCENDING)
-                .limit(RECEIVED_WINDOW)
-                .to_list(None)
-            )
-            exhausted = len(window) < RECEIVED_WINDOW
-            window.sort(key=lambda d: (d["created_at"], d["_id"]), reverse=True)
-            if not exhausted and window[0]["created_at"] != window[-1]["created_at"]:
-                # The limit may have cut the oldest millisecond in two: leave all of it to the next window.
-                oldest = window[-1]["created_at"]
-                window = [d for d in window if d["created_at"] != oldest]
-            fresh = [d for d in window if after is None or (d["created_at"], d["_id"]) < after]
+            fresh, exhausted = await self._received_window(viewer_id, after)
             if not fresh:
                 if exhausted or after is None:
                     break
