@@ -36,8 +36,9 @@ from bson import ObjectId
 from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from services.accounts.users import UserService, age_on, iso, point_of
+from services.accounts.users import UserService, age_on, point_of
 from services.core import errors
+from services.core.clock import iso
 from services.core.config import Settings
 from services.realtime.events import Publisher, new_like_notification, new_match_notification
 from services.storage.documents import conversation_document

@@ -49,8 +49,8 @@ import orjson
 import pymongo.errors
 from pymongo import ReturnDocument
 
-from services.accounts.users import iso
 from services.core import errors
+from services.core.clock import iso
 from services.push.delivery import (
     Outcome,
     Result,
