@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from services.chat.presence import status_frame
 from tests.support import make_conversation, ws_connect
 
 FAST = {"presence_ttl_s": 3.0, "heartbeat_interval_s": 0.5}
@@ -75,8 +76,7 @@ async def test_node_death_reports_offline(cluster_factory):
     await ws_connect(n2.api, f"/ws/notifications/?token={b.access}")
     assert (await watcher.recv_type("status"))["status"] == "online"
     # Node 2 stops heartbeating without saying goodbye (as after kill -9).
-    presence2 = n2.services.presence
-    presence2._loop.cancel()
+    n2.services.presence.store._loop.cancel()
     st = await watcher.recv_type("status", timeout=FAST["presence_ttl_s"] + 3)
     assert st["status"] == "offline" and st["user_id"] == b.id
     await asyncio.sleep(0)
@@ -88,9 +88,8 @@ async def test_a_late_status_announcement_never_overrides_a_newer_one(cluster_fa
     # cross Redis; receivers keep the newest, whichever way the older one comes.
     n1, n2, _a, b, cid, watcher = await alice_watching_bob(cluster_factory)
     await watcher.recv_type("status")
-    presence2 = n2.services.presence
-    online = presence2.frame(b.id, b.username, True, None)
-    offline = presence2.frame(b.id, b.username, False, None)
+    online = status_frame(b.id, b.username, True, None)
+    offline = status_frame(b.id, b.username, False, None)
     # The newer one from the other node, then an older one from the watcher's own node.
     await n2.services.events.to_conversation(cid, online, exclude_user=b.id, presence_version=2_000)
     assert (await watcher.recv_type("status"))["status"] == "online"

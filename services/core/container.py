@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 from services.accounts.auth import PasswordHasher, TokenService
 from services.accounts.throttle import LoginThrottle
 from services.accounts.users import UserService
+from services.chat.presence import PresenceAnnouncer, PresenceService
 from services.chat.service import ChatService
 from services.core import errors
 from services.core.config import Settings
@@ -22,10 +21,10 @@ from services.core.metrics import Metrics
 from services.matching.service import MatchingService
 from services.push.delivery import load_vapid_keys
 from services.push.service import PushService
-from services.realtime.bus import Bus, InProcessBus, RedisBus
+from services.realtime.backends import build_backends
+from services.realtime.bus import Bus
 from services.realtime.events import Publisher
 from services.realtime.hub import Connections, Peer
-from services.realtime.presence import Presence, RedisPresence
 from services.realtime.typing_indicators import TypingTracker
 from services.storage.media import MediaStore
 from services.storage.store import STORE_DOWN_ERRORS, Store
@@ -70,7 +69,7 @@ class Services:
     matching: MatchingService
     chat: ChatService
     typing: TypingTracker
-    presence: Presence
+    presence: PresenceService
     connections: Connections
     message_limiter: RateLimiter
     metrics: Metrics
@@ -155,28 +154,6 @@ class Services:
         self.hasher.close()
 
 
-def node_name(settings: Settings) -> str:
-    return settings.node_id or f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
-
-
-def make_presence(
-    settings: Settings, store: Store, chat: ChatService, events: Publisher, users: UserService, bus: Bus
-) -> Presence:
-    if not isinstance(bus, RedisBus):
-        return Presence(store, chat, events, users)
-    return RedisPresence(
-        store,
-        chat,
-        events,
-        users,
-        bus.redis,
-        node_id=node_name(settings),
-        prefix=settings.redis_prefix,
-        ttl_s=settings.presence_ttl_s,
-        heartbeat_s=settings.heartbeat_interval_s,
-    )
-
-
 async def build_services(settings: Settings, mongodb_url: str) -> Services:
     store = Store(
         mongodb_url,
@@ -194,12 +171,13 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     )
     media = MediaStore(Path(settings.data_dir) / "media", public_base(settings), settings.max_upload_bytes)
     users = UserService(store, hasher, tokens, media, min_age=settings.min_age)
-    bus: Bus = RedisBus(settings.redis_url, settings.redis_prefix) if settings.redis_url else InProcessBus()
+    backends = build_backends(settings)
+    bus = backends.bus
     users.login_throttle = LoginThrottle(
         settings.login_failures_per_account,
         settings.login_failures_per_ip,
         settings.login_window_s,
-        redis=bus.redis if isinstance(bus, RedisBus) else None,
+        redis=backends.shared_counters,
         prefix=settings.redis_prefix,
     )
     events = Publisher(bus)
@@ -225,8 +203,11 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     metrics = Metrics()
     connections.metrics = metrics
     chat.on_message_stored.append(lambda _conversation, _sender: metrics.messages_stored.inc())
-    presence = make_presence(settings, store, chat, events, users, bus)
-    push = PushService(store, settings, presence, load_vapid_keys(settings, public_base(settings)), metrics)
+    announcer = PresenceAnnouncer(backends.presence, store, chat, events, users)
+    backends.presence.listener = announcer
+    users.presence_view = announcer.profile_view
+    presence = PresenceService(backends.presence, announcer)
+    push = PushService(store, settings, backends.presence, load_vapid_keys(settings, public_base(settings)), metrics)
     events.on_notify.append(push.on_notify)
     services = Services(
         settings=settings,
@@ -247,8 +228,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         push=push,
     )
     connections.gap_filler = services.fill_gaps
-    if isinstance(bus, RedisBus):
-        bus.on_reconnect.append(services.catch_up_all)
-        bus.on_error.append(lambda: metrics.backend_errors.labels(backend="redis").inc())
+    backends.on_reconnect.append(services.catch_up_all)
+    backends.on_error.append(lambda: metrics.backend_errors.labels(backend="redis").inc())
     await services.start()
     return services

@@ -1,10 +1,14 @@
-"""Who is online.
+"""Who is online: a presence store.
 
 A user is online while they hold at least one WebSocket (either endpoint). This node counts its own
-sockets per user; `Presence` is the single-node implementation where the local count is the whole truth.
-Transitions (first socket opened, last socket closed) are published as the seed's `status` frame to the
-conversations the user takes part in, and nowhere else: presence is visible only to people who share
-an open conversation with the user (an unmatch or a block closes it, and with it the visibility).
+sockets per user. `PresenceStore` is the single-node store, where the local count is the whole truth;
+`RedisPresenceStore` shares presence between nodes through Redis, with TTL heartbeats and a sweep for
+nodes that died.
+
+A store decides transitions (a user's first socket anywhere opened, their last one anywhere closed) and
+reports each one, with its version, to its `listener`. What a transition means to other people (a
+`status` frame in the user's open conversations, `last_seen`) is the listener's business
+(services/chat/presence.py): the store knows nothing of users, conversations or frames.
 """
 
 from __future__ import annotations
@@ -15,15 +19,10 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Collection
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import redis.exceptions
-
-from services.accounts.users import UserService, iso
-from services.chat.service import ChatService
-from services.core.errors import NotFound
-from services.realtime.events import Publisher
-from services.storage.store import STORE_DOWN_ERRORS, Doc, Store
 
 log = logging.getLogger("chat.presence")
 
@@ -34,60 +33,83 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class OpenConversation(NamedTuple):
-    participants: tuple[int, ...]
-    last_seq: int  # as stored: written behind the messages, a lower bound of the newest id
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A user came online or went offline, cluster-wide."""
+
+    user_id: int
+    online: bool
+    at: dt.datetime
+    # Orders the transitions of one user: announcing takes a few awaits, so a later transition (on this
+    # node or another) can be published before an earlier one, and receivers drop a status older than
+    # one they already passed on (services/realtime/hub.py). None when this node decided alone while
+    # Redis was away: such an announcement is never dropped.
+    version: int | None
+    # The user's open conversations when the socket that caused the transition has just read them;
+    # None when the listener has to read them itself.
+    conversations: Collection[int] | None = None
 
 
-class Presence:
-    def __init__(self, store: Store, chat: ChatService, events: Publisher, users: UserService) -> None:
-        self._store = store
-        self._chat = chat
-        self._events = events
-        self._users = users
+class PresenceListener(Protocol):
+    """What a store tells about transitions. The listener handles its own backends' outages: it must
+    not raise because a database is away (the store would lose track of the rest of its work)."""
+
+    async def on_transition(self, transition: Transition) -> None:
+        """Make a transition known; awaited in the order the store decided them."""
+
+    async def on_node_stopped(self, user_ids: Collection[int], at: dt.datetime) -> None:
+        """A single node stopped while these users had sockets on it: nobody is left to tell, but
+        they went offline at `at`."""
+
+
+class Presence(Protocol):
+    """What a reader of presence needs (the push service asks whether a user has a socket anywhere)."""
+
+    async def is_online(self, user_id: int) -> bool: ...
+
+
+class _Unheard:
+    """The listener of a store nobody listens to (yet)."""
+
+    async def on_transition(self, transition: Transition) -> None:
+        pass
+
+    async def on_node_stopped(self, user_ids: Collection[int], at: dt.datetime) -> None:
+        pass
+
+
+def local_version() -> int:
+    """A transition's version when this process alone decides it: microseconds of the clock."""
+    return time.time_ns() // 1000
+
+
+class PresenceStore:
+    """Presence of a single node: its own socket counts are the whole truth."""
+
+    def __init__(self) -> None:
+        self.listener: PresenceListener = _Unheard()
         self.local_counts: dict[int, int] = {}
-        self.online_since: dict[int, dt.datetime] = {}
+        self._online_since: dict[int, dt.datetime] = {}
         self.closed = False
-        users.presence_view = self.profile_view
 
     async def start(self) -> None:
         """Nothing to do for a single node."""
 
     async def close(self) -> None:
-        """A single node going down takes every user's last socket with it: record when they were seen."""
+        """A single node going down takes every user's last socket with it."""
         self.closed = True
         users = list(self.local_counts)
         self.local_counts.clear()
         if users:
-            try:
-                await self._store.users.update_many(
-                    {"_id": {"$in": users}}, {"$set": {"last_seen": dt.datetime.now(dt.UTC)}}
-                )
-            except STORE_DOWN_ERRORS:
-                log.warning("could not record last_seen of %d users at shutdown", len(users))
+            await self.listener.on_node_stopped(users, dt.datetime.now(dt.UTC))
 
-    async def connected(self, user_id: int, open_conversations: Collection[int] | None = None) -> None:
-        """A socket of the user opened here. `open_conversations`, when the caller has just read them
-        from the store (see `open_conversations`), are where an online transition is announced."""
+    async def connected(self, user_id: int, conversations: Collection[int] | None = None) -> None:
+        """A socket of the user opened here. `conversations`, the user's open conversations when the
+        caller has just read them, travel with an online transition to the listener."""
         count = self.local_counts.get(user_id, 0) + 1
         self.local_counts[user_id] = count
         if count == 1:
-            await self._online_here(user_id, open_conversations)
-
-    def announces_first_socket(self, user_id: int) -> bool:
-        """Whether a socket of the user opening now would be their first here, the one that announces
-        them online (and so needs their open conversations)."""
-        return user_id not in self.local_counts
-
-    async def open_conversations(self, user_id: int) -> dict[int, OpenConversation]:
-        """The user's open conversations, read from the store, not a cache."""
-        docs = self._store.conversations.find(
-            {"participants": user_id, "status": "open"}, {"participants": 1, "last_seq": 1}
-        )
-        return {
-            int(d["_id"]): OpenConversation(tuple(int(p) for p in d["participants"]), int(d.get("last_seq", 0)))
-            async for d in docs
-        }
+            await self._online_here(user_id, conversations)
 
     async def disconnected(self, user_id: int) -> None:
         if self.closed:
@@ -99,92 +121,31 @@ class Presence:
         self.local_counts.pop(user_id, None)
         await self._offline_here(user_id)
 
-    async def _online_here(self, user_id: int, conversations: Collection[int] | None = None) -> None:
-        await self.announce(user_id, online=True, version=local_version(), conversations=conversations)
-
-    async def _offline_here(self, user_id: int) -> None:
-        await self.announce(user_id, online=False, version=local_version())
+    def has_sockets_here(self, user_id: int) -> bool:
+        return user_id in self.local_counts
 
     async def is_online(self, user_id: int) -> bool:
         return user_id in self.local_counts
 
-    async def announce(
-        self,
-        user_id: int,
-        *,
-        online: bool,
-        at: dt.datetime | None = None,
-        version: int | None = None,
-        conversations: Collection[int] | None = None,
+    def online_since(self, user_id: int) -> dt.datetime | None:
+        """When the user came online, as far as this node knows; None when it does not know."""
+        return self._online_since.get(user_id)
+
+    async def _online_here(self, user_id: int, conversations: Collection[int] | None = None) -> None:
+        await self._report(user_id, online=True, version=local_version(), conversations=conversations)
+
+    async def _offline_here(self, user_id: int) -> None:
+        await self._report(user_id, online=False, version=local_version())
+
+    async def _report(
+        self, user_id: int, *, online: bool, version: int | None, conversations: Collection[int] | None = None
     ) -> None:
-        """Publish a transition to every open conversation of the user; record last_seen when offline.
-
-        `version` orders the transitions of one user: announcing takes a few awaits, so a later
-        transition (on this node or another) can be published before an earlier one, and receivers
-        drop a status older than one they already passed on (services/realtime/hub.py). `conversations`
-        are the user's open conversations if the caller read them just before; else they are read."""
-        at = at or dt.datetime.now(dt.UTC)
+        at = dt.datetime.now(dt.UTC)
         if online:
-            self.online_since[user_id] = at
+            self._online_since[user_id] = at
         else:
-            self.online_since.pop(user_id, None)
-            try:
-                await self._store.users.update_one({"_id": user_id}, {"$set": {"last_seen": at}})
-            except STORE_DOWN_ERRORS:
-                log.warning("could not record last_seen of user %d", user_id)
-        try:
-            user = await self._users.summary(user_id)
-            if conversations is None:
-                conversations = await self._chat.open_conversation_ids(user_id)
-        except STORE_DOWN_ERRORS:
-            log.warning("could not announce presence of user %d: store unavailable", user_id)
-            return
-        frame = self.frame(user_id, user["username"], online, at)
-        for conversation_id in conversations:
-            await self._events.to_conversation(conversation_id, frame, exclude_user=user_id, presence_version=version)
-
-    @staticmethod
-    def frame(user_id: int, username: str, online: bool, at: dt.datetime | None) -> dict[str, Any]:
-        return {
-            "type": "status",
-            "user_id": user_id,
-            "username": username,
-            "status": "online" if online else "offline",
-            "timestamp": iso(at or dt.datetime.now(dt.UTC)),
-        }
-
-    async def current_frame(self, user_id: int) -> dict[str, Any]:
-        """The seed's `status` frame for the user as things stand (sent to a socket that joins)."""
-        online = await self.is_online(user_id)
-        if online:
-            user = await self._users.summary(user_id)
-            at = self.online_since.get(user_id)
-        else:
-            # Read after the online check, so that a user who left in between is not shown with the
-            # last_seen of an earlier visit; the summary is in the same document.
-            doc = await self._store.users.find_one({"_id": user_id}, {"username": 1, "picture": 1, "last_seen": 1})
-            if doc is None:
-                raise NotFound("User not found")
-            user = self._users.remember_summary(doc)
-            at = doc.get("last_seen")
-        return self.frame(user_id, user["username"], online, at)
-
-    async def profile_view(self, viewer_id: int, doc: Doc) -> dict[str, Any]:
-        """`status` and `last_seen` for a profile, when the viewer shares an open conversation with them."""
-        user_id = int(doc["_id"])
-        if viewer_id != user_id:
-            shared = await self._store.conversations.find_one(
-                {"participants": {"$all": [viewer_id, user_id]}, "status": "open"}, {"_id": 1}
-            )
-            if shared is None:
-                return {}
-        online = await self.is_online(user_id)
-        return {"status": "online" if online else "offline", "last_seen": None if online else iso(doc.get("last_seen"))}
-
-
-def local_version() -> int:
-    """A transition's version when this process alone decides it: microseconds of the clock."""
-    return time.time_ns() // 1000
+            self._online_since.pop(user_id, None)
+        await self.listener.on_transition(Transition(user_id, online, at, version, conversations))
 
 
 # Versions of transitions decided in Redis come from Redis's own clock, read inside the script that
@@ -243,23 +204,11 @@ return back
 HEARTBEAT_CHUNK = 500
 
 
-class RedisPresence(Presence):
+class RedisPresenceStore(PresenceStore):
     """Presence shared by all nodes through Redis, with TTL heartbeats and a sweep for dead nodes."""
 
-    def __init__(
-        self,
-        store: Store,
-        chat: ChatService,
-        events: Publisher,
-        users: UserService,
-        redis: Any,
-        *,
-        node_id: str,
-        prefix: str,
-        ttl_s: float,
-        heartbeat_s: float,
-    ) -> None:
-        super().__init__(store, chat, events, users)
+    def __init__(self, redis: Any, *, node_id: str, prefix: str, ttl_s: float, heartbeat_s: float) -> None:
+        super().__init__()
         self.redis = redis
         self.node_id = node_id
         self.prefix = prefix
@@ -304,7 +253,7 @@ class RedisPresence(Presence):
             self._loop = None
         for user_id in list(self.local_counts):
             self.local_counts.pop(user_id, None)
-            with contextlib.suppress(*REDIS_ERRORS, *STORE_DOWN_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._offline_here(user_id)
         with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.hdel(self._nodes_key, self.node_id)
@@ -323,12 +272,12 @@ class RedisPresence(Presence):
             )
         except REDIS_ERRORS:
             log.warning("presence of user %d not shared: Redis unavailable", user_id)
-            await self.announce(user_id, online=True, conversations=conversations)
+            await self._report(user_id, online=True, version=None, conversations=conversations)
             return
         if int(live_before) == 0:
-            await self.announce(user_id, online=True, version=int(version), conversations=conversations)
+            await self._report(user_id, online=True, version=int(version), conversations=conversations)
         else:
-            self.online_since.setdefault(user_id, dt.datetime.now(dt.UTC))
+            self._online_since.setdefault(user_id, dt.datetime.now(dt.UTC))
 
     async def _offline_here(self, user_id: int) -> None:
         try:
@@ -339,7 +288,7 @@ class RedisPresence(Presence):
             self._unsynced_offline.add(user_id)
             return
         if int(version):
-            await self.announce(user_id, online=False, version=int(version))
+            await self._report(user_id, online=False, version=int(version))
 
     async def is_online(self, user_id: int) -> bool:
         if user_id in self.local_counts:
@@ -357,8 +306,6 @@ class RedisPresence(Presence):
                 await self._sweep_dead_nodes()
             except REDIS_ERRORS as exc:
                 log.warning("presence heartbeat failed: %s", exc)
-            except STORE_DOWN_ERRORS as exc:
-                log.warning("presence announcement failed: %s", exc)
             except Exception:
                 log.exception("presence heartbeat failed")
 
@@ -375,7 +322,7 @@ class RedisPresence(Presence):
             )
             self._unsynced_offline.discard(user_id)
             if int(version):
-                await self.announce(user_id, online=False, version=int(version))
+                await self._report(user_id, online=False, version=int(version))
         user_ids = list(self.local_counts)
         if user_ids:
             pipe = self.redis.pipeline(transaction=False)
@@ -389,7 +336,7 @@ class RedisPresence(Presence):
             )
             back = back or []
             for user_id, version in zip(back[::2], back[1::2], strict=True):
-                await self.announce(int(user_id), online=True, version=int(version))
+                await self._report(int(user_id), online=True, version=int(version))
 
     async def _sweep_dead_nodes(self) -> None:
         """Report offline the users of nodes whose heartbeat stopped; one surviving node sweeps each."""
@@ -410,6 +357,6 @@ class RedisPresence(Presence):
                 user_id = int(raw_user)
                 version = await self._disconnect(keys=[self._online_key(user_id), users_key], args=[now, node, user_id])
                 if int(version):
-                    await self.announce(user_id, online=False, version=int(version))
+                    await self._report(user_id, online=False, version=int(version))
             await self.redis.delete(users_key)
             await self.redis.hdel(self._nodes_key, node)

@@ -1,0 +1,169 @@
+"""Presence as people in a conversation see it.
+
+The presence store (services/realtime/presence.py) decides when a user comes online or goes offline;
+`PresenceAnnouncer` makes each transition known: the seed's `status` frame is published to the
+conversations the user takes part in, and nowhere else, and going offline records `last_seen`.
+Presence is visible only to people who share an open conversation with the user (an unmatch or a
+block closes it, and with it the visibility): the same rule gives a profile its `status` and
+`last_seen` (`profile_view`).
+
+`PresenceService` is what the WebSocket edge calls when sockets open and close.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Collection
+from typing import Any, NamedTuple
+
+from services.accounts.users import UserService
+from services.chat.service import ChatService
+from services.core.clock import iso
+from services.core.errors import NotFound
+from services.realtime.events import Publisher
+from services.realtime.presence import PresenceStore, Transition
+from services.storage.store import STORE_DOWN_ERRORS, Doc, Store
+
+log = logging.getLogger("chat.presence")
+
+
+class OpenConversation(NamedTuple):
+    participants: tuple[int, ...]
+    last_seq: int  # as stored: written behind the messages, a lower bound of the newest id
+
+
+def status_frame(user_id: int, username: str, online: bool, at: dt.datetime | None) -> dict[str, Any]:
+    """The seed's `status` frame."""
+    return {
+        "type": "status",
+        "user_id": user_id,
+        "username": username,
+        "status": "online" if online else "offline",
+        "timestamp": iso(at or dt.datetime.now(dt.UTC)),
+    }
+
+
+class PresenceAnnouncer:
+    """Tells a user's conversations about their transitions, and answers what others may see of them.
+
+    The listener of the presence store: it never raises because the store is away, it logs instead."""
+
+    def __init__(
+        self, presence: PresenceStore, store: Store, chat: ChatService, events: Publisher, users: UserService
+    ) -> None:
+        self._presence = presence
+        self._store = store
+        self._chat = chat
+        self._events = events
+        self._users = users
+
+    async def on_transition(self, transition: Transition) -> None:
+        """Publish a transition to every open conversation of the user; record last_seen when offline.
+
+        The transition's version goes with the frames, so that receivers drop one older than a status
+        they already passed on. Its `conversations`, when the socket that caused it read them just
+        before, spare reading them again."""
+        user_id, at = transition.user_id, transition.at
+        if not transition.online:
+            try:
+                await self._store.users.update_one({"_id": user_id}, {"$set": {"last_seen": at}})
+            except STORE_DOWN_ERRORS:
+                log.warning("could not record last_seen of user %d", user_id)
+        conversations = transition.conversations
+        try:
+            user = await self._users.summary(user_id)
+            if conversations is None:
+                conversations = await self._chat.open_conversation_ids(user_id)
+        except STORE_DOWN_ERRORS:
+            log.warning("could not announce presence of user %d: store unavailable", user_id)
+            return
+        frame = status_frame(user_id, user["username"], transition.online, at)
+        for conversation_id in conversations:
+            await self._events.to_conversation(
+                conversation_id, frame, exclude_user=user_id, presence_version=transition.version
+            )
+
+    async def on_node_stopped(self, user_ids: Collection[int], at: dt.datetime) -> None:
+        """Record when the users of a stopping single node were seen (their sockets are closed already:
+        nobody is left to tell)."""
+        try:
+            await self._store.users.update_many({"_id": {"$in": list(user_ids)}}, {"$set": {"last_seen": at}})
+        except STORE_DOWN_ERRORS:
+            log.warning("could not record last_seen of %d users at shutdown", len(user_ids))
+
+    async def open_conversations(self, user_id: int) -> dict[int, OpenConversation]:
+        """The user's open conversations, read from the store, not a cache."""
+        docs = self._store.conversations.find(
+            {"participants": user_id, "status": "open"}, {"participants": 1, "last_seq": 1}
+        )
+        return {
+            int(d["_id"]): OpenConversation(tuple(int(p) for p in d["participants"]), int(d.get("last_seq", 0)))
+            async for d in docs
+        }
+
+    async def current_frame(self, user_id: int) -> dict[str, Any]:
+        """The seed's `status` frame for the user as things stand (sent to a socket that joins)."""
+        online = await self._presence.is_online(user_id)
+        if online:
+            user = await self._users.summary(user_id)
+            at = self._presence.online_since(user_id)
+        else:
+            # Read after the online check, so that a user who left in between is not shown with the
+            # last_seen of an earlier visit; the summary is in the same document.
+            doc = await self._store.users.find_one({"_id": user_id}, {"username": 1, "picture": 1, "last_seen": 1})
+            if doc is None:
+                raise NotFound("User not found")
+            user = self._users.remember_summary(doc)
+            at = doc.get("last_seen")
+        return status_frame(user_id, user["username"], online, at)
+
+    async def profile_view(self, viewer_id: int, doc: Doc) -> dict[str, Any]:
+        """`status` and `last_seen` for a profile, when the viewer shares an open conversation with them."""
+        user_id = int(doc["_id"])
+        if viewer_id != user_id:
+            shared = await self._store.conversations.find_one(
+                {"participants": {"$all": [viewer_id, user_id]}, "status": "open"}, {"_id": 1}
+            )
+            if shared is None:
+                return {}
+        online = await self._presence.is_online(user_id)
+        return {"status": "online" if online else "offline", "last_seen": None if online else iso(doc.get("last_seen"))}
+
+
+class PresenceService:
+    """Presence for the WebSocket edge: the store counts sockets and decides transitions, the
+    announcer (the store's listener, wired by the container) makes them known."""
+
+    def __init__(self, store: PresenceStore, announcer: PresenceAnnouncer) -> None:
+        self.store = store
+        self.announcer = announcer
+
+    async def start(self) -> None:
+        await self.store.start()
+
+    async def close(self) -> None:
+        """Hand this node's users over: offline for whoever has no socket left anywhere."""
+        await self.store.close()
+
+    async def connected(self, user_id: int, open_conversations: Collection[int] | None = None) -> None:
+        """A socket of the user opened here. `open_conversations`, when the caller has just read them
+        (see `open_conversations`), are where an online transition is announced."""
+        await self.store.connected(user_id, open_conversations)
+
+    async def disconnected(self, user_id: int) -> None:
+        await self.store.disconnected(user_id)
+
+    def announces_first_socket(self, user_id: int) -> bool:
+        """Whether a socket of the user opening now would be their first here, the one that announces
+        them online (and so needs their open conversations)."""
+        return not self.store.has_sockets_here(user_id)
+
+    async def open_conversations(self, user_id: int) -> dict[int, OpenConversation]:
+        return await self.announcer.open_conversations(user_id)
+
+    async def current_frame(self, user_id: int) -> dict[str, Any]:
+        return await self.announcer.current_frame(user_id)
+
+    async def is_online(self, user_id: int) -> bool:
+        return await self.store.is_online(user_id)

@@ -1,0 +1,70 @@
+"""The backends of one node, chosen together from REDIS_URL.
+
+With no REDIS_URL the node runs alone: an in-process bus, presence counted in this process, sign-in
+failures counted in this process. A `redis://`, `rediss://` or `unix://` URL makes it one node of a
+cluster: the bus, presence and the sign-in counters are shared through that Redis. This is the one
+place that knows which backend is which; everyone else uses the interfaces.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from services.core.config import Settings
+from services.realtime.bus import Bus, InProcessBus, RedisBus
+from services.realtime.presence import PresenceStore, RedisPresenceStore
+
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+@dataclass
+class Backends:
+    bus: Bus
+    presence: PresenceStore
+    # A Redis client for counters every node shares (the sign-in throttle); None when this node counts alone.
+    shared_counters: Any | None = None
+    # Called when the bus lost events and is back (the node catches its sockets up from MongoDB), and on
+    # every failed bus command (counted as backend errors). An in-process bus never calls them.
+    on_reconnect: list[Callable[[], None]] = field(default_factory=list)
+    on_error: list[Callable[[], None]] = field(default_factory=list)
+
+
+def node_name(settings: Settings) -> str:
+    """This node's name in presence keys and logs."""
+    return settings.node_id or f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
+
+
+def uses_redis(redis_url: str) -> bool:
+    """False for an empty URL (a single node); True for a Redis URL; ValueError for anything else."""
+    if not redis_url:
+        return False
+    scheme = urlsplit(redis_url).scheme
+    if scheme not in REDIS_SCHEMES:
+        # The URL itself is not repeated: it may hold a password.
+        raise ValueError(f"REDIS_URL must start with redis://, rediss:// or unix://, not {scheme or 'no scheme'!r}")
+    return True
+
+
+def build_backends(settings: Settings) -> Backends:
+    if not uses_redis(settings.redis_url):
+        return Backends(bus=InProcessBus(), presence=PresenceStore())
+    bus = RedisBus(settings.redis_url, settings.redis_prefix)
+    presence = RedisPresenceStore(
+        bus.redis,
+        node_id=node_name(settings),
+        prefix=settings.redis_prefix,
+        ttl_s=settings.presence_ttl_s,
+        heartbeat_s=settings.heartbeat_interval_s,
+    )
+    return Backends(
+        bus=bus,
+        presence=presence,
+        shared_counters=bus.redis,
+        on_reconnect=bus.on_reconnect,
+        on_error=bus.on_error,
+    )
