@@ -127,7 +127,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         return user_id
 
     async def register(self, open_conversations: Collection[int] | None = None) -> bool:
-        """Join the node's registry; `open_conversations` as for `Presence.connected`."""
+        """Join the node's registry; `open_conversations` as for `PresenceService.connected` (services/chat/presence.py)."""
         if self.services.shutting_down:
             # Opened while the node stops: the client reconnects (to another node) as after any 1001.
             self.shut(CLOSE_GOING_AWAY, "server shutting down")
@@ -284,7 +284,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         try:
             await self.services.connections.remove(self)
             if self.services.shutting_down:
-                return  # a shutdown hands presence over in bulk (Presence.close), and typing dies with it
+                return  # a shutdown hands presence over in bulk (PresenceService.close), and typing dies with it
             await self.left()
             await self.services.presence.disconnected(self.user_id)
         except Exception:
