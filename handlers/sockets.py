@@ -127,7 +127,8 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         return user_id
 
     async def register(self, open_conversations: Collection[int] | None = None) -> bool:
-        """Join the node's registry; `open_conversations` as for `PresenceService.connected` (services/chat/presence.py)."""
+        """Join the node's registry; `open_conversations` as for `PresenceService.connected`
+        (services/chat/presence.py)."""
         if self.services.shutting_down:
             # Opened while the node stops: the client reconnects (to another node) as after any 1001.
             self.shut(CLOSE_GOING_AWAY, "server shutting down")
