@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +18,10 @@ from pymongo import AsyncMongoClient
 from handlers import make_app
 from services.core.config import Settings
 from services.core.container import Services, build_services
-from services.storage.embedded import EmbeddedMongo, free_port
-from tests.support import ApiClient, PortClient
-
-TEST_SECRET = "test-secret-" + "x" * 40
+from services.storage.embedded import EmbeddedMongo
+from tests.processes import RedisProcess
+from tests.support import TEST_SECRET as TEST_SECRET  # still imported from here by a few test modules
+from tests.support import ApiClient, PortClient, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -46,61 +43,6 @@ def mongo_url(session_dir: Path) -> Iterator[str]:
         server.stop()
 
 
-class RedisProcess:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            message = "redis-server is not installed (make test installs it)"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
-
-    def start_same_port(self) -> None:
-        """Restart on the port it had (clients reconnect to the same address)."""
-        self.start()
-
-
 @pytest.fixture(scope="session")
 def redis_server(session_dir: Path) -> Iterator[RedisProcess]:
     server = RedisProcess(session_dir / "redis")
@@ -109,19 +51,6 @@ def redis_server(session_dir: Path) -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
-
-
-def make_settings(tmp_path: Path, port: int, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": port,
-        "data_dir": str(tmp_path / "data"),
-        "mongodb_database": "t_" + uuid.uuid4().hex[:16],
-        "jwt_secret": TEST_SECRET,
-        "hash_concurrency": 2,
-    }
-    values.update(overrides)
-    return Settings(**values)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ Building the services once per module (not per example) keeps a hundred examples
 from __future__ import annotations
 
 import asyncio
+import resource
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -19,8 +20,7 @@ from pymongo import AsyncMongoClient
 
 from handlers import make_app
 from services.core.container import Services, build_services
-from tests.conftest import make_settings
-from tests.support import ApiClient, PortClient
+from tests.support import ApiClient, PortClient, make_settings
 
 T = TypeVar("T")
 
@@ -82,6 +82,10 @@ def rss_bytes() -> int:
     """Resident memory of this process now (not the peak)."""
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
-    import resource
-
     return pages * resource.getpagesize()
+
+
+def assert_rss_grew_less_than(bound: int, baseline: int) -> None:
+    """This process holds less than `bound` bytes more than `baseline` (an earlier `rss_bytes()`)."""
+    grown = rss_bytes() - baseline
+    assert grown < bound, f"RSS grew by {grown / 2**20:.1f} MiB over the fuzz runs"

@@ -1,17 +1,20 @@
-"""Real server processes for fault tests: start `server.py` nodes, kill them, wait for them."""
+"""Real processes for tests: `server.py` nodes to start, kill and wait for, and a redis-server."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from pymongo import AsyncMongoClient
 
+from services.storage.documents import conversation_document
 from services.storage.embedded import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,20 +84,62 @@ class ServerProcess:
 
 
 async def insert_conversation(mongo_url: str, database: str, a: int, b: int, conversation_id: int) -> int:
-    """An open conversation between two users, written straight to the database the processes share."""
+    """An open conversation between two users, written straight to the database the processes share
+    (its match id is the conversation's: no match document goes with it)."""
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_url)
     now = dt.datetime.now(dt.UTC)
-    low, high = sorted((a, b))
-    await client[database].conversations.insert_one(
-        {
-            "_id": conversation_id,
-            "participants": [low, high],
-            "match_id": conversation_id,
-            "status": "open",
-            "created_at": now,
-            "updated_at": now,
-            "last_seq": 0,
-        }
-    )
+    doc = conversation_document(conversation_id, (a, b), conversation_id, created_at=now)
+    await client[database].conversations.insert_one(doc)
     await client.close()
     return conversation_id
+
+
+class RedisProcess:
+    """A throwaway redis-server on a free port, without persistence; skips the test (fails it on CI)
+    where redis-server is not installed."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            message = "redis-server is not installed (make test installs it)"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, timeout_s=10, process=self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def start_same_port(self) -> None:
+        """Restart on the port it had (clients reconnect to the same address)."""
+        self.start()

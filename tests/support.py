@@ -1,17 +1,46 @@
-"""Test helpers: a small JSON client for the REST API and shortcuts to create users."""
+"""Test helpers: a JSON client for the REST API, a WebSocket client, settings for a test node, and
+shortcuts that create users, matches and conversations (through the API, or straight in the store)."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import itertools
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import jsonschema
 import orjson
 import tornado.httpclient
+import tornado.websocket
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+from services.core.config import Settings
+from services.core.container import Services
+from services.storage.documents import UNUSABLE_HASH, conversation_document, match_document, user_document
 
 _counter = itertools.count(1)
 
 PASSWORD = "correct horse battery"
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+def make_settings(tmp_path: Path, port: int, **overrides: Any) -> Settings:
+    """A node's settings for a test: its own data dir and database, the test secret, few hash threads."""
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "data_dir": str(tmp_path / "data"),
+        "mongodb_database": "t_" + uuid.uuid4().hex[:16],
+        "jwt_secret": TEST_SECRET,
+        "hash_concurrency": 2,
+    }
+    values.update(overrides)
+    return Settings(**values)
 
 
 @dataclass
@@ -23,7 +52,8 @@ class Response:
     @property
     def error_code(self) -> str | None:
         if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            return self.body["error"].get("code")
+            code = self.body["error"].get("code")
+            return code if isinstance(code, str) else None
         return None
 
 
@@ -122,12 +152,70 @@ class ApiClient:
         return TestUser(created.body["id"], username, tokens.body["access"], tokens.body["refresh"])
 
 
+# -- answers ------------------------------------------------------------------------------------------
+
+
+def assert_error(r: Response, status: int, code: str | None = None, *fields: str) -> dict[str, Any]:
+    """The response is the contract's envelope with this status (and code, and these field keys)."""
+    assert r.status == status, (r.status, r.body)
+    assert r.headers["Content-Type"].startswith("application/json"), r.headers["Content-Type"]
+    assert isinstance(r.body, dict) and set(r.body) == {"error"}, r.body
+    error: dict[str, Any] = r.body["error"]
+    assert set(error) <= {"code", "message", "fields"}, error
+    assert isinstance(error["code"], str) and error["code"], error
+    assert isinstance(error["message"], str) and error["message"], error
+    if code is not None:
+        assert error["code"] == code, error
+    for name in fields:
+        assert name in error.get("fields", {}), error
+    return error
+
+
+def schema_validator(document: dict[str, Any], pointer: str) -> jsonschema.Draft202012Validator:
+    """A validator for the schema at `pointer` ("#/components/schemas/X") of an OpenAPI document."""
+    registry: Registry[Any] = Registry().with_resource("urn:api", DRAFT202012.create_resource(document))
+    return jsonschema.Draft202012Validator(
+        {"$ref": "urn:api" + pointer},
+        registry=registry,
+        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+    )
+
+
+def json_pointer(*parts: str) -> str:
+    """The JSON pointer to the node under these keys (RFC 6901 escapes, then URL quoting)."""
+    return "#/" + "/".join(quote(p.replace("~", "~0").replace("/", "~1"), safe="~") for p in parts)
+
+
+def conforms(document: dict[str, Any], method: str, path: str, response: Response) -> None:
+    """The answer's status is documented for the operation, and its body and headers are as documented."""
+    operation = document["paths"][path][method]
+    status = str(response.status)
+    assert status in operation["responses"], f"{method} {path} answered undocumented {status}: {response.body}"
+    documented = operation["responses"][status]
+    pointer: tuple[str, ...] = ("paths", path, method, "responses", status)
+    if "$ref" in documented:
+        name = documented["$ref"].rsplit("/", 1)[1]
+        pointer = ("components", "responses", name)
+        documented = document["components"]["responses"][name]
+    for header in documented.get("headers", {}):
+        assert response.headers.get(header), f"{method} {path} {status}: no {header} header"
+        assert int(response.headers[header]) >= 1
+    content = documented.get("content")
+    if content is None:
+        assert not response.body, f"{method} {path} {status} has an undocumented body"
+        return
+    media_type = response.headers["Content-Type"].split(";")[0].strip()
+    assert media_type in content, (method, path, status, media_type)
+    body = response.body
+    if media_type.startswith("text/"):
+        body = body.decode() if isinstance(body, bytes) else body
+    errors = sorted(
+        schema_validator(document, json_pointer(*pointer, "content", media_type, "schema")).iter_errors(body), key=str
+    )
+    assert not errors, f"{method} {path} {status}: {[e.message for e in errors]}\n{response.body}"
+
+
 # -- WebSockets ---------------------------------------------------------------------------------------
-
-import asyncio  # noqa: E402
-import datetime as dt  # noqa: E402
-
-import tornado.websocket  # noqa: E402
 
 
 class WsClient:
@@ -193,33 +281,35 @@ async def ws_connect(api: ApiClient, path: str, headers: dict[str, str] | None =
     return WsClient(conn)
 
 
-async def make_conversation(services: Any, a: int, b: int) -> int:
+# -- fixtures written straight to the store ----------------------------------------------------------
+
+_seeded_names = itertools.count(1)
+
+
+async def seed_user(services: Services, prefix: str = "m", **fields: Any) -> TestUser:
+    """A user written straight into the store (no password hash to pay for), with a valid access token.
+    `birthdate` (a date; None for none) and `location` ({"lon", "lat"}) take the API's shapes."""
+    user_id = await services.store.next_id("users")
+    username = f"{prefix}{next(_seeded_names)}_{user_id}"
+    birthdate = fields.pop("birthdate", dt.date(1995, 6, 15))
+    location = fields.pop("location", None)
+    if birthdate is not None:
+        fields["birthdate"] = dt.datetime(birthdate.year, birthdate.month, birthdate.day, tzinfo=dt.UTC)
+    if location is not None:
+        fields["location"] = [float(location["lon"]), float(location["lat"])]
+    doc = user_document(user_id, username, password_hash=UNUSABLE_HASH, created_at=dt.datetime.now(dt.UTC), **fields)
+    await services.store.users.insert_one(doc)
+    tokens = await services.tokens.issue(user_id)
+    return TestUser(user_id, username, tokens.access, tokens.refresh)
+
+
+async def make_conversation(services: Services, a: int, b: int) -> int:
     """A match and its open conversation between two users, written straight to the store (a fixture
     shortcut for chat tests; tests of matching go through the likes API)."""
     store = services.store
-    low, high = sorted((a, b))
     now = dt.datetime.now(dt.UTC)
     match_id = await store.next_id("matches")
     conversation_id = await store.next_id("conversations")
-    await store.matches.insert_one(
-        {
-            "_id": match_id,
-            "pair": f"{low}:{high}",
-            "users": [low, high],
-            "conversation_id": conversation_id,
-            "status": "active",
-            "created_at": now,
-        }
-    )
-    await store.conversations.insert_one(
-        {
-            "_id": conversation_id,
-            "participants": [low, high],
-            "match_id": match_id,
-            "status": "open",
-            "created_at": now,
-            "updated_at": now,
-            "last_seq": 0,
-        }
-    )
+    await store.matches.insert_one(match_document(match_id, a, b, conversation_id, created_at=now))
+    await store.conversations.insert_one(conversation_document(conversation_id, (a, b), match_id, created_at=now))
     return conversation_id

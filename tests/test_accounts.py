@@ -16,26 +16,10 @@ import orjson
 import pytest
 
 from services.accounts.auth import LEEWAY_S, REQUIRED_CLAIMS, TokenError
-from tests.support import PASSWORD, Response
+from tests.support import PASSWORD, Response, assert_error
 
 ME = "/api/users/me/"
 DROP = object()
-
-
-def assert_error(r: Response, status: int, code: str | None = None, *fields: str) -> dict[str, Any]:
-    """The response is the contract's envelope with this status (and code, and these field keys)."""
-    assert r.status == status, (r.status, r.body)
-    assert r.headers["Content-Type"].startswith("application/json"), r.headers["Content-Type"]
-    assert isinstance(r.body, dict) and set(r.body) == {"error"}, r.body
-    error = r.body["error"]
-    assert set(error) <= {"code", "message", "fields"}, error
-    assert isinstance(error["code"], str) and error["code"], error
-    assert isinstance(error["message"], str) and error["message"], error
-    if code is not None:
-        assert error["code"] == code, error
-    for name in fields:
-        assert name in error.get("fields", {}), error
-    return error
 
 
 def years_ago(years: int, today: dt.date) -> dt.date:

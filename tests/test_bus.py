@@ -14,7 +14,7 @@ import redis.asyncio
 import tornado.ioloop
 
 from services.realtime.bus import InProcessBus, RedisBus
-from tests.conftest import RedisProcess
+from tests.processes import RedisProcess
 from tests.ws_helpers import wait_for
 
 CHANNEL = "conv:1"

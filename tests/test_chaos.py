@@ -24,9 +24,8 @@ import tornado.httpclient
 import tornado.websocket
 
 from services.storage.embedded import EmbeddedMongo
-from tests.conftest import TEST_SECRET, RedisProcess
-from tests.processes import ServerProcess, insert_conversation
-from tests.support import ApiClient, PortClient, TestUser, WsClient, ws_connect
+from tests.processes import RedisProcess, ServerProcess, insert_conversation
+from tests.support import TEST_SECRET, ApiClient, PortClient, TestUser, WsClient, ws_connect
 
 pytestmark = pytest.mark.slow
 

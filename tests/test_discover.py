@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from services.matching import service as matching
-from services.matching.service import distance_m, pair_key, years_before
-from tests.test_matching import User, seed_user
+from services.matching.service import distance_m, years_before
+from services.storage.documents import UNUSABLE_HASH, match_document, user_document
+from tests.support import TestUser, seed_user
 
 PARIS = {"lat": 48.8566, "lon": 2.3522}
 
@@ -19,17 +20,17 @@ def offset(point: dict[str, float], km_north: float) -> dict[str, float]:
     return {"lat": point["lat"] + km_north / 111.2, "lon": point["lon"]}
 
 
-async def discover(api: Any, user: User, query: str = "") -> dict[str, Any]:
+async def discover(api: Any, user: TestUser, query: str = "") -> dict[str, Any]:
     r = await api.get(f"/api/discover/{query}", token=user.access)
     assert r.status == 200, r.body
     return r.body
 
 
-async def ids(api: Any, user: User, query: str = "") -> list[int]:
+async def ids(api: Any, user: TestUser, query: str = "") -> list[int]:
     return [p["id"] for p in (await discover(api, user, query))["results"]]
 
 
-async def all_pages(api: Any, user: User, limit: int, extra: str = "") -> list[dict[str, Any]]:
+async def all_pages(api: Any, user: TestUser, limit: int, extra: str = "") -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     cursor = None
     for _ in range(200):
@@ -56,16 +57,15 @@ async def test_every_exclusion_rule(api, services):
     await m.like(viewer.id, matched.id)
     await m.like(matched.id, viewer.id)
     # A past match with no like left behind it: the match alone must hide the pair.
-    await services.store.matches.insert_one(
-        {
-            "_id": await services.store.next_id("matches"),
-            "pair": pair_key(viewer.id, past.id),
-            "users": sorted((viewer.id, past.id)),
-            "conversation_id": await services.store.next_id("conversations"),
-            "status": "ended",
-            "created_at": dt.datetime.now(dt.UTC),
-        }
+    past_match = match_document(
+        await services.store.next_id("matches"),
+        viewer.id,
+        past.id,
+        await services.store.next_id("conversations"),
+        created_at=dt.datetime.now(dt.UTC),
+        status="ended",
     )
+    await services.store.matches.insert_one(past_match)
     await services.store.users.update_one({"_id": deleted.id}, {"$set": {"deleted": True}})
 
     page = await discover(api, viewer)
@@ -189,9 +189,10 @@ async def test_windows_bound_the_work_and_the_cursor_goes_on(api, services):
     per_request = matching.WINDOW_IDS * matching.MAX_WINDOWS
     start = await services.store.next_id("users")
     count = per_request + 100
+    now = dt.datetime.now(dt.UTC)
     await services.store.users.insert_many(
         [
-            {"_id": start + i, "username": f"bulk{start + i}", "username_key": f"bulk{start + i}", "gender": "woman"}
+            user_document(start + i, f"bulk{start + i}", password_hash=UNUSABLE_HASH, created_at=now, gender="woman")
             for i in range(count)
         ]
     )

@@ -30,9 +30,9 @@ from pymongo import AsyncMongoClient
 from handlers import make_app
 from services.core.container import build_services
 from services.realtime.events import NOTIFICATION, encode
-from tests.conftest import TEST_SECRET, RedisProcess, make_settings
-from tests.processes import ServerProcess, insert_conversation
-from tests.support import ApiClient, PortClient, WsClient, make_conversation, ws_connect
+from services.storage.documents import UNUSABLE_HASH, user_document
+from tests.processes import RedisProcess, ServerProcess, insert_conversation
+from tests.support import TEST_SECRET, ApiClient, PortClient, WsClient, make_conversation, make_settings, ws_connect
 from tests.ws_helpers import join, pair, token, wait_for
 
 # -- a minimal WebSocket client, for what a well-behaved client library would not do ------------------
@@ -145,19 +145,7 @@ async def seed_users(mongo_url: str, database: str, count: int, first_id: int = 
     now = dt.datetime.now(dt.UTC)
     ids = list(range(first_id, first_id + count))
     await client[database].users.insert_many(
-        [
-            {
-                "_id": uid,
-                "username": f"flood_{uid}",
-                "username_key": f"flood_{uid}",
-                "password_hash": "unusable",
-                "picture": None,
-                "created_at": now,
-                "last_seen": None,
-                "interested_in": [],
-            }
-            for uid in ids
-        ]
+        [user_document(uid, f"flood_{uid}", password_hash=UNUSABLE_HASH, created_at=now) for uid in ids]
     )
     await client.close()
     return ids

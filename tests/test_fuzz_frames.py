@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from handlers.tornado_internals import LINGER_S
-from tests.fuzz_node import FuzzNode, node_fixture, rss_bytes
+from tests.fuzz_node import FuzzNode, assert_rss_grew_less_than, node_fixture, rss_bytes
 from tests.support import TestUser, make_conversation, ws_connect
 
 MAX_FRAME = 16 * 1024
@@ -46,7 +46,6 @@ FIELDS = {
     "read_receipt": {"message_id": "id"},
     "ping": {},
 }
-NOTIFICATION_FIELDS = {"ping": {}}
 MAX_ID = 2**53
 ORJSON_DEPTH = 1024  # deeper documents are refused as invalid JSON
 
@@ -90,8 +89,7 @@ def chat(node: FuzzNode) -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def memory_stays_bounded(chat: dict[str, Any]) -> Any:
     yield
-    grown = rss_bytes() - chat["rss"]
-    assert grown < RSS_BOUND, f"RSS grew by {grown / 2**20:.1f} MiB over the fuzz runs"
+    assert_rss_grew_less_than(RSS_BOUND, chat["rss"])
 
 
 # -- the oracle -------------------------------------------------------------------------------------------

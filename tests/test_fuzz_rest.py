@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from handlers.openapi import build_document
 from services.core.config import Settings
-from tests.fuzz_node import FuzzNode, node_fixture, rss_bytes
+from tests.fuzz_node import FuzzNode, assert_rss_grew_less_than, node_fixture, rss_bytes
 
 RSS_BOUND = 96 * 1024 * 1024
 FUZZ = settings(
@@ -90,8 +90,7 @@ def world(node: FuzzNode) -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def memory_stays_bounded(world: dict[str, Any]) -> Any:
     yield
-    grown = rss_bytes() - world["rss"]
-    assert grown < RSS_BOUND, f"RSS grew by {grown / 2**20:.1f} MiB over the fuzz runs"
+    assert_rss_grew_less_than(RSS_BOUND, world["rss"])
 
 
 # -- strategies -------------------------------------------------------------------------------------------

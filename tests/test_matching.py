@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 from collections import Counter
 from typing import Any
 
@@ -15,41 +14,20 @@ from services.core.container import Services, build_services
 from services.matching.service import pair_key
 from services.realtime.bus import conversation_channel, user_channel
 from services.realtime.events import CONVERSATION_CLOSED, NOTIFICATION, decode
-from tests import support
-
-User = support.TestUser  # imported under another name: pytest would try to collect a Test* class
-
-_names = itertools.count(1)
+from tests.support import TestUser, seed_user
 
 
-async def seed_user(services: Services, prefix: str = "m", **fields: Any) -> User:
-    """A user written straight into the store (no password hash to pay for), with a valid access token."""
-    user_id = await services.store.next_id("users")
-    username = f"{prefix}{next(_names)}_{user_id}"
-    birthdate = fields.pop("birthdate", dt.date(1995, 6, 15))
-    location = fields.pop("location", None)
-    doc: dict[str, Any] = {
-        "_id": user_id,
-        "username": username,
-        "username_key": username.lower(),
-        "password_hash": "!",
-        "picture": None,
-        "created_at": dt.datetime.now(dt.UTC),
-        "last_seen": None,
-        "interested_in": [],
-        **fields,
-    }
-    if birthdate is not None:
-        doc["birthdate"] = dt.datetime(birthdate.year, birthdate.month, birthdate.day, tzinfo=dt.UTC)
-    if location is not None:
-        doc["location"] = [float(location["lon"]), float(location["lat"])]
-    await services.store.users.insert_one(doc)
-    tokens = await services.tokens.issue(user_id)
-    return User(user_id, username, tokens.access, tokens.refresh)
-
-
-def summary(user: User) -> dict[str, Any]:
+def summary(user: TestUser) -> dict[str, Any]:
     return {"id": user.id, "username": user.username, "profile_picture": None}
+
+
+async def seed_match(services: Services) -> tuple[TestUser, TestUser, dict[str, Any]]:
+    """Two seeded users who liked each other, and their match as the second like answered it."""
+    a = await seed_user(services)
+    b = await seed_user(services)
+    await services.matching.like(a.id, b.id)
+    answer, _ = await services.matching.like(b.id, a.id)
+    return a, b, answer["match"]
 
 
 class Recorder:
@@ -231,12 +209,9 @@ async def test_likes_received_paging(api, services):
 
 
 async def test_unmatch_closes_the_conversation(api, services):
-    a = await seed_user(services)
-    b = await seed_user(services)
+    a, b, match = await seed_match(services)
     outsider = await seed_user(services)
-    await services.matching.like(a.id, b.id)
-    answer, _ = await services.matching.like(b.id, a.id)
-    match_id, cid = answer["match"]["id"], answer["match"]["conversation_id"]
+    match_id, cid = match["id"], match["conversation_id"]
     rec = await record(services, [], [cid])
 
     for token in (outsider.access,):
@@ -265,11 +240,8 @@ async def test_unmatch_closes_the_conversation(api, services):
 
 
 async def test_block_unmatches_hides_and_unblocks(api, services):
-    a = await seed_user(services)
-    b = await seed_user(services)
-    await services.matching.like(a.id, b.id)
-    answer, _ = await services.matching.like(b.id, a.id)
-    cid = answer["match"]["conversation_id"]
+    a, b, match = await seed_match(services)
+    cid = match["conversation_id"]
     rec = await record(services, [a.id, b.id], [cid])
 
     blocked = await api.post("/api/blocks/", {"user_id": b.id}, token=a.access)
@@ -412,17 +384,14 @@ async def test_zero_quota_means_unlimited(api, services):
 
 
 async def test_a_lost_conversation_is_recreated_when_the_match_is_read(api, services):
-    a = await seed_user(services)
-    b = await seed_user(services)
-    await services.matching.like(a.id, b.id)
-    answer, _ = await services.matching.like(b.id, a.id)
-    cid = answer["match"]["conversation_id"]
+    a, b, match = await seed_match(services)
+    cid = match["conversation_id"]
     # As if the node died between the match insert and the conversation insert.
     await services.store.conversations.delete_one({"_id": cid})
     listed = await api.get("/api/matches/", token=a.access)
     assert [m["conversation_id"] for m in listed.body] == [cid]
     conv = await services.store.conversations.find_one({"_id": cid})
-    assert conv["status"] == "open" and conv["match_id"] == answer["match"]["id"]
+    assert conv["status"] == "open" and conv["match_id"] == match["id"]
     await services.store.conversations.delete_one({"_id": cid})
     assert (await api.post("/api/likes/", {"user_id": a.id}, token=b.access)).status == 200
     assert await services.store.conversations.count_documents({"_id": cid}) == 1
@@ -433,7 +402,7 @@ async def test_a_lost_conversation_is_recreated_when_the_match_is_read(api, serv
 PAIRS = 30
 
 
-async def assert_one_match_per_pair(services: Services, pairs: list[tuple[User, User]]) -> None:
+async def assert_one_match_per_pair(services: Services, pairs: list[tuple[TestUser, TestUser]]) -> None:
     matches = await services.store.matches.find({}).to_list(None)
     assert len(matches) == len(pairs)
     assert Counter(m["pair"] for m in matches) == Counter(pair_key(a.id, b.id) for a, b in pairs)
@@ -445,7 +414,7 @@ async def assert_one_match_per_pair(services: Services, pairs: list[tuple[User, 
         assert conv["participants"] == m["users"] and conv["match_id"] == m["_id"] and conv["status"] == "open"
 
 
-def assert_two_new_match_per_pair(notes: list[tuple[int, dict[str, Any]]], pairs: list[tuple[User, User]]):
+def assert_two_new_match_per_pair(notes: list[tuple[int, dict[str, Any]]], pairs: list[tuple[TestUser, TestUser]]):
     new_match = [(user, n) for user, n in notes if n["type"] == "new_match"]
     assert len(new_match) == 2 * len(pairs)
     received = Counter(user for user, _ in new_match)

@@ -33,9 +33,8 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from services.core.config import Settings
 from services.storage.embedded import free_port, wait_for_port
-from tests.conftest import TEST_SECRET, RedisProcess
-from tests.processes import ServerProcess
-from tests.support import ApiClient, PortClient, ws_connect
+from tests.processes import RedisProcess, ServerProcess
+from tests.support import TEST_SECRET, ApiClient, PortClient, ws_connect
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
-from tests.support import Response
+from services.storage.documents import relation_document
+from tests.support import assert_error
 
 ME = "/api/users/me/"
 PICTURE = "/api/users/me/picture/"
@@ -45,22 +46,6 @@ def png(width: int = 2, height: int = 2, rgb: tuple[int, int, int] = (200, 30, 3
 
 
 PNG = png()
-
-
-def assert_error(r: Response, status: int, code: str | None = None, *fields: str) -> dict[str, Any]:
-    """The response is the contract's envelope with this status (and code, and these field keys)."""
-    assert r.status == status, (r.status, r.body)
-    assert r.headers["Content-Type"].startswith("application/json"), r.headers["Content-Type"]
-    assert isinstance(r.body, dict) and set(r.body) == {"error"}, r.body
-    error = r.body["error"]
-    assert set(error) <= {"code", "message", "fields"}, error
-    assert isinstance(error["code"], str) and error["code"], error
-    assert isinstance(error["message"], str) and error["message"], error
-    if code is not None:
-        assert error["code"] == code, error
-    for name in fields:
-        assert name in error.get("fields", {}), error
-    return error
 
 
 def adult_birthdate(years: int) -> str:
@@ -301,14 +286,7 @@ async def test_a_block_either_way_hides_the_profile(api, services):
     a = await api.user("blocker")
     b = await api.user("blocked")
     c = await api.user("bystander")
-    await services.store.blocks.insert_one(
-        {
-            "_id": await services.store.next_id("blocks"),
-            "from_id": a.id,
-            "to_id": b.id,
-            "created_at": dt.datetime.now(dt.UTC),
-        }
-    )
+    await services.store.blocks.insert_one(relation_document(a.id, b.id, created_at=dt.datetime.now(dt.UTC)))
     assert_error(await api.get(f"/api/users/{b.id}/", token=a.access), 404)
     assert_error(await api.get(f"/api/users/{a.id}/", token=b.access), 404)
     assert (await api.get(f"/api/users/{a.id}/", token=c.access)).status == 200

@@ -43,9 +43,7 @@ from services.push.delivery import (
     public_key_text,
     webhook_problem,
 )
-from tests.conftest import make_settings
-from tests.support import ApiClient, TestUser, make_conversation, ws_connect
-from tests.test_openapi import conforms
+from tests.support import ApiClient, TestUser, conforms, make_conversation, make_settings, ws_connect
 
 WEBHOOK_SECRET = "webhook-secret-" + "w" * 32
 PUSH_SETTINGS: dict[str, Any] = {

@@ -30,9 +30,8 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from tests.conftest import TEST_SECRET
 from tests.processes import ServerProcess
-from tests.support import PASSWORD
+from tests.support import PASSWORD, TEST_SECRET
 
 pytestmark = pytest.mark.slow
 

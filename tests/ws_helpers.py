@@ -11,8 +11,7 @@ from typing import Any
 
 import jwt
 
-from tests.conftest import TEST_SECRET
-from tests.support import ApiClient, Response, TestUser, WsClient, make_conversation, ws_connect
+from tests.support import TEST_SECRET, ApiClient, Response, TestUser, WsClient, make_conversation, ws_connect
 
 # A valid 1x1 PNG: uploads are checked by their bytes, not by the declared type.
 PNG = base64.b64decode(
@@ -72,7 +71,7 @@ async def notifications(api: ApiClient, user: TestUser) -> WsClient:
 
 async def messages(ws: WsClient, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
     """The next `count` message objects on a conversation socket (other frame types skipped)."""
-    out = []
+    out: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while len(out) < count:
@@ -121,13 +120,15 @@ def token(user_id: int, *, kind: str = "access", ttl_s: int = 600, secret: str =
     now = int(dt.datetime.now(dt.UTC).timestamp())
     claims = {"user_id": user_id, "token_type": kind, "iat": now, "exp": now + ttl_s, "jti": "t" * 32}
     algorithm = kw.pop("algorithm", "HS256")
-    return jwt.encode(claims, None if algorithm == "none" else secret, algorithm=algorithm)
+    # PyJWT's "none" algorithm takes no key; its annotations do not say so.
+    key: Any = None if algorithm == "none" else secret
+    return jwt.encode(claims, key, algorithm=algorithm)
 
 
 async def allocate_hole(services: Any, cid: int) -> int:
     """Make the node's next message skip an id, which then is never stored: what a writer of the earlier
     design (ids reserved before the insert) left behind when it died between the two. Returns the id."""
-    skipped = max(services.chat._last_seq.get(cid, 0), await services.chat.last_stored_seq(cid)) + 1
+    skipped: int = max(services.chat._last_seq.get(cid, 0), await services.chat.last_stored_seq(cid)) + 1
     services.chat._last_seq[cid] = skipped
     return skipped
 
