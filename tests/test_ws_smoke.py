@@ -1,14 +1,13 @@
-from tests.support import make_conversation, ws_connect
+from tests.support import ws_connect
+from tests.ws_helpers import conv_path, join, notifications, pair
 
 
 async def test_message_roundtrip(api, services):
-    a = await api.user("a")
-    b = await api.user("b")
-    cid = await make_conversation(services, a.id, b.id)
-    ws_a = await ws_connect(api, f"/ws/conversations/{cid}/?token={a.access}")
-    ws_b = await ws_connect(api, f"/ws/conversations/{cid}/?token={b.access}")
-    await ws_b.recv_type("status")  # b has joined: a message sent before that would not reach it
-    notif_b = await ws_connect(api, f"/ws/notifications/?token={b.access}")
+    p = await pair(api, services)
+    a, b, cid = p.a, p.b, p.cid
+    ws_a = await join(api, cid, a)
+    ws_b = await join(api, cid, b)  # past its status frame: b has joined, a message now reaches it
+    notif_b = await notifications(api, b)
     await ws_a.send({"type": "message", "content": "Salut, ça va ?"})
     got_a = await ws_a.recv_type("message")
     got_b = await ws_b.recv_type("message")
@@ -23,8 +22,8 @@ async def test_message_roundtrip(api, services):
     await ws_b.send({"type": "read_receipt", "message_id": 1})
     r = await ws_a.recv_type("read_receipt")
     assert r["message_id"] == 1 and r["user_id"] == b.id
-    ws_c = await ws_connect(api, f"/ws/conversations/{cid}/?token={b.access}&after=0")
+    ws_c = await ws_connect(api, conv_path(cid, b, after=0))
     got = await ws_c.recv_type("message")
     assert got["message"]["id"] == 1 and got["message"]["is_read"] is True
-    bad = await ws_connect(api, f"/ws/conversations/{cid}/")
+    bad = await ws_connect(api, conv_path(cid, None))
     assert (await bad.closed())[0] == 4000
