@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import BENCH_SECRET
 from bench.seed_chat import seed_pairs
-from services.chat.service import message_key
+from services.chat.ids import message_key
 from services.storage.embedded import EmbeddedMongo
 from services.storage.store import Store
 

@@ -9,7 +9,7 @@ import datetime as dt
 
 import pytest
 
-from services.chat.service import message_key
+from services.chat.ids import message_key
 from tests.support import make_conversation
 from tests.ws_helpers import history_ids, join, messages, pair, send_rest
 
@@ -117,8 +117,8 @@ async def test_a_retry_stored_by_another_node_meanwhile_is_answered_as_a_replay(
     async def nothing_stored_yet(batch):
         return batch
 
-    monkeypatch.setattr(services.chat, "_answer_replays", nothing_stored_yet)
-    services.chat._last_seq[p.cid] = 2  # knows id 2 is taken, not by whom
+    monkeypatch.setattr(services.chat.writer, "_answer_replays", nothing_stored_yet)
+    services.chat.ids.last_seq[p.cid] = 2  # knows id 2 is taken, not by whom
     got = await send_rest(api, p.cid, p.a, "retried", client_id="c-1")
     assert got.status == 200 and got.body["id"] == 2 and got.body["client_id"] == "c-1", got.body
     # No id was used up by the replay.
@@ -133,8 +133,8 @@ async def test_a_replay_inside_a_batch_does_not_shift_the_other_senders(api, ser
     async def nothing_stored_yet(batch):
         return batch
 
-    monkeypatch.setattr(services.chat, "_answer_replays", nothing_stored_yet)
-    services.chat._last_seq[p.cid] = 0  # stale: believes the conversation empty
+    monkeypatch.setattr(services.chat.writer, "_answer_replays", nothing_stored_yet)
+    services.chat.ids.last_seq[p.cid] = 0  # stale: believes the conversation empty
     results = await asyncio.gather(
         send_rest(api, p.cid, p.a, "stored", client_id="dup"),
         send_rest(api, p.cid, p.b, "fresh one"),

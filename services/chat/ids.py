@@ -1,0 +1,103 @@
+"""Message ids: how a message's `_id` is made, what this node knows is stored, and lookups by id.
+
+Message ids are a dense sequence per conversation (1, 2, 3...), and a message's `_id` packs
+(conversation id, id) (`message_key`), so the ids a page holds say which keys to look up. Every read of
+messages is a set of `_id` point lookups, and the newest id is found just past the conversation's
+`last_seq` (`StoredIds.newest`). The embedded store answers an `_id` range query by reading the whole
+collection, so none is sent.
+
+A tombstone (`hole: true`) takes an id without being a message: the seal of a closed conversation
+(services/chat/writer.py) or an id that was never stored (services/chat/history.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.storage.store import Doc, Store
+
+SEQ_BITS = 32
+# message_key must fit MongoDB's signed 64-bit integers, for the conversation after this one too.
+MAX_CONVERSATION_ID = (1 << (63 - SEQ_BITS)) - 1
+MAX_SEQ = (1 << SEQ_BITS) - 1
+# Ids looked up at once past the newest known one (doubling while they are all stored).
+NEWEST_WINDOW = 16
+SEALED = -1  # in StoredIds.last_seq: the conversation is closed, no id is free
+
+
+def message_key(conversation_id: int, seq: int) -> int:
+    return (conversation_id << SEQ_BITS) | seq
+
+
+def tombstone(conversation_id: int, seq: int, **marks: Any) -> Doc:
+    """A document that takes an id without being a message (a skipped hole, or a conversation's seal)."""
+    key = message_key(conversation_id, seq)
+    return {"_id": key, "conversation_id": conversation_id, "seq": seq, "hole": True, **marks}
+
+
+class StoredIds:
+    """What this node knows of each conversation's stored ids, and the `_id` point lookups."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        # The newest message id this node knows to be stored, per conversation (or SEALED): its next
+        # message is numbered from here (see MessageWriter). Learnt from its own inserts, the bus and
+        # the store.
+        self.last_seq: dict[int, int] = {}
+
+    def observe_seq(self, conversation_id: int, seq: int) -> None:
+        """A message with this id is stored (this node's insert, or another node's seen on the bus)."""
+        known = self.last_seq.get(conversation_id, 0)
+        if known != SEALED and seq > known:
+            self.last_seq[conversation_id] = seq
+
+    async def newest(self, conversation_id: int, known: int | None = None) -> Doc | None:
+        """The newest document stored in a conversation (a message or a tombstone), or None.
+
+        Ids are dense, so this needs no range scan (which the embedded store answers by reading the
+        whole collection): from the newest id known stored (the conversation's `last_seq`, written behind
+        the messages, or this node's own; `known` when the caller has just read the conversation), look
+        up the ids just after it by `_id`, in growing windows.
+        """
+        if conversation_id >= MAX_CONVERSATION_ID:
+            return None  # outside the key space: no message can exist there
+        known = await self.known_stored(conversation_id, known)
+        newest: Doc | None = {"seq": known} if known > 0 else None
+        window = NEWEST_WINDOW
+        while known < MAX_SEQ:
+            found = await self.by_seq(conversation_id, known + 1, known + window, {"seq": 1, "sealed": 1})
+            if not found:
+                return newest
+            newest = max(found, key=lambda d: int(d["seq"]))
+            if len(found) < window:
+                return newest
+            known, window = int(newest["seq"]), window * 2
+        return newest
+
+    async def known_stored(self, conversation_id: int, last_seq: int | None = None) -> int:
+        """An id known stored in the conversation (0 if none): the higher of its `last_seq` (read here
+        unless the caller just read it) and this node's own knowledge."""
+        if last_seq is None:
+            conv = await self._store.conversations.find_one({"_id": conversation_id}, {"last_seq": 1})
+            last_seq = int((conv or {}).get("last_seq", 0))
+        return max(last_seq, self.last_seq.get(conversation_id, 0))
+
+    async def by_seq(
+        self, conversation_id: int, first: int, last: int, projection: Doc | None = None, **filters: Any
+    ) -> list[Doc]:
+        """The documents with ids first..last (those stored), by `_id` point lookups, in no set order."""
+        first, last = max(first, 1), min(last, MAX_SEQ)
+        if first > last:
+            return []
+        keys = [message_key(conversation_id, seq) for seq in range(first, last + 1)]
+        return await self._store.messages.find({"_id": {"$in": keys}, **filters}, projection).to_list(None)
+
+    async def stored_before(self, conversation_id: int, top: int, count: int) -> list[Doc]:
+        """Up to `count` messages (tombstones left out) with ids <= top, newest first."""
+        out: list[Doc] = []
+        while len(out) < count and top >= 1:
+            first = max(1, top - (count - len(out)) + 1)
+            found = await self.by_seq(conversation_id, first, top, hole={"$ne": True})
+            out.extend(sorted(found, key=lambda d: -int(d["seq"])))
+            top = first - 1
+        return out[:count]

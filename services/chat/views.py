@@ -1,0 +1,118 @@
+"""What clients see of stored documents: message objects, attachment objects, conversation summaries.
+
+A message object is the seed's shape plus `conversation_id` (and `client_id` when the sender gave one);
+the same object goes into REST answers and, inside a `message` frame, to sockets. Tombstones never
+reach here: callers leave them out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from services.accounts.users import UserService
+from services.chat.ids import StoredIds, message_key
+from services.core.clock import iso
+from services.storage.media import MediaStore
+from services.storage.store import Doc, Store
+
+
+class ChatViews:
+    def __init__(self, store: Store, users: UserService, media: MediaStore, ids: StoredIds) -> None:
+        self._store = store
+        self._users = users
+        self._media = media
+        self._ids = ids
+
+    async def serialize_many(self, docs: list[Doc], read_seq: dict[int, int]) -> list[dict[str, Any]]:
+        senders = {int(d["sender_id"]) for d in docs}
+        summaries = {uid: await self._users.summary(uid) for uid in senders}
+        attachments = await self.attachments_of(docs)
+        out = []
+        for d in docs:
+            sender = int(d["sender_id"])
+            others_read = [seq for uid, seq in read_seq.items() if uid != sender]
+            is_read = bool(others_read) and max(others_read) >= int(d["seq"])
+            out.append(
+                self.serialize(
+                    d, summaries[sender], is_read=is_read, attachment=attachments.get(d.get("attachment_id"))
+                )
+            )
+        return out
+
+    async def attachments_of(self, docs: list[Doc]) -> dict[Any, Doc]:
+        """The attachment documents the messages refer to, by id."""
+        ids = [d["attachment_id"] for d in docs if d.get("attachment_id") is not None]
+        if not ids:
+            return {}
+        return {a["_id"]: a async for a in self._store.attachments.find({"_id": {"$in": ids}})}
+
+    def serialize(
+        self, doc: Doc, sender: dict[str, Any], *, is_read: bool, attachment: Doc | None = None
+    ) -> dict[str, Any]:
+        """The seed's message object, plus `conversation_id` and (when given) `client_id`."""
+        message: dict[str, Any] = {
+            "id": int(doc["seq"]),
+            "sender_id": int(doc["sender_id"]),
+            "sender_username": sender["username"],
+            "sender_profile_picture": sender["profile_picture"],
+            "content": doc["content"],
+            "created_at": iso(utc_datetime(doc["created_at"])),
+            "is_read": is_read,
+            "attachment": self.attachment_object(attachment) if attachment else None,
+            "conversation_id": int(doc["conversation_id"]),
+        }
+        if doc.get("client_id") is not None:
+            message["client_id"] = doc["client_id"]
+        return message
+
+    def attachment_object(self, doc: Doc) -> dict[str, Any]:
+        return {
+            "id": int(doc["_id"]),
+            "url": self._media.url(doc["path"]),
+            "content_type": doc["content_type"],
+            "size": int(doc["size"]),
+        }
+
+    async def describe_conversations(self, docs: list[Doc], user_id: int) -> list[dict[str, Any]]:
+        """The conversation objects of the REST API, as `user_id` sees them (last message, unread count)."""
+        keys = [message_key(int(d["_id"]), int(d.get("last_seq", 0))) for d in docs if d.get("last_seq")]
+        last_docs = {}
+        if keys:
+            last_docs = {
+                int(m["conversation_id"]): m
+                async for m in self._store.messages.find({"_id": {"$in": keys}, "hole": {"$ne": True}})
+            }
+        # The last id may be a hole or still in flight: then the last message is the newest one stored.
+        for d in docs:
+            cid = int(d["_id"])
+            if d.get("last_seq") and cid not in last_docs:
+                found = await self._ids.stored_before(cid, int(d["last_seq"]), 1)
+                if found:
+                    last_docs[cid] = found[0]
+        out = []
+        for d in docs:
+            cid = int(d["_id"])
+            read_seq = {int(k): int(v) for k, v in (d.get("read_seq") or {}).items()}
+            participants = [await self._users.summary(int(p)) for p in d["participants"]]
+            last = last_docs.get(cid)
+            last_message = (await self.serialize_many([last], read_seq))[0] if last else None
+            out.append(
+                {
+                    "id": cid,
+                    "participants": participants,
+                    "last_message": last_message,
+                    "unread_count": max(0, int(d.get("last_seq", 0)) - read_seq.get(user_id, 0)),
+                    "updated_at": iso(utc_datetime(d.get("updated_at") or d.get("created_at"))),
+                    "status": d.get("status", "open"),
+                    "match_id": d.get("match_id"),
+                }
+            )
+        return out
+
+
+def utc_datetime(value: Any) -> dt.datetime:
+    """A stored time as an aware datetime: a naive one is taken as UTC, a missing one as now."""
+    if not isinstance(value, dt.datetime):
+        return dt.datetime.now(dt.UTC)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
