@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pymongo.errors
+
 from services.accounts.auth import PasswordHasher, TokenService
 from services.accounts.throttle import LoginThrottle
 from services.accounts.users import UserService
@@ -19,6 +21,7 @@ from services.core.config import Settings
 from services.core.limits import RateLimiter
 from services.core.metrics import Metrics
 from services.matching.service import MatchingService
+from services.media.store import MediaStore
 from services.push.delivery import load_vapid_keys
 from services.push.service import PushService
 from services.realtime.backends import build_backends
@@ -26,7 +29,6 @@ from services.realtime.bus import Bus
 from services.realtime.events import Publisher
 from services.realtime.hub import Connections, Peer
 from services.realtime.typing_indicators import TypingTracker
-from services.storage.media import MediaStore
 from services.storage.store import STORE_DOWN_ERRORS, Store
 
 log = logging.getLogger("chat.services")
@@ -86,11 +88,13 @@ class Services:
             raise errors.RateLimited("Too many messages; slow down", retry_after_s=wait_s)
 
     async def readiness(self) -> dict[str, bool]:
+        """What a readiness probe reports, within the time a load balancer waits for it."""
         checks: dict[str, bool] = {"accepting": not self.shutting_down}
         try:
-            await self.store.ping()
+            await self.store.ping(timeout_s=max(0.1, self.settings.mongodb_timeout_ms / 1000))
             checks["mongodb"] = True
-        except STORE_DOWN_ERRORS:
+        except pymongo.errors.PyMongoError as exc:
+            log.warning("readiness check failed: %s", exc)
             self.metrics.backend_errors.labels(backend="mongodb").inc()
             checks["mongodb"] = False
         if self.settings.redis_url:

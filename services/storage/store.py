@@ -17,6 +17,7 @@ import asyncio
 import logging
 from typing import Any
 
+import pymongo
 import pymongo.errors
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
@@ -120,8 +121,15 @@ class Store:
         for writing many documents at once (bench seeders)."""
         return await reserve_block(self.counters, sequence, count) - count + 1
 
-    async def ping(self) -> None:
-        await self.client.admin.command("ping")
+    async def ping(self, timeout_s: float | None = None) -> None:
+        """Raise unless the store answers, within `timeout_s` when given: server selection fails fast on
+        its own, but a store that accepted the connection and then hung (a paused process, a half-open
+        socket) would otherwise hold the caller for the whole socket timeout."""
+        if timeout_s is None:
+            await self.client.admin.command("ping")
+            return
+        with pymongo.timeout(timeout_s):
+            await self.client.admin.command("ping")
 
     async def ensure_indexes(self) -> None:
         """Create every index the queries rely on; idempotent, run at every start."""
