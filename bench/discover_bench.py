@@ -32,10 +32,10 @@ from services.accounts.auth import PasswordHasher, TokenService
 from services.accounts.users import UserService
 from services.core.config import Settings
 from services.matching.service import MatchingService
+from services.media.store import MediaStore
 from services.realtime.bus import InProcessBus
 from services.realtime.events import Publisher
 from services.storage.embedded import EmbeddedMongo
-from services.storage.media import MediaStore
 from services.storage.store import Store
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handlers.files import FileHandler
-from services.storage.media import ATTACHMENT_TYPES
+from services.media.content import ATTACHMENT_TYPES
 
 CONTENT_TYPE_BY_EXTENSION = {extension: content_type for content_type, extension in ATTACHMENT_TYPES.items()}
 

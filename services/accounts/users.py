@@ -16,7 +16,8 @@ from services.accounts.liveness import AccountLiveness
 from services.accounts.throttle import LoginThrottle
 from services.core.clock import iso
 from services.core.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
-from services.storage.media import IMAGE_TYPES, MediaStore
+from services.media.content import IMAGE_TYPES
+from services.media.store import MediaStore
 from services.storage.store import Doc, Store
 
 # Matched with fullmatch: `$` alone would also accept a trailing newline ("alice\n").

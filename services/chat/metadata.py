@@ -1,6 +1,6 @@
 """Write-behind of conversation metadata: `last_seq`, `updated_at` and senders' read pointers.
 
-Storing a message is one insert (services/chat/service.py); what the conversation document says about it (its
+Storing a message is one insert (services/chat/writer.py); what the conversation document says about it (its
 newest id, for unread counts and the conversation list's order, and the sender's read pointer, since
 sending implies having read what came before) is bookkeeping that no sender needs to wait for. Every
 field is written with `$max`, so updates commute: they can be merged, retried and applied in any order.

@@ -27,8 +27,9 @@ from services.chat.views import ChatViews
 from services.chat.writer import MessageWriter
 from services.core import errors
 from services.core.clock import now_iso
+from services.media.content import ATTACHMENT_TYPES
+from services.media.store import MediaStore
 from services.realtime.events import Publisher
-from services.storage.media import ATTACHMENT_TYPES, MediaStore
 from services.storage.store import Doc, Store
 
 CONVERSATION_CACHE_TTL_S = 10.0

@@ -13,7 +13,7 @@ from typing import Any
 from services.accounts.users import UserService
 from services.chat.ids import StoredIds, message_key
 from services.core.clock import iso
-from services.storage.media import MediaStore
+from services.media.store import MediaStore
 from services.storage.store import Doc, Store
 
 

@@ -1,1 +1,1 @@
-"""Storage: the MongoDB client and collections, stored-document factories, the embedded server, media files."""
+"""Storage: the MongoDB client and collections, stored-document factories, the embedded server."""

@@ -1,8 +1,7 @@
-"""Files uploaded by users: profile pictures and message attachments.
+"""Files uploaded by users (profile pictures, message attachments), checked and kept on disk.
 
-Types are recognised by their leading bytes, never by the client's Content-Type or file name, so an
-HTML or script file cannot be stored under an image name and served back to a browser. Files are written
-under DATA_DIR/media with random names (not guessable from ids) and served read-only at /media/.
+Files are written under DATA_DIR/media with random names (not guessable from ids) and served read-only
+at /media/ (handlers/media.py).
 """
 
 from __future__ import annotations
@@ -13,32 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from services.core.errors import Invalid, TooLarge
-
-IMAGE_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
-ATTACHMENT_TYPES = {**IMAGE_TYPES, "image/gif": "gif", "application/pdf": "pdf", "text/plain": "txt"}
-
-
-def sniff_content_type(data: bytes) -> str | None:
-    """The content type that the bytes themselves prove, or None."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    if data.startswith(b"%PDF-"):
-        return "application/pdf"
-    return None
-
-
-def _looks_like_text(data: bytes) -> bool:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return "\x00" not in text
+from services.media.content import ATTACHMENT_TYPES, looks_like_text, sniff_content_type
 
 
 class MediaStore:
@@ -60,7 +34,7 @@ class MediaStore:
         if not data:
             raise Invalid("Empty file", code="empty_file")
         content_type = sniff_content_type(data)
-        if content_type is None and declared_type == "text/plain" and _looks_like_text(data):
+        if content_type is None and declared_type == "text/plain" and looks_like_text(data):
             content_type = "text/plain"
         if content_type is None or content_type not in allowed:
             raise Invalid(

@@ -1,0 +1,1 @@
+"""Media: what an upload is (content.py) and where it is kept (store.py)."""
