@@ -19,8 +19,11 @@ from handlers import make_app
 from services.core.config import Settings
 from services.core.container import Services, build_services
 from services.storage.embedded import EmbeddedMongo
-from tests.processes import RedisProcess
-from tests.support import TEST_SECRET as TEST_SECRET  # still imported from here by a few test modules
+
+# RedisProcess and TEST_SECRET are re-exported for the test modules that still import them from here;
+# their home is tests/processes.py and tests/support.py.
+from tests.processes import RedisProcess as RedisProcess
+from tests.support import TEST_SECRET as TEST_SECRET
 from tests.support import ApiClient, PortClient, make_settings
 
 

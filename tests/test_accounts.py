@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from services.accounts.auth import LEEWAY_S, REQUIRED_CLAIMS, TokenError
-from tests.support import PASSWORD, Response, assert_error
+from tests.support import PASSWORD, ApiClient, Response, assert_error
 
 ME = "/api/users/me/"
 DROP = object()
@@ -69,11 +69,11 @@ def unsigned(claims: dict[str, Any], alg: str = "none") -> str:
     return f"{header}.{b64(orjson.dumps(claims))}."
 
 
-async def register(api: Any, username: str, password: str = PASSWORD, **profile: Any) -> Response:
+async def register(api: ApiClient, username: str, password: str = PASSWORD, **profile: Any) -> Response:
     return await api.post("/api/register/", {"username": username, "password": password, **profile})
 
 
-async def login(api: Any, username: str, password: str = PASSWORD) -> Response:
+async def login(api: ApiClient, username: str, password: str = PASSWORD) -> Response:
     return await api.post("/api/token/", {"username": username, "password": password})
 
 
@@ -351,7 +351,7 @@ async def test_token_malformed_json_is_400(api):
 # -- refresh rotation ------------------------------------------------------------------------------------
 
 
-async def refresh(api: Any, token: Any) -> Response:
+async def refresh(api: ApiClient, token: Any) -> Response:
     return await api.post("/api/token/refresh/", {"refresh": token})
 
 

@@ -237,7 +237,10 @@ class Cluster:
                 self.rest.append(RestSender(f"r{pair}{i}", user, cid, nodes))
         for chatter in self.chatters:
             chatter.ws = await chatter.connect()
-        self.tasks = [asyncio.ensure_future(c.run()) for c in (*self.chatters, *self.rest)]
+        self.tasks = [asyncio.ensure_future(c.run()) for c in self.senders()]
+
+    def senders(self) -> list[Chatter | RestSender]:
+        return [*self.chatters, *self.rest]
 
     def api(self) -> ApiClient:
         node = next(n for n in self.nodes if n.process is not None and n.process.poll() is None)
@@ -245,7 +248,7 @@ class Cluster:
 
     async def finish(self, timeout: float = 30) -> None:
         """Stop sending, wait for every message to be acknowledged, then check everything."""
-        for sender in (*self.chatters, *self.rest):
+        for sender in self.senders():
             sender.stop.set()
         done, _ = await asyncio.wait(self.tasks, timeout=timeout)
         assert len(done) == len(self.tasks), [c.sent[-1] for c in self.chatters if c.sent[-1] not in c.acked]
@@ -260,7 +263,7 @@ class Cluster:
             keys = [m["client_id"] for m in stored if m.get("client_id")]
             assert len(keys) == len(set(keys)), Counter(keys).most_common(3)
             by_key = {m["client_id"]: m["id"] for m in stored}
-            for sender in [s for s in (*self.chatters, *self.rest) if s.cid == cid]:
+            for sender in [s for s in self.senders() if s.cid == cid]:
                 # Every acknowledged message is stored once, under the id its echo (or answer) carried,
                 # in the sender's order; nothing was sent that is not acknowledged.
                 assert sender.acked == {k: by_key.get(k) for k in sender.acked}, sender.name

@@ -11,7 +11,7 @@ import pytest
 from services.matching import service as matching
 from services.matching.service import distance_m, years_before
 from services.storage.documents import UNUSABLE_HASH, match_document, user_document
-from tests.support import TestUser, seed_user
+from tests.support import ApiClient, TestUser, seed_user
 
 PARIS = {"lat": 48.8566, "lon": 2.3522}
 
@@ -20,17 +20,18 @@ def offset(point: dict[str, float], km_north: float) -> dict[str, float]:
     return {"lat": point["lat"] + km_north / 111.2, "lon": point["lon"]}
 
 
-async def discover(api: Any, user: TestUser, query: str = "") -> dict[str, Any]:
+async def discover(api: ApiClient, user: TestUser, query: str = "") -> dict[str, Any]:
     r = await api.get(f"/api/discover/{query}", token=user.access)
     assert r.status == 200, r.body
-    return r.body
+    page: dict[str, Any] = r.body
+    return page
 
 
-async def ids(api: Any, user: TestUser, query: str = "") -> list[int]:
+async def ids(api: ApiClient, user: TestUser, query: str = "") -> list[int]:
     return [p["id"] for p in (await discover(api, user, query))["results"]]
 
 
-async def all_pages(api: Any, user: TestUser, limit: int, extra: str = "") -> list[dict[str, Any]]:
+async def all_pages(api: ApiClient, user: TestUser, limit: int, extra: str = "") -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     cursor = None
     for _ in range(200):

@@ -170,6 +170,7 @@ class Chatter:
             raw = await self.ws.conn.read_message()
             if raw is None:
                 return
+            assert isinstance(raw, str)  # the server sends text frames only
             if not raw.startswith('{"type":"message"'):
                 continue
             message = orjson.loads(raw)["message"]
@@ -219,6 +220,11 @@ async def test_a_reader_that_never_reads_is_cut_off_within_10s_at_no_cost_to_mem
         big = "\U0001f600" * 15_000  # 60 kB on the wire
         sent = 0
         big_sent = 0
+        pid = node.process.pid
+        tick = 0
+        peak = rss_bytes(pid)
+        decided: float | None = None  # seconds into the flood when the server first closed a slow consumer
+        closed: float | None = None  # ... and when the stuck socket was gone from the open count
 
         async def say(who: Chatter, content: str) -> None:
             nonlocal sent
@@ -256,9 +262,6 @@ async def test_a_reader_that_never_reads_is_cut_off_within_10s_at_no_cost_to_mem
                         closed = time.monotonic() - started
             return (cpu_seconds(pid) - cpu_before) / (time.monotonic() - started), started
 
-        pid = node.process.pid
-        tick, decided, closed = 0, None, None
-        peak = rss_bytes(pid)
         # The same traffic first without the stuck reader: what this box gives right now.
         control_cpu, control_from = await phase(lambda elapsed: elapsed > 3.0)
         # B's second socket: a small receive window, and never read again after the handshake.

@@ -183,7 +183,7 @@ async def exchange(node: FuzzNode, path: str, payload: str | bytes, binary: bool
             await ws.conn.write_message('{"type": "ping"}')
         except tornado.websocket.WebSocketClosedError:
             pass
-        frames = []
+        frames: list[dict[str, Any]] = []
         while True:
             raw = await asyncio.wait_for(ws.conn.read_message(), 10)
             if raw is None:
@@ -363,7 +363,7 @@ def close_code_allowed(code: int) -> bool:
 async def close_with(node: FuzzNode, path: str, payload: bytes) -> int | None:
     """Send a raw close frame (any code, any reason bytes) and return the code of the server's answer."""
     ws = await ws_connect(node.api, path)
-    assert ws.conn.protocol is not None
+    assert isinstance(ws.conn.protocol, tornado.websocket.WebSocketProtocol13)
     ws.conn.protocol._write_frame(True, 0x8, payload)  # the public close() refuses malformed payloads
     while await asyncio.wait_for(ws.conn.read_message(), 10) is not None:
         pass

@@ -127,7 +127,7 @@ async def test_null_clears_each_field(api):
     again = await api.get(ME, token=user.access)
     for body in (r.body, again.body):
         for key in full:
-            expected = [] if key == "interested_in" else None
+            expected: list[str] | None = [] if key == "interested_in" else None
             assert body[key] == expected, key
         assert body["age"] is None
 

@@ -573,7 +573,7 @@ def _good_keys() -> dict[str, str]:
     return Browser(ec.generate_private_key(ec.SECP256R1()), os.urandom(16)).keys()
 
 
-BAD_BODIES: list[tuple[Any, str, str | None]] = [
+BAD_BODIES: list[tuple[Any, str | None, str | None]] = [
     (b"{not json", "invalid_json", None),
     (b"[]", "invalid_json", None),
     ({}, "validation_error", "kind"),
@@ -741,7 +741,8 @@ async def test_production_without_a_vapid_key_disables_web_push_only(tmp_path, m
         assert node.push.vapid_public_key is None
         assert not (Path(settings.data_dir) / VAPID_KEY_FILE).exists()
         with pytest.raises(Exception, match="not enabled"):
-            await node.push.register_webpush(1, "https://fcm.googleapis.com/x", **_good_keys())
+            keys = _good_keys()
+            await node.push.register_webpush(1, "https://fcm.googleapis.com/x", keys["p256dh"], keys["auth"])
         device, created = await node.push.register_webhook(1, f"{receiver.origin}/hook/x")
         assert created and device["kind"] == "webhook"
     finally:

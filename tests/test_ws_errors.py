@@ -228,9 +228,9 @@ async def test_foreign_origins_close_1008_before_anything_is_sent_and_allowed_on
                 frames.append(frame)
             assert (ws.close_code, frames) == (1008, []), (origin, path)
     # No Origin (not a browser), the server's own host, localhost on any port, and the allow-list pass.
-    for origin in (None, f"http://127.0.0.1:{api.port}", "http://localhost:3000", "https://app.example"):
-        ws = await ws_connect(api, paths[0], headers={"Origin": origin} if origin else None)
-        assert (await ws.recv())["type"] == "status", origin
+    for allowed in (None, f"http://127.0.0.1:{api.port}", "http://localhost:3000", "https://app.example"):
+        ws = await ws_connect(api, paths[0], headers={"Origin": allowed} if allowed else None)
+        assert (await ws.recv())["type"] == "status", allowed
         ws.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -81,7 +82,7 @@ async def test_sending_a_message_reports_the_typist_stopped(api, services):
     await b.send({"type": "typing", "is_typing": True})
     assert (await a.recv_type("typing"))["is_typing"] is True
     await b.send({"type": "message", "content": "done typing"})
-    frames = []
+    frames: list[dict[str, Any]] = []
     while len([f for f in frames if f["type"] in ("typing", "message")]) < 2:
         frames.append(await a.recv())
     assert typing_frames(frames) == [
