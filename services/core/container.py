@@ -7,7 +7,6 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pymongo.errors
 
@@ -26,6 +25,7 @@ from services.push.delivery import load_vapid_keys
 from services.push.service import PushService
 from services.realtime.backends import build_backends
 from services.realtime.bus import Bus
+from services.realtime.counters import RateCounters
 from services.realtime.events import Publisher
 from services.realtime.hub import Connections, Peer
 from services.realtime.typing_indicators import TypingTracker
@@ -76,9 +76,9 @@ class Services:
     message_limiter: RateLimiter
     metrics: Metrics
     push: PushService
+    rates: RateCounters
     shutting_down: bool = False
     catch_ups: set[asyncio.Task[None]] = field(default_factory=set)
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def check_message_rate(self, user_id: int) -> None:
         """Messages per user, shared by socket and REST sends on this node."""
@@ -230,6 +230,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         message_limiter=RateLimiter(settings.message_rate, settings.message_burst),
         metrics=metrics,
         push=push,
+        rates=backends.rates,
     )
     connections.gap_filler = services.fill_gaps
     backends.on_reconnect.append(services.catch_up_all)

@@ -2,7 +2,7 @@
 
 With no REDIS_URL the node runs alone: an in-process bus, presence counted in this process, sign-in
 failures counted in this process. A `redis://`, `rediss://` or `unix://` URL makes it one node of a
-cluster: the bus, presence and the sign-in counters are shared through that Redis. This is the one
+cluster: the bus, presence, rate budgets and the sign-in counters are shared through that Redis. This is the one
 place that knows which backend is which; everyone else uses the interfaces.
 """
 
@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from services.core.config import Settings
 from services.realtime.bus import Bus, InProcessBus, RedisBus
+from services.realtime.counters import LocalRateCounters, RateCounters, RedisRateCounters
 from services.realtime.presence import PresenceStore, RedisPresenceStore
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -26,6 +27,8 @@ REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 class Backends:
     bus: Bus
     presence: PresenceStore
+    # Rate budgets (sign-ups per address, discover calls per user...): per node, or shared through Redis.
+    rates: RateCounters
     # A Redis client for counters every node shares (the sign-in throttle); None when this node counts alone.
     shared_counters: Any | None = None
     # Called when the bus lost events and is back (the node catches its sockets up from MongoDB), and on
@@ -52,7 +55,7 @@ def uses_redis(redis_url: str) -> bool:
 
 def build_backends(settings: Settings) -> Backends:
     if not uses_redis(settings.redis_url):
-        return Backends(bus=InProcessBus(), presence=PresenceStore())
+        return Backends(bus=InProcessBus(), presence=PresenceStore(), rates=LocalRateCounters())
     bus = RedisBus(settings.redis_url, settings.redis_prefix)
     presence = RedisPresenceStore(
         bus.redis,
@@ -64,6 +67,7 @@ def build_backends(settings: Settings) -> Backends:
     return Backends(
         bus=bus,
         presence=presence,
+        rates=RedisRateCounters(bus.redis, settings.redis_prefix),
         shared_counters=bus.redis,
         on_reconnect=bus.on_reconnect,
         on_error=bus.on_error,
