@@ -26,6 +26,9 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 MAX_LOCAL_KEYS = 100_000
+# After Redis fails, rates are counted locally for this long before Redis is tried again: a check must
+# not wait for a connection timeout on every request while Redis is away.
+REDIS_RETRY_AFTER_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -94,17 +97,21 @@ class RedisRateCounters:
         self._prefix = prefix
         self._script = redis_client.register_script(_GCRA)
         self._fallback = LocalRateCounters()
+        self._redis_down_until = 0.0
 
     async def take(self, rate: Rate, key: str) -> float:
         if rate.limit <= 0:
             return 0.0
+        if time.monotonic() < self._redis_down_until:
+            return await self._fallback.take(rate, key)
         interval_ms = max(1, round(rate.interval_s * 1000))
         try:
             wait_ms = await self._script(
                 keys=[f"{self._prefix}rate:{rate.name}:{key}"], args=[interval_ms, round(rate.window_s * 1000)]
             )
         except REDIS_ERRORS as exc:
-            log.warning("rate %s counted on this node only: Redis unavailable (%s)", rate.name, exc)
+            log.warning("rates counted on this node only for %.0f s: Redis unavailable (%s)", REDIS_RETRY_AFTER_S, exc)
+            self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_S
             return await self._fallback.take(rate, key)
         return int(wait_ms) / 1000
 
