@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,8 +17,22 @@ from pymongo import AsyncMongoClient
 
 from services.storage.documents import conversation_document
 from services.storage.embedded import free_port, wait_for_port
+from tests.support import TEST_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def node_env(mongo_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a `server.py` node under test: the test run's MongoDB with a database of its
+    own (read it back from MONGODB_DATABASE), the test secret, text logs, then `settings` by their
+    variable names (REDIS_URL="...", PRESENCE_TTL="3"), which may override any of these."""
+    return {
+        "MONGODB_URL": mongo_url,
+        "MONGODB_DATABASE": "t_" + uuid.uuid4().hex[:16],
+        "JWT_SECRET": TEST_SECRET,
+        "LOG_FORMAT": "text",
+        **settings,
+    }
 
 
 class ServerProcess:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,8 @@ import tornado.httpclient
 import tornado.websocket
 
 from services.storage.embedded import EmbeddedMongo
-from tests.processes import RedisProcess, ServerProcess, insert_conversation
-from tests.support import TEST_SECRET, ApiClient, PortClient, TestUser, WsClient, ws_connect
+from tests.processes import RedisProcess, ServerProcess, insert_conversation, node_env
+from tests.support import ApiClient, PortClient, TestUser, WsClient, ws_connect
 
 pytestmark = pytest.mark.slow
 
@@ -201,20 +200,17 @@ class Cluster:
         self.tmp_path = tmp_path
         self.mongo_url = mongo_url
         self.redis = redis
-        self.database = "t_" + uuid.uuid4().hex[:16]
-        self.env = {
-            "MONGODB_URL": mongo_url,
-            "MONGODB_DATABASE": self.database,
-            "REDIS_URL": redis.url,
-            "JWT_SECRET": TEST_SECRET,
-            "PRESENCE_TTL": "3",
-            "HEARTBEAT_INTERVAL": "0.5",
-            "HOLE_TIMEOUT": "1",
-            "MESSAGE_RATE": "1000",
-            "MESSAGE_BURST": "1000",
-            "LOG_FORMAT": "text",
+        self.env = node_env(
+            mongo_url,
+            REDIS_URL=redis.url,
+            PRESENCE_TTL="3",
+            HEARTBEAT_INTERVAL="0.5",
+            HOLE_TIMEOUT="1",
+            MESSAGE_RATE="1000",
+            MESSAGE_BURST="1000",
             **env,
-        }
+        )
+        self.database = self.env["MONGODB_DATABASE"]
         self.nodes: list[ServerProcess] = []
         self.chatters: list[Chatter] = []
         self.rest: list[RestSender] = []

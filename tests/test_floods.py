@@ -31,8 +31,8 @@ from handlers import make_app
 from services.core.container import build_services
 from services.realtime.events import NOTIFICATION, encode
 from services.storage.documents import UNUSABLE_HASH, user_document
-from tests.processes import RedisProcess, ServerProcess, insert_conversation
-from tests.support import TEST_SECRET, ApiClient, PortClient, WsClient, make_conversation, make_settings, ws_connect
+from tests.processes import RedisProcess, ServerProcess, insert_conversation, node_env
+from tests.support import ApiClient, PortClient, WsClient, make_conversation, make_settings, ws_connect
 from tests.ws_helpers import join, pair, token, wait_for
 
 # -- a minimal WebSocket client, for what a well-behaved client library would not do ------------------
@@ -129,16 +129,6 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def process_env(mongo_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "MONGODB_URL": mongo_url,
-        "MONGODB_DATABASE": "t_" + uuid.uuid4().hex[:16],
-        "JWT_SECRET": TEST_SECRET,
-        "LOG_FORMAT": "text",
-        **extra,
-    }
-
-
 async def seed_users(mongo_url: str, database: str, count: int, first_id: int = 1000) -> list[int]:
     """Accounts written straight to the database (the floods need many; hashing each would take minutes)."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
@@ -198,7 +188,7 @@ def cpu_seconds(pid: int) -> float:
 async def test_a_reader_that_never_reads_is_cut_off_within_10s_at_no_cost_to_memory_or_the_others(tmp_path, mongo_url):
     # Large messages (60 kB frames, under MAX_FRAME_BYTES) fill the reader's bound with few sends, so
     # what is measured is the stuck reader's effect, not the box's capacity for messages per second.
-    env = process_env(mongo_url, MAX_CONTENT_CHARS="15000", MESSAGE_RATE="100", MESSAGE_BURST="100")
+    env = node_env(mongo_url, MAX_CONTENT_CHARS="15000", MESSAGE_RATE="100", MESSAGE_BURST="100")
     node = ServerProcess(tmp_path / "node", env).start()
     try:
         assert node.process is not None
@@ -329,7 +319,7 @@ class SilentClient:
 @pytest.mark.slow
 async def test_two_thousand_silent_sockets_are_held_cheaply_and_the_dead_ones_reaped(tmp_path, mongo_url):
     raise_own_file_limit(3 * SILENT)  # the server process inherits it
-    env = process_env(mongo_url, PING_INTERVAL="2")
+    env = node_env(mongo_url, PING_INTERVAL="2")
     node = ServerProcess(tmp_path / "node", env).start()
     clients: list[SilentClient] = []
     try:

@@ -33,8 +33,8 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from services.core.config import Settings
 from services.storage.embedded import free_port, wait_for_port
-from tests.processes import RedisProcess, ServerProcess
-from tests.support import TEST_SECRET, ApiClient, PortClient, ws_connect
+from tests.processes import RedisProcess, ServerProcess, node_env
+from tests.support import ApiClient, PortClient, ws_connect
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -130,21 +130,19 @@ def cluster(
 ) -> Iterator[ProxiedCluster]:
     binary = nginx_binary()
     workdir = tmp_path_factory.mktemp("nginx")
-    database = "t_" + uuid.uuid4().hex[:16]
     port = free_port()
-    env = {
-        "MONGODB_URL": mongo_url,
-        "MONGODB_DATABASE": database,
-        "REDIS_URL": redis_server.url,
-        "REDIS_PREFIX": "t" + uuid.uuid4().hex[:8] + ":",
-        "JWT_SECRET": TEST_SECRET,
-        "TRUSTED_PROXIES": "127.0.0.1",
+    env = node_env(
+        mongo_url,
+        REDIS_URL=redis_server.url,
+        REDIS_PREFIX="t" + uuid.uuid4().hex[:8] + ":",
+        TRUSTED_PROXIES="127.0.0.1",
         # Media URLs name the proxy, as in production; one data directory for both nodes, as on one
         # machine in production, so a file uploaded through one node is served by the other.
-        "PUBLIC_URL": f"http://127.0.0.1:{port}",
+        PUBLIC_URL=f"http://127.0.0.1:{port}",
         # The client address is a field of the JSON access log line.
-        "LOG_FORMAT": "json",
-    }
+        LOG_FORMAT="json",
+    )
+    database = env["MONGODB_DATABASE"]
     data_dir = workdir / "data"
     nodes = [ServerProcess(data_dir, {**env, "NODE_ID": f"node{i}"}) for i in (1, 2)]
     nginx: subprocess.Popen[bytes] | None = None

@@ -23,15 +23,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pymongo import MongoClient
 
-from tests.processes import ServerProcess
-from tests.support import PASSWORD, TEST_SECRET
+from tests.processes import ServerProcess, node_env
+from tests.support import PASSWORD
 
 pytestmark = pytest.mark.slow
 
@@ -57,19 +56,10 @@ def call(base: str, path: str, body: dict[str, Any], token: str | None = None) -
 
 
 def test_the_api_conforms_to_its_openapi_document(tmp_path, mongo_url):
-    database = "t_" + uuid.uuid4().hex[:16]
-    server = ServerProcess(
-        tmp_path / "node",
-        {
-            "MONGODB_URL": mongo_url,
-            "MONGODB_DATABASE": database,
-            "JWT_SECRET": TEST_SECRET,
-            "LOG_FORMAT": "text",
-            # Sends are judged on their content here, not refused for speed (limits have their own tests).
-            "MESSAGE_RATE": "1000",
-            "MESSAGE_BURST": "1000",
-        },
-    ).start()
+    # Sends are judged on their content here, not refused for speed (limits have their own tests).
+    env = node_env(mongo_url, MESSAGE_RATE="1000", MESSAGE_BURST="1000")
+    database = env["MONGODB_DATABASE"]
+    server = ServerProcess(tmp_path / "node", env).start()
     try:
         deadline = time.monotonic() + 20
         while True:
