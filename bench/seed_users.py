@@ -30,7 +30,9 @@ REGION = {"lon": (-1.5, 5.5), "lat": (43.5, 50.5)}
 BATCH = 2000
 
 
-def user_doc(user_id: int, rng: random.Random, created_at: dt.datetime, *, located_share: float) -> dict[str, Any]:
+def random_user(user_id: int, rng: random.Random, created_at: dt.datetime, *, located_share: float) -> dict[str, Any]:
+    """An account with a random profile: age 18-60, gender and preferences from the lists above, a place
+    in REGION for `located_share` of them."""
     today = created_at.date()
     age = rng.randint(18, 60)
     birthdate = dt.datetime(today.year - age, rng.randint(1, 12), rng.randint(1, 28), tzinfo=dt.UTC)
@@ -64,7 +66,7 @@ async def seed_users(store: Store, count: int, *, seed: int = 1, located_share: 
     for start in range(0, count, BATCH):
         # One registration a minute, the last one now: ids and creation times grow together.
         batch = [
-            user_doc(i, rng, now - dt.timedelta(minutes=ids[-1] - i), located_share=located_share)
+            random_user(i, rng, now - dt.timedelta(minutes=ids[-1] - i), located_share=located_share)
             for i in ids[start : start + BATCH]
         ]
         await store.users.insert_many(batch, ordered=False)
