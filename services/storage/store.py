@@ -7,7 +7,7 @@ of a block is simply skipped.
 
 Message ids are different: they are a dense sequence per conversation, reserved by the message's insert
 itself, and a message's `_id` packs (conversation id, id in the conversation) into one integer, so every
-read of messages is a set of `_id` point lookups (services/chat/service.py). No `_id` range is queried:
+read of messages is a set of `_id` point lookups (services/chat/ids.py). No `_id` range is queried:
 the embedded store answers a range by reading the whole collection.
 """
 
