@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from services.accounts.users import USERNAME_RE
+
+if TYPE_CHECKING:
+    from services.core.config import Settings
+
 Gender = Literal["man", "woman", "nonbinary"]
+# What a push device is (services/push/service.py): named once, for the request model and the answers.
+DeviceKind = Literal["webpush", "webhook"]
 PositiveId = Annotated[StrictInt, Field(gt=0, le=2**53)]
 
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -99,9 +107,91 @@ class DeviceBody(Strict):
     """A push target: a browser's `PushSubscription.toJSON()` with `kind: "webpush"`, or a webhook URL of
     the operator's push gateway with `kind: "webhook"`. Which fields a kind needs is checked by the handler."""
 
-    kind: Literal["webpush", "webhook"]
+    kind: DeviceKind
     endpoint: Annotated[StrictStr, Field(min_length=1, max_length=2048)] | None = None
     keys: PushKeys | None = None
     # PushSubscription.toJSON() names it so; milliseconds since the epoch, usually null.
     expirationTime: Annotated[StrictInt | StrictFloat, Field(ge=0, le=2**53)] | None = None
     url: Annotated[StrictStr, Field(min_length=1, max_length=2048)] | None = None
+
+
+# -- what the API document adds to the models' schemas --------------------------------------------------
+
+# Python's str.isspace() set, which is what `content.strip()` removes, written as a class both Python's
+# and ECMAScript's regex engines read alike (`\s` differs between them: \x1c-\x1f and \x85).
+PY_WHITESPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = f"[^{PY_WHITESPACE}]"
+
+
+def _value_schema(model_schema: dict[str, Any], field: str) -> dict[str, Any]:
+    """The schema of a property's value (the non-null branch of an optional one)."""
+    prop = model_schema["properties"][field]
+    for branch in prop.get("anyOf", ()):
+        if branch.get("type") != "null":
+            return dict(branch)
+    return dict(prop)
+
+
+def _tighten(model_schema: dict[str, Any], field: str, **constraints: Any) -> None:
+    prop = model_schema["properties"][field]
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") != "null":
+            branch.update(constraints)
+
+
+def request_schemas(
+    schemas: dict[str, Any], settings: Settings, device_fields: Mapping[str, tuple[Sequence[str], Sequence[str]]]
+) -> dict[str, Any]:
+    """The models' JSON Schemas (by name) with what the server enforces on top: a deployment's password
+    and message lengths and minimum age, and the rules the handlers check by hand (`device_fields`: the
+    fields each device kind requires and those it may have). A client or a fuzzer that follows them
+    sends what the server accepts."""
+    register = schemas["RegisterBody"]
+    # The service matches the whole name; JSON Schema patterns match anywhere unless anchored.
+    username = USERNAME_RE.pattern.removeprefix("^").removesuffix("$")
+    _tighten(register, "username", pattern=f"^{username}$")
+    password_limit = min(settings.max_password_chars, _value_schema(register, "password")["maxLength"])
+    _tighten(register, "password", maxLength=password_limit)
+    for name in ("RegisterBody", "ProfilePatch"):
+        for field in ("age_min", "age_max"):
+            _tighten(schemas[name], field, minimum=settings.min_age)
+        birthdate = f"YYYY-MM-DD; the person must be {settings.min_age} to 120 years old."
+        _tighten(schemas[name], "birthdate", description=birthdate)
+        schemas[name]["description"] = "`age_min` must not exceed `age_max` (400 otherwise)."
+    schemas["ProfilePatch"]["description"] += " A field set to null is cleared; an absent field is kept."
+    _tighten_send_message(schemas["SendMessageBody"], settings)
+    _tighten_device(schemas["DeviceBody"], device_fields)
+    return schemas
+
+
+def _tighten_send_message(send: dict[str, Any], settings: Settings) -> None:
+    _tighten(send, "content", maxLength=min(settings.max_content_chars, _value_schema(send, "content")["maxLength"]))
+    # Text that is only whitespace is refused unless an attachment carries the message.
+    send["anyOf"] = [
+        {"required": ["attachment_id"], "properties": {"attachment_id": {"type": "integer"}}},
+        {"required": ["content"], "properties": {"content": {"pattern": NOT_BLANK}}},
+    ]
+    send["description"] = (
+        "Text (not only whitespace) or an attachment uploaded to this conversation, or both. "
+        "`client_id` makes a retry safe: the same one returns the stored message (200) and stores nothing."
+    )
+
+
+def _tighten_device(device: dict[str, Any], device_fields: Mapping[str, tuple[Sequence[str], Sequence[str]]]) -> None:
+    # Which fields each kind takes (the handler answers 400 `validation_error` otherwise).
+    device["oneOf"] = [
+        {
+            "properties": {"kind": {"const": kind}},
+            "required": list(required),
+            "not": {
+                "anyOf": [
+                    {"required": [name]} for name in device["properties"] if name not in (*required, *optional, "kind")
+                ]
+            },
+        }
+        for kind, (required, optional) in device_fields.items()
+    ]
+    device["description"] = (
+        "`webpush`: `PushSubscription.toJSON()` plus `kind`; the endpoint must be https on a known push service. "
+        "`webhook`: a `url` under one of the operator's PUSH_WEBHOOK_ALLOWED_PREFIXES."
+    )

@@ -1,0 +1,238 @@
+"""What the REST API answers, as pydantic models: the source of the API document's response schemas.
+
+The services build their answers as plain dicts (services/accounts/users.py, services/chat/,
+services/matching/service.py, services/push/service.py, handlers/errors.py for errors); these models say
+field for field what those dicts hold. They are closed (`additionalProperties: false`): an answer that
+grows a field fails the response tests until its model grows too. A field that is left out of an answer
+rather than set to null defaults to `ABSENT`: it is not required, and the schema shows no default
+(`AnswerSchema`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
+
+from handlers.schemas import DeviceKind, Gender, Location
+from services.media.content import ATTACHMENT_TYPES
+
+# The default of a field an answer may leave out; typed Any so that it fits a field of any type.
+ABSENT: Any = None
+
+Id = Annotated[int, Field(ge=1)]
+Timestamp = Annotated[dt.datetime, Field(examples=["2023-05-15T14:30:45.000Z"])]
+Url = Annotated[
+    str, Field(json_schema_extra={"format": "uri"}, examples=["http://example.com/media/profile_pictures/x.jpg"])
+]
+ErrorCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", examples=["validation_error"])]
+# The types an upload is stored as (services/media/content.py), a table read at run time.
+AttachmentType = Annotated[str, WithJsonSchema({"type": "string", "enum": list(ATTACHMENT_TYPES)})]
+
+
+class AnswerSchema(GenerateJsonSchema):
+    """JSON Schema of answers: no defaults, since a field is either in an answer or not."""
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ErrorDetail(Answer):
+    code: ErrorCode
+    message: str
+    fields: dict[str, str] = ABSENT
+    """Per-field messages, keyed by the field's dotted path."""
+
+
+class Error(Answer):
+    """Every error answer: a snake_case `code` to branch on, a message for humans."""
+
+    error: ErrorDetail
+
+
+class TokenPair(Answer):
+    access: str
+    """JWT, for `Authorization: Bearer`"""
+    refresh: str
+
+
+class UserSummary(Answer):
+    """A user inside other objects and frames."""
+
+    id: Id
+    username: str
+    profile_picture: Url | None
+
+
+class _PublicFields(UserSummary):
+    display_name: str | None
+    bio: str | None
+    age: Annotated[int, Field(ge=0)] | None
+    gender: Gender | None
+
+
+class PublicProfile(_PublicFields):
+    """`status` and `last_seen` only when the viewer shares an open conversation with the user."""
+
+    status: Literal["online", "offline"] = ABSENT
+    last_seen: Timestamp | None = ABSENT
+
+
+class OwnProfile(_PublicFields):
+    email: str | None
+    birthdate: dt.date | None
+    interested_in: set[Gender]
+    location: Location | None
+    age_min: int | None
+    age_max: int | None
+    created_at: Timestamp
+
+
+class ProfilePicture(Answer):
+    profile_picture: Url
+
+
+class Candidate(_PublicFields):
+    """A public profile; `distance_km` when both people share a location."""
+
+    distance_km: Annotated[int, Field(ge=1)] = ABSENT
+
+
+class DiscoverPage(Answer):
+    """A page may be short (even empty) while `next_cursor` is not null: keep going until it is."""
+
+    results: list[Candidate]
+    next_cursor: str | None
+
+
+class LikeRecord(Answer):
+    user_id: Id
+    created_at: Timestamp
+
+
+class Match(Answer):
+    id: Id
+    user: UserSummary
+    conversation_id: Id
+    created_at: Timestamp
+
+
+class LikeAnswer(Answer):
+    """`match` is set when the like was mutual (and the match is still active)."""
+
+    like: LikeRecord
+    match: Match | None
+
+
+class PassAnswer(Answer):
+    pass_: LikeRecord = Field(alias="pass")
+
+
+class BlockAnswer(Answer):
+    block: LikeRecord
+
+
+class ReceivedLike(Answer):
+    user: UserSummary
+    liked_at: Timestamp
+
+
+class ReceivedLikesPage(Answer):
+    results: list[ReceivedLike]
+    next_cursor: str | None
+
+
+class BlockEntry(Answer):
+    user: UserSummary
+    created_at: Timestamp
+
+
+class Attachment(Answer):
+    id: Id
+    url: Url
+    content_type: AttachmentType
+    size: Annotated[int, Field(ge=1)]
+
+
+class Message(Answer):
+    """The seed's message object; `client_id` when the sender gave one."""
+
+    id: Id
+    """Counts up from 1 within the conversation, in storage order."""
+    sender_id: Id
+    sender_username: str
+    sender_profile_picture: Url | None
+    content: str
+    created_at: Timestamp
+    is_read: bool
+    """Read by another participant."""
+    attachment: Attachment | None
+    conversation_id: Id
+    client_id: Annotated[str, Field(max_length=64)] = ABSENT
+
+
+class MessagePage(Answer):
+    results: list[Message]
+    """Oldest first."""
+    has_more: bool
+    """More messages lie beyond, in the paging direction."""
+
+
+class Conversation(Answer):
+    id: Id
+    participants: list[UserSummary]
+    last_message: Message | None
+    unread_count: Annotated[int, Field(ge=0)]
+    updated_at: Timestamp
+    status: Literal["open", "closed"]
+    match_id: Id | None
+
+
+class ReadReceipt(Answer):
+    """Who read up to which message: the `read_receipt` frame, on the sockets and in `ReadAnswer`."""
+
+    type: Literal["read_receipt"]
+    message_id: Id
+    user_id: Id
+    username: str
+    timestamp: Timestamp
+
+
+class ReadAnswer(Answer):
+    """`read_receipt` is the frame broadcast to the conversation; null when nothing moved."""
+
+    message_id: Id
+    read_receipt: ReadReceipt | None
+
+
+class Device(Answer):
+    """A push target of the current user: `endpoint` for `webpush`, `url` for `webhook`."""
+
+    id: Id
+    kind: DeviceKind
+    endpoint: str = ABSENT
+    """The push service URL (`webpush`)."""
+    url: str = ABSENT
+    """The gateway URL (`webhook`)."""
+    created_at: Timestamp
+
+
+class VapidPublicKey(Answer):
+    public_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{87}$")]
+    """base64url of the uncompressed P-256 point: `applicationServerKey` for `PushManager.subscribe()`."""
+
+
+class Liveness(Answer):
+    status: Literal["ok"]
+
+
+class Readiness(Answer):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, bool]
