@@ -232,7 +232,7 @@ class WsClient:
         raw = await asyncio.wait_for(self.conn.read_message(), timeout)
         return None if raw is None else orjson.loads(raw)
 
-    async def recv_type(self, kind: str, timeout: float = 5.0) -> Any:
+    async def recv_type(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
         """The next frame of this type, skipping others (e.g. status frames)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -240,6 +240,7 @@ class WsClient:
             frame = await self.recv(max(0.01, deadline - loop.time()))
             if frame is None:
                 raise AssertionError(f"closed ({self.close_code}) while waiting for {kind}")
+            assert isinstance(frame, dict), frame  # every frame the server sends is a JSON object
             if frame.get("type") == kind:
                 return frame
 
