@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from handlers.base import BaseHandler
+from handlers.contract import Reply, Tag, operation
+from handlers.responses import OwnProfile, TokenPair
 from handlers.schemas import RefreshBody, RegisterBody, TokenBody
 from services.core import errors
 
+API_TAG = Tag("accounts", "Registration and tokens")
+
 
 class RegisterHandler(BaseHandler):
+    @operation(
+        "register",
+        auth=False,
+        body=RegisterBody,
+        responses={201: Reply("The new account's own profile.", OwnProfile)},
+        errors=(503,),
+        notes={
+            409: "`username_taken`.",
+            429: "`too_many_attempts`: too many failed sign-ins or taken names from this address.",
+        },
+    )
     async def post(self) -> None:
+        """Create an account."""
         body = self.json_body(RegisterBody)
         self._check_password_length(body.password)
         profile = body.model_dump(exclude={"username", "password"}, exclude_unset=True)
@@ -24,7 +40,19 @@ class RegisterHandler(BaseHandler):
 
 
 class TokenHandler(BaseHandler):
+    @operation(
+        "obtainTokens",
+        auth=False,
+        body=TokenBody,
+        responses={200: Reply("The token pair.", TokenPair)},
+        errors=(503,),
+        notes={
+            401: "`invalid_credentials`.",
+            429: "`too_many_attempts`: too many failed sign-ins for this username or from this address.",
+        },
+    )
     async def post(self) -> None:
+        """Sign in: an access and a refresh token."""
         body = self.json_body(TokenBody)
         # No account has a password over the limit: it is refused without spending a hash on it, but
         # like any wrong password (throttling included), so its answer tells nothing more.
@@ -34,7 +62,19 @@ class TokenHandler(BaseHandler):
 
 
 class TokenRefreshHandler(BaseHandler):
+    @operation(
+        "refreshTokens",
+        auth=False,
+        body=RefreshBody,
+        responses={200: Reply("A new token pair.", TokenPair)},
+        errors=(503,),
+        notes={401: "`token_invalid`, `token_expired` or `token_revoked`."},
+    )
     async def post(self) -> None:
+        """Rotate a refresh token.
+
+        The old refresh token stops working; reusing it revokes its whole family.
+        """
         body = self.json_body(RefreshBody)
         pair = await self.services.tokens.rotate(body.refresh)
         self.send_json({"access": pair.access, "refresh": pair.refresh})

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 from handlers.base import BaseHandler
+from handlers.contract import Reply, Tag, Upload, int_query, operation
+from handlers.responses import Attachment, Conversation, Message, MessagePage, ReadAnswer
 from handlers.schemas import ReadBody, SendMessageBody
 from services.core import errors
+from services.media.content import ATTACHMENT_TYPES
 
 MAX_PAGE = 100
 MAX_MESSAGE_ID = 2**32 - 1
 
+API_TAG = Tag("conversations", "Conversations, history, sending, read pointers, attachments")
+CONVERSATION = {"conversation_id": "The conversation's id."}
+
 
 class ConversationListHandler(BaseHandler):
+    @operation(
+        "listConversations",
+        query=(int_query("limit", 1, MAX_PAGE, 50, "Most to return."),),
+        responses={200: Reply("Conversations.", list[Conversation])},
+        errors=(503,),
+    )
     async def get(self) -> None:
+        """Open conversations, newest activity first."""
         user_id = self.require_user()
         limit = self.int_argument("limit", 50, low=1, high=MAX_PAGE)
         assert limit is not None
@@ -19,13 +32,38 @@ class ConversationListHandler(BaseHandler):
 
 
 class ConversationHandler(BaseHandler):
+    @operation(
+        "getConversation",
+        path=CONVERSATION,
+        responses={200: Reply("The conversation.", Conversation)},
+        errors=(503,),
+        notes={404: "`conversation_not_found`, also when not a participant."},
+    )
     async def get(self, conversation_id: str) -> None:
+        """One conversation (open or closed)."""
         user_id = self.require_user()
         self.send_json(await self.services.chat.get_conversation(int(conversation_id), user_id))
 
 
 class MessagesHandler(BaseHandler):
+    @operation(
+        "listMessages",
+        path=CONVERSATION,
+        query=(
+            int_query("before", 1, MAX_MESSAGE_ID, None, "Messages with smaller ids."),
+            int_query("after", 0, MAX_MESSAGE_ID, None, "Messages with larger ids."),
+            int_query("limit", 1, MAX_PAGE, 50, "Page size."),
+        ),
+        responses={200: Reply("A page of messages, oldest first.", MessagePage)},
+        errors=(503,),
+        notes={404: "`conversation_not_found`."},
+    )
     async def get(self, conversation_id: str) -> None:
+        """History, by cursor.
+
+        Without a cursor: the newest page. `before` pages back, `after` forward (as a socket's `?after=`
+        resume); not both at once (400).
+        """
         user_id = self.require_user()
         before = self.int_argument("before", None, low=1, high=MAX_MESSAGE_ID)
         after = self.int_argument("after", None, low=0, high=MAX_MESSAGE_ID)
@@ -38,7 +76,24 @@ class MessagesHandler(BaseHandler):
         )
         self.send_json({"results": results, "has_more": has_more})
 
+    @operation(
+        "sendMessage",
+        path=CONVERSATION,
+        body=SendMessageBody,
+        responses={
+            201: Reply("Stored and broadcast.", Message),
+            200: Reply("A retry of a stored `client_id`: the stored message.", Message),
+        },
+        notes={
+            400: "`empty_message`, `message_too_long` or invalid fields.",
+            403: "`conversation_closed`: closed while the message was being stored.",
+            404: "`conversation_not_found` (also closed ones) or `attachment_not_found`.",
+            429: "`rate_limited`: messages per user, shared with the sockets.",
+            503: "`unavailable` or `store_failed`: not stored; retry with the same `client_id`.",
+        },
+    )
     async def post(self, conversation_id: str) -> None:
+        """Send a message (broadcast exactly as a socket send)."""
         user_id = self.require_user()
         body = self.json_body(SendMessageBody)
         self.services.check_message_rate(user_id)
@@ -49,7 +104,16 @@ class MessagesHandler(BaseHandler):
 
 
 class ReadHandler(BaseHandler):
+    @operation(
+        "markRead",
+        path=CONVERSATION,
+        body=ReadBody,
+        responses={200: Reply("Where the read pointer is.", ReadAnswer)},
+        errors=(503,),
+        notes={404: "`conversation_not_found` or `message_not_found`."},
+    )
     async def post(self, conversation_id: str) -> None:
+        """Mark read up to a message; broadcasts a read receipt."""
         user_id = self.require_user()
         body = self.json_body(ReadBody)
         receipt = await self.services.chat.mark_read(int(conversation_id), user_id, body.message_id)
@@ -57,7 +121,23 @@ class ReadHandler(BaseHandler):
 
 
 class AttachmentHandler(BaseHandler):
+    @operation(
+        "uploadAttachment",
+        path=CONVERSATION,
+        body=Upload(
+            tuple(ATTACHMENT_TYPES),
+            "The file's raw bytes, at most {max_upload}. The type is read from the bytes; plain text is accepted "
+            "only when declared `text/plain` and valid UTF-8.",
+        ),
+        responses={201: Reply("Stored.", Attachment)},
+        errors=(503,),
+        notes={
+            400: "`empty_file` or `unsupported_media_type`.",
+            404: "`conversation_not_found` (also closed ones).",
+        },
+    )
     async def post(self, conversation_id: str) -> None:
+        """Upload a file to send with a message (`attachment_id`)."""
         user_id = self.require_user()
         data = self.body_bytes(self.services.settings.max_upload_bytes)
         declared = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower() or None

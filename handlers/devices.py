@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.base import BaseHandler
+from handlers.contract import Reply, Tag, operation
+from handlers.responses import Device, VapidPublicKey
 from handlers.schemas import DeviceBody
 from handlers.static import STATIC_ROOT, DemoFileHandler
 from services.core import errors
@@ -13,6 +15,8 @@ from services.core import errors
 # subscription is confused about what it registers.
 KIND_FIELDS = {"webpush": ("endpoint", "keys"), "webhook": ("url",)}
 OPTIONAL_FIELDS = {"webpush": ("expirationTime",), "webhook": ()}
+
+API_TAG = Tag("push", "Push devices for offline notifications (Web Push, webhooks)")
 
 
 def kind_problems(body: DeviceBody) -> dict[str, str]:
@@ -28,11 +32,34 @@ def kind_problems(body: DeviceBody) -> dict[str, str]:
 
 
 class DevicesHandler(BaseHandler):
+    @operation("listDevices", responses={200: Reply("Oldest first.", list[Device])}, errors=(503,))
     async def get(self) -> None:
+        """My push devices."""
         user_id = self.require_user()
         self.send_json(await self.services.push.list_devices(user_id))
 
+    @operation(
+        "registerDevice",
+        body=DeviceBody,
+        responses={
+            201: Reply("Registered.", Device),
+            200: Reply("Already registered to you: the same device.", Device),
+        },
+        errors=(503,),
+        notes={
+            400: "`validation_error`, `invalid_subscription` (endpoint or keys), `webhook_not_allowed` or "
+            "`webpush_disabled`.",
+            409: "`too_many_devices`.",
+        },
+    )
     async def post(self) -> None:
+        """Register a push target: a browser's Web Push subscription or a webhook.
+
+        Pushes go to a user's devices while the user has no WebSocket open: one per conversation per
+        coalescing window, `{type, conversation_id, count}`, no message text by default (docs/push.md).
+        Registering an endpoint again is idempotent; an endpoint registered by another account moves to this
+        one. At most {push_max_devices} devices per user.
+        """
         user_id = self.require_user()
         body = self.json_body(DeviceBody)
         problems = kind_problems(body)
@@ -51,7 +78,15 @@ class DevicesHandler(BaseHandler):
 
 
 class DeviceHandler(BaseHandler):
+    @operation(
+        "deleteDevice",
+        path={"device_id": "The device's id."},
+        responses={204: Reply("Removed.")},
+        errors=(503,),
+        notes={404: "`device_not_found` (also someone else's)."},
+    )
     async def delete(self, device_id: str) -> None:
+        """Remove a push device."""
         user_id = self.require_user()
         await self.services.push.delete_device(user_id, int(device_id))
         self.set_status(204)
@@ -59,7 +94,15 @@ class DeviceHandler(BaseHandler):
 
 
 class VapidKeyHandler(BaseHandler):
+    @operation(
+        "vapidPublicKey",
+        auth=False,
+        responses={200: Reply("The key.", VapidPublicKey)},
+        errors=(503,),
+        notes={404: "`webpush_disabled`: no VAPID key configured (production)."},
+    )
     def get(self) -> None:
+        """The server's VAPID public key (RFC 8292), for PushManager.subscribe()."""
         key = self.services.push.vapid_public_key
         if key is None:
             raise errors.NotFound("Web Push is not enabled on this server", code="webpush_disabled")

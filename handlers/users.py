@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 from handlers.base import BaseHandler
+from handlers.contract import Reply, Tag, Upload, operation
+from handlers.responses import OwnProfile, ProfilePicture, PublicProfile
 from handlers.schemas import ProfilePatch
+from services.media.content import IMAGE_TYPES
+
+API_TAG = Tag("profiles", "Own profile, picture, other people's public profiles")
+ACCOUNT_DELETED = {404: "The account was deleted."}
 
 
 class MeHandler(BaseHandler):
+    @operation(
+        "getOwnProfile", responses={200: Reply("Own profile.", OwnProfile)}, errors=(503,), notes=ACCOUNT_DELETED
+    )
     async def get(self) -> None:
+        """Own profile."""
         user_id = self.require_user()
         doc = await self.services.users.get(user_id)
         self.send_json(self.services.users.own_profile(doc))
 
+    @operation(
+        "updateOwnProfile",
+        body=ProfilePatch,
+        responses={200: Reply("The updated profile.", OwnProfile)},
+        errors=(503,),
+        notes=ACCOUNT_DELETED,
+    )
     async def patch(self) -> None:
+        """Change profile fields."""
         user_id = self.require_user()
         body = self.json_body(ProfilePatch)
         doc = await self.services.users.update(user_id, body.model_dump(exclude_unset=True))
@@ -20,7 +38,18 @@ class MeHandler(BaseHandler):
 
 
 class PictureHandler(BaseHandler):
+    @operation(
+        "setProfilePicture",
+        body=Upload(
+            tuple(IMAGE_TYPES),
+            "The image's raw bytes, at most {max_upload}. The type is read from the bytes, not the header.",
+        ),
+        responses={200: Reply("Where the picture is served.", ProfilePicture)},
+        errors=(404, 503),
+        notes={400: "`empty_file` or `unsupported_media_type`."},
+    )
     async def put(self) -> None:
+        """Upload the profile picture."""
         user_id = self.require_user()
         data = self.body_bytes(self.services.settings.max_upload_bytes)
         url = await self.services.users.set_picture(user_id, data)
@@ -28,7 +57,15 @@ class PictureHandler(BaseHandler):
 
 
 class UserHandler(BaseHandler):
+    @operation(
+        "getPublicProfile",
+        path={"user_id": "The user's id."},
+        responses={200: Reply("The public profile.", PublicProfile)},
+        errors=(503,),
+        notes={404: "No such user, or a block either way."},
+    )
     async def get(self, user_id_text: str) -> None:
+        """Someone's public profile."""
         viewer_id = self.require_user()
         user_id = int(user_id_text)
         self.send_json(await self.services.users.public_for(viewer_id, user_id))
