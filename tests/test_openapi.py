@@ -1,5 +1,6 @@
 """The OpenAPI document: valid 3.1, complete (every route of the app, nothing more), request schemas that
-are the pydantic models', response schemas that real answers satisfy; and the offline Swagger UI page."""
+are the pydantic models', response and frame schemas that real answers and frames satisfy; and the offline
+Swagger UI page."""
 
 from __future__ import annotations
 
@@ -22,10 +23,16 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from handlers import openapi
+from handlers import openapi, schemas
+from handlers.errors import ErrorReport
+from handlers.protocol import REGISTRY
+from handlers.responses import Error
 from handlers.schemas import RegisterBody
+from handlers.server_frames import ErrorEvent
 from services.core.config import Settings
-from tests.support import PASSWORD, Response, make_conversation
+from services.realtime.close_codes import CLOSE_CODES
+from tests.support import PASSWORD, Response, make_conversation, ws_connect
+from tests.ws_helpers import conv_path, join, notifications, pair
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -131,7 +138,7 @@ async def test_every_route_of_the_app_is_documented(app, document):
             missing += [
                 (method, pattern) for method in _methods(handler) if (_template(pattern), method) not in documented
             ]
-    assert not missing, f"routes without an operation in handlers/openapi.py: {missing}"
+    assert not missing, f"routes without a contract (handlers/contract.py): {missing}"
 
 
 async def test_every_documented_operation_exists(app, document):
@@ -160,9 +167,22 @@ def test_websockets_are_described(document):
     assert set(sockets) == {"/ws/conversations/{conversation_id}/", "/ws/notifications/"}
     for socket in sockets.values():
         assert {"1000", "1001", "1008", "1009", "1011", "4000", "4001", "4002", "4003"} <= set(socket["closeCodes"])
+        assert set(socket["closeCodes"]) == {str(code) for code in CLOSE_CODES}
         assert "token" in socket["query"]
+        for frame in socket["clientFrames"] + socket["serverFrames"]:
+            assert frame["schema"]["$ref"].rsplit("/", 1)[1] in document["components"]["schemas"], frame
     conversation = sockets["/ws/conversations/{conversation_id}/"]
     assert {f["type"] for f in conversation["clientFrames"]} == {"message", "typing", "read_receipt", "ping"}
+    assert {f["type"] for f in conversation["serverFrames"]} == {
+        "message",
+        "typing",
+        "read_receipt",
+        "status",
+        "pong",
+        "error",
+    }
+    assert {f["type"] for f in sockets["/ws/notifications/"]["clientFrames"]} == set(REGISTRY.accepted("notifications"))
+    assert all(f["summary"] for f in conversation["clientFrames"])
     assert "after" in conversation["query"]
     assert "x-websockets" in document["info"]["description"]
 
@@ -182,8 +202,9 @@ def _json_request_models(document: dict[str, Any]) -> set[str]:
 
 def test_request_schemas_follow_the_pydantic_models(document):
     schemas = document["components"]["schemas"]
-    assert _json_request_models(document) == {m.__name__ for m in openapi.REQUEST_MODELS}
-    for model in openapi.REQUEST_MODELS:
+    models = openapi.request_models()
+    assert _json_request_models(document) == {m.__name__ for m in models}
+    for model in models:
         schema = schemas[model.__name__]
         fields = model.model_fields
         assert set(schema["properties"]) == set(fields), model.__name__
@@ -233,7 +254,7 @@ def test_register_schema_and_model_agree(document, body):
 
 
 def test_not_blank_pattern_is_pythons_idea_of_whitespace():
-    pattern = re.compile(openapi.NOT_BLANK)
+    pattern = re.compile(schemas.NOT_BLANK)
     for point in range(sys.maxunicode + 1):
         if 0xD800 <= point <= 0xDFFF:
             continue
@@ -488,6 +509,54 @@ async def test_probes_and_unknown_paths_match_the_document(api, document):
     unknown = await api.get("/api/nothing-here/")
     assert unknown.status == 404
     assert _validator(document, "#/components/schemas/Error").is_valid(unknown.body)
+
+
+def test_error_models_describe_what_the_error_map_renders(document):
+    report = ErrorReport(429, "rate_limited", "Slow down", fields={"content": "too fast"}, retry_after_s=0.8)
+    Error.model_validate(report.envelope())
+    ErrorEvent.model_validate(report.frame(client_id="c-1"))
+    assert _validator(document, "#/components/schemas/Error").is_valid(report.envelope())
+    assert _validator(document, "#/components/schemas/ErrorEvent").is_valid(report.frame())
+    assert not _validator(document, "#/components/schemas/ErrorEvent").is_valid({**report.frame(), "extra": 1})
+
+
+# -- real frames satisfy the documented server frames --------------------------------------------------
+
+
+def _frame_conforms(document: dict[str, Any], socket_path: str, frame: dict[str, Any]) -> None:
+    documented = {f["type"]: f["schema"]["$ref"] for f in document["x-websockets"][socket_path]["serverFrames"]}
+    assert frame["type"] in documented, f"{socket_path} sent an undocumented frame: {frame}"
+    pointer = "#" + documented[frame["type"]].removeprefix("#")
+    errors = sorted(_validator(document, pointer).iter_errors(frame), key=str)
+    assert not errors, f"{frame['type']} frame: {[e.message for e in errors]}\n{frame}"
+
+
+async def test_conversation_frames_match_the_document(api, services, document):
+    p = await pair(api, services)
+    conversation = "/ws/conversations/{conversation_id}/"
+    ws_a = await ws_connect(api, conv_path(p.cid, p.a))
+    greeting = await ws_a.recv()
+    ws_b = await join(api, p.cid, p.b)
+    notes_b = await notifications(api, p.b)
+    arrived = await ws_a.recv_type("status")
+    await ws_a.send({"type": "message", "content": "hello", "client_id": "c-1"})
+    message = await ws_a.recv_type("message")
+    await ws_b.send({"type": "typing", "is_typing": True})
+    typing = await ws_a.recv_type("typing")
+    await ws_b.send({"type": "read_receipt", "message_id": message["message"]["id"]})
+    receipt = await ws_a.recv_type("read_receipt")
+    await ws_a.send({"type": "ping"})
+    pong = await ws_a.recv_type("pong")
+    await ws_a.send({"type": "message", "content": "   ", "client_id": "c-2"})
+    refused = await ws_a.recv_type("error")
+    assert refused["client_id"] == "c-2"
+    frames = [greeting, arrived, message, typing, receipt, pong, refused]
+    assert [f["type"] for f in frames] == ["status", "status", "message", "typing", "read_receipt", "pong", "error"]
+    for frame in frames:
+        _frame_conforms(document, conversation, frame)
+    _frame_conforms(document, "/ws/notifications/", await notes_b.recv_type("notification"))
+    await notes_b.send({"type": "ping"})
+    _frame_conforms(document, "/ws/notifications/", await notes_b.recv_type("pong"))
 
 
 # -- the docs page -------------------------------------------------------------------------------------
