@@ -9,6 +9,7 @@ import base64
 import os
 import re
 import sys
+import types
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +24,9 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from handlers import openapi, schemas
+import handlers
+from handlers import contract, openapi, schemas
+from handlers.base import BaseHandler
 from handlers.errors import ErrorReport
 from handlers.protocol import REGISTRY
 from handlers.responses import Error
@@ -160,6 +163,30 @@ async def test_every_documented_operation_exists(app, document):
         assert any(re.fullmatch(p, concrete) and issubclass(h, tornado.websocket.WebSocketHandler) for p, h in rules), (
             path
         )
+
+
+def test_a_rest_method_without_a_contract_fails_the_build(monkeypatch):
+    class Undeclared(BaseHandler):
+        async def get(self) -> None:
+            self.send_json({})
+
+    module = types.ModuleType("undeclared")
+    module.routes = [(r"/api/undeclared/", Undeclared)]  # type: ignore[attr-defined]
+    monkeypatch.setattr(handlers, "ROUTE_MODULES", [*handlers.ROUTE_MODULES, module])
+    with pytest.raises(RuntimeError, match=r"Undeclared\.get declares no contract"):
+        openapi.build_document(Settings())
+
+
+def test_contracts_are_checked_where_they_are_declared():
+    with pytest.raises(ValueError, match="418"):
+        contract.operation("teapot", responses={200: contract.Reply("Tea.")}, errors=(418,))
+    with pytest.raises(TypeError, match="docstring"):
+        contract.operation("silent", responses={200: contract.Reply("Nothing.")})(lambda self: None)
+    assert contract.route_path(r"/api/a/([0-9]{1,3})/b/", {"a_id": "An a."})[0] == "/api/a/{a_id}/b/"
+    with pytest.raises(ValueError, match="fewer ids"):
+        contract.route_path(r"/api/a/", {"a_id": "An a."})
+    with pytest.raises(ValueError, match="not an id"):
+        contract.route_path(r"/api/a/([a-z]+)/", {"a_id": "An a."})
 
 
 def test_websockets_are_described(document):
