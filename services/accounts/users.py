@@ -16,6 +16,7 @@ from services.accounts.liveness import AccountLiveness
 from services.accounts.throttle import LoginThrottle
 from services.core.clock import iso
 from services.core.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
+from services.core.text import clean_line, clean_multiline, has_visible
 from services.media.content import IMAGE_TYPES
 from services.media.store import MediaStore
 from services.storage.store import Doc, Store
@@ -67,6 +68,10 @@ def _as_date(value: Any) -> dt.date | None:
     if isinstance(value, dt.datetime):
         return value.date()
     return value if isinstance(value, dt.date) else None
+
+
+class _FieldProblem(ValueError):
+    """What is wrong with one profile field (collected into one Invalid with every field's problem)."""
 
 
 class UserService:
@@ -277,27 +282,37 @@ class UserService:
         for key in PROFILE_FIELDS:
             if key not in profile:
                 continue
-            value = profile[key]
-            if key == "birthdate" and value is not None:
-                today = dt.datetime.now(dt.UTC).date()
-                if value > today or age_on(value, today) > 120:
-                    errors[key] = "not a plausible birth date"
-                    continue
-                if age_on(value, today) < self.min_age:
-                    errors[key] = f"you must be at least {self.min_age}"
-                    continue
-                value = dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
-            elif key == "location" and value is not None:
-                value = [float(value["lon"]), float(value["lat"])]
-            elif key == "interested_in":
-                # Order kept, duplicates dropped: matching reads it as a set.
-                value = list(dict.fromkeys(value or []))
-            elif key in ("age_min", "age_max") and value is not None and value < self.min_age:
-                errors[key] = f"must be at least {self.min_age}"
-                continue
-            out[key] = value
+            try:
+                out[key] = self._profile_value(key, profile[key])
+            except _FieldProblem as problem:
+                errors[key] = str(problem)
         if not partial and out.get("age_min") and out.get("age_max") and out["age_min"] > out["age_max"]:
             errors["age_min"] = "must not exceed age_max"
         if errors:
             raise Invalid("Invalid profile", fields=errors)
         return out
+
+    def _profile_value(self, key: str, value: Any) -> Any:
+        """A profile field as stored, or _FieldProblem saying what is wrong with it."""
+        if value is None:
+            return [] if key == "interested_in" else None
+        if key == "birthdate":
+            today = dt.datetime.now(dt.UTC).date()
+            if value > today or age_on(value, today) > 120:
+                raise _FieldProblem("not a plausible birth date")
+            if age_on(value, today) < self.min_age:
+                raise _FieldProblem(f"you must be at least {self.min_age}")
+            return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+        if key == "location":
+            return [float(value["lon"]), float(value["lat"])]
+        if key == "interested_in":
+            return list(dict.fromkeys(value))  # order kept, duplicates dropped: matching reads it as a set
+        if key in ("age_min", "age_max") and value < self.min_age:
+            raise _FieldProblem(f"must be at least {self.min_age}")
+        if key == "display_name":
+            value = clean_line(value)
+            if not has_visible(value):
+                raise _FieldProblem("needs a visible character")
+        elif key == "bio":
+            value = clean_multiline(value)
+        return value

@@ -27,6 +27,7 @@ from services.chat.views import ChatViews
 from services.chat.writer import MessageWriter
 from services.core import errors
 from services.core.clock import now_iso
+from services.core.text import clean_multiline
 from services.media.content import ATTACHMENT_TYPES
 from services.media.store import MediaStore
 from services.realtime.events import Publisher
@@ -142,6 +143,7 @@ class ChatService:
         A retry with the same `client_id` returns the stored message with created=False and publishes
         nothing again.
         """
+        content = clean_multiline(content)
         attachment = None
         if attachment_id is not None:
             attachment = await self._attachment_for(conversation_id, sender_id, attachment_id)
