@@ -46,10 +46,10 @@ from handlers.contract import (
     shared_error_responses,
 )
 from handlers.files import FileHandler
-from handlers.protocol import REGISTRY
+from handlers.protocol import REGISTRY, frame_type_of
 from handlers.responses import AnswerSchema, Error
 from handlers.schemas import request_schemas
-from handlers.server_frames import SOCKETS, frame_type
+from handlers.server_frames import SOCKETS
 from services.core.config import Settings
 from services.realtime.close_codes import CLOSE_CODES
 
@@ -226,7 +226,7 @@ def websockets(settings: Settings) -> dict[str, Any]:
             "clientFrames": [
                 {"type": k, "summary": s.summary, "schema": schema_ref(s.model.__name__)} for k, s in accepted.items()
             ],
-            "serverFrames": [{"type": frame_type(m), "schema": schema_ref(m.__name__)} for m in socket.frames],
+            "serverFrames": [{"type": frame_type_of(m), "schema": schema_ref(m.__name__)} for m in socket.frames],
             "closeCodes": close_codes,
             "maxFrameBytes": settings.max_frame_bytes,
         }

@@ -102,8 +102,9 @@ class FrameRegistry:
             raise BadFrame(first_problem(exc)) from None
 
 
-def frame_type_of(model: type[ClientFrame]) -> str:
-    """The `type` a model's frames carry: its `type` field is a one-value Literal."""
+def frame_type_of(model: type[pydantic.BaseModel]) -> str:
+    """The `type` a frame model's frames carry (client or server frames): its `type` field is a one-value
+    Literal."""
     annotation = model.model_fields["type"].annotation
     (kind,) = getattr(annotation, "__args__", (None,))
     if not isinstance(kind, str):

@@ -137,12 +137,3 @@ SOCKETS: dict[str, SocketContract] = {
         (NotificationEvent, PongEvent, ErrorEvent),
     ),
 }
-
-
-def frame_type(model: type[BaseModel]) -> str:
-    """The `type` a frame model's frames carry (a one-value Literal)."""
-    annotation = model.model_fields["type"].annotation
-    (kind,) = getattr(annotation, "__args__", (None,))
-    if not isinstance(kind, str):
-        raise TypeError(f"{model.__name__}.type must be a Literal of one string")
-    return kind
