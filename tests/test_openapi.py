@@ -5,24 +5,21 @@ Swagger UI page."""
 from __future__ import annotations
 
 import asyncio
-import base64
+import importlib.util
 import os
 import re
 import sys
 import types
 from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import quote
 
-import jsonschema
 import orjson
 import pydantic
 import pytest
+import tornado.routing
 import tornado.web
 import tornado.websocket
 from openapi_spec_validator import OpenAPIV31SpecValidator
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 
 import handlers
 from handlers import contract, openapi, schemas
@@ -34,12 +31,9 @@ from handlers.schemas import RegisterBody
 from handlers.server_frames import ErrorEvent
 from services.core.config import Settings
 from services.realtime.close_codes import CLOSE_CODES
-from tests.support import PASSWORD, Response, make_conversation, ws_connect
-from tests.ws_helpers import conv_path, join, notifications, pair
+from tests.support import PASSWORD, conforms, make_conversation, schema_validator, ws_connect
+from tests.ws_helpers import PNG, conv_path, join, notifications, pair
 
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-)
 MESSAGE_BURST = 3
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -106,8 +100,12 @@ async def test_openapi_json_is_served(api, services):
 # -- routes and operations stay in step ----------------------------------------------------------------
 
 
-def _rules(app: tornado.web.Application) -> list[tuple[str, type]]:
-    return [(rule.matcher.regex.pattern.removesuffix("$"), rule.target) for rule in app.wildcard_router.rules]
+def _rules(app: tornado.web.Application) -> list[tuple[str, Any]]:
+    rules = []
+    for rule in app.wildcard_router.rules:
+        assert isinstance(rule.matcher, tornado.routing.PathMatches)
+        rules.append((rule.matcher.regex.pattern.removesuffix("$"), rule.target))
+    return rules
 
 
 def _template(pattern: str) -> str:
@@ -119,7 +117,7 @@ def _normalized(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "{}", path)
 
 
-def _methods(handler: type) -> set[str]:
+def _methods(handler: type[tornado.web.RequestHandler]) -> set[str]:
     return {
         m
         for m in HTTP_METHODS
@@ -277,7 +275,7 @@ def test_register_schema_and_model_agree(document, body):
         RegisterBody.model_validate(body)
     except pydantic.ValidationError:
         accepted_by_model = False
-    assert _validator(document, "#/components/schemas/RegisterBody").is_valid(body) == accepted_by_model, body
+    assert schema_validator(document, "#/components/schemas/RegisterBody").is_valid(body) == accepted_by_model, body
 
 
 def test_not_blank_pattern_is_pythons_idea_of_whitespace():
@@ -303,52 +301,10 @@ def test_not_blank_pattern_is_pythons_idea_of_whitespace():
     ],
 )
 def test_send_message_schema_says_what_the_service_refuses(document, body, valid):
-    assert _validator(document, "#/components/schemas/SendMessageBody").is_valid(body) == valid
+    assert schema_validator(document, "#/components/schemas/SendMessageBody").is_valid(body) == valid
 
 
 # -- real answers satisfy the documented responses -----------------------------------------------------
-
-
-def _validator(document: dict[str, Any], pointer: str) -> jsonschema.Draft202012Validator:
-    registry: Registry = Registry().with_resource("urn:api", DRAFT202012.create_resource(document))
-    return jsonschema.Draft202012Validator(
-        {"$ref": "urn:api" + pointer},
-        registry=registry,
-        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
-    )
-
-
-def _pointer(*parts: str) -> str:
-    return "#/" + "/".join(quote(p.replace("~", "~0").replace("/", "~1"), safe="~") for p in parts)
-
-
-def conforms(document: dict[str, Any], method: str, path: str, response: Response) -> None:
-    """The answer's status is documented for the operation, and its body and headers are as documented."""
-    operation = document["paths"][path][method]
-    status = str(response.status)
-    assert status in operation["responses"], f"{method} {path} answered undocumented {status}: {response.body}"
-    documented = operation["responses"][status]
-    pointer = ("paths", path, method, "responses", status)
-    if "$ref" in documented:
-        name = documented["$ref"].rsplit("/", 1)[1]
-        pointer = ("components", "responses", name)
-        documented = document["components"]["responses"][name]
-    for header in documented.get("headers", {}):
-        assert response.headers.get(header), f"{method} {path} {status}: no {header} header"
-        assert int(response.headers[header]) >= 1
-    content = documented.get("content")
-    if content is None:
-        assert not response.body, f"{method} {path} {status} has an undocumented body"
-        return
-    media_type = response.headers["Content-Type"].split(";")[0].strip()
-    assert media_type in content, (method, path, status, media_type)
-    body = response.body
-    if media_type.startswith("text/"):
-        body = body.decode() if isinstance(body, bytes) else body
-    errors = sorted(
-        _validator(document, _pointer(*pointer, "content", media_type, "schema")).iter_errors(body), key=str
-    )
-    assert not errors, f"{method} {path} {status}: {[e.message for e in errors]}\n{response.body}"
 
 
 async def test_account_answers_match_the_document(api, document):
@@ -535,16 +491,16 @@ async def test_probes_and_unknown_paths_match_the_document(api, document):
     conforms(document, "get", "/metrics", await api.get("/metrics"))
     unknown = await api.get("/api/nothing-here/")
     assert unknown.status == 404
-    assert _validator(document, "#/components/schemas/Error").is_valid(unknown.body)
+    assert schema_validator(document, "#/components/schemas/Error").is_valid(unknown.body)
 
 
 def test_error_models_describe_what_the_error_map_renders(document):
     report = ErrorReport(429, "rate_limited", "Slow down", fields={"content": "too fast"}, retry_after_s=0.8)
     Error.model_validate(report.envelope())
     ErrorEvent.model_validate(report.frame(client_id="c-1"))
-    assert _validator(document, "#/components/schemas/Error").is_valid(report.envelope())
-    assert _validator(document, "#/components/schemas/ErrorEvent").is_valid(report.frame())
-    assert not _validator(document, "#/components/schemas/ErrorEvent").is_valid({**report.frame(), "extra": 1})
+    assert schema_validator(document, "#/components/schemas/Error").is_valid(report.envelope())
+    assert schema_validator(document, "#/components/schemas/ErrorEvent").is_valid(report.frame())
+    assert not schema_validator(document, "#/components/schemas/ErrorEvent").is_valid({**report.frame(), "extra": 1})
 
 
 # -- real frames satisfy the documented server frames --------------------------------------------------
@@ -554,7 +510,7 @@ def _frame_conforms(document: dict[str, Any], socket_path: str, frame: dict[str,
     documented = {f["type"]: f["schema"]["$ref"] for f in document["x-websockets"][socket_path]["serverFrames"]}
     assert frame["type"] in documented, f"{socket_path} sent an undocumented frame: {frame}"
     pointer = "#" + documented[frame["type"]].removeprefix("#")
-    errors = sorted(_validator(document, pointer).iter_errors(frame), key=str)
+    errors = sorted(schema_validator(document, pointer).iter_errors(frame), key=str)
     assert not errors, f"{frame['type']} frame: {[e.message for e in errors]}\n{frame}"
 
 
@@ -665,14 +621,12 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.mark.slow
 async def test_swagger_ui_renders_the_document_under_its_csp(api):
     """Swagger UI runs under the page's CSP (no inline script or style, nothing but our origin)."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    if sync_playwright is None or not os.path.exists(CHROMIUM):
+    if importlib.util.find_spec("playwright") is None or not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail("Playwright and Chromium are needed (make test installs them)")
         pytest.skip("Playwright or Chromium is missing")
+    from playwright.sync_api import sync_playwright
+
     url = api.url("/api/docs/")
 
     def render() -> tuple[list[str], list[str], int]:
