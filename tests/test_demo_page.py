@@ -12,6 +12,7 @@ with UPDATE_SCREENSHOTS=1, so that a test run leaves the work tree as it was.
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import os
 import re
@@ -30,7 +31,7 @@ import pymongo
 import pytest
 
 from services.storage.embedded import free_port
-from tests.conftest import TEST_SECRET
+from tests.support import TEST_SECRET
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +57,8 @@ TIMEOUT_MS = 15_000
 @pytest.fixture
 def sync_api() -> Any:
     """Playwright's sync API, or skip (fail under CI) when it or Chromium is missing."""
-    try:
-        from playwright import sync_api
-    except ImportError:
-        sync_api = None
     missing = None
-    if sync_api is None:
+    if importlib.util.find_spec("playwright") is None:
         missing = "the playwright package is not installed (pip install -e '.[test]')"
     elif not os.path.exists(CHROMIUM):
         missing = f"{CHROMIUM} is not installed (make test installs it)"
@@ -69,6 +66,8 @@ def sync_api() -> Any:
         if os.environ.get("CI"):
             pytest.fail(missing)
         pytest.skip(missing)
+    from playwright import sync_api
+
     return sync_api
 
 
@@ -164,7 +163,7 @@ def server(tmp_path: Path, mongo_url: str) -> Iterator[DemoServer]:
         yield node
     finally:
         node.stop()
-        with pymongo.MongoClient(mongo_url) as client:
+        with pymongo.MongoClient[dict[str, Any]](mongo_url) as client:
             client.drop_database(node.database)
 
 
