@@ -86,6 +86,7 @@ async def test_a_socket_that_may_compress_writes_through_write_message_and_count
     p = await pair(api, services)
     request = tornado.httpclient.HTTPRequest(f"ws://127.0.0.1:{api.port}{conv_path(p.cid, p.b)}")
     conn = await tornado.websocket.websocket_connect(request, compression_options={})
+    assert conn.headers is not None  # set once the handshake is done, which websocket_connect awaited
     assert "permessage-deflate" in conn.headers.get("Sec-WebSocket-Extensions", "")
     client = WsClient(conn)
     assert (await client.recv())["type"] == "status"
