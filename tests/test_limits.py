@@ -25,9 +25,8 @@ import tornado.testing
 from handlers.http_server import make_http_server
 from services.accounts.throttle import LoginThrottle, address_key
 from services.core.system import socket_budget
-from tests.conftest import TEST_SECRET
-from tests.processes import ServerProcess
-from tests.support import PASSWORD, ApiClient, PortClient, Response, WsClient, ws_connect
+from tests.processes import ServerProcess, node_env
+from tests.support import PASSWORD, ApiClient, PortClient, Response, WsClient, assert_error, ws_connect
 from tests.ws_helpers import join, messages, notifications, pair, send_rest, wait_for
 
 BASE_OVERRIDES: dict[str, Any] = {"max_body_bytes": 1024, "max_upload_bytes": 4096, "max_content_chars": 50}
@@ -40,13 +39,6 @@ def settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 def with_settings(**overrides: Any) -> Any:
     return pytest.mark.parametrize("settings_overrides", [overrides], indirect=True)
-
-
-def envelope(r: Response, status: int, code: str) -> dict[str, Any]:
-    assert (r.status, r.error_code) == (status, code), (r.status, r.body)
-    assert r.headers["Content-Type"].startswith("application/json")
-    assert set(r.body) == {"error"} and isinstance(r.body["error"]["message"], str)
-    return r.body["error"]  # type: ignore[no-any-return]
 
 
 # -- request bodies -----------------------------------------------------------------------------------
@@ -76,7 +68,7 @@ async def test_every_json_endpoint_answers_413_over_max_body_bytes_and_reads_the
     ]
     for method, path in endpoints:
         over = await api.request(method, path, body=body_of_size(limit + 1), token=p.a.access)
-        envelope(over, 413, "body_too_large")
+        assert_error(over, 413, "body_too_large")
         at_limit = await api.request(method, path, body=body_of_size(limit), token=p.a.access)
         assert at_limit.status == 400 and at_limit.error_code == "validation_error", (path, at_limit.body)
 
@@ -131,7 +123,7 @@ async def test_message_length_counts_characters_not_bytes_on_rest_and_sockets(ap
     limit = services.settings.max_content_chars
     longest = "\U0001f600" * limit  # four UTF-8 bytes each
     assert (await send_rest(api, p.cid, p.a, longest)).status == 201
-    envelope(await send_rest(api, p.cid, p.a, longest + "x"), 400, "message_too_long")
+    assert_error(await send_rest(api, p.cid, p.a, longest + "x"), 400, "message_too_long")
     ws = await join(api, p.cid, p.a)
     await ws.send({"type": "message", "content": longest + "\U0001f600"})
     assert (await ws.recv_type("error"))["code"] == "message_too_long"
@@ -150,7 +142,7 @@ async def test_every_paged_endpoint_takes_its_maximum_page_and_refuses_one_more(
     }
     for path, maximum in pages.items():
         assert (await api.get(f"{path}?limit={maximum}", token=p.a.access)).status == 200, path
-        refused = envelope(await api.get(f"{path}?limit={maximum + 1}", token=p.a.access), 400, "invalid")
+        refused = assert_error(await api.get(f"{path}?limit={maximum + 1}", token=p.a.access), 400, "invalid")
         assert "limit" in refused["fields"], path
 
 
@@ -163,7 +155,7 @@ async def test_retry_after_and_retry_after_ms_are_waits_that_work(api, services)
     for i in range(2):
         assert (await send_rest(api, p.cid, p.a, f"burst {i}")).status == 201
     limited = await send_rest(api, p.cid, p.a, "too soon")
-    envelope(limited, 429, "rate_limited")
+    assert_error(limited, 429, "rate_limited")
     retry_after = int(limited.headers["Retry-After"])
     assert retry_after == 1  # the bucket refills one message per second
     await asyncio.sleep(retry_after)
@@ -221,13 +213,13 @@ async def test_failed_sign_ins_per_account_end_in_429_and_unknown_names_answer_t
         same_answer(await sign_in(api, real.username), await sign_in(api, unknown))
         assert (await sign_in(api, real.username + "x")).status == 401  # the budget is per name
     throttled, throttled_unknown = await sign_in(api, real.username), await sign_in(api, unknown)
-    error = envelope(throttled, 429, "too_many_attempts")
+    error = assert_error(throttled, 429, "too_many_attempts")
     assert "exist" not in error["message"] and real.username not in error["message"]
     same_answer(throttled, throttled_unknown)
     window = services.settings.login_window_s
     assert window - 5 <= int(throttled.headers["Retry-After"]) <= math.ceil(window)
     # Even the right password waits: a throttled guess is never checked. Other names are unaffected.
-    envelope(await sign_in(api, real.username.upper(), PASSWORD), 429, "too_many_attempts")
+    assert_error(await sign_in(api, real.username.upper(), PASSWORD), 429, "too_many_attempts")
     other = await api.user("bystander")
     assert (await sign_in(api, other.username, PASSWORD)).status == 200
 
@@ -240,7 +232,7 @@ async def test_a_successful_sign_in_clears_the_account_failures(api, services):
     assert (await sign_in(api, user.username, PASSWORD)).status == 200
     for _ in range(3):
         assert (await sign_in(api, user.username)).status == 401
-    envelope(await sign_in(api, user.username), 429, "too_many_attempts")
+    assert_error(await sign_in(api, user.username), 429, "too_many_attempts")
 
 
 @with_settings(login_failures_per_account=3, login_failures_per_ip=100)
@@ -258,10 +250,10 @@ async def test_failures_from_one_address_across_names_end_in_429_sign_up_probes_
     # Probing names through sign-up spends the same budget (409 tells that an account exists).
     for _ in range(2):
         taken = await api.post("/api/register/", {"username": user.username, "password": PASSWORD})
-        envelope(taken, 409, "username_taken")
-    envelope(await sign_in(api, user.username, PASSWORD), 429, "too_many_attempts")
+        assert_error(taken, 409, "username_taken")
+    assert_error(await sign_in(api, user.username, PASSWORD), 429, "too_many_attempts")
     sign_up = await api.post("/api/register/", {"username": "fresh_" + uuid.uuid4().hex[:6], "password": PASSWORD})
-    envelope(sign_up, 429, "too_many_attempts")
+    assert_error(sign_up, 429, "too_many_attempts")
 
 
 @with_settings(login_failures_per_account=2, login_failures_per_ip=100, login_window_s=1.0)
@@ -269,7 +261,7 @@ async def test_the_window_slides(api, services):
     user = await api.user("patient")
     for _ in range(2):
         assert (await sign_in(api, user.username)).status == 401
-    throttled = envelope(await sign_in(api, user.username, PASSWORD), 429, "too_many_attempts")
+    throttled = assert_error(await sign_in(api, user.username, PASSWORD), 429, "too_many_attempts")
     assert throttled
     await asyncio.sleep(1.1)
     assert (await sign_in(api, user.username, PASSWORD)).status == 200
@@ -282,7 +274,7 @@ async def test_failures_are_shared_by_nodes_through_redis(cluster_factory):
     assert (await sign_in(two.api, user.username)).status == 401
     assert (await sign_in(one.api, user.username)).status == 401
     for node in (two, one):
-        envelope(await sign_in(node.api, user.username, PASSWORD), 429, "too_many_attempts")
+        assert_error(await sign_in(node.api, user.username, PASSWORD), 429, "too_many_attempts")
 
 
 async def test_without_redis_the_node_counts_alone_and_says_so_once(caplog):
@@ -344,13 +336,7 @@ def read_available(s: socket.socket) -> bytes:
 
 @pytest.mark.slow
 async def test_out_of_descriptors_refuses_clearly_keeps_serving_and_does_not_spin(tmp_path, mongo_url):
-    env = {
-        "MONGODB_URL": mongo_url,
-        "MONGODB_DATABASE": "t_" + uuid.uuid4().hex[:16],
-        "JWT_SECRET": TEST_SECRET,
-        "MAX_SOCKETS_PER_USER": "1000",
-        "LOG_FORMAT": "text",
-    }
+    env = node_env(mongo_url, MAX_SOCKETS_PER_USER="1000")
     node = ServerProcess(tmp_path / "node", env, preexec_fn=low_file_limit).start()
     raw: list[socket.socket] = []
     try:
