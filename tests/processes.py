@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,45 @@ class RedisProcess:
     def start_same_port(self) -> None:
         """Restart on the port it had (clients reconnect to the same address)."""
         self.start()
+
+
+class ProcessCluster:
+    """`server.py` nodes sharing one MongoDB database and a Redis of their own, each started by name.
+    The test may stop and restart `redis` under the nodes; `stop` ends the nodes, then Redis."""
+
+    def __init__(self, workdir: Path, mongo_url: str, **settings: str) -> None:
+        self.workdir = workdir
+        self.redis = RedisProcess(workdir / "redis")
+        self.env = node_env(mongo_url, REDIS_URL=self.redis.url, **settings)
+        self.nodes: list[ServerProcess] = []
+
+    @property
+    def mongo_url(self) -> str:
+        return self.env["MONGODB_URL"]
+
+    @property
+    def database(self) -> str:
+        return self.env["MONGODB_DATABASE"]
+
+    def start_node(self, name: str) -> ServerProcess:
+        """A node with this NODE_ID and a data dir of its own, accepting connections."""
+        node = ServerProcess(self.workdir / name, {**self.env, "NODE_ID": name}).start()
+        self.nodes.append(node)
+        return node
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.redis.stop()
+
+
+@contextlib.contextmanager
+def process_cluster(workdir: Path, mongo_url: str, **settings: str) -> Iterator[ProcessCluster]:
+    """A ProcessCluster with its Redis running (`settings` as for `node_env`), stopped on the way out
+    however the test ended."""
+    cluster = ProcessCluster(workdir, mongo_url, **settings)
+    cluster.redis.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

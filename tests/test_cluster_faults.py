@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import TEST_SECRET, RedisProcess
-from tests.processes import ServerProcess, insert_conversation
+from tests.processes import ProcessCluster, insert_conversation, process_cluster
 from tests.support import ApiClient, PortClient, ws_connect
 
 pytestmark = pytest.mark.slow
@@ -18,32 +17,19 @@ HEARTBEAT_S = 0.5
 
 
 @pytest.fixture
-def cluster_env(tmp_path, mongo_url):
-    redis = RedisProcess(tmp_path / "redis")
-    redis.start()
-    database = "t_" + uuid.uuid4().hex[:16]
-    env = {
-        "MONGODB_URL": mongo_url,
-        "MONGODB_DATABASE": database,
-        "REDIS_URL": redis.url,
-        "JWT_SECRET": TEST_SECRET,
-        "PRESENCE_TTL": str(TTL_S),
-        "HEARTBEAT_INTERVAL": str(HEARTBEAT_S),
-        "HOLE_TIMEOUT": "1",
-        "MESSAGE_RATE": "1000",
-        "MESSAGE_BURST": "1000",
-    }
-    nodes: list[ServerProcess] = []
-
-    def start_node(name: str) -> ServerProcess:
-        node = ServerProcess(tmp_path / name, {**env, "NODE_ID": name}).start()
-        nodes.append(node)
-        return node
-
-    yield start_node, redis, mongo_url, database
-    for node in nodes:
-        node.stop()
-    redis.stop()
+def cluster(tmp_path, mongo_url) -> Iterator[ProcessCluster]:
+    """A short presence TTL, so that a node's death is noticed within the test, and message budgets
+    that never refuse the traffic a test sends."""
+    with process_cluster(
+        tmp_path,
+        mongo_url,
+        PRESENCE_TTL=str(TTL_S),
+        HEARTBEAT_INTERVAL=str(HEARTBEAT_S),
+        HOLE_TIMEOUT="1",
+        MESSAGE_RATE="1000",
+        MESSAGE_BURST="1000",
+    ) as started:
+        yield started
 
 
 async def open_conversation(mongo_url: str, database: str, a: int, b: int) -> int:
@@ -61,13 +47,12 @@ async def all_message_ids(api: ApiClient, cid: int, token: str) -> list[int]:
             return ids
 
 
-async def test_killed_node_users_go_offline_within_ttl(cluster_env):
-    start_node, _redis, mongo_url, database = cluster_env
-    n1, n2 = start_node("n1"), start_node("n2")
+async def test_killed_node_users_go_offline_within_ttl(cluster: ProcessCluster):
+    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
     api1, api2 = ApiClient(PortClient(n1.port)), ApiClient(PortClient(n2.port))
     a = await api1.user("alice")
     b = await api1.user("bob")
-    cid = await open_conversation(mongo_url, database, a.id, b.id)
+    cid = await open_conversation(cluster.mongo_url, cluster.database, a.id, b.id)
     watcher = await ws_connect(api1, f"/ws/conversations/{cid}/?token={a.access}")
     assert (await watcher.recv_type("status"))["status"] == "offline"
     await ws_connect(api2, f"/ws/conversations/{cid}/?token={b.access}")
@@ -82,13 +67,12 @@ async def test_killed_node_users_go_offline_within_ttl(cluster_env):
     assert [f for f in await watcher.silent(2 * HEARTBEAT_S + 0.5) if f["type"] == "status"] == []
 
 
-async def test_redis_restart_under_traffic_loses_nothing(cluster_env):
-    start_node, redis, mongo_url, database = cluster_env
-    n1, n2 = start_node("n1"), start_node("n2")
+async def test_redis_restart_under_traffic_loses_nothing(cluster: ProcessCluster):
+    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
     api1, api2 = ApiClient(PortClient(n1.port)), ApiClient(PortClient(n2.port))
     a = await api1.user("alice")
     b = await api1.user("bob")
-    cid = await open_conversation(mongo_url, database, a.id, b.id)
+    cid = await open_conversation(cluster.mongo_url, cluster.database, a.id, b.id)
     ws_b = await ws_connect(api2, f"/ws/conversations/{cid}/?token={b.access}")
     # A socket opened without ?after= receives what is stored after it joined: wait for the join (the
     # pong comes once it is registered) so that the first message counts.
@@ -121,9 +105,9 @@ async def test_redis_restart_under_traffic_loses_nothing(cluster_env):
 
     traffic = asyncio.gather(send_many(api1, a.access, "a", 60), send_many(api2, b.access, "b", 60))
     await asyncio.sleep(0.4)
-    redis.stop()
+    cluster.redis.stop()
     await asyncio.sleep(1.0)
-    redis.start_same_port()
+    cluster.redis.start_same_port()
     await traffic
 
     # Every acknowledged message is stored exactly once, in order, with dense ids.

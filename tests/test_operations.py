@@ -6,25 +6,28 @@ import asyncio
 import json
 import signal
 import time
-import uuid
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TEST_SECRET, RedisProcess
-from tests.processes import ServerProcess, insert_conversation
-from tests.support import ApiClient, PortClient, make_conversation, ws_connect
+from tests.processes import ProcessCluster, insert_conversation, process_cluster
+from tests.support import ApiClient, PortClient, ws_connect
+from tests.ws_helpers import join, pair
+
+# A scrape's samples by (name, sorted label pairs).
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
+def samples(text: str) -> Samples:
+    out: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return out
 
 
-async def scrape(api: ApiClient) -> dict:
+async def scrape(api: ApiClient) -> Samples:
     r = await api.get("/metrics")
     assert r.status == 200
     assert r.headers["Content-Type"].startswith("text/plain")
@@ -33,12 +36,9 @@ async def scrape(api: ApiClient) -> dict:
 
 async def test_metrics_move_with_traffic(api, services):
     before = await scrape(api)
-    a = await api.user("a")
-    b = await api.user("b")
-    cid = await make_conversation(services, a.id, b.id)
-    ws_a = await ws_connect(api, f"/ws/conversations/{cid}/?token={a.access}")
-    ws_b = await ws_connect(api, f"/ws/conversations/{cid}/?token={b.access}")
-    await ws_b.recv_type("status")  # b has joined: a message sent before that would not reach it
+    p = await pair(api, services)
+    ws_a = await join(api, p.cid, p.a)
+    ws_b = await join(api, p.cid, p.b)  # past its status frame: b has joined, a message now reaches it
     await ws_a.send({"type": "message", "content": "hi"})
     await ws_b.recv_type("message")
     await ws_a.send("not json")
@@ -46,7 +46,7 @@ async def test_metrics_move_with_traffic(api, services):
     await asyncio.sleep(0.1)
     after = await scrape(api)
 
-    def value(data, name, **labels):
+    def value(data: Samples, name: str, **labels: str) -> float:
         return data.get((name, tuple(sorted(labels.items()))), 0.0)
 
     assert value(after, "chat_messages_stored_total") == value(before, "chat_messages_stored_total") + 1
@@ -70,41 +70,21 @@ async def test_request_id_echoed_and_generated(api):
 
 
 @pytest.fixture
-def node_env(tmp_path, mongo_url):
-    redis = RedisProcess(tmp_path / "redis")
-    redis.start()
-    env = {
-        "MONGODB_URL": mongo_url,
-        "MONGODB_DATABASE": "t_" + uuid.uuid4().hex[:16],
-        "REDIS_URL": redis.url,
-        "JWT_SECRET": TEST_SECRET,
-        "PRESENCE_TTL": "3",
-        "HEARTBEAT_INTERVAL": "0.5",
-        "LOG_FORMAT": "json",
-    }
-    nodes: list[ServerProcess] = []
-
-    def start(name: str) -> ServerProcess:
-        node = ServerProcess(tmp_path / name, {**env, "NODE_ID": name}).start()
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        node.stop()
-    redis.stop()
+def cluster(tmp_path, mongo_url) -> Iterator[ProcessCluster]:
+    """Nodes that log JSON, with a short presence TTL so that a node gone is noticed within the test."""
+    with process_cluster(tmp_path, mongo_url, PRESENCE_TTL="3", HEARTBEAT_INTERVAL="0.5", LOG_FORMAT="json") as started:
+        yield started
 
 
 @pytest.mark.slow
-async def test_sigterm_closes_sockets_1001_and_hands_presence_over(node_env):
-    n1, n2 = node_env("n1"), node_env("n2")
+async def test_sigterm_closes_sockets_1001_and_hands_presence_over(cluster: ProcessCluster):
+    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
     api1, api2 = ApiClient(PortClient(n1.port)), ApiClient(PortClient(n2.port))
     watcher_user = await api1.user("w")
     both = await api1.user("both")
     only2 = await api1.user("only2")
-    mongo_url, database = n1.env["MONGODB_URL"], n1.env["MONGODB_DATABASE"]
     cids = [
-        await insert_conversation(mongo_url, database, watcher_user.id, other.id, 800_000 + other.id)
+        await insert_conversation(cluster.mongo_url, cluster.database, watcher_user.id, other.id, 800_000 + other.id)
         for other in (both, only2)
     ]
     w_both = await ws_connect(api1, f"/ws/conversations/{cids[0]}/?token={watcher_user.access}")
