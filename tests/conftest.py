@@ -19,11 +19,7 @@ from handlers import make_app
 from services.core.config import Settings
 from services.core.container import Services, build_services
 from services.storage.embedded import EmbeddedMongo
-
-# RedisProcess and TEST_SECRET are re-exported for the test modules that still import them from here;
-# their home is tests/processes.py and tests/support.py.
-from tests.processes import RedisProcess as RedisProcess
-from tests.support import TEST_SECRET as TEST_SECRET
+from tests.processes import RedisProcess
 from tests.support import ApiClient, PortClient, make_settings
 
 
