@@ -1,12 +1,12 @@
 """Every error answer of the server has the JSON envelope, files included, and nothing a client sends
-produces a 500 or a traceback (handlers/errors.py is the one map from an exception to the answer)."""
+produces a 500 or a traceback (handlers/errors.py is the one map from an exception to the answer; the
+sockets' 1011 is in tests/test_ws_errors.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.support import assert_error
-from tests.ws_helpers import join, pair
 
 
 @pytest.mark.parametrize(
@@ -45,20 +45,3 @@ async def test_an_unexpected_failure_is_a_500_envelope_without_details(api, serv
     r = await api.get("/api/conversations/", token=user.access)
     assert_error(r, 500, "internal_error")
     assert "secret" not in r.body["error"]["message"]
-
-
-async def test_an_unexpected_failure_in_a_frame_handler_closes_1011_and_the_node_carries_on(api, services, monkeypatch):
-    p = await pair(api, services)
-    ws = await join(api, p.cid, p.a)
-
-    async def broken(*args, **kwargs):
-        raise RuntimeError("secret internal detail")
-
-    monkeypatch.setattr(services.chat, "mark_read", broken)
-    await ws.send({"type": "read_receipt", "message_id": 1})
-    code, reason = await ws.closed()
-    assert (code, reason) == (1011, "unexpected server error")
-    monkeypatch.undo()
-    again = await join(api, p.cid, p.a)
-    await again.send({"type": "ping"})
-    assert (await again.recv_type("pong"))["type"] == "pong"
