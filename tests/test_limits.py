@@ -24,6 +24,7 @@ import tornado.testing
 
 from handlers.http_server import make_http_server
 from services.accounts.throttle import LoginThrottle, address_key
+from services.core.limits import RateLimiter
 from services.core.system import socket_budget
 from tests.processes import ServerProcess, node_env
 from tests.support import PASSWORD, ApiClient, PortClient, Response, WsClient, assert_error, ws_connect
@@ -168,6 +169,20 @@ async def test_retry_after_and_retry_after_ms_are_waits_that_work(api, services)
     await asyncio.sleep(error["retry_after_ms"] / 1000)
     await ws.send({"type": "message", "content": "on time"})
     assert (await messages(ws, 1))[0]["content"] == "on time"
+
+
+def test_the_message_limiter_forgets_users_who_went_quiet_and_keeps_the_budgets_being_spent():
+    clock = [1000.0]
+    limiter = RateLimiter(rate=1.0, burst=2, prune_interval_s=60, clock=lambda: clock[0])
+    assert limiter.take("quiet") == 0.0
+    clock[0] += 59.5
+    assert limiter.take("busy") == limiter.take("busy") == 0.0
+    assert limiter.take("busy") == 1.0  # its burst is spent
+    clock[0] += 0.5  # a minute since the limiter was made: the next take prunes
+    assert limiter.take("newcomer") == 0.0
+    assert "quiet" not in limiter  # refilled long ago: a new bucket would be the same
+    assert "busy" in limiter and limiter.take("busy") == 0.5  # half a token back, still counting
+    assert limiter.take("quiet") == limiter.take("quiet") == 0.0  # a full burst, as before it was dropped
 
 
 # -- sockets per node ---------------------------------------------------------------------------------
