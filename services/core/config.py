@@ -57,6 +57,9 @@ class Settings:
     max_content_chars: int = _knob(4000, "MAX_CONTENT_CHARS", "Longest message text, in characters")
     message_rate: float = _knob(5.0, "MESSAGE_RATE", "Messages per second per user, sustained (socket and REST sends)")
     message_burst: int = _knob(20, "MESSAGE_BURST", "Messages a user may send at once before MESSAGE_RATE applies")
+    message_edit_window_s: float = _knob(
+        900.0, "MESSAGE_EDIT_WINDOW", "Seconds a sender may edit a message after sending it (unsend has no time limit)"
+    )
     frame_rate: float = _knob(20.0, "FRAME_RATE", "Frames per second per socket, sustained")
     frame_burst: int = _knob(60, "FRAME_BURST", "Frames a socket may send at once before FRAME_RATE applies")
     rate_strikes_to_close: int = _knob(
