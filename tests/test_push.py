@@ -707,6 +707,21 @@ def test_push_endpoints_must_be_https_on_a_push_service():
     assert endpoint_problem("http://10.0.0.1:9000/push", dev) is not None
 
 
+def test_push_endpoints_name_the_default_https_port_or_an_allowed_one():
+    # An allowed push service host on any port would let a user aim the server at another service there.
+    strict = Settings()
+    assert endpoint_problem("https://fcm.googleapis.com:443/fcm/send/abc", strict) is None
+    for port in (1, 22, 80, 6379, 8443):
+        assert endpoint_problem(f"https://fcm.googleapis.com:{port}/fcm/send/abc", strict) is not None, port
+    extra = Settings(push_webpush_allowed_ports="8443, 9443")
+    assert endpoint_problem("https://fcm.googleapis.com:8443/fcm/send/abc", extra) is None
+    assert endpoint_problem("https://fcm.googleapis.com:9443/fcm/send/abc", extra) is None
+    assert endpoint_problem("https://fcm.googleapis.com:22/fcm/send/abc", extra) is not None
+    for bad in ("https", "0", "65536", "443;22"):
+        with pytest.raises(ValueError, match="PUSH_WEBPUSH_ALLOWED_PORTS"):
+            Settings.from_env({"PUSH_WEBPUSH_ALLOWED_PORTS": bad})
+
+
 def test_push_settings_that_cannot_work_are_refused():
     key = ec.generate_private_key(ec.SECP256R1())
     other = ec.generate_private_key(ec.SECP256R1())

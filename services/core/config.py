@@ -53,6 +53,9 @@ class Settings:
         10.0, "SHUTDOWN_TIMEOUT", "Seconds a SIGTERM'd node takes at most to close sockets and finish writes"
     )
     max_body_bytes: int = _knob(64 * 1024, "MAX_BODY_BYTES", "Largest JSON request body")
+    max_header_bytes: int = _knob(
+        64 * 1024, "MAX_HEADER_BYTES", "Largest request head (request line and headers); larger: 431, then close"
+    )
     max_frame_bytes: int = _knob(64 * 1024, "MAX_FRAME_BYTES", "Largest WebSocket frame accepted (larger: close 1009)")
     max_content_chars: int = _knob(4000, "MAX_CONTENT_CHARS", "Longest message text, in characters")
     message_rate: float = _knob(5.0, "MESSAGE_RATE", "Messages per second per user, sustained (socket and REST sends)")
@@ -104,6 +107,15 @@ class Settings:
     login_window_s: float = _knob(
         900.0, "LOGIN_WINDOW", "Seconds over which failed sign-ins are counted (in Redis when set, else per node)"
     )
+    signups_per_ip: int = _knob(
+        10,
+        "SIGNUPS_PER_IP",
+        "Accounts one IP (IPv6: one /64) may create per SIGNUP_WINDOW (a burst, then 429); 0: no limit",
+    )
+    signup_window_s: float = _knob(3600.0, "SIGNUP_WINDOW", "Seconds over which SIGNUPS_PER_IP applies")
+    profile_reads_per_minute: int = _knob(
+        300, "PROFILE_READS_PER_MINUTE", "Other people's profiles one user may read per minute (then 429); 0: no limit"
+    )
     id_block_size: int = _knob(50, "ID_BLOCK_SIZE", "Integer ids reserved per database round trip")
     min_age: int = _knob(18, "MIN_AGE", "Youngest age allowed on a profile")
     trusted_proxies: str = _knob(
@@ -140,6 +152,9 @@ class Settings:
         "fcm.googleapis.com,push.services.mozilla.com,notify.windows.com,push.apple.com",
         "PUSH_WEBPUSH_ALLOWED_HOSTS",
         "Comma-separated push service hosts (and their subdomains) Web Push endpoints may name; `*` allows any",
+    )
+    push_webpush_allowed_ports: str = _knob(
+        "", "PUSH_WEBPUSH_ALLOWED_PORTS", "Comma-separated ports Web Push endpoints may name besides 443 (https's own)"
     )
     push_allow_insecure: bool = _knob(
         False, "PUSH_ALLOW_INSECURE", "Accept http:// push endpoints on 127.0.0.1/localhost (tests, development)"

@@ -13,9 +13,10 @@ so a push never holds the IOLoop and an endpoint cannot bounce the server to ano
 Only the encryption and the VAPID signature run on the loop: a few hundred microseconds of CPU.
 
 Users choose the URLs the server will call, so they are checked when a device is registered: Web Push
-endpoints must be https on a known push service (PUSH_WEBPUSH_ALLOWED_HOSTS), webhooks must start with a
-prefix the operator allowed (PUSH_WEBHOOK_ALLOWED_PREFIXES). Anything else would let a user make the
-server POST to internal addresses (SSRF).
+endpoints must be https on a known push service (PUSH_WEBPUSH_ALLOWED_HOSTS) at its port 443 (or one of
+PUSH_WEBPUSH_ALLOWED_PORTS), webhooks must start with a prefix the operator allowed
+(PUSH_WEBHOOK_ALLOWED_PREFIXES). Anything else would let a user make the server POST to internal
+addresses (SSRF).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ VAPID_KEY_FILE = "vapid_private_key"
 VAPID_TOKEN_TTL_S = 12 * 3600
 VAPID_TOKEN_RENEW_S = 3600
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+HTTPS_PORT = 443
 MAX_URL_CHARS = 2048
 # Push services answer with a few bytes; a larger answer is not read.
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -202,7 +204,24 @@ def endpoint_problem(endpoint: str, settings: Settings) -> str | None:
         return "must be an https URL"
     if not _host_listed(host, settings.push_webpush_allowed_hosts):
         return "is not on a push service this server sends to"
+    if (parts.port or HTTPS_PORT) not in webpush_ports(settings):
+        return "must use the push service's https port"
     return None
+
+
+def webpush_ports(settings: Settings) -> frozenset[int]:
+    """The ports a Web Push endpoint may name: https's own, and those of PUSH_WEBPUSH_ALLOWED_PORTS.
+
+    Push services listen on 443. A host that is allowed may run other services on other ports (an admin
+    console, a database), which a user naming that port in a subscription would make the server call."""
+    ports = {HTTPS_PORT}
+    for text in (p.strip() for p in settings.push_webpush_allowed_ports.split(",")):
+        if not text:
+            continue
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise ValueError(f"PUSH_WEBPUSH_ALLOWED_PORTS: {text!r} is not a TCP port")
+        ports.add(int(text))
+    return frozenset(ports)
 
 
 def _origin(parts: SplitResult) -> tuple[str, str, int]:
@@ -258,6 +277,7 @@ def check_push_settings(settings: Settings) -> None:
     subject = settings.vapid_subject
     if subject and not ((subject.startswith("mailto:") and "@" in subject) or subject.startswith("https://")):
         raise ValueError("VAPID_SUBJECT must be a mailto: address or an https:// URL")
+    webpush_ports(settings)  # raises on a port that is not one
     if webhook_prefixes(settings) and len(settings.push_webhook_secret) < 32:
         raise ValueError("PUSH_WEBHOOK_SECRET of at least 32 characters is required with PUSH_WEBHOOK_ALLOWED_PREFIXES")
     if settings.push_lease_s <= settings.push_timeout_s:
