@@ -73,10 +73,11 @@ class TokenRefreshHandler(BaseHandler):
     async def post(self) -> None:
         """Rotate a refresh token.
 
-        The old refresh token stops working; reusing it revokes its whole family.
+        The old refresh token stops working; reusing it revokes its whole family. The refresh token of a
+        deleted account is refused like an invalid one.
         """
         body = self.json_body(RefreshBody)
-        pair = await self.services.tokens.rotate(body.refresh)
+        pair = await self.services.users.refresh(body.refresh)
         self.send_json({"access": pair.access, "refresh": pair.refresh})
 
 

@@ -429,6 +429,19 @@ async def test_refresh_with_forged_expired_or_unknown_tokens_is_401(api, service
     assert_error(await refresh(api, "garbage"), 401)
 
 
+async def test_the_refresh_token_of_a_deleted_account_gets_no_new_pair(api, services):
+    user = await api.user("gone")
+    # The account was just seen alive (cached by this node): a refresh must still not trust that.
+    assert (await api.get(ME, token=user.access)).status == 200
+    await services.store.users.update_one({"_id": user.id}, {"$set": {"deleted": True}})
+    refused = await refresh(api, user.refresh)
+    invalid = await refresh(api, "garbage")
+    assert_error(refused, 401, "token_invalid")
+    assert (refused.status, refused.body) == (invalid.status, invalid.body)
+    # Nothing was issued: the sign-in's token is the family's only one.
+    assert await services.store.refresh_tokens.count_documents({"user_id": user.id}) == 1
+
+
 @pytest.mark.parametrize("body", [{}, {"refresh": 1}, {"refresh": ""}, {"refresh": None}, {"refresh": "x", "more": 1}])
 async def test_refresh_body_errors_are_400(api, body):
     assert_error(await api.post("/api/token/refresh/", body), 400)

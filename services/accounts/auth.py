@@ -150,7 +150,10 @@ class TokenService:
         )
 
     async def rotate(self, refresh_token: str | None) -> TokenPair:
-        claims = self.decode(refresh_token, "refresh")
+        return await self.rotate_claims(self.decode(refresh_token, "refresh"))
+
+    async def rotate_claims(self, claims: dict[str, Any]) -> TokenPair:
+        """Rotate the refresh token whose claims `decode(token, "refresh")` returned."""
         jti = claims["jti"]
         record = await self._store.refresh_tokens.find_one_and_update(
             {"_id": jti, "used": False, "revoked": False},

@@ -11,7 +11,7 @@ from typing import Any
 import pymongo.errors
 from pymongo import ReturnDocument
 
-from services.accounts.auth import PasswordHasher, TokenPair, TokenService
+from services.accounts.auth import PasswordHasher, TokenError, TokenPair, TokenService
 from services.accounts.liveness import AccountLiveness
 from services.accounts.throttle import LoginThrottle
 from services.core.clock import iso
@@ -151,6 +151,19 @@ class UserService:
             raise Unauthorized("Invalid username or password", code="invalid_credentials")
         await self.login_throttle.succeeded(username, client_ip, booking)
         return await self._tokens.issue(int(doc["_id"]))
+
+    async def refresh(self, refresh_token: str | None) -> TokenPair:
+        """The next token pair of a refresh token's family (TokenService.rotate), unless its account was
+        deleted: then the token is refused like an invalid one and nothing is issued.
+
+        The account is read afresh rather than taken from the liveness cache: refreshing is rare, and a
+        cached "alive" would mint tokens for an account deleted up to ACCOUNT_CACHE_TTL_S ago."""
+        claims = self._tokens.decode(refresh_token, "refresh")
+        user_id = int(claims["user_id"])
+        self.liveness.forget(user_id)
+        if not await self.liveness.exists(user_id):
+            raise TokenError("Token invalid")
+        return await self._tokens.rotate_claims(claims)
 
     # -- profiles -------------------------------------------------------------------------------------
 
