@@ -100,8 +100,11 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             return True
         parts = urlsplit(origin)
         host = (parts.hostname or "").lower()
-        own_host = self.request.host_name.lower()
-        return host == own_host or host in LOCAL_HOSTS
+        if host == self.request.host_name.lower():
+            return True
+        # A page served on the developer's own machine (a dev server on any port) may connect while
+        # developing. In production a localhost Origin is whatever runs on the visitor's machine, not us.
+        return host in LOCAL_HOSTS and self.services.settings.environment == "development"
 
     def authenticate(self) -> int | None:
         """The user id, or None after closing with the seed's code."""

@@ -91,7 +91,7 @@ class Settings:
     allowed_origins: str = _knob(
         "",
         "ALLOWED_ORIGINS",
-        "Comma-separated WebSocket Origins allowed besides the server's own host and localhost; `*` allows any",
+        "Comma-separated WebSocket Origins allowed besides the own host (and localhost in development); `*` allows any",
     )
     max_upload_bytes: int = _knob(5 * 1024 * 1024, "MAX_UPLOAD_BYTES", "Largest picture or attachment upload")
     max_password_chars: int = _knob(128, "MAX_PASSWORD_CHARS", "Longest password accepted (checked before hashing)")
