@@ -27,6 +27,18 @@ log = logging.getLogger("chat.http")
 Model = TypeVar("Model", bound=pydantic.BaseModel)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# No answer of ours lets the browser tell another site where it was. The demo page's own photos ask nothing
+# of a Referer (a media file is served to whoever holds its URL, wherever PUBLIC_URL puts it), and a media
+# URL is itself the capability to the file, which a Referer would hand to any site the file links to.
+REFERRER_POLICY = "no-referrer"
+
+
+def set_common_headers(handler: tornado.web.RequestHandler) -> None:
+    """The headers of every answer, whichever handler makes it: each handler base calls this from
+    `set_default_headers`, which Tornado runs for every answer and again before an error answer."""
+    handler.set_header("Referrer-Policy", REFERRER_POLICY)
+    # Tornado's default `Server` names the framework and its version: nothing a client needs.
+    handler.clear_header("Server")
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -38,6 +50,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.services = services
 
     def set_default_headers(self) -> None:
+        set_common_headers(self)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")

@@ -8,10 +8,14 @@ from typing import Any
 import orjson
 import tornado.web
 
+from handlers.base import set_common_headers
 from handlers.errors import report
 
 
 class FileHandler(tornado.web.StaticFileHandler):
+    def set_default_headers(self) -> None:
+        set_common_headers(self)
+
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
         # A NUL byte makes the file system calls behind this raise ValueError (a 500): no file has one.
         if "\x00" in absolute_path:

@@ -27,6 +27,7 @@ from tornado.httputil import HTTPConnection, HTTPHeaders, HTTPMessageDelegate, R
 from tornado.ioloop import IOLoop
 
 from handlers import tornado_internals
+from handlers.base import REFERRER_POLICY
 from services.core.config import Settings
 
 log = logging.getLogger("chat.server")
@@ -36,7 +37,12 @@ def raw_error(status: int, reason: str, code: str, message: str, *headers: str) 
     """A complete HTTP/1.1 answer carrying the error envelope, for the few places that answer before
     (or without) a request handler."""
     body = orjson.dumps({"error": {"code": code, "message": message}})
-    head = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json; charset=utf-8", *headers]
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "Content-Type: application/json; charset=utf-8",
+        f"Referrer-Policy: {REFERRER_POLICY}",
+        *headers,
+    ]
     head += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
     return "\r\n".join(head).encode() + body
 
