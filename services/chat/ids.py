@@ -7,11 +7,16 @@ messages is a set of `_id` point lookups, and the newest id is found just past t
 collection, so none is sent.
 
 A tombstone (`hole: true`) takes an id without being a message: the seal of a closed conversation
-(services/chat/writer.py) or an id that was never stored (services/chat/history.py).
+(services/chat/writer.py), an id that was never stored (services/chat/history.py), or a lifecycle event:
+an edit or an unsend of an earlier message (`event`: EDITED or DELETED, `message_seq`: the message it
+changed). Events take their place in the conversation's order like messages, so sockets and `?after=`
+readers receive them in order, none missing and none twice; everything that lists messages leaves them
+out with the other tombstones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from services.storage.store import Doc, Store
@@ -23,6 +28,9 @@ MAX_SEQ = (1 << SEQ_BITS) - 1
 # Ids looked up at once past the newest known one (doubling while they are all stored).
 NEWEST_WINDOW = 16
 SEALED = -1  # in StoredIds.last_seq: the conversation is closed, no id is free
+# What a lifecycle event did to its message (the `event` field of its document).
+EDITED = "edited"
+DELETED = "deleted"
 
 
 def message_key(conversation_id: int, seq: int) -> int:
@@ -33,6 +41,15 @@ def tombstone(conversation_id: int, seq: int, **marks: Any) -> Doc:
     """A document that takes an id without being a message (a skipped hole, or a conversation's seal)."""
     key = message_key(conversation_id, seq)
     return {"_id": key, "conversation_id": conversation_id, "seq": seq, "hole": True, **marks}
+
+
+def lifecycle_event(kind: str, message_seq: int) -> Doc:
+    """The fields that make a stored document the event `kind` (EDITED, DELETED) of message `message_seq`."""
+    return {"hole": True, "event": kind, "message_seq": message_seq}
+
+
+def is_event(doc: Doc) -> bool:
+    return doc.get("event") in (EDITED, DELETED)
 
 
 class StoredIds:
@@ -91,6 +108,15 @@ class StoredIds:
             return []
         keys = [message_key(conversation_id, seq) for seq in range(first, last + 1)]
         return await self._store.messages.find({"_id": {"$in": keys}, **filters}, projection).to_list(None)
+
+    async def at(self, conversation_id: int, seqs: Iterable[int]) -> dict[int, Doc]:
+        """The documents stored at these ids, by id (those outside the id space are not looked up)."""
+        if conversation_id >= MAX_CONVERSATION_ID:
+            return {}
+        keys = [message_key(conversation_id, seq) for seq in set(seqs) if 1 <= seq <= MAX_SEQ]
+        if not keys:
+            return {}
+        return {int(d["seq"]): d async for d in self._store.messages.find({"_id": {"$in": keys}})}
 
     async def stored_before(self, conversation_id: int, top: int, count: int) -> list[Doc]:
         """Up to `count` messages (tombstones left out) with ids <= top, newest first."""

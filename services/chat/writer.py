@@ -12,6 +12,10 @@ Closing a conversation stores a sealing tombstone at its next id (`seal`): a wri
 believes the conversation open collides with it, reads it back and fails the send, so no message is
 ever stored after the close. Tombstones (`hole: true`) are left out of everything a client sees.
 
+An edit or an unsend is stored the same way, as a lifecycle event at the conversation's next id
+(`write_event`, services/chat/ids.py): it goes through the queue with the messages, so it is numbered,
+ordered and retried on collisions exactly like one, and can never be stored after the seal.
+
 Writes are grouped: concurrent sends wait in one queue and a single writer task stores each batch with
 one ordered `insert_many`. Nobody is answered before their batch is acknowledged by MongoDB. With no
 concurrency a batch is one message and there is no added delay. What the conversation document says
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 
 import pymongo.errors
 
-from services.chat.ids import SEALED, StoredIds, message_key, tombstone
+from services.chat.ids import SEALED, StoredIds, lifecycle_event, message_key, tombstone
 from services.chat.metadata import ConversationMetadata
 from services.core import errors
 from services.storage.store import STORE_DOWN_ERRORS, Doc, Store
@@ -51,6 +55,8 @@ class _PendingSend:
     client_id: str | None
     attachment: Doc | None
     future: asyncio.Future[tuple[Doc, bool]] = field(repr=False)
+    # A lifecycle event instead of a message: the fields that mark its document (ids.lifecycle_event).
+    event: Doc | None = None
 
 
 class MessageWriter:
@@ -98,11 +104,26 @@ class MessageWriter:
     ) -> tuple[Doc, bool]:
         """Store a message with the next batch. Returns (its stored document, created?): a retry of a
         `client_id` stored already is answered with that message and created=False."""
+        loop = asyncio.get_running_loop()
+        return await self._enqueue(
+            _PendingSend(conversation_id, sender_id, content, client_id, attachment, loop.create_future())
+        )
+
+    async def write_event(self, conversation_id: int, author_id: int, kind: str, message_seq: int) -> Doc:
+        """Store the lifecycle event `kind` (ids.EDITED, ids.DELETED) of message `message_seq` at the
+        conversation's next id, in order with the messages; returns its document. Raises Forbidden
+        `conversation_closed` when the conversation was sealed first."""
+        loop = asyncio.get_running_loop()
+        marks = lifecycle_event(kind, message_seq)
+        doc, _ = await self._enqueue(
+            _PendingSend(conversation_id, author_id, "", None, None, loop.create_future(), event=marks)
+        )
+        return doc
+
+    async def _enqueue(self, pending: _PendingSend) -> tuple[Doc, bool]:
         if self._closing:
             raise errors.Unavailable("Server is shutting down; retry", code="unavailable")
         self.start()
-        loop = asyncio.get_running_loop()
-        pending = _PendingSend(conversation_id, sender_id, content, client_id, attachment, loop.create_future())
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.future
@@ -212,13 +233,22 @@ class MessageWriter:
         return rest
 
     def _number(self, pending: list[_PendingSend], now: dt.datetime) -> list[Doc]:
-        """The message documents, numbered from the newest id known stored in each conversation."""
+        """The documents of messages and lifecycle events, numbered from the newest id known stored in each
+        conversation."""
         next_seq: dict[int, int] = {}
         docs: list[Doc] = []
         for item in pending:
             cid = item.conversation_id
             seq = next_seq.get(cid, self._ids.last_seq[cid]) + 1
             next_seq[cid] = seq
+            if item.event is not None:
+                # `created_at` too: a reader waiting on an id missing before this one judges its age by it.
+                key = message_key(cid, seq)
+                docs.append(
+                    {"_id": key, "conversation_id": cid, "seq": seq, "sender_id": item.sender_id, "created_at": now}
+                    | item.event
+                )
+                continue
             doc: Doc = {
                 "_id": message_key(cid, seq),
                 "conversation_id": cid,
@@ -267,9 +297,13 @@ class MessageWriter:
 
     def _record_metadata(self, stored: list[Doc], now: dt.datetime) -> None:
         """Queue what the stored messages change in their conversations: newest id, order, read pointers
-        (sending implies having read everything before)."""
+        (sending implies having read everything before). Lifecycle events change none of these: an edit
+        alone neither moves a conversation up the list nor adds to its unread count (the conversation's `last_seq` stays
+        on its newest message, as it does past the seal)."""
         by_conversation: dict[int, tuple[int, dict[int, int]]] = {}
         for doc in stored:
+            if doc.get("hole"):
+                continue
             cid, seq, sender = int(doc["conversation_id"]), int(doc["seq"]), int(doc["sender_id"])
             last, readers = by_conversation.setdefault(cid, (0, {}))
             readers[sender] = max(readers.get(sender, 0), seq)
