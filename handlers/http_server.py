@@ -3,6 +3,8 @@
 - X-Forwarded-For / X-Real-IP are believed only from TRUSTED_PROXIES.
 - A request that declares a body over the limit is answered 413 with the JSON envelope (Tornado answers
   a bare 400), after a lingering read of what the client still sends.
+- A request head over MAX_HEADER_BYTES is answered 431 with the JSON envelope (Tornado closes the
+  connection without a word), the same way.
 - Out of file descriptors, waiting clients are answered 503 at once instead of the accept loop spinning.
 """
 
@@ -56,6 +58,13 @@ LINGER_BYTES = 32 * 1024 * 1024
 _refusals: set[asyncio.Task[None]] = set()
 
 
+def refuse(stream: tornado.iostream.IOStream, answer: bytes) -> None:
+    """Answer on a connection no handler will serve, drain what the client still sends, then close."""
+    task = asyncio.get_running_loop().create_task(_refuse_body(stream, answer))
+    _refusals.add(task)
+    task.add_done_callback(_refusals.discard)
+
+
 async def _refuse_body(stream: tornado.iostream.IOStream, answer: bytes) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + LINGER_S
@@ -89,9 +98,7 @@ class _BodyLimit(HTTPMessageDelegate):
             answer = raw_error(
                 413, "Payload Too Large", "body_too_large", f"Request body larger than {self.limit} bytes"
             )
-            task = asyncio.get_running_loop().create_task(_refuse_body(self.connection.detach(), answer))
-            _refusals.add(task)
-            task.add_done_callback(_refusals.discard)
+            refuse(self.connection.detach(), answer)
             return None
         return self.delegate.headers_received(start_line, headers)
 
@@ -252,7 +259,8 @@ class _AcceptLoop:
 
 class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
     """Believes X-Forwarded-For / X-Real-IP only from TRUSTED_PROXIES; answers oversized bodies with
-    the 413 envelope; keeps accepting sanely when out of file descriptors (see AcceptGuard).
+    the 413 envelope and oversized heads with the 431 one; keeps accepting sanely when out of file
+    descriptors (see AcceptGuard).
 
     Tornado's `xheaders` applies those headers whoever sends them (`trusted_downstream` only skips
     trusted hops inside the list), so a client reaching a node directly could claim any address and
@@ -278,6 +286,17 @@ class ProxyAwareHTTPServer(tornado.httpserver.HTTPServer):
         for sock in sockets:
             tornado_internals.add_accept_handler(self, sock, self.accept_guard.add_accept_handler)
 
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
+        tornado_internals.answer_oversized_head(stream, self._refuse_oversized_head)
+        super().handle_stream(stream, address)
+
+    def _refuse_oversized_head(self, connection: socket.socket) -> None:
+        limit = self.conn_params.max_header_size
+        answer = raw_error(
+            431, "Request Header Fields Too Large", "headers_too_large", f"Request headers larger than {limit} bytes"
+        )
+        refuse(tornado.iostream.IOStream(connection), answer)
+
     def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
         delegate = super().start_request(server_conn, request_conn)
         peer = getattr(getattr(request_conn, "context", None), "remote_ip", None)
@@ -292,6 +311,7 @@ def make_http_server(app: tornado.web.Application, settings: Settings, file_limi
     return ProxyAwareHTTPServer(
         app,
         max_body_size=max(settings.max_upload_bytes, settings.max_body_bytes),
+        max_header_size=settings.max_header_bytes,
         xheaders=bool(settings.trusted_proxy_set),
         trusted_downstream=list(settings.trusted_proxy_set) or None,
         trusted_proxies=settings.trusted_proxy_set,

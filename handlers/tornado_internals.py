@@ -29,6 +29,7 @@ PRIVATE_NAMES: tuple[tuple[type, str], ...] = (
     (tornado.httpserver.HTTPServer, "_handlers"),
     (tornado.httpserver.HTTPServer, "_handle_connection"),
     (tornado.httpserver._ProxyAdapter, "delegate"),  # the class itself is private too
+    (tornado.iostream.BaseIOStream, "_read_regex"),  # an instance attribute, set in __init__
 )
 
 CLOSE_PROTOCOL_ERROR = 1002
@@ -167,3 +168,30 @@ def without_proxy_adapter(delegate: Any) -> Any:
     if isinstance(delegate, tornado.httpserver._ProxyAdapter):
         return delegate.delegate
     return delegate
+
+
+def answer_oversized_head(stream: tornado.iostream.IOStream, answer: Callable[[socket.socket], None]) -> None:
+    """Let `answer` reply on a connection whose request head outgrows the server's `max_header_size`.
+
+    Tornado reads a request head with `read_until_regex(..., max_bytes=max_header_size)`, and past that
+    many bytes the stream closes itself (`close(exc_info=UnsatisfiableReadError)`) before anyone may write:
+    the client gets no answer at all. Here the stream's `close` is wrapped. On that error, while a regex
+    read is pending (an HTTP/1 server reads nothing else with a regex: bodies and chunk sizes are read by
+    length or delimiter), the socket is duplicated before Tornado closes its own descriptor, so the
+    connection stays open, and `answer` gets the duplicate to reply on. Any other close goes through as is.
+    """
+    close = stream.close
+
+    def close_or_answer(exc_info: Any = False) -> None:
+        duplicate = None
+        oversized = isinstance(exc_info, tornado.iostream.UnsatisfiableReadError) and stream._read_regex is not None
+        if oversized and stream.socket is not None and not stream.closed():
+            try:
+                duplicate = stream.socket.dup()
+            except (OSError, NotImplementedError):  # out of descriptors, or a TLS socket (it has no dup)
+                duplicate = None
+        close(exc_info)
+        if duplicate is not None:
+            answer(duplicate)
+
+    stream.close = close_or_answer  # type: ignore[method-assign]

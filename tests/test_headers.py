@@ -4,6 +4,8 @@
   of ours never tells another site where it was, and a media URL (its own capability) never leaks in a
   Referer.
 - No `Server` header: the version of the web framework is nobody's business.
+- A request head over MAX_HEADER_BYTES is answered 431 with the error envelope (Tornado alone closes the
+  connection without a word).
 - WebSocket Origins from localhost pass in development only.
 """
 
@@ -14,6 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import tornado.testing
 
@@ -88,6 +91,31 @@ async def exchange(port: int, head: bytes) -> tuple[str, dict[str, str], bytes]:
         return status, headers, body
     finally:
         writer.close()
+
+
+def request_head(header_bytes: int, *, path: str = "/livez") -> bytes:
+    """A GET whose head (request line, headers and the blank line) is `header_bytes` long."""
+    start = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Pad: ".encode()
+    return start + b"a" * (header_bytes - len(start) - 4) + b"\r\n\r\n"
+
+
+async def test_a_request_head_over_the_limit_gets_the_431_envelope(app, services):
+    limit = services.settings.max_header_bytes
+    assert limit == 64 * 1024
+    async with node_server(app, services) as port:
+        status, headers, _ = await exchange(port, request_head(limit - 1024))
+        assert status == "HTTP/1.1 200 OK"
+        for size in (limit + 1024, 4 * limit, 1024 * 1024):
+            status, headers, body = await exchange(port, request_head(size))
+            assert status == "HTTP/1.1 431 Request Header Fields Too Large", size
+            assert headers["content-type"].startswith("application/json")
+            assert headers["connection"] == "close"
+            assert headers["referrer-policy"] == "no-referrer" and "server" not in headers
+            error = orjson.loads(body)["error"]
+            assert error["code"] == "headers_too_large" and str(limit) in error["message"], error
+        # The node carries on.
+        status, _, _ = await exchange(port, request_head(200))
+        assert status == "HTTP/1.1 200 OK"
 
 
 async def test_the_nodes_own_413_answer_has_the_house_headers_too(app, services):
