@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field, StrictStr
+
 from handlers.base import BaseHandler
 from handlers.contract import Reply, Tag, Upload, int_query, operation
 from handlers.responses import Attachment, Conversation, Message, MessagePage, ReadAnswer
-from handlers.schemas import ReadBody, SendMessageBody
+from handlers.schemas import ReadBody, SendMessageBody, Strict
 from services.core import errors
 from services.media.content import ATTACHMENT_TYPES
 
 MAX_PAGE = 100
 MAX_MESSAGE_ID = 2**32 - 1
 
-API_TAG = Tag("conversations", "Conversations, history, sending, read pointers, attachments")
+API_TAG = Tag("conversations", "Conversations, history, sending, editing, unsending, read pointers, attachments")
 CONVERSATION = {"conversation_id": "The conversation's id."}
+MESSAGE = {**CONVERSATION, "message_id": "The message's id in the conversation."}
+
+
+class EditMessageBody(Strict):
+    """The new text (not only whitespace, unless the message carries an attachment), at most
+    MAX_CONTENT_CHARS characters."""
+
+    content: Annotated[StrictStr, Field(max_length=100_000)]
 
 
 class ConversationListHandler(BaseHandler):
@@ -62,7 +74,10 @@ class MessagesHandler(BaseHandler):
         """History, by cursor.
 
         Without a cursor: the newest page. `before` pages back, `after` forward (as a socket's `?after=`
-        resume); not both at once (400).
+        resume); not both at once (400). Messages are shown as they now are (edited, or unsent
+        placeholders). Edits and unsends take ids of their own, which `results` skips: a page read with
+        `after` whose range holds some lists them in `events` (as the socket frames) and gives `last_id`,
+        the cursor to continue with.
         """
         user_id = self.require_user()
         before = self.int_argument("before", None, low=1, high=MAX_MESSAGE_ID)
@@ -71,10 +86,8 @@ class MessagesHandler(BaseHandler):
         assert limit is not None
         if before is not None and after is not None:
             raise errors.Invalid("Use either `before` or `after`", fields={"before": "not with `after`"})
-        results, has_more = await self.services.chat.history(
-            int(conversation_id), user_id, before=before, after=after, limit=limit
-        )
-        self.send_json({"results": results, "has_more": has_more})
+        page = await self.services.chat.history(int(conversation_id), user_id, before=before, after=after, limit=limit)
+        self.send_json(page)
 
     @operation(
         "sendMessage",
@@ -101,6 +114,65 @@ class MessagesHandler(BaseHandler):
             int(conversation_id), user_id, body.content, body.client_id, body.attachment_id
         )
         self.send_json(message, status=201 if created else 200)
+
+
+LIFECYCLE_ERRORS = {
+    403: "`not_your_message` (another participant's message) or `conversation_closed` (closed meanwhile).",
+    404: "`conversation_not_found` (also closed ones) or `message_not_found` (no such message here).",
+    409: "`message_deleted`: the message was unsent.",
+    429: "`rate_limited`: counts against the messages per user, shared with sending.",
+    503: "`unavailable`: not done, or done half-way; retry.",
+}
+
+
+class MessageHandler(BaseHandler):
+    @operation(
+        "editMessage",
+        path=MESSAGE,
+        body=EditMessageBody,
+        responses={200: Reply("The message as it now is, with `edited_at`; broadcast as `message_edited`.", Message)},
+        notes={
+            **LIFECYCLE_ERRORS,
+            400: "`empty_message`, `message_too_long` or invalid fields.",
+            403: "`not_your_message`, `edit_window_closed` (sent too long ago) or `conversation_closed` (closed "
+            "meanwhile).",
+        },
+    )
+    async def patch(self, conversation_id: str, message_id: str) -> None:
+        """Edit one of your messages.
+
+        Within MESSAGE_EDIT_WINDOW seconds of sending it (15 minutes by default). Every socket of the
+        conversation receives `message_edited`; no notification or push is sent.
+        """
+        user_id = self.require_user()
+        body = self.json_body(EditMessageBody)
+        self.services.check_message_rate(user_id)
+        message = await self.services.chat.edit_message(
+            int(conversation_id),
+            user_id,
+            int(message_id),
+            body.content,
+            window_s=self.services.settings.message_edit_window_s,
+        )
+        self.send_json(message)
+
+    @operation(
+        "unsendMessage",
+        path=MESSAGE,
+        responses={200: Reply("The placeholder the message now is; broadcast as `message_deleted`.", Message)},
+        notes=LIFECYCLE_ERRORS,
+    )
+    async def delete(self, conversation_id: str, message_id: str) -> None:
+        """Unsend one of your messages (delete it for everyone).
+
+        At any time. Its text and attachment are erased from the store; history shows a placeholder
+        (`content` empty, `deleted: true`) and every socket of the conversation receives
+        `message_deleted`.
+        """
+        user_id = self.require_user()
+        self.services.check_message_rate(user_id)
+        message = await self.services.chat.unsend_message(int(conversation_id), user_id, int(message_id))
+        self.send_json(message)
 
 
 class ReadHandler(BaseHandler):
@@ -146,10 +218,12 @@ class AttachmentHandler(BaseHandler):
 
 
 CID = r"([0-9]{1,15})"
+MID = CID  # a message id, within its conversation
 routes = [
     (r"/api/conversations/", ConversationListHandler),
     (rf"/api/conversations/{CID}/", ConversationHandler),
     (rf"/api/conversations/{CID}/messages/", MessagesHandler),
+    (rf"/api/conversations/{CID}/messages/{MID}/", MessageHandler),
     (rf"/api/conversations/{CID}/read/", ReadHandler),
     (rf"/api/conversations/{CID}/attachments/", AttachmentHandler),
 ]

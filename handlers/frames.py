@@ -45,6 +45,21 @@ class ReadReceiptFrame(ClientFrame):
     message_id: FrameId
 
 
+class EditFrame(ClientFrame):
+    """A new text for one of the sender's own messages, within MESSAGE_EDIT_WINDOW of sending it."""
+
+    type: Literal["edit"]
+    message_id: FrameId
+    content: StrictStr
+
+
+class UnsendFrame(ClientFrame):
+    """Delete one of the sender's own messages for everyone: its text and attachment are erased."""
+
+    type: Literal["unsend"]
+    message_id: FrameId
+
+
 class PingFrame(ClientFrame):
     """An application-level keepalive, answered with `{"type": "pong"}`."""
 
@@ -74,6 +89,32 @@ def typing(socket: ConversationSocket, frame: TypingFrame) -> Awaitable[None] | 
 async def read_receipt(socket: ConversationSocket, frame: ReadReceiptFrame) -> None:
     """Move the sender's read pointer and tell the other participants."""
     await socket.services.chat.mark_read(socket.conversation, socket.user_id, frame.message_id)
+
+
+@REGISTRY.frame(EditFrame, "conversation")
+async def edit(socket: ConversationSocket, frame: EditFrame) -> None:
+    """Edit one of the sender's messages; every socket of the conversation receives `message_edited`.
+
+    Counts against the sender's message rate, like a send."""
+    services = socket.services
+    services.check_message_rate(socket.user_id)
+    await services.chat.edit_message(
+        socket.conversation,
+        socket.user_id,
+        frame.message_id,
+        frame.content,
+        window_s=services.settings.message_edit_window_s,
+    )
+
+
+@REGISTRY.frame(UnsendFrame, "conversation")
+async def unsend(socket: ConversationSocket, frame: UnsendFrame) -> None:
+    """Unsend one of the sender's messages; every socket of the conversation receives `message_deleted`.
+
+    Counts against the sender's message rate, like a send."""
+    services = socket.services
+    services.check_message_rate(socket.user_id)
+    await services.chat.unsend_message(socket.conversation, socket.user_id, frame.message_id)
 
 
 @REGISTRY.frame(PingFrame, "conversation", "notifications")

@@ -162,7 +162,9 @@ class Attachment(Answer):
 
 
 class Message(Answer):
-    """The seed's message object; `client_id` when the sender gave one."""
+    """The seed's message object, as it now is; `client_id` when the sender gave one, `edited_at` once
+    edited, and for a message its sender unsent a placeholder: `content` empty, `attachment` null,
+    `deleted` true and `deleted_at`."""
 
     id: Id
     """Counts up from 1 within the conversation, in storage order."""
@@ -176,13 +178,56 @@ class Message(Answer):
     attachment: Attachment | None
     conversation_id: Id
     client_id: Annotated[str, Field(max_length=64)] = ABSENT
+    edited_at: Timestamp = ABSENT
+    """When its sender last edited it."""
+    deleted: Literal[True] = ABSENT
+    """Its sender unsent it: its text and attachment are erased."""
+    deleted_at: Timestamp = ABSENT
+
+
+class MessageEditedEvent(Answer):
+    """A message was edited by its sender: the `message_edited` frame, on the conversation's sockets and in
+    `MessagePage.events`. `event_id` is the edit's own place in the conversation's order."""
+
+    type: Literal["message_edited"]
+    event_id: Id
+    """Resume with `?after=` the highest id received, a message's or an event's."""
+    message_id: Id
+    message: Message
+    """The message as it is when the frame is sent (a replay of an edit shows a later edit or unsend too)."""
+
+
+class MessageDeletedEvent(Answer):
+    """A message was unsent by its sender: the `message_deleted` frame, on the conversation's sockets and in
+    `MessagePage.events`. `event_id` is the unsend's own place in the conversation's order."""
+
+    type: Literal["message_deleted"]
+    event_id: Id
+    """Resume with `?after=` the highest id received, a message's or an event's."""
+    message_id: Id
+    message: Message
+    """The placeholder the message now is."""
+
+
+LifecycleEvent = Annotated[MessageEditedEvent | MessageDeletedEvent, Field(discriminator="type")]
 
 
 class MessagePage(Answer):
+    """A page of history. Edits and unsends take ids of their own in the conversation's order, which
+    `results` never holds (nor the id that seals a closed conversation, nor one skipped as a hole). A page
+    read with `after` whose range holds such ids lists the edits and unsends in `events` and says in
+    `last_id` where it ends: continue with `after=last_id` when it is there, else with the last message's
+    id."""
+
     results: list[Message]
-    """Oldest first."""
+    """Oldest first, each as it now is."""
     has_more: bool
     """More messages lie beyond, in the paging direction."""
+    events: list[LifecycleEvent] = ABSENT
+    """The edits and unsends stored in this page's range (of messages before it or in it), oldest first, as
+    the sockets receive them; one per message, its latest."""
+    last_id: Annotated[int, Field(ge=0)] = ABSENT
+    """The last id this page covers: a message's, an event's or a skipped one's."""
 
 
 class Conversation(Answer):

@@ -14,7 +14,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from handlers.responses import ABSENT, Answer, ErrorCode, Id, Message, ReadReceipt, Timestamp, UserSummary
+from handlers.responses import (
+    ABSENT,
+    Answer,
+    ErrorCode,
+    Id,
+    Message,
+    MessageDeletedEvent,
+    MessageEditedEvent,
+    ReadReceipt,
+    Timestamp,
+    UserSummary,
+)
 
 
 class MessageEvent(Answer):
@@ -122,13 +133,23 @@ class SocketContract:
 
 SOCKETS: dict[str, SocketContract] = {
     "conversation": SocketContract(
-        "Live messages, typing, read receipts and presence of one conversation.",
+        "Live messages, edits and unsends, typing, read receipts and presence of one conversation.",
         {"conversation_id": "The conversation's id."},
         {
             "token": "access token (required)",
-            "after": "message id: first receive every message stored after it, then live traffic",
+            "after": "message or event id: first receive every message, edit and unsend stored after it, then live "
+            "traffic",
         },
-        (MessageEvent, TypingEvent, ReadReceipt, StatusEvent, PongEvent, ErrorEvent),
+        (
+            MessageEvent,
+            MessageEditedEvent,
+            MessageDeletedEvent,
+            TypingEvent,
+            ReadReceipt,
+            StatusEvent,
+            PongEvent,
+            ErrorEvent,
+        ),
     ),
     "notifications": SocketContract(
         "Notifications of one user: new_message, new_match, new_like.",

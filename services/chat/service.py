@@ -2,7 +2,8 @@
 
 The package, one job per module:
 
-    service.py    ChatService: membership, sending, read pointers, attachments; delegates the rest
+    service.py    ChatService: membership, sending, editing and unsending, read pointers, attachments;
+                  delegates the rest
     writer.py     the message writer: id numbering, batched inserts, collisions between nodes, replays
                   of client_id retries, sealing closed conversations (the design of ids is explained there)
     history.py    reading messages back: history pages, resuming after an id, socket backlogs, holes
@@ -21,9 +22,9 @@ from typing import Any
 
 from services.accounts.users import UserService
 from services.chat.history import HistoryReader
-from services.chat.ids import StoredIds
+from services.chat.ids import DELETED, EDITED, StoredIds
 from services.chat.metadata import ConversationMetadata
-from services.chat.views import ChatViews
+from services.chat.views import ChatViews, utc_datetime
 from services.chat.writer import MessageWriter
 from services.core import errors
 from services.core.clock import now_iso
@@ -190,6 +191,103 @@ class ChatService:
         """Store the closing tombstone at the conversation's next id: no message can be stored after it."""
         await self.writer.seal(conversation_id)
 
+    # -- editing and unsending ---------------------------------------------------------------------
+    #
+    # The message document is changed first, then the lifecycle event is stored at the conversation's
+    # next id (MessageWriter.write_event), then its frame is published at that id. In that order, whoever
+    # reads the event (a socket's backlog, a REST page, the publisher) reads the message after it
+    # changed. An unsend that fails half-way (the store went away) is completed by its retry, which the
+    # `unsend_pending` mark tells from an unsend that is done; a failed edit is simply applied again.
+
+    async def edit_message(
+        self, conversation_id: int, editor_id: int, message_id: int, content: str, *, window_s: float
+    ) -> dict[str, Any]:
+        """Replace the text of one of the editor's own messages, sent at most `window_s` seconds ago, and
+        publish `message_edited`. Returns the message as it now is. No notification or push is sent.
+
+        Refusals: Invalid `empty_message` (blank, unless the message carries an attachment) or
+        `message_too_long`; NotFound `conversation_not_found` (also a closed one) or `message_not_found`;
+        Forbidden `not_your_message`, `edit_window_closed` or `conversation_closed` (closed meanwhile);
+        Conflict `message_deleted`."""
+        content = clean_multiline(content)
+        if len(content) > self.max_content_chars:
+            raise errors.Invalid(f"Message longer than {self.max_content_chars} characters", code="message_too_long")
+        # Read fresh: a conversation closed on another node must not take an edit the seal would refuse.
+        await self.member_conversation(conversation_id, editor_id, require_open=True, fresh=True)
+        doc = await self._own_message(conversation_id, editor_id, message_id)
+        if doc.get("deleted_at") is not None:
+            raise _message_deleted()
+        now = dt.datetime.now(dt.UTC)
+        if (now - utc_datetime(doc.get("created_at"))).total_seconds() > window_s:
+            raise errors.Forbidden("This message can no longer be edited", code="edit_window_closed")
+        if not content.strip() and doc.get("attachment_id") is None:
+            raise errors.Invalid("Message is empty", code="empty_message")
+        changed = await self._store.messages.update_one(
+            {"_id": doc["_id"], "deleted_at": None}, {"$set": {"content": content, "edited_at": now}}
+        )
+        if changed.matched_count == 0:
+            raise _message_deleted()  # unsent meanwhile
+        event = await self.writer.write_event(conversation_id, editor_id, EDITED, message_id)
+        return await self._publish_event(conversation_id, event)
+
+    async def unsend_message(self, conversation_id: int, sender_id: int, message_id: int) -> dict[str, Any]:
+        """Delete one of the sender's own messages for everyone, at any time: its text and attachment are
+        erased from the store, and `message_deleted` is published. Returns the placeholder the message
+        now is.
+
+        Refusals: NotFound `conversation_not_found` (also a closed one) or `message_not_found`; Forbidden
+        `not_your_message` or `conversation_closed` (closed meanwhile); Conflict `message_deleted`."""
+        await self.member_conversation(conversation_id, sender_id, require_open=True, fresh=True)
+        doc = await self._own_message(conversation_id, sender_id, message_id)
+        if doc.get("deleted_at") is None:
+            erased = await self._store.messages.find_one_and_update(
+                {"_id": doc["_id"], "deleted_at": None},
+                {
+                    # `client_id` stays: a late retry of the send gets the placeholder, not a new message.
+                    "$set": {"content": "", "deleted_at": dt.datetime.now(dt.UTC), "unsend_pending": True},
+                    "$unset": {"edited_at": ""},
+                },
+            )
+            if erased is None:
+                raise _message_deleted()  # unsent meanwhile, by another request
+            doc = erased  # as it was: its attachment is erased next
+        elif not doc.get("unsend_pending"):
+            raise _message_deleted()
+        if doc.get("attachment_id") is not None:
+            await self._erase_attachment(conversation_id, sender_id, int(doc["attachment_id"]))
+        event = await self.writer.write_event(conversation_id, sender_id, DELETED, message_id)
+        await self._store.messages.update_one(
+            {"_id": doc["_id"]}, {"$unset": {"unsend_pending": "", "attachment_id": ""}}
+        )
+        return await self._publish_event(conversation_id, event)
+
+    async def _own_message(self, conversation_id: int, user_id: int, message_id: int) -> Doc:
+        """The stored message `message_id` of the conversation if `user_id` sent it; else NotFound (no
+        such message: the id of another conversation's message, of a tombstone, past the newest) or
+        Forbidden (another participant's message)."""
+        found = (await self.ids.at(conversation_id, [message_id])).get(message_id)
+        if found is None or found.get("hole"):
+            raise errors.NotFound("No such message in this conversation", code="message_not_found")
+        if int(found["sender_id"]) != user_id:
+            raise errors.Forbidden("Only its sender may change a message", code="not_your_message")
+        return found
+
+    async def _erase_attachment(self, conversation_id: int, uploader_id: int, attachment_id: int) -> None:
+        """Remove an unsent message's attachment: its document, then its file (its URL then answers 404)."""
+        attachment = await self._store.attachments.find_one_and_delete(
+            {"_id": attachment_id, "conversation_id": conversation_id, "uploader_id": uploader_id}
+        )
+        if attachment is not None and attachment.get("path"):
+            await self._media.delete(str(attachment["path"]))
+
+    async def _publish_event(self, conversation_id: int, event: Doc) -> dict[str, Any]:
+        """Publish a stored lifecycle event's frame at its id; return the message it carries."""
+        read_seq = await self.views.read_pointers(conversation_id)
+        frame = (await self.views.lifecycle_frames(conversation_id, [event], read_seq))[int(event["seq"])]
+        await self._events.to_conversation(conversation_id, frame, seq=int(event["seq"]))
+        message: dict[str, Any] = frame["message"]
+        return message
+
     # -- read pointers -----------------------------------------------------------------------------
 
     async def mark_read(self, conversation_id: int, user_id: int, message_id: int) -> dict[str, Any] | None:
@@ -236,8 +334,9 @@ class ChatService:
         before: int | None = None,
         after: int | None = None,
         limit: int = 50,
-    ) -> tuple[list[dict[str, Any]], bool]:
-        """A page of messages in storage order, and whether more lie beyond it in the paging direction."""
+    ) -> dict[str, Any]:
+        """A page of history (HistoryReader.page): `results` in storage order and `has_more`; with `after`,
+        also the lifecycle `events` among them and the `last_id` to continue from."""
         await self.member_conversation(conversation_id, viewer_id, require_open=False)
         return await self.reader.page(conversation_id, before=before, after=after, limit=limit)
 
@@ -320,3 +419,7 @@ class ChatService:
         if doc is None:
             raise errors.NotFound("Attachment not found", code="attachment_not_found")
         return doc
+
+
+def _message_deleted() -> errors.Conflict:
+    return errors.Conflict("This message was unsent", code="message_deleted")

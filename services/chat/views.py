@@ -1,8 +1,12 @@
-"""What clients see of stored documents: message objects, attachment objects, conversation summaries.
+"""What clients see of stored documents: message objects, lifecycle frames, attachment objects, conversation
+summaries.
 
 A message object is the seed's shape plus `conversation_id` (and `client_id` when the sender gave one);
-the same object goes into REST answers and, inside a `message` frame, to sockets. Tombstones never
-reach here: callers leave them out.
+the same object goes into REST answers and, inside a `message` frame, to sockets. A message is always
+shown as it now is: an edited one with `edited_at`, an unsent one as a placeholder (`content: ""`, no
+attachment, `deleted: true`, `deleted_at`). A lifecycle event (an edit or an unsend, services/chat/ids.py)
+is shown as its frame, `message_edited` or `message_deleted`, carrying that message object. Other
+tombstones never reach here: callers leave them out.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import datetime as dt
 from typing import Any
 
 from services.accounts.users import UserService
-from services.chat.ids import StoredIds, message_key
+from services.chat.ids import EDITED, StoredIds, message_key
 from services.core.clock import iso
 from services.media.store import MediaStore
 from services.storage.store import Doc, Store
@@ -40,6 +44,37 @@ class ChatViews:
             )
         return out
 
+    async def read_pointers(self, conversation_id: int) -> dict[int, int]:
+        """How far each participant has read (user id -> message id)."""
+        doc = await self._store.conversations.find_one({"_id": conversation_id}, {"read_seq": 1})
+        return {int(k): int(v) for k, v in ((doc or {}).get("read_seq") or {}).items()}
+
+    async def lifecycle_frames(
+        self, conversation_id: int, events: list[Doc], read_seq: dict[int, int]
+    ) -> dict[int, dict[str, Any]]:
+        """The frames of these lifecycle events, by event id, each carrying its message as it now is.
+
+        The messages are read here, after the events were: a message is changed before its event is
+        stored (ChatService.edit_message), so the frame shows at least that change. As each frame shows
+        the message's current state, only the last event of each message in `events` gets one: the
+        earlier ones would repeat it."""
+        last_of: dict[int, Doc] = {}
+        for event in sorted(events, key=lambda e: int(e["seq"])):
+            last_of[int(event["message_seq"])] = event
+        targets = await self._ids.at(conversation_id, last_of)
+        docs = [targets[seq] for seq in last_of if seq in targets and not targets[seq].get("hole")]
+        messages = {m["id"]: m for m in await self.serialize_many(docs, read_seq)}
+        frames: dict[int, dict[str, Any]] = {}
+        for message_seq, event in last_of.items():
+            if message_seq in messages:
+                frames[int(event["seq"])] = {
+                    "type": "message_edited" if event["event"] == EDITED else "message_deleted",
+                    "event_id": int(event["seq"]),
+                    "message_id": message_seq,
+                    "message": messages[message_seq],
+                }
+        return frames
+
     async def attachments_of(self, docs: list[Doc]) -> dict[Any, Doc]:
         """The attachment documents the messages refer to, by id."""
         ids = [d["attachment_id"] for d in docs if d.get("attachment_id") is not None]
@@ -51,19 +86,25 @@ class ChatViews:
         self, doc: Doc, sender: dict[str, Any], *, is_read: bool, attachment: Doc | None = None
     ) -> dict[str, Any]:
         """The seed's message object, plus `conversation_id` and (when given) `client_id`."""
+        deleted = doc.get("deleted_at") is not None
         message: dict[str, Any] = {
             "id": int(doc["seq"]),
             "sender_id": int(doc["sender_id"]),
             "sender_username": sender["username"],
             "sender_profile_picture": sender["profile_picture"],
-            "content": doc["content"],
+            "content": "" if deleted else doc["content"],
             "created_at": iso(utc_datetime(doc["created_at"])),
             "is_read": is_read,
-            "attachment": self.attachment_object(attachment) if attachment else None,
+            "attachment": self.attachment_object(attachment) if attachment and not deleted else None,
             "conversation_id": int(doc["conversation_id"]),
         }
         if doc.get("client_id") is not None:
             message["client_id"] = doc["client_id"]
+        if deleted:
+            message["deleted"] = True
+            message["deleted_at"] = iso(utc_datetime(doc["deleted_at"]))
+        elif doc.get("edited_at") is not None:
+            message["edited_at"] = iso(utc_datetime(doc["edited_at"]))
         return message
 
     def attachment_object(self, doc: Doc) -> dict[str, Any]:
@@ -102,6 +143,7 @@ class ChatViews:
                     "id": cid,
                     "participants": participants,
                     "last_message": last_message,
+                    # Counted in ids: an edit or unsend stored among unread messages counts too.
                     "unread_count": max(0, int(d.get("last_seq", 0)) - read_seq.get(user_id, 0)),
                     "updated_at": iso(utc_datetime(d.get("updated_at") or d.get("created_at"))),
                     "status": d.get("status", "open"),
