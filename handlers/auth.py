@@ -6,6 +6,7 @@ from handlers.base import BaseHandler
 from handlers.contract import Reply, Tag, operation
 from handlers.responses import OwnProfile, TokenPair
 from handlers.schemas import RefreshBody, RegisterBody, TokenBody
+from services.accounts.budgets import signup_budget
 from services.core import errors
 
 API_TAG = Tag("accounts", "Registration and tokens")
@@ -20,7 +21,8 @@ class RegisterHandler(BaseHandler):
         errors=(503,),
         notes={
             409: "`username_taken`.",
-            429: "`too_many_attempts`: too many failed sign-ins or taken names from this address.",
+            429: "`too_many_attempts`: too many failed sign-ins or taken names from this address; "
+            "`rate_limited`: SIGNUPS_PER_IP accounts were created from this address within SIGNUP_WINDOW.",
         },
     )
     async def post(self) -> None:
@@ -28,8 +30,14 @@ class RegisterHandler(BaseHandler):
         body = self.json_body(RegisterBody)
         self._check_password_length(body.password)
         profile = body.model_dump(exclude={"username", "password"}, exclude_unset=True)
+        # The peer's address, or the forwarded one from TRUSTED_PROXIES (handlers/http_server.py).
+        client_ip = self.request.remote_ip
         doc = await self.services.users.register(
-            body.username, body.password, profile, client_ip=self.request.remote_ip
+            body.username,
+            body.password,
+            profile,
+            client_ip=client_ip,
+            spend_signup=signup_budget(self.services.rates, self.services.settings, client_ip),
         )
         self.send_json(self.services.users.own_profile(doc), status=201)
 

@@ -133,6 +133,8 @@ def every_endpoint(w: World) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", f"/api/conversations/{c}/", {}),
         ("GET", f"/api/conversations/{c}/messages/", {}),
         ("POST", f"/api/conversations/{c}/messages/", {"json": {"content": "pwned"}}),
+        ("PATCH", f"/api/conversations/{c}/messages/1/", {"json": {"content": "pwned"}}),
+        ("DELETE", f"/api/conversations/{c}/messages/1/", {}),
         ("POST", f"/api/conversations/{c}/read/", {"json": {"message_id": 1}}),
         ("POST", f"/api/conversations/{c}/attachments/", {"body": PNG, "headers": {"Content-Type": "image/png"}}),
     ]
@@ -192,6 +194,8 @@ async def test_conversation_objects_answer_participants_only(api, services):
             ("GET", "/api/conversations/{}/messages/", {}),
             ("GET", "/api/conversations/{}/messages/?after=0", {}),
             ("POST", "/api/conversations/{}/messages/", {"json": {"content": "pwned"}}),
+            ("PATCH", "/api/conversations/{}/messages/1/", {"json": {"content": "pwned"}}),
+            ("DELETE", "/api/conversations/{}/messages/1/", {}),
             ("POST", "/api/conversations/{}/read/", {"json": {"message_id": 1}}),
             ("POST", "/api/conversations/{}/attachments/", {"body": PNG, "headers": {"Content-Type": "image/png"}}),
         ):
@@ -220,6 +224,13 @@ async def test_conversation_objects_answer_participants_only(api, services):
         ws.close()
     # Only the participants' two messages were added.
     assert await history_ids(api, c, w.bob) == [1, 2, 3]
+    # A message is edited or unsent by its sender only: the other participant is refused.
+    for method, kw in (("PATCH", {"json": {"content": "pwned"}}), ("DELETE", {})):
+        r = await api.request(method, f"/api/conversations/{c}/messages/1/", token=w.bob.access, **kw)
+        assert_envelope(r, 403, method)
+        assert r.error_code == "not_your_message", r.body
+    edited = await api.patch(f"/api/conversations/{c}/messages/1/", {"content": "hello, bob"}, token=w.alice.access)
+    assert edited.status == 200 and edited.body["content"] == "hello, bob", edited.body
 
 
 async def test_former_participants_keep_history_but_cannot_write_or_listen(api, services):
@@ -238,6 +249,10 @@ async def test_former_participants_keep_history_but_cannot_write_or_listen(api, 
             f"/api/conversations/{cid}/attachments/", body=PNG, headers={"Content-Type": "image/png"}, token=user.access
         )
         assert upload.status in (403, 404), (role, upload.status)
+        # Not even its sender edits or unsends a message of a closed conversation.
+        for method, kw in (("PATCH", {"json": {"content": "late"}}), ("DELETE", {})):
+            changed = await api.request(method, f"/api/conversations/{cid}/messages/1/", token=user.access, **kw)
+            assert_envelope(changed, 404, (role, method))
         ws = await ws_connect(api, conv_path(cid, user))
         assert (await ws.closed())[0] == 4001, role
         assert await history_ids(api, cid, user) == [1], role

@@ -99,8 +99,17 @@ class UserService:
         return await self.liveness.exists(user_id)
 
     async def register(
-        self, username: str, password: str, profile: dict[str, Any], *, client_ip: str | None = None
+        self,
+        username: str,
+        password: str,
+        profile: dict[str, Any],
+        *,
+        client_ip: str | None = None,
+        spend_signup: Callable[[], Awaitable[None]] | None = None,
     ) -> Doc:
+        """Create an account. `spend_signup` is awaited once the request would create one (its fields are
+        valid and its name free), before the password is hashed: the address's sign-up budget, which
+        raises RateLimited when spent. A refused request spends nothing of it."""
         if not USERNAME_RE.fullmatch(username):
             raise Invalid(
                 "Invalid username",
@@ -117,6 +126,8 @@ class UserService:
         if await self._store.users.find_one({"username_key": username.lower()}, {"_id": 1}):
             raise Conflict("Username already taken", code="username_taken", fields={"username": "already taken"})
         await self.login_throttle.succeeded(None, client_ip, booking)
+        if spend_signup is not None:
+            await spend_signup()
         password_hash = await self._hasher.hash(password)
         doc: Doc = {
             "_id": await self._store.next_id("users"),
