@@ -145,8 +145,10 @@ async def test_unsend_reaches_every_socket_and_erases_the_message_from_the_store
     )
     assert upload.status == 201, upload.body
     attachment = await services.store.attachments.find_one({"_id": upload.body["id"]})
-    media_file = Path(services.settings.data_dir) / "media" / attachment["path"]
-    assert media_file.exists()
+    # The file and, for an image, the thumbnails beside it.
+    named = [attachment["path"], *(attachment.get("thumbnails") or {}).values()]
+    media_files = [Path(services.settings.data_dir) / "media" / path for path in named]
+    assert all(f.exists() for f in media_files)
     photo = await sent(api, p.cid, p.a, "my secret photo", attachment_id=upload.body["id"], client_id="c-photo")
     await sent(api, p.cid, p.a, "my secret text")
     await sent(api, p.cid, p.b, "nice")
@@ -179,7 +181,7 @@ async def test_unsend_reaches_every_socket_and_erases_the_message_from_the_store
     everything = await services.store.messages.find({"conversation_id": p.cid}).to_list(None)
     assert "secret" not in repr(everything)
     assert await services.store.attachments.find_one({"_id": upload.body["id"]}) is None
-    assert not media_file.exists()
+    assert not any(f.exists() for f in media_files)
     media = await api.get(urllib.parse.urlsplit(upload.body["url"]).path)
     assert media.status == 404
     # A late retry of the unsent send gets the placeholder back; nothing is stored again.

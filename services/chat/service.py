@@ -273,12 +273,18 @@ class ChatService:
         return found
 
     async def _erase_attachment(self, conversation_id: int, uploader_id: int, attachment_id: int) -> None:
-        """Remove an unsent message's attachment: its document, then its file (its URL then answers 404)."""
+        """Remove an unsent message's attachment: its document, then its file and the thumbnails beside
+        it, which its document names (their URLs then answer 404)."""
         attachment = await self._store.attachments.find_one_and_delete(
             {"_id": attachment_id, "conversation_id": conversation_id, "uploader_id": uploader_id}
         )
-        if attachment is not None and attachment.get("path"):
-            await self._media.delete(str(attachment["path"]))
+        if attachment is None:
+            return
+        thumbnails = attachment.get("thumbnails")
+        paths = [attachment.get("path"), *(thumbnails.values() if isinstance(thumbnails, dict) else ())]
+        for path in paths:
+            if isinstance(path, str) and path:
+                await self._media.delete(path)
 
     async def _publish_event(self, conversation_id: int, event: Doc) -> dict[str, Any]:
         """Publish a stored lifecycle event's frame at its id; return the message it carries."""
