@@ -16,6 +16,7 @@ from handlers import (
     media,
     metrics,
     openapi,
+    photos,
     sockets,
     static,
     users,
@@ -25,7 +26,7 @@ from handlers.base import NotFoundHandler
 if TYPE_CHECKING:
     from services.core.container import Services
 
-ROUTE_MODULES = [auth, users, matching, conversations, devices, sockets, health, metrics, openapi]
+ROUTE_MODULES = [auth, users, photos, matching, conversations, devices, sockets, health, metrics, openapi]
 
 
 def make_app(services: Services, **tornado_settings: Any) -> tornado.web.Application:

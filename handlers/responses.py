@@ -76,6 +76,8 @@ class _PublicFields(UserSummary):
     bio: str | None
     age: Annotated[int, Field(ge=0)] | None
     gender: Gender | None
+    photos: list[Url]
+    """The profile's photos in their owner's order; the first is `profile_picture`."""
 
 
 class PublicProfile(_PublicFields):
@@ -97,6 +99,20 @@ class OwnProfile(_PublicFields):
 
 class ProfilePicture(Answer):
     profile_picture: Url
+
+
+class Photo(Answer):
+    """One of the own profile's photos, as stored: re-encoded, without metadata, bounded in size."""
+
+    id: Id
+    url: Url
+    thumbnails: dict[str, Url]
+    """The URL of each thumbnail by its longest side in pixels (`"128"`, `"512"`): beside `url`, with the
+    side before the extension (`x.jpg`, `x.128.jpg`)."""
+    content_type: Literal["image/jpeg", "image/png", "image/webp"]
+    width: Annotated[int, Field(ge=1)] | None
+    """Pixels; null for a picture stored before photos were re-encoded."""
+    height: Annotated[int, Field(ge=1)] | None
 
 
 class Candidate(_PublicFields):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from handlers.base import BaseHandler
-from handlers.contract import Reply, Tag, Upload, operation
+from handlers.contract import Reply, Tag, operation
+from handlers.photos import IMAGE_UPLOAD, IMAGE_UPLOAD_NOTES
 from handlers.responses import OwnProfile, ProfilePicture, PublicProfile
 from handlers.schemas import ProfilePatch
-from services.media.content import IMAGE_TYPES
 
 API_TAG = Tag("profiles", "Own profile, picture, other people's public profiles")
 ACCOUNT_DELETED = {404: "The account was deleted."}
@@ -40,16 +40,17 @@ class MeHandler(BaseHandler):
 class PictureHandler(BaseHandler):
     @operation(
         "setProfilePicture",
-        body=Upload(
-            tuple(IMAGE_TYPES),
-            "The image's raw bytes, at most {max_upload}. The type is read from the bytes, not the header.",
-        ),
+        body=IMAGE_UPLOAD,
         responses={200: Reply("Where the picture is served.", ProfilePicture)},
-        errors=(404, 503),
-        notes={400: "`empty_file` or `unsupported_media_type`."},
+        errors=(503,),
+        notes=IMAGE_UPLOAD_NOTES,
     )
     async def put(self) -> None:
-        """Upload the profile picture."""
+        """Upload the profile picture.
+
+        It becomes the first of the profile's photos, in place of the current first one (whose files are
+        removed); the other photos stay. See /api/users/me/photos/ for the others.
+        """
         user_id = self.require_user()
         data = self.body_bytes(self.services.settings.max_upload_bytes)
         url = await self.services.users.set_picture(user_id, data)

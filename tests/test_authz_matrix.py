@@ -37,6 +37,7 @@ class World:
     blocked_cid: int  # alice and `blocked`, closed by alice's block
     unmatched_cid: int  # alice and `unmatched`, closed by alice's unmatch
     stranger_attachment: int  # uploaded by the stranger in a conversation of their own
+    alice_photo: dict[str, Any]  # alice's only profile photo
 
 
 async def matched(api: ApiClient, a: TestUser, b: TestUser) -> dict[str, Any]:
@@ -81,6 +82,8 @@ async def build_world(api: ApiClient, services: Any) -> World:
         token=stranger.access,
     )
     assert upload.status == 201, upload.body
+    photo = await api.post("/api/users/me/photos/", body=PNG, token=alice.access)
+    assert photo.status == 201, photo.body
     return World(
         alice,
         bob,
@@ -93,6 +96,7 @@ async def build_world(api: ApiClient, services: Any) -> World:
         blocked_match["conversation_id"],
         ucid,
         upload.body["id"],
+        photo.body,
     )
 
 
@@ -119,6 +123,10 @@ def every_endpoint(w: World) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", "/api/users/me/", {}),
         ("PATCH", "/api/users/me/", {"json": {"bio": "pwned"}}),
         ("PUT", "/api/users/me/picture/", {"body": PNG}),
+        ("GET", "/api/users/me/photos/", {}),
+        ("POST", "/api/users/me/photos/", {"body": PNG}),
+        ("PATCH", "/api/users/me/photos/", {"json": {"order": [w.alice_photo["id"]]}}),
+        ("DELETE", f"/api/users/me/photos/{w.alice_photo['id']}/", {}),
         ("GET", f"/api/users/{w.alice.id}/", {}),
         ("GET", "/api/discover/", {}),
         ("POST", "/api/likes/", {"json": {"user_id": w.alice.id}}),
@@ -160,7 +168,8 @@ async def test_bad_credentials_are_401_everywhere_and_4000_or_4002_on_the_socket
     # Nothing was written by any of those requests.
     assert await history_ids(api, w.cid, w.alice) == [1]
     me = await api.get("/api/users/me/", token=w.alice.access)
-    assert me.body["bio"] is None and me.body["profile_picture"] is None
+    assert me.body["bio"] is None and me.body["profile_picture"] == w.alice_photo["url"]
+    assert (await api.get("/api/users/me/photos/", token=w.alice.access)).body == [w.alice_photo]
     assert (await api.get("/api/matches/", token=w.bob.access)).body[0]["id"] == w.match_id
     assert [b["user"]["id"] for b in (await api.get("/api/blocks/", token=w.alice.access)).body] == [w.blocked.id]
     # The deleted account cannot sign in for a new token either.
@@ -314,3 +323,31 @@ async def test_object_ids_of_other_conversations_are_refused(api, services):
     read = await api.post(f"/api/conversations/{w.cid}/read/", {"message_id": 5}, token=w.bob.access)
     assert read.status in (400, 404), read.body
     assert await history_ids(api, w.cid, w.alice) == [1]
+
+
+async def test_photos_are_changed_by_their_owner_only(api, services):
+    w = await build_world(api, services)
+    photo_id = w.alice_photo["id"]
+    unknown = 999_999_999
+    everyone = {"other participant": w.bob, "stranger": w.stranger, "blocked": w.blocked, "unmatched": w.unmatched}
+    for role, user in everyone.items():
+        # The photo routes are the caller's own: another user's photo id is "not found", like no photo at all.
+        for method, path, kw, missing_path, missing_kw in (
+            ("DELETE", f"/api/users/me/photos/{photo_id}/", {}, f"/api/users/me/photos/{unknown}/", {}),
+            (
+                "PATCH",
+                "/api/users/me/photos/",
+                {"json": {"order": [photo_id]}},
+                "/api/users/me/photos/",
+                {"json": {"order": [unknown]}},
+            ),
+        ):
+            r = await api.request(method, path, token=user.access, **kw)
+            assert_envelope(r, 404, (role, method))
+            assert r.error_code == "photo_not_found", (role, method, r.body)
+            same = await api.request(method, missing_path, token=user.access, **missing_kw)
+            assert (same.status, same.body) == (r.status, r.body), (role, method)
+        assert (await api.get("/api/users/me/photos/", token=user.access)).body == [], role
+    # The public profile shows the photo's URL, and nothing was changed.
+    assert (await api.get(f"/api/users/{w.alice.id}/", token=w.bob.access)).body["photos"] == [w.alice_photo["url"]]
+    assert (await api.get("/api/users/me/photos/", token=w.alice.access)).body == [w.alice_photo]

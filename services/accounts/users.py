@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pymongo.errors
-from pymongo import ReturnDocument
 
 from services.accounts.auth import PasswordHasher, TokenError, TokenPair, TokenService
 from services.accounts.liveness import AccountLiveness
@@ -17,7 +16,7 @@ from services.accounts.throttle import LoginThrottle
 from services.core.clock import iso
 from services.core.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
 from services.core.text import clean_line, clean_multiline, has_visible
-from services.media.content import IMAGE_TYPES
+from services.media.photos import ProfilePhotos
 from services.media.store import MediaStore
 from services.storage.store import Doc, Store
 
@@ -82,6 +81,8 @@ class UserService:
         self._hasher = hasher
         self._tokens = tokens
         self._media = media
+        # The profile's ordered photos; the first is the picture every summary shows.
+        self.photos = ProfilePhotos(store, media, on_change=self.forget_summary)
         self.min_age = min_age
         # user id -> (expires at, summary). Summaries ride on every chat frame, so they are cached; a
         # profile change on another node shows here after at most SUMMARY_TTL_S.
@@ -227,25 +228,12 @@ class UserService:
         return await self.get(user_id)
 
     async def set_picture(self, user_id: int, data: bytes) -> str:
-        content_type = self._media.check(data, IMAGE_TYPES)
-        relative = await self._media.save("profile_pictures", data, content_type)
-        previous = await self._store.users.find_one_and_update(
-            {"_id": user_id, "deleted": {"$ne": True}},
-            {"$set": {"picture": relative}},
-            projection={"picture": 1},
-            return_document=ReturnDocument.BEFORE,
-        )
-        if previous is None:
-            await self._media.delete(relative)
-            raise NotFound("User not found")
-        # The replaced file is referenced by nothing else (names are random per upload); keeping it
-        # would let every re-upload grow the data dir forever.
-        if previous.get("picture") and previous["picture"] != relative:
-            await self._media.delete(previous["picture"])
+        """Make the upload the profile picture: it replaces the first photo (or is the first one)."""
+        return await self.photos.replace_first(user_id, data)
+
+    def forget_summary(self, user_id: int) -> None:
+        """Drop the cached summary of a user whose picture or name changed on this node."""
         self._summaries.pop(user_id, None)
-        url = self._media.url(relative)
-        assert url is not None
-        return url
 
     async def summary(self, user_id: int) -> dict[str, Any]:
         """`{id, username, profile_picture}`: the seed's shape of a user inside frames; cached."""
@@ -282,6 +270,7 @@ class UserService:
             "bio": doc.get("bio"),
             "age": age_on(birthdate, dt.datetime.now(dt.UTC).date()) if birthdate else None,
             "gender": doc.get("gender"),
+            "photos": self.photos.urls(doc),
         }
 
     def own_profile(self, doc: Doc) -> dict[str, Any]:

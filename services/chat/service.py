@@ -399,28 +399,37 @@ class ChatService:
     async def add_attachment(
         self, conversation_id: int, uploader_id: int, data: bytes, declared_type: str | None
     ) -> dict[str, Any]:
+        """Store a file to send with a message (`attachment_id`). Images are re-encoded, the uploader's rate
+        and quota apply (services/media/store.py). It stays `sent: false` until a message carries it, and
+        is removed UNSENT_ATTACHMENT_TTL after its upload if none does (services/media/sweeper.py)."""
         await self.member_conversation(conversation_id, uploader_id, require_open=True)
-        content_type = self._media.check(data, ATTACHMENT_TYPES, declared_type)
-        path = await self._media.save("attachments", data, content_type)
-        doc: Doc = {
-            "_id": await self._store.next_id("attachments"),
-            "conversation_id": conversation_id,
-            "uploader_id": uploader_id,
-            "path": path,
-            "content_type": content_type,
-            "size": len(data),
-            "created_at": dt.datetime.now(dt.UTC),
-        }
-        await self._store.attachments.insert_one(doc)
+        stored = await self._media.accept(uploader_id, data, ATTACHMENT_TYPES, "attachments", declared_type)
+        try:
+            doc: Doc = {
+                "_id": await self._store.next_id("attachments"),
+                "conversation_id": conversation_id,
+                "uploader_id": uploader_id,
+                **stored.fields(),
+                "sent": False,
+                "created_at": dt.datetime.now(dt.UTC),
+            }
+            await self._store.attachments.insert_one(doc)
+        except BaseException:
+            await self._media.discard(uploader_id, stored)
+            raise
         return self.views.attachment_object(doc)
 
     def attachment_object(self, doc: Doc) -> dict[str, Any]:
         return self.views.attachment_object(doc)
 
     async def _attachment_for(self, conversation_id: int, sender_id: int, attachment_id: int) -> Doc:
-        """The sender's own attachment in this conversation, to send with a message; else NotFound."""
-        doc = await self._store.attachments.find_one(
-            {"_id": attachment_id, "conversation_id": conversation_id, "uploader_id": sender_id}
+        """The sender's own attachment in this conversation, to send with a message; else NotFound.
+
+        Marked sent in the same atomic update, so the sweep of unsent attachments, which deletes only
+        those still unsent, either comes first (then this answers NotFound) or never takes it."""
+        doc = await self._store.attachments.find_one_and_update(
+            {"_id": attachment_id, "conversation_id": conversation_id, "uploader_id": sender_id},
+            {"$set": {"sent": True}},
         )
         if doc is None:
             raise errors.NotFound("Attachment not found", code="attachment_not_found")

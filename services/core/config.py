@@ -94,6 +94,29 @@ class Settings:
         "Comma-separated WebSocket Origins allowed besides the own host (and localhost in development); `*` allows any",
     )
     max_upload_bytes: int = _knob(5 * 1024 * 1024, "MAX_UPLOAD_BYTES", "Largest picture or attachment upload")
+    image_max_side: int = _knob(
+        2048, "IMAGE_MAX_SIDE", "Longest side of a stored image, pixels (larger ones are scaled down)"
+    )
+    image_thumbnail_sides: str = _knob(
+        "128,512", "IMAGE_THUMBNAIL_SIDES", "Comma-separated longest sides of the thumbnails made of every image"
+    )
+    image_max_pixels: int = _knob(
+        25_000_000, "IMAGE_MAX_PIXELS", "Most pixels (width x height) an uploaded image may declare; more: 400"
+    )
+    image_concurrency: int = _knob(2, "IMAGE_CONCURRENCY", "Images a node decodes and re-encodes at once (threads)")
+    max_profile_photos: int = _knob(6, "MAX_PROFILE_PHOTOS", "Photos one profile may hold")
+    media_quota_bytes: int = _knob(
+        100 * 1024 * 1024, "MEDIA_QUOTA_BYTES", "Bytes of photos and attachments one user may keep stored; 0: no limit"
+    )
+    uploads_per_hour: int = _knob(
+        30, "UPLOADS_PER_HOUR", "Photo and attachment uploads per user per hour (a burst, then 429); 0: no limit"
+    )
+    unsent_attachment_ttl_s: float = _knob(
+        86400.0, "UNSENT_ATTACHMENT_TTL", "Seconds an attachment never sent in a message is kept before it is removed"
+    )
+    media_sweep_interval_s: float = _knob(
+        600.0, "MEDIA_SWEEP_INTERVAL", "Seconds between a node's sweeps for attachments past UNSENT_ATTACHMENT_TTL"
+    )
     max_password_chars: int = _knob(128, "MAX_PASSWORD_CHARS", "Longest password accepted (checked before hashing)")
     hash_concurrency: int = _knob(2, "HASH_CONCURRENCY", "Password hashes computed at once (each takes 19 MiB)")
     login_failures_per_account: int = _knob(

@@ -143,6 +143,9 @@ class Services:
         self.connections.start_heartbeat(self.settings.ping_interval_s)
         self.metrics.start()
         self.push.start()
+        # Upload limits, quotas and the sweep of unsent attachments (services/media/store.py).
+        self.media.connect(self.settings, self.store, self.rates)
+        self.media.start()
 
     async def close(self) -> None:
         """Close sockets with 1001, finish queued writes, then release the clients."""
@@ -150,6 +153,7 @@ class Services:
         await self.connections.close_all(1001, "server shutting down")
         await self.chat.close()
         await self.push.close()
+        await self.media.close()
         await self.typing.close()
         await self.presence.close()
         await self.bus.close()
