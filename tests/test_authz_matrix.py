@@ -259,9 +259,9 @@ async def test_former_participants_keep_history_but_cannot_write_or_listen(api, 
         )
         assert upload.status in (403, 404), (role, upload.status)
         # Not even its sender edits or unsends a message of a closed conversation.
-        for method, kw in (("PATCH", {"json": {"content": "late"}}), ("DELETE", {})):
-            changed = await api.request(method, f"/api/conversations/{cid}/messages/1/", token=user.access, **kw)
-            assert_envelope(changed, 404, (role, method))
+        for change, change_kw in (("PATCH", {"json": {"content": "late"}}), ("DELETE", {})):
+            changed = await api.request(change, f"/api/conversations/{cid}/messages/1/", token=user.access, **change_kw)
+            assert_envelope(changed, 404, (role, change))
         ws = await ws_connect(api, conv_path(cid, user))
         assert (await ws.closed())[0] == 4001, role
         assert await history_ids(api, cid, user) == [1], role
