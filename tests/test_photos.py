@@ -518,3 +518,15 @@ async def test_images_are_decoded_off_the_event_loop_two_at_a_time(api, services
     assert sorted(r.status for r in answers) == [201] * 6
     assert peak == 2 and threading.get_ident() not in threads
     assert time.monotonic() - started >= 0.55  # six decodes, two at a time, 0.2 s each
+
+
+@pytest.mark.parametrize("settings_overrides", [{"unsent_attachment_ttl_s": 0.0, "media_sweep_interval_s": 1.0}])
+async def test_every_node_sweeps_on_its_own_once_started(api, services):
+    a, b = await seed_user(services, "auto"), await seed_user(services, "auto")
+    cid = await make_conversation(services, a.id, b.id)
+    unsent = (await upload_attachment(api, cid, a, b"%PDF-1.4 forgotten", "application/pdf")).body
+    deadline = time.monotonic() + 5
+    while (await fetch_media(api, unsent["url"])).code != 404:
+        assert time.monotonic() < deadline, "the node's sweep did not run"
+        await asyncio.sleep(0.1)
+    assert await services.store.attachments.find_one({"_id": unsent["id"]}) is None

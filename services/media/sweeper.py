@@ -79,5 +79,9 @@ class AttachmentSweeper:
             except (pymongo.errors.PyMongoError, OSError) as exc:
                 log.warning("sweep of unsent attachments failed, next one later: %s", exc)
                 continue
+            except Exception:
+                # A bug must not end the sweeping for the node's lifetime: logged, and tried again later.
+                log.exception("sweep of unsent attachments failed")
+                continue
             if removed:
                 log.info("removed %d unsent attachments", removed)
