@@ -7,6 +7,7 @@ from handlers.contract import Reply, Tag, operation
 from handlers.photos import IMAGE_UPLOAD, IMAGE_UPLOAD_NOTES
 from handlers.responses import OwnProfile, ProfilePicture, PublicProfile
 from handlers.schemas import ProfilePatch
+from services.accounts.budgets import spend_profile_read
 
 API_TAG = Tag("profiles", "Own profile, picture, other people's public profiles")
 ACCOUNT_DELETED = {404: "The account was deleted."}
@@ -63,11 +64,20 @@ class UserHandler(BaseHandler):
         path={"user_id": "The user's id."},
         responses={200: Reply("The public profile.", PublicProfile)},
         errors=(503,),
-        notes={404: "No such user, or a block either way."},
+        notes={
+            404: "No such user, a block either way, or someone the reader could not meet: the same answer.",
+            429: "`rate_limited`: PROFILE_READS_PER_MINUTE profiles were read.",
+        },
     )
     async def get(self, user_id_text: str) -> None:
-        """Someone's public profile."""
+        """Someone's public profile.
+
+        Readable by the people who could meet its owner: discover candidates (each suits the other's
+        preferences), a like either way, a match current or former. Every read counts against the
+        reader's budget, whatever it answers.
+        """
         viewer_id = self.require_user()
+        await spend_profile_read(self.services.rates, self.services.settings, viewer_id)
         user_id = int(user_id_text)
         self.send_json(await self.services.users.public_for(viewer_id, user_id))
 

@@ -1,7 +1,8 @@
 """Authorization matrix: every REST endpoint and both sockets, for every kind of caller.
 
-Callers: the owner of the objects (alice), the other participant of her conversation (bob), a stranger,
-a user alice blocked after matching, a former match alice unmatched, and four kinds of bad credentials
+Callers: the owner of the objects (alice), the other participant of her conversation (bob), a stranger
+(someone neither discover nor any like or match relates to alice), a discover candidate of hers, a user
+alice blocked after matching, a former match alice unmatched, and four kinds of bad credentials
 (no token, an expired token, a refresh token, the token of a deleted account). Each cell states the
 status or close code the contract promises. Knowing an object's id is never enough to read or change it
 (OWASP API1, broken object level authorization): non-participants get the same 404 as for an id that does
@@ -52,6 +53,9 @@ async def build_world(api: ApiClient, services: Any) -> World:
     alice, bob, stranger, blocked, unmatched, deleted, friend = [
         await api.user(name) for name in ("alice", "bob", "stranger", "blocked", "unmatched", "deleted", "friend")
     ]
+    # Into nonbinary people only, which alice (no gender stated) is not: neither is the other's candidate.
+    narrowed = await api.patch("/api/users/me/", {"interested_in": ["nonbinary"]}, token=stranger.access)
+    assert narrowed.status == 200, narrowed.body
     main = await matched(api, alice, bob)
     cid = main["conversation_id"]
     sent = await api.post(f"/api/conversations/{cid}/messages/", {"content": "hello bob"}, token=alice.access)
@@ -273,9 +277,16 @@ async def test_profiles_matches_and_blocks_by_role(api, services):
     # Status and last_seen only for someone sharing an open conversation; a blocked user sees nothing.
     seen_by_bob = await api.get(profile, token=w.bob.access)
     assert seen_by_bob.status == 200 and "status" in seen_by_bob.body
-    for role, user in {"stranger": w.stranger, "unmatched": w.unmatched}.items():
+    candidate = await api.user("candidate")  # suits alice's preferences (none) and she suits theirs
+    for role, user in {"candidate": candidate, "unmatched": w.unmatched}.items():
         seen = await api.get(profile, token=user.access)
         assert seen.status == 200 and "status" not in seen.body and "last_seen" not in seen.body, (role, seen.body)
+    # Anyone who could not meet her gets the answer for an id nobody has, and she sees nothing of them.
+    for role, reader, target in (("stranger", w.stranger, w.alice.id), ("of the stranger", w.alice, w.stranger.id)):
+        hidden = await api.get(f"/api/users/{target}/", token=reader.access)
+        missing = await api.get("/api/users/999999999/", token=reader.access)
+        assert_envelope(hidden, 404, role)
+        assert (hidden.status, hidden.body) == (missing.status, missing.body), role
     assert_envelope(await api.get(profile, token=w.blocked.access), 404, "blocked")
     assert_envelope(await api.get(f"/api/users/{w.blocked.id}/", token=w.alice.access), 404, "blocker")
     # Private fields never leak through a public profile.

@@ -361,9 +361,10 @@ async def test_account_answers_match_the_document(api, document):
     conforms(document, "put", "/api/users/me/picture/", not_image)
     assert not_image.status == 400
 
-    bob = await api.user("doc_bob")
+    bob = await api.user("doc_bob", gender="man")  # a man of her age range: a discover candidate
     seen = await api.get(f"/api/users/{bob.id}/", token=access)
     conforms(document, "get", "/api/users/{user_id}/", seen)
+    assert seen.status == 200
     conforms(document, "get", "/api/users/{user_id}/", await api.get("/api/users/999999/", token=access))
     conforms(document, "get", "/api/users/{user_id}/", await api.get(f"/api/users/{me.body['id']}/", token=access))
 

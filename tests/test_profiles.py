@@ -257,6 +257,8 @@ async def test_public_profile_shows_public_fields_only(api):
     }
     public = {"display_name": "Owner", "bio": "Hi there", "gender": "nonbinary"}
     assert (await api.patch(ME, {**private, **public}, token=owner.access)).status == 200
+    # The viewer suits none of the owner's preferences: their like is what lets them read the profile.
+    assert (await api.post("/api/likes/", {"user_id": owner.id}, token=viewer.access)).status == 201
     r = await api.get(f"/api/users/{owner.id}/", token=viewer.access)
     assert r.status == 200
     assert r.body["id"] == owner.id and r.body["username"] == owner.username

@@ -92,6 +92,10 @@ class UserService:
         # Failed sign-ins per username and per address; none (no throttling) unless the container sets it.
         self.login_throttle = LoginThrottle(0, 0, 0.0)
         self.liveness = AccountLiveness(store, self.remember_summary)
+        # Imported here, not at the top: the rule comes from matching, which itself builds on this module.
+        from services.accounts.visibility import ProfileVisibility
+
+        self.visibility = ProfileVisibility(store)
 
     # -- accounts -------------------------------------------------------------------------------------
 
@@ -186,10 +190,15 @@ class UserService:
         return doc
 
     async def public_for(self, viewer_id: int, user_id: int) -> dict[str, Any]:
-        """A profile as `viewer_id` may see it: hidden entirely when either blocked the other."""
-        doc = await self.get(user_id)
-        if viewer_id != user_id and await self.blocked_either_way(viewer_id, user_id):
+        """A profile as `viewer_id` may see it: only if they could meet (services/accounts/visibility.py)
+        and neither blocked the other; anyone else gets the answer for a user who does not exist. The
+        relation is checked before the user is looked up, so a hidden profile and a missing one also
+        cost the same reads."""
+        if viewer_id != user_id and (
+            not await self.visibility.may_view(viewer_id, user_id) or await self.blocked_either_way(viewer_id, user_id)
+        ):
             raise NotFound("User not found")
+        doc = await self.get(user_id)
         profile = self.public_profile(doc)
         if self.presence_view is not None:
             profile.update(await self.presence_view(viewer_id, doc))
