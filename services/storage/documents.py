@@ -89,3 +89,22 @@ def conversation_document(
     if closed_at is not None:
         doc["closed_at"] = closed_at
     return doc
+
+
+# What a user chose to be pushed (services/push/preferences.py): every kind is on until turned off.
+NOTIFICATION_DEFAULTS: dict[str, bool] = {"messages": True, "matches": True, "likes": True, "message_previews": True}
+
+
+def notification_preferences_document(user_id: int, *, updated_at: dt.datetime, **choices: bool) -> Doc:
+    """One user's push preferences, `_id` the user's id; `choices` override NOTIFICATION_DEFAULTS. There is
+    no document for a user who never changed one: the defaults apply."""
+    unknown = set(choices) - set(NOTIFICATION_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown notification preferences: {sorted(unknown)}")
+    return {"_id": user_id, **NOTIFICATION_DEFAULTS, **choices, "updated_at": updated_at}
+
+
+def conversation_mute(until: dt.datetime | None, *, muted_at: dt.datetime) -> Doc:
+    """A participant's mute of a conversation, kept in the conversation document under `mutes.<user id>`
+    (beside `read_seq.<user id>`): muted until `until`, or until unmuted when None."""
+    return {"until": until, "muted_at": muted_at}

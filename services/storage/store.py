@@ -104,6 +104,8 @@ class Store:
         self.counters = self.db["counters"]
         self.push_devices = self.db["push_devices"]
         self.push_outbox = self.db["push_outbox"]
+        # One document per user who changed a push preference, `_id` the user's id: read by `_id` only.
+        self.notification_preferences = self.db["notification_preferences"]
         self._allocators: dict[str, IdAllocator] = {}
         self._id_block_size = id_block_size
 
