@@ -17,6 +17,7 @@ from handlers.responses import (
 )
 from handlers.schemas import UserRef
 from services.core import errors
+from services.matching.location import spend_discover_budget
 from services.matching.service import DEFAULT_MAX_DISTANCE_KM, MAX_CURSOR_CHARS
 
 DEFAULT_PAGE = 20
@@ -63,7 +64,10 @@ class DiscoverHandler(MatchingHandler):
         ),
         responses={200: Reply("A page of candidates.", DiscoverPage)},
         errors=(404, 503),
-        notes={400: "`invalid_cursor` or a parameter out of range."},
+        notes={
+            400: "`invalid_cursor` or a parameter out of range.",
+            429: "`rate_limited`: the discover budget (DISCOVER_PER_10_MIN, DISCOVER_PER_DAY) is spent.",
+        },
     )
     async def get(self) -> None:
         """Candidates to like or pass.
@@ -75,6 +79,7 @@ class DiscoverHandler(MatchingHandler):
         limit = self.page_limit(DEFAULT_PAGE, MAX_PAGE)
         max_km = self.int_argument("max_distance_km", DEFAULT_MAX_DISTANCE_KM, low=1, high=MAX_DISTANCE_KM)
         assert max_km is not None
+        await spend_discover_budget(self.services.rates, self.services.settings, viewer_id)
         page = await self.services.matching.discover(
             viewer_id, limit=limit, cursor=self.cursor_argument(), max_distance_km=max_km
         )

@@ -1,4 +1,7 @@
-"""GET /api/discover/: exclusions, preferences, distance, order, cursor paging, and the query plans."""
+"""GET /api/discover/: exclusions, preferences, distance buckets, order, cursor paging, and the query plans.
+
+Distances are between stored (coarse) points and said in buckets; tests/test_location_privacy.py holds
+what that protects against and the budgets, which this module lifts to page freely."""
 
 from __future__ import annotations
 
@@ -8,12 +11,29 @@ from typing import Any
 
 import pytest
 
+from services.accounts.users import point_of
 from services.matching import service as matching
-from services.matching.service import distance_m, years_before
+from services.matching.location import (
+    BUCKET_BOUNDS_KM,
+    LocationPrivacy,
+    bucket_km,
+    bucket_of,
+    distance_m,
+    radius_bucket,
+)
+from services.matching.service import years_before
 from services.storage.documents import UNUSABLE_HASH, match_document, user_document
 from tests.support import ApiClient, TestUser, seed_user
 
 PARIS = {"lat": 48.8566, "lon": 2.3522}
+RULES = LocationPrivacy()
+# How much two stored points may add to or take from the distance between two true positions.
+SLACK_KM = 2 * (RULES.offset_max_m + RULES.grid_m / math.sqrt(2)) / 1000
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"discover_per_10_min": 0, "discover_per_day": 0}
 
 
 def offset(point: dict[str, float], km_north: float) -> dict[str, float]:
@@ -73,7 +93,7 @@ async def test_every_exclusion_rule(api, services):
     assert [p["id"] for p in page["results"]] == [fresh_new.id, fresh_old.id]  # newest first, nobody else
     assert page["next_cursor"] is None
     profile = page["results"][0]
-    assert set(profile) == {"id", "username", "profile_picture", "display_name", "bio", "age", "gender"}
+    assert set(profile) == {"id", "username", "profile_picture", "display_name", "bio", "age", "gender", "photos"}
     assert profile["username"] == fresh_new.username and isinstance(profile["age"], int)
     # Those who liked the viewer (without a like back) still appear: liking is not an exclusion.
     assert (await m.like(fresh_old.id, viewer.id))[1]
@@ -130,6 +150,28 @@ async def test_age_ranges_both_ways(api, services):
     assert wants_viewer.id not in shown and viewer.id not in shown and exactly_25.id in shown
 
 
+async def stored_point(services: Any, user_id: int) -> list[float]:
+    """Where the store says a user is: their coarse point (a user seeded with an exact one is coarsened
+    by this first read, as any read does)."""
+    point = point_of(await services.users.get(user_id))
+    assert point is not None
+    return point
+
+
+async def bucket_between(services: Any, a: int, b: int) -> int:
+    return bucket_of(distance_m(await stored_point(services, a), await stored_point(services, b)))
+
+
+def test_buckets_and_radii():
+    assert [bucket_km(bucket_of(km * 1000)) for km in (0, 0.2, 1, 1.01, 2.5, 3, 4, 7, 12, 49, 51, 76, 20_037)] == [
+        1, 1, 1, 2, 3, 3, 5, 10, 15, 50, 75, 100, 20_050
+    ]  # fmt: skip
+    # A radius admits the buckets up to the largest bound at or below it.
+    assert [BUCKET_BOUNDS_KM[radius_bucket(km)] for km in (1, 2, 4, 9, 10, 99, 100, 101, 20_000)] == [
+        1, 2, 3, 5, 10, 75, 100, 100, 20_000
+    ]  # fmt: skip
+
+
 async def test_distance_order_and_filter(api, services):
     viewer = await seed_user(services, location=PARIS)
     far = await seed_user(services, location=offset(PARIS, 500))
@@ -140,11 +182,21 @@ async def test_distance_order_and_filter(api, services):
     page = await discover(api, viewer)
     # Nearest first within 100 km, then people without a location, newest first.
     assert [p["id"] for p in page["results"]] == [near.id, mid.id, nowhere_new.id, nowhere_old.id]
-    assert [p.get("distance_km") for p in page["results"]] == [1, 50, None, None]
+    labels = [p.get("distance_km") for p in page["results"]]
+    # Each label is the bucket of the distance between the two stored points: within the slack two
+    # coarse points add to the true distance, and never more precise than the bucket.
+    assert labels == [bucket_km(await bucket_between(services, viewer.id, u.id)) for u in (near, mid)] + [None, None]
+    assert labels[0] <= 1 + SLACK_KM and 50 - SLACK_KM <= labels[1] <= 75
     assert page["next_cursor"] is None
     wider = await ids(api, viewer, "?max_distance_km=1000")
     assert wider == [near.id, mid.id, far.id, nowhere_new.id, nowhere_old.id]
     assert await ids(api, viewer, "?max_distance_km=10") == [near.id, nowhere_new.id, nowhere_old.id]
+    # A radius between two bounds is the lower bound: nobody is labelled beyond what was asked for.
+    near_label = page["results"][0]["distance_km"]
+    for radius in range(1, 12):
+        shown = await discover(api, viewer, f"?max_distance_km={radius}")
+        assert [p["id"] for p in shown["results"]][:1] == ([near.id] if near_label <= radius else [nowhere_new.id])
+        assert all(p.get("distance_km", 0) <= radius for p in shown["results"])
     # Without a location of one's own, nobody is excluded for distance: newest first.
     placeless = await seed_user(services)
     assert await ids(api, placeless) == [nowhere_new.id, nowhere_old.id, near.id, mid.id, far.id, viewer.id]
@@ -160,27 +212,27 @@ async def test_paging_newest_first(api, services):
 
 
 async def test_paging_nearest_first_with_ties(api, services, monkeypatch):
-    # A tiny band capacity forces the overflow path (narrowing a band) many times over.
+    # A tiny band capacity forces the overflow paths (fewer buckets per band, then runs of ids within one
+    # bucket) many times over; ten people at one spot share one stored point, more than a band holds.
     monkeypatch.setattr(matching, "GEO_CAP", 3)
-    monkeypatch.setattr(matching, "MIN_BAND_M", 1.0)
     viewer = await seed_user(services, location=PARIS)
     placed = []
-    for i in range(24):
-        km = [0.0, 0.5, 3, 3, 3, 7, 12, 12.5, 20, 33, 41, 42, 55, 60, 61, 70, 75, 80, 85, 90, 95, 99, 150, 300][i]
+    for km in [0.0, 0.5, 3, 3, 3, 7, 12, 12.5, 20, 33, 41, 42, 55, 60, 61, 70, 75, 80, 85, 90, 95, 99, 150, 300]:
         placed.append(await seed_user(services, location=offset(PARIS, km)))
+    spot = await seed_user(services, location=offset(PARIS, 30))
+    same_spot = [await seed_user(services, location_secret={"east_m": 0.0, "north_m": 0.0}) for _ in range(10)]
+    spot_point = await stored_point(services, spot.id)
+    for user in same_spot:
+        await services.store.users.update_one({"_id": user.id}, {"$set": {"location": spot_point}})
     unplaced = [await seed_user(services) for _ in range(3)]
+    keyed = [(await bucket_between(services, viewer.id, u.id), u.id) for u in [*placed, spot, *same_spot]]
     seen = await all_pages(api, viewer, 4)
     got = [p["id"] for p in seen]
     assert len(got) == len(set(got))
-    point = [PARIS["lon"], PARIS["lat"]]
-
-    async def dist(user_id: int) -> float:
-        doc = await services.store.users.find_one({"_id": user_id})
-        return distance_m(point, doc["location"])
-
-    keyed = [(await dist(u.id), u.id) for u in placed]
-    expected = [uid for d, uid in sorted(keyed) if d <= 100_000]
+    # By bucket, newest first within a bucket, up to the radius's last bucket; then the unplaced.
+    expected = [uid for bucket, uid in sorted(keyed, key=lambda k: (k[0], -k[1])) if bucket <= radius_bucket(100)]
     assert got == expected + [u.id for u in reversed(unplaced)]
+    assert {spot.id, *(u.id for u in same_spot)} <= set(got)
 
 
 async def test_windows_bound_the_work_and_the_cursor_goes_on(api, services):
@@ -214,6 +266,10 @@ async def test_bad_cursors(api, services):
         matching.encode_cursor({"m": "n", "b": -5}),
         matching.encode_cursor({"m": "n", "b": 2**60}),
         matching.encode_cursor({"m": "g", "d": 1.0, "i": 1, "w": 0}),
+        matching.encode_cursor({"m": "b", "k": len(BUCKET_BOUNDS_KM), "b": 5, "n": 1, "w": 0}),
+        matching.encode_cursor({"m": "b", "k": 0, "b": 5, "n": 0, "w": 0}),
+        matching.encode_cursor({"m": "b", "k": 0, "b": 5, "n": 1}),
+        matching.encode_cursor({"m": "b", "k": 0, "b": 5, "n": 1, "w": 1.5}),
         matching.encode_cursor([1, 2]),  # type: ignore[arg-type]
         received_cursor,
         "x" * 300,
@@ -230,7 +286,10 @@ async def test_a_cursor_survives_a_change_of_location(api, services):
     await services.store.users.update_one({"_id": viewer.id}, {"$set": {"location": [PARIS["lon"], PARIS["lat"]]}})
     # The newest-first cursor no longer applies to a located viewer: the listing starts again by distance.
     again = await discover(api, viewer, f"?limit=5&cursor={first['next_cursor']}")
-    assert len(again["results"]) == 3 and all(p["distance_km"] == 1 for p in again["results"])
+    assert len(again["results"]) == 3 and all(p["distance_km"] <= SLACK_KM for p in again["results"])
+    # A distance-ordered cursor of an earlier version (exact distances) starts the listing again too.
+    legacy = matching.encode_cursor({"m": "g", "d": 1234.5, "i": 3, "w": 100_000.0})
+    assert await ids(api, viewer, f"?limit=5&cursor={legacy}") == [p["id"] for p in again["results"]]
 
 
 def plan_stages(plan: Any) -> list[str]:
@@ -259,7 +318,8 @@ async def test_discover_queries_are_index_scans(api, services, located):
     await services.matching.block(viewer.id, others[6].id)
     await services.matching.block(others[7].id, viewer.id)
     plans = await services.matching.discover_query_plans(viewer.id)
-    expected = {"window", "liked", "passed", "blocked", "blocked_by", "matched"} | ({"nearest"} if located else set())
+    located_plans = {"nearest", "nearest_run"} if located else set()
+    expected = {"window", "liked", "passed", "blocked", "blocked_by", "matched"} | located_plans
     assert set(plans) == expected
     for name, plan in plans.items():
         stages = plan_stages(plan.get("queryPlanner", plan))
@@ -267,9 +327,9 @@ async def test_discover_queries_are_index_scans(api, services, located):
         assert "COLLSCAN" not in stages, (name, stages)
         assert not {"SORT", "SORT_KEY_GENERATOR"} & set(stages), (name, stages)
         assert {"IXSCAN", "GEO_NEAR_2D", "IDHACK", "EXPRESS_IXSCAN"} & set(stages), (name, stages)
-    if located:
-        nearest = plan_stages(plans["nearest"]["queryPlanner"])
-        assert "GEO_NEAR_2D" in nearest or "location_2d" in str(plans["nearest"]["queryPlanner"])
+    for name in located_plans:
+        nearest = plan_stages(plans[name]["queryPlanner"])
+        assert "GEO_NEAR_2D" in nearest or "location_2d" in str(plans[name]["queryPlanner"]), name
 
 
 async def test_our_distance_agrees_with_the_servers(services):

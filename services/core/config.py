@@ -7,6 +7,7 @@ Each field carries its environment variable name and a one-line description in i
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -147,6 +148,28 @@ class Settings:
     like_quota_per_day: int = _knob(
         1000, "LIKE_QUOTA_PER_DAY", "New likes one user may send per UTC day (then 429); 0 means no limit"
     )
+    location_grid_m: float = _knob(
+        1000.0,
+        "LOCATION_GRID_M",
+        "Side of the grid cells stored locations are snapped to, metres (see docs/security.md)",
+    )
+    location_offset_min_m: float = _knob(
+        1500.0,
+        "LOCATION_OFFSET_MIN_M",
+        "Shortest secret per-user offset applied before snapping, metres (above LOCATION_GRID_M x 0.71)",
+    )
+    location_offset_max_m: float = _knob(
+        1800.0, "LOCATION_OFFSET_MAX_M", "Longest secret per-user offset applied before snapping, metres"
+    )
+    location_changes_per_day: int = _knob(
+        10, "LOCATION_CHANGES_PER_DAY", "Changes of one's stored location per 24 h (a burst, then 429); 0: no limit"
+    )
+    discover_per_10_min: int = _knob(
+        60, "DISCOVER_PER_10_MIN", "Discover requests per user per 10 minutes (then 429); 0: no limit"
+    )
+    discover_per_day: int = _knob(
+        600, "DISCOVER_PER_DAY", "Discover requests per user per 24 h (then 429); 0: no limit"
+    )
     push_grace_s: float = _knob(
         5.0, "PUSH_GRACE_DELAY", "Seconds a push waits; none is sent if the user came online or read meanwhile"
     )
@@ -239,6 +262,10 @@ class Settings:
             value = getattr(self, f.name)
             if f.type in ("int", int, "float", float) and value < 0:
                 raise ValueError(f"{f.metadata['env']} must not be negative")
+        if self.location_offset_min_m <= self.location_grid_m / math.sqrt(2):
+            raise ValueError("LOCATION_OFFSET_MIN_M must exceed half the diagonal of a LOCATION_GRID_M cell")
+        if self.location_offset_max_m < self.location_offset_min_m:
+            raise ValueError("LOCATION_OFFSET_MAX_M must not be below LOCATION_OFFSET_MIN_M")
         self._validate_push()
 
     def _validate_push(self) -> None:

@@ -12,10 +12,14 @@ like) recreates it if the winner died in between. Only the winner publishes `new
 Bounded discovery. A query on the embedded store walks its whole index range whatever its limit, and a
 real MongoDB with a million users would do the same for a query that filters out most of what it reads.
 So discovery never asks for "the next N candidates": it reads one bounded window of users through an
-index (a run of account ids, or a distance band around the viewer), filters the viewer's preferences in
-the same query, then checks the survivors against likes, passes, blocks and matches with `$in` lookups on
-just those ids. A request reads at most a fixed number of windows; a page may therefore come back short,
-with a cursor to go on. Nothing here reads the viewer's whole history.
+index (a run of account ids, or a band of distance buckets around the viewer), filters the viewer's
+preferences in the same query, then checks the survivors against likes, passes, blocks and matches with
+`$in` lookups on just those ids. A request reads at most a fixed number of windows; a page may therefore
+come back short, with a cursor to go on. Nothing here reads the viewer's whole history.
+
+Locations. Every distance here is between stored points, which are coarse (location.py), and what a
+client sees of it is a bucket: `distance_km`, the filter radius, the order (bucket, then newest first)
+and the cursor (a bucket index and an account id) all say nothing finer.
 """
 
 from __future__ import annotations
@@ -36,10 +40,20 @@ from bson import ObjectId
 from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from services.accounts.users import UserService, age_on, point_of
+from services.accounts.users import UserService, age_on, has_exact_location, point_of
 from services.core import errors
 from services.core.clock import iso
 from services.core.config import Settings
+from services.matching.location import (
+    BUCKET_BOUNDS_KM,
+    EARTH_RADIUS_M,
+    bucket_ceiling_m,
+    bucket_floor_m,
+    bucket_km,
+    bucket_of,
+    distance_m,
+    radius_bucket,
+)
 from services.realtime.events import Publisher, new_like_notification, new_match_notification
 from services.storage.documents import conversation_document
 from services.storage.store import Doc, Store
@@ -52,15 +66,14 @@ DEFAULT_MAX_DISTANCE_KM = 100
 # fewer ids past the end of a page. On MongoDB a window costs little more than its round trip.
 WINDOW_IDS = 32
 MAX_WINDOWS = 20
-# Nearest-first bands: a band query returns at most GEO_CAP candidates; a fuller band is narrowed and
-# asked again, because only a complete band can be ordered by distance (see `_nearest`).
+# Nearest-first bands: a band query (some distance buckets, or a run of account ids in one bucket)
+# returns at most GEO_CAP candidates; a fuller band is narrowed and asked again, because only a complete
+# band can be put in order (see `_nearest`).
 GEO_CAP = 200
 MAX_GEO_QUERIES = 3
-MIN_BAND_M = 10.0
 # Our distance and the server's may differ in the last bits; band edges overlap by this much and our own
-# distance decides what was already shown.
+# distance decides which bucket a candidate is in.
 EDGE_M = 0.5
-EARTH_RADIUS_M = 6_378_100.0  # the sphere MongoDB measures spherical distances on
 RECEIVED_WINDOW = 100
 MAX_RECEIVED_WINDOWS = 5
 MAX_CURSOR_CHARS = 256
@@ -73,6 +86,7 @@ CANDIDATE_FIELDS = {
     "birthdate": 1,
     "gender": 1,
     "location": 1,
+    "location_secret": 1,  # to tell a coarse stored point from an exact one written before coarsening
 }
 
 
@@ -109,13 +123,6 @@ def years_before(day: dt.date, years: int) -> dt.date:
         return day.replace(year=day.year - years, day=28)
 
 
-def distance_m(a: list[float], b: list[float]) -> float:
-    """Great-circle distance between two [lon, lat] points, on MongoDB's sphere."""
-    lon1, lat1, lon2, lat2 = map(math.radians, (a[0], a[1], b[0], b[1]))
-    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
-
-
 def preference_filter(viewer: Doc, today: dt.date) -> Doc:
     """The MongoDB filter for candidates whose profile suits the viewer and whose preferences the viewer
     suits. An empty `interested_in` means "anyone"; someone who states no gender (or no birth date)
@@ -150,10 +157,31 @@ def window_pipeline(ids: list[int], prefs: Doc) -> list[Doc]:
     return [{"$match": {"_id": {"$in": ids}}}, {"$match": prefs}, {"$project": CANDIDATE_FIELDS}]
 
 
-def nearest_filter(prefs: Doc, point: list[float], low_m: float, high_m: float) -> Doc:
+def nearest_filter(prefs: Doc, point: list[float], low_m: float, high_m: float, ids: Doc | None = None) -> Doc:
     # `$nearSphere` on the 2d index measures great-circle distances in radians (see users.point_of).
     near = {"$nearSphere": point, "$minDistance": low_m / EARTH_RADIUS_M, "$maxDistance": high_m / EARTH_RADIUS_M}
-    return {**prefs, "location": near}
+    flt = {**prefs, "location": near}
+    if ids is not None:
+        flt["_id"] = ids
+    return flt
+
+
+def first_band(max_distance_km: int) -> Doc:
+    """The state of a distance-ordered listing's first page: every bucket of the radius in one band."""
+    return {"m": "b", "k": 0, "b": 2**53, "n": radius_bucket(max_distance_km) + 1, "w": 0}
+
+
+def narrower(point: list[float], docs: list[Doc], first: int, last: int, before: int, run: int) -> tuple[int, int]:
+    """(buckets per band, ids per band) for a band that overflowed: about a quarter of what came back, as
+    the old one held it. From a server that sorts by distance, fewer buckets; from one that returns any
+    GEO_CAP of the band, still a sample of it. A single bucket is cut by ids instead."""
+    if last > first:
+        buckets = sorted(bucket_of(distance_m(point, p)) for d in docs if (p := point_of(d)) is not None)
+        quarter = buckets[len(buckets) // 4] if buckets else first
+        return max(1, min(quarter, last - 1) - first + 1), run
+    newest_first = sorted((int(d["_id"]) for d in docs), reverse=True)
+    quarter = newest_first[len(newest_first) // 4]
+    return 1, max(1, min(before - quarter, (run or before) // 2))
 
 
 # -- cursors --------------------------------------------------------------------------------------------
@@ -179,7 +207,8 @@ def decode_cursor(text: str, modes: tuple[str, ...]) -> Doc:
     shape: dict[str, dict[str, type]] = {
         "n": {"b": int},
         "x": {"b": int},
-        "g": {"d": float, "i": int, "w": float},
+        "b": {"k": int, "b": int, "n": int, "w": int},
+        "g": {"d": float, "i": int, "w": float},  # distance-ordered cursors of earlier versions
         "r": {"t": int, "o": str},
     }
     for key, kind in shape[state["m"]].items():
@@ -191,6 +220,8 @@ def decode_cursor(text: str, modes: tuple[str, ...]) -> Doc:
         if isinstance(value, int | float) and (not math.isfinite(value) or not 0 <= value <= 2**53):
             raise _bad_cursor()
     if state["m"] == "g" and state["w"] <= 0:
+        raise _bad_cursor()
+    if state["m"] == "b" and (state["k"] >= len(BUCKET_BOUNDS_KM) or state["n"] < 1):
         raise _bad_cursor()
     if state["m"] == "r" and not ObjectId.is_valid(state["o"]):
         raise _bad_cursor()
@@ -227,16 +258,19 @@ class MatchingService:
         """One page of candidates: `{results: [profile...], next_cursor}`; see docs/matching.md."""
         viewer = await self._users.get(viewer_id)
         prefs = preference_filter(viewer, _utcnow().date())
-        point = self._point(viewer)
-        state = decode_cursor(cursor, ("n", "g", "x")) if cursor else None
+        point = point_of(viewer)
+        state = decode_cursor(cursor, ("n", "b", "g", "x")) if cursor else None
+        if state is not None and state["m"] == "g":
+            state = None  # ordered by exact distance, by an earlier version: the listing starts again
         # A cursor continues the listing it came from; if the viewer gained or lost a location since,
         # the listing starts again in the mode that now applies.
-        if state is None or (state["m"] in ("g", "x")) != (point is not None):
-            state = {"m": "g", "d": 0.0, "i": 0, "w": max_distance_km * 1000.0} if point else None
+        if state is None or (state["m"] in ("b", "x")) != (point is not None):
+            state = first_band(max_distance_km) if point else None
         results: list[Doc] = []
         next_state: Doc | None
-        if point is not None and state is not None and state["m"] == "g":
-            next_state = await self._nearest(viewer_id, point, prefs, state, limit, max_distance_km * 1000.0, results)
+        if point is not None and state is not None and state["m"] == "b":
+            last_bucket = radius_bucket(max_distance_km)
+            next_state = await self._nearest(viewer_id, point, prefs, state, limit, last_bucket, results)
             if next_state is not None and next_state["m"] == "x" and len(results) < limit:
                 next_state = await self._newest(viewer_id, prefs, next_state, limit, results)
         else:
@@ -244,10 +278,6 @@ class MatchingService:
                 state = {"m": "n", "b": await self._top_user_id() + 1}
             next_state = await self._newest(viewer_id, prefs, state, limit, results)
         return {"results": results, "next_cursor": encode_cursor(next_state) if next_state else None}
-
-    @staticmethod
-    def _point(user: Doc) -> list[float] | None:
-        return point_of(user)
 
     async def _top_user_id(self) -> int:
         """Every account id is at most the end of the last block reserved for the `users` sequence."""
@@ -297,62 +327,83 @@ class MatchingService:
         prefs: Doc,
         state: Doc,
         limit: int,
-        max_m: float,
+        last_bucket: int,
         results: list[Doc],
     ) -> Doc | None:
-        """Nearest first within `max_m`, through the 2d index (`$nearSphere`), one distance band per query.
+        """Nearest first up to `last_bucket`: bucket by bucket, newest account first within a bucket,
+        through the 2d index (`$nearSphere`).
 
-        Only a complete band can be ordered: a server that honours `$nearSphere`'s order would let us keep
-        the first GEO_CAP of a fuller band, but one that does not (the embedded store) returns any
-        GEO_CAP of them. So a band that overflows is narrowed and asked again, and the order inside a
-        complete band is ours: (distance, id), which is also the cursor.
+        A band is a run of buckets (every id in them) or a run of ids within one bucket. Only a complete
+        band can be put in order: a server that honours `$nearSphere`'s order would let us keep the first
+        GEO_CAP of a fuller band, but one that does not (the embedded store) returns any GEO_CAP of them,
+        and the order wanted here is not the server's anyway. So a band that overflows is narrowed and
+        asked again (fewer buckets, then fewer ids), and each complete band widens the next. The state:
+        bucket `k`, whose ids below `b` are still to show; `n` buckets per band; `w` ids per band within
+        one bucket (0: all of them). More people than GEO_CAP in one place are listed, a run of ids at a
+        time.
         """
-        done_d, done_id, width = float(state["d"]), int(state["i"]), float(state["w"])
-        started = done_d > 0 or done_id > 0
+        top = await self._top_user_id() + 1
+        bucket, before = int(state["k"]), min(int(state["b"]), top)
+        per_band, run = int(state["n"]), int(state["w"])
         queries = 0
         while len(results) < limit and queries < MAX_GEO_QUERIES:
-            low = max(0.0, done_d - EDGE_M) if started else 0.0
-            if low >= max_m:
-                return {"m": "x", "b": await self._top_user_id() + 1}
-            high = min(max_m, low + max(width, MIN_BAND_M))
+            if bucket > last_bucket:
+                return {"m": "x", "b": top}
+            last = min(last_bucket, bucket + per_band - 1)
+            ids: Doc | None = None
+            if last == bucket:  # one bucket: only the ids not shown yet, a run of them once it overflowed
+                ids = {"$lt": before, "$gte": max(0, before - run)} if run else {"$lt": before}
+            low_m, high_m = max(0.0, bucket_floor_m(bucket) - EDGE_M), bucket_ceiling_m(last) + EDGE_M
             queries += 1
             docs = await self._store.users.find(
-                nearest_filter(prefs, point, low, high), CANDIDATE_FIELDS, limit=GEO_CAP + 1
+                nearest_filter(prefs, point, low_m, high_m, ids), CANDIDATE_FIELDS, limit=GEO_CAP + 1
             ).to_list(None)
-            measured = [(distance_m(point, c), int(d["_id"]), d) for d in docs if (c := self._point(d)) is not None]
-            if len(docs) > GEO_CAP and high - low > MIN_BAND_M:
-                # Narrow to the nearest quarter of what came back: from a server that sorts, a band of
-                # about GEO_CAP / 4 candidates; from one that returns any of them, a quarter of the band.
-                distances = sorted(m[0] for m in measured)
-                width = max(MIN_BAND_M, distances[len(distances) // 4] - low)
+            if len(docs) > GEO_CAP:
+                per_band, run = narrower(point, docs, bucket, last, before, run)
                 continue
-            last_band = high >= max_m
-            # Candidates just under the band's outer edge may be measured just over it by the server:
-            # leave them to the next band, which starts EDGE_M below this edge.
-            edge = math.inf if last_band else high - EDGE_M
-            fresh = sorted(
-                (m for m in measured if (m[0], m[1]) > (done_d, done_id) and m[0] <= edge and m[1] != viewer_id),
-                key=lambda m: (m[0], m[1]),
-            )
-            excluded = await self._excluded(viewer_id, [m[1] for m in fresh])
-            filled = False
-            for dist, uid, doc in fresh:
-                done_d, done_id, started = dist, uid, True
+            band = await self._in_band(viewer_id, point, docs, bucket, last, before)
+            excluded = await self._excluded(viewer_id, [uid for _, uid, _ in band])
+            for where, uid, doc in band:
+                bucket, before = where, uid  # from here on, this bucket's ids from `uid` up were shown
                 if uid in excluded:
                     continue
                 profile = self._users.public_profile(doc)
-                profile["distance_km"] = max(1, round(dist / 1000))
+                profile["distance_km"] = bucket_km(where)
                 results.append(profile)
                 if len(results) == limit:
-                    filled = True
-                    break
-            if filled:
-                break
-            if last_band:
-                return {"m": "x", "b": await self._top_user_id() + 1}
-            done_d, done_id, started = edge, 2**53, True
-            width *= 2
-        return {"m": "g", "d": done_d, "i": done_id, "w": width}
+                    return {"m": "b", "k": bucket, "b": before, "n": per_band, "w": run}
+            if ids is not None and ids.get("$gte", 0) > 0:
+                before, run = ids["$gte"], min(run * 2, top)  # the same bucket goes on below these ids
+            else:
+                bucket, before, run = last + 1, top, 0
+                per_band = min(per_band * 2, len(BUCKET_BOUNDS_KM))
+        return {"m": "b", "k": bucket, "b": before, "n": per_band, "w": run}
+
+    async def _in_band(
+        self, viewer_id: int, point: list[float], docs: list[Doc], first: int, last: int, before: int
+    ) -> list[tuple[int, int, Doc]]:
+        """A complete band's candidates as (bucket, id, document) in the listing's order: bucket, then
+        newest first. Our distance decides the bucket (the server's only decided what came back): one
+        outside the band belongs to another band, one of the first bucket at or above `before` was shown.
+        A location written before locations were coarsened is coarsened here, before it is measured."""
+        placed: list[tuple[int, int, Doc]] = []
+        for doc in docs:
+            uid = int(doc["_id"])
+            if uid == viewer_id:
+                continue
+            if has_exact_location(doc):
+                try:
+                    doc = await self._users.coarsen_stored_location(doc)
+                except errors.NotFound:
+                    continue
+            where = point_of(doc)
+            if where is None:
+                continue
+            bucket = bucket_of(distance_m(point, where))
+            if first <= bucket <= last and not (bucket == first and uid >= before):
+                placed.append((bucket, uid, doc))
+        placed.sort(key=lambda p: (p[0], -p[1]))
+        return placed
 
     def _exclusion_queries(self, viewer_id: int, ids: list[int]) -> dict[str, tuple[AsyncCollection[Doc], Doc, Doc]]:
         """Everything that hides a candidate, asked for just these candidate ids, each served by an index."""
@@ -396,15 +447,27 @@ class MatchingService:
                 }
             )
         }
-        point = self._point(viewer)
+        point = point_of(viewer)
         if point is not None:
-            near = nearest_filter(prefs, point, 0.0, max_distance_km * 1000.0)
-            plans["nearest"] = await db.command(
-                {
-                    "explain": {"find": "users", "filter": near, "projection": CANDIDATE_FIELDS, "limit": GEO_CAP + 1},
-                    "verbosity": "queryPlanner",
-                }
-            )
+            # The first band (every bucket of the radius), and a run of ids within one bucket.
+            reach = bucket_ceiling_m(radius_bucket(max_distance_km)) + EDGE_M
+            run = {"$lt": top + 1, "$gte": max(0, top + 1 - WINDOW_IDS)}
+            bands = {
+                "nearest": nearest_filter(prefs, point, 0.0, reach),
+                "nearest_run": nearest_filter(prefs, point, 0.0, bucket_ceiling_m(0) + EDGE_M, run),
+            }
+            for name, near in bands.items():
+                plans[name] = await db.command(
+                    {
+                        "explain": {
+                            "find": "users",
+                            "filter": near,
+                            "projection": CANDIDATE_FIELDS,
+                            "limit": GEO_CAP + 1,
+                        },
+                        "verbosity": "queryPlanner",
+                    }
+                )
         for name, (collection, flt, projection) in self._exclusion_queries(viewer_id, ids).items():
             plans[name] = await db.command(
                 {

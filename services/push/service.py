@@ -19,7 +19,10 @@ its lease (`PUSH_LEASE`) expires. Every later write of the worker is conditioned
 node that lost its lease cannot overwrite the new owner's state.
 
 **Before sending**, the worker looks again: nothing is sent if the user came online, read the
-conversation up to its last message, or the conversation or match was closed meanwhile.
+conversation up to its last message, muted the conversation, turned pushes of that kind off (their
+preferences, services/push/preferences.py), or the conversation or match was closed meanwhile. Muting
+and preferences are read here, when sending, so they apply to pushes already queued; a muted
+conversation's messages are not even queued (ChatService publishes no notification of them).
 
 **Sending** goes to each of the user's devices (services/push/delivery.py). A 404/410 removes the device;
 429, 5xx and network errors are retried, only for the devices that failed, after an exponential backoff
@@ -29,7 +32,8 @@ conversation up to its last message, or the conversation or match was closed mea
 **Payloads** carry no more than a client needs to show "3 new messages" and open the right screen:
 `{"type": "new_message", "conversation_id", "count"}`, `{"type": "new_match", "conversation_id"}`,
 `{"type": "new_like", "count"}`. No text, names or pictures, unless the operator opts in with
-PUSH_PREVIEW_CHARS (a preview then waits in the outbox only until its push is sent).
+PUSH_PREVIEW_CHARS (a preview then waits in the outbox only until its push is sent) and the user did not
+turn message previews off.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from services.push.delivery import (
     subscription_key_problem,
     webhook_problem,
 )
+from services.push.preferences import NotificationPreferences, mute_of
 from services.storage.store import STORE_DOWN_ERRORS, Doc, Store
 
 if TYPE_CHECKING:
@@ -101,11 +106,12 @@ class PushService:
         self._presence = presence
         self.vapid = vapid
         self.sender = Sender(settings, vapid, max_clients=settings.push_concurrency * 2)
+        self.preferences = NotificationPreferences(store, settings)
         registry = metrics.registry
         self.queued = Counter("chat_push_queued", "Notifications queued for a push (user offline)", registry=registry)
         self.skipped = Counter(
             "chat_push_skipped",
-            "Queued pushes not sent: user came online, read, conversation closed, no device",
+            "Queued pushes not sent: user came online, read, conversation closed, muted, turned off, no device",
             ["reason"],
             registry=registry,
         )
@@ -398,13 +404,19 @@ class PushService:
         if await self._presence.is_online(user_id):
             return None, "online"
         kind = entry["type"]
+        choices = await self.preferences.choices(user_id)
+        if not choices.pushes(kind):
+            return None, "preference"
         if kind == "new_message":
             conversation_id = int(entry["conversation_id"])
             conv = await self._store.conversations.find_one(
-                {"_id": conversation_id}, {"participants": 1, "status": 1, "last_seq": 1, "read_seq": 1}
+                {"_id": conversation_id},
+                {"participants": 1, "status": 1, "last_seq": 1, "read_seq": 1, f"mutes.{user_id}": 1},
             )
             if conv is None or conv.get("status") != "open" or user_id not in conv.get("participants", ()):
                 return None, "closed"
+            if mute_of(conv, user_id) is not None:
+                return None, "muted"
             read = int((conv.get("read_seq") or {}).get(str(user_id), 0))
             # The conversation's own last_seq is written behind the messages: the entry's may be newer.
             unread = max(int(conv.get("last_seq", 0)), int(entry.get("last_seq", 0))) - read
@@ -412,7 +424,7 @@ class PushService:
                 return None, "read"
             payload: dict[str, Any] = {"type": kind, "conversation_id": conversation_id, "count": unread}
             preview = entry.get("preview")
-            if preview and self.settings.push_preview_chars > 0:
+            if preview and self.settings.push_preview_chars > 0 and choices.message_previews:
                 payload["sender"] = preview["sender"]
                 payload["text"] = preview["text"]
             return payload, ""
