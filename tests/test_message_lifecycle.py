@@ -182,6 +182,7 @@ async def test_unsend_reaches_every_socket_and_erases_the_message_from_the_store
     assert "secret" not in repr(everything)
     assert await services.store.attachments.find_one({"_id": upload.body["id"]}) is None
     assert not any(f.exists() for f in media_files)
+    assert services.media.quota is not None and await services.media.quota.used(p.a.id) == 0
     media = await api.get(urllib.parse.urlsplit(upload.body["url"]).path)
     assert media.status == 404
     # A late retry of the unsent send gets the placeholder back; nothing is stored again.

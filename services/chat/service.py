@@ -273,18 +273,13 @@ class ChatService:
         return found
 
     async def _erase_attachment(self, conversation_id: int, uploader_id: int, attachment_id: int) -> None:
-        """Remove an unsent message's attachment: its document, then its file and the thumbnails beside
-        it, which its document names (their URLs then answer 404)."""
+        """Remove an unsent message's attachment: its document, then its file and thumbnails (their URLs
+        then answer 404), which stop counting against the uploader's storage quota."""
         attachment = await self._store.attachments.find_one_and_delete(
             {"_id": attachment_id, "conversation_id": conversation_id, "uploader_id": uploader_id}
         )
-        if attachment is None:
-            return
-        thumbnails = attachment.get("thumbnails")
-        paths = [attachment.get("path"), *(thumbnails.values() if isinstance(thumbnails, dict) else ())]
-        for path in paths:
-            if isinstance(path, str) and path:
-                await self._media.delete(path)
+        if attachment is not None:
+            await self._media.forget(uploader_id, attachment)
 
     async def _publish_event(self, conversation_id: int, event: Doc) -> dict[str, Any]:
         """Publish a stored lifecycle event's frame at its id; return the message it carries."""
