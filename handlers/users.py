@@ -8,6 +8,7 @@ from handlers.photos import IMAGE_UPLOAD, IMAGE_UPLOAD_NOTES
 from handlers.responses import OwnProfile, ProfilePicture, PublicProfile
 from handlers.schemas import ProfilePatch
 from services.accounts.budgets import spend_profile_read
+from services.matching.location import location_change_budget
 
 API_TAG = Tag("profiles", "Own profile, picture, other people's public profiles")
 ACCOUNT_DELETED = {404: "The account was deleted."}
@@ -28,13 +29,16 @@ class MeHandler(BaseHandler):
         body=ProfilePatch,
         responses={200: Reply("The updated profile.", OwnProfile)},
         errors=(503,),
-        notes=ACCOUNT_DELETED,
+        notes={**ACCOUNT_DELETED, 429: "`rate_limited`: LOCATION_CHANGES_PER_DAY location changes were made."},
     )
     async def patch(self) -> None:
         """Change profile fields."""
         user_id = self.require_user()
         body = self.json_body(ProfilePatch)
-        doc = await self.services.users.update(user_id, body.model_dump(exclude_unset=True))
+        budget = location_change_budget(self.services.rates, self.services.settings, user_id)
+        doc = await self.services.users.update(
+            user_id, body.model_dump(exclude_unset=True), spend_location_change=budget
+        )
         self.send_json(self.services.users.own_profile(doc))
 
 

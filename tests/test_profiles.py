@@ -16,6 +16,7 @@ import orjson
 import pytest
 from PIL import Image
 
+from services.matching.location import LocationPrivacy, distance_m, snap
 from services.storage.documents import relation_document
 from tests.support import assert_error
 
@@ -55,6 +56,16 @@ def adult_birthdate(years: int) -> str:
     return today.replace(year=today.year - years, day=min(today.day, 28)).isoformat()
 
 
+def assert_coarse(shown: dict[str, float], sent: dict[str, float]) -> None:
+    """A location shown back is the stored, coarse one: a node of the grid, as far from the sent position
+    as the secret offset and the snap put it (docs/security.md, "Location privacy")."""
+    rules = LocationPrivacy()
+    point = [shown["lon"], shown["lat"]]
+    assert snap(point[0], point[1], rules.grid_m) == point, shown
+    away = distance_m(point, [sent["lon"], sent["lat"]])
+    assert rules.nearest_to_truth_m - 1 <= away <= rules.offset_max_m + rules.grid_m / 2**0.5 + 1, (shown, away)
+
+
 async def raw_get(api: Any, url_or_path: str) -> Any:
     """GET without JSON parsing (media bytes), by path or by an absolute URL of this server."""
     path = urlsplit(url_or_path).path if "://" in url_or_path else url_or_path
@@ -77,13 +88,14 @@ async def test_get_me_is_the_own_profile(api):
 async def test_patch_sets_every_profile_field(api):
     user = await api.user("patch")
     birthdate = adult_birthdate(25)
+    paris = {"lat": 48.8566, "lon": 2.3522}
     changes = {
         "display_name": "Léa",
         "bio": "Climbing, jazz, and long walks 🌿",
         "birthdate": birthdate,
         "gender": "woman",
         "interested_in": ["man", "nonbinary"],
-        "location": {"lat": 48.8566, "lon": 2.3522},
+        "location": paris,
         "age_min": 24,
         "age_max": 35,
         "email": "lea@example.org",
@@ -93,7 +105,10 @@ async def test_patch_sets_every_profile_field(api):
     again = await api.get(ME, token=user.access)
     for body in (r.body, again.body):
         for key, value in changes.items():
-            assert body[key] == value, key
+            if key != "location":
+                assert body[key] == value, key
+        assert_coarse(body["location"], paris)
+        assert body["location"] == r.body["location"]
         assert body["age"] == 25
         assert body["username"] == user.username
 
@@ -104,7 +119,7 @@ async def test_patch_is_partial_and_integer_coordinates_are_accepted(api):
     r = await api.patch(ME, {"bio": "second", "location": {"lat": -33, "lon": 151}}, token=user.access)
     assert r.status == 200
     assert r.body["display_name"] == "Max" and r.body["bio"] == "second"
-    assert r.body["location"] == {"lat": -33, "lon": 151}
+    assert_coarse(r.body["location"], {"lat": -33, "lon": 151})
     empty = await api.patch(ME, {}, token=user.access)
     assert empty.status == 200 and empty.body == (await api.get(ME, token=user.access)).body
 

@@ -14,8 +14,10 @@ from services.accounts.auth import PasswordHasher, TokenError, TokenPair, TokenS
 from services.accounts.liveness import AccountLiveness
 from services.accounts.throttle import LoginThrottle
 from services.core.clock import iso
+from services.core.config import Settings
 from services.core.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
 from services.core.text import clean_line, clean_multiline, has_visible
+from services.matching.location import LocationPrivacy, is_secret
 from services.media.photos import ProfilePhotos
 from services.media.store import MediaStore
 from services.storage.store import Doc, Store
@@ -40,10 +42,11 @@ SUMMARY_TTL_S = 30.0
 def point_of(doc: Doc) -> list[float] | None:
     """A user's stored location as [lon, lat], or None.
 
-    Locations are stored as legacy coordinate pairs under a `2d` index: MongoDB answers `$nearSphere`
-    on it with spherical distances, and the embedded store serves it about a hundred times faster than
-    a 2dsphere `$near` (which reads a whole S2 face there, whatever the radius). GeoJSON points written
-    by older versions are still read.
+    What is stored is the coarse point (services/matching/location.py), never the position the user
+    sent. Locations are stored as legacy coordinate pairs under a `2d` index: MongoDB answers
+    `$nearSphere` on it with spherical distances, and the embedded store serves it about a hundred times
+    faster than a 2dsphere `$near` (which reads a whole S2 face there, whatever the radius). GeoJSON
+    points written by older versions are still read.
     """
     location = doc.get("location")
     if isinstance(location, dict):
@@ -51,6 +54,12 @@ def point_of(doc: Doc) -> list[float] | None:
     if not isinstance(location, list) or len(location) != 2:
         return None
     return [float(location[0]), float(location[1])]
+
+
+def has_exact_location(doc: Doc) -> bool:
+    """Whether the document holds a location stored before locations were coarsened (it has no secret
+    offset): such a position is exact and must be coarsened before anything reads it."""
+    return point_of(doc) is not None and not is_secret(doc.get("location_secret"))
 
 
 def age_on(birthdate: dt.date, today: dt.date) -> int:
@@ -96,6 +105,8 @@ class UserService:
         from services.accounts.visibility import ProfileVisibility
 
         self.visibility = ProfileVisibility(store)
+        # How a sent position becomes the stored one; the container sets the one built from its settings.
+        self.locations = LocationPrivacy.from_settings(Settings())
 
     # -- accounts -------------------------------------------------------------------------------------
 
@@ -134,6 +145,10 @@ class UserService:
         if spend_signup is not None:
             await spend_signup()
         password_hash = await self._hasher.hash(password)
+        if fields.get("location") is not None:
+            secret = self.locations.new_secret()
+            fields["location"] = self.locations.coarsen(fields["location"], secret)
+            fields["location_secret"] = secret
         doc: Doc = {
             "_id": await self._store.next_id("users"),
             "username": username,
@@ -187,6 +202,8 @@ class UserService:
         doc = await self._store.users.find_one({"_id": user_id, "deleted": {"$ne": True}})
         if doc is None:
             raise NotFound("User not found")
+        if has_exact_location(doc):
+            doc = await self.coarsen_stored_location(doc)
         return doc
 
     async def public_for(self, viewer_id: int, user_id: int) -> dict[str, Any]:
@@ -212,9 +229,24 @@ class UserService:
                 return True
         return False
 
-    async def update(self, user_id: int, changes: dict[str, Any]) -> Doc:
+    async def update(
+        self,
+        user_id: int,
+        changes: dict[str, Any],
+        *,
+        spend_location_change: Callable[[], Awaitable[None]] | None = None,
+    ) -> Doc:
+        """Apply profile changes. A new location is stored coarse; storing one that differs from the stored
+        point first calls `spend_location_change` (a budget: it raises RateLimited when spent)."""
         fields = self._validate_profile(changes, partial=True)
         current = await self.get(user_id)
+        if fields.get("location") is not None:
+            secret = await self._location_secret(current)
+            fields["location"] = self.locations.coarsen(fields["location"], secret)
+            if fields["location"] == point_of(current):
+                del fields["location"]  # the same coarse point: nothing changes, nothing is spent
+            elif spend_location_change is not None:
+                await spend_location_change()
         merged_min = fields.get("age_min", current.get("age_min"))
         merged_max = fields.get("age_max", current.get("age_max"))
         if merged_min is not None and merged_max is not None and merged_min > merged_max:
@@ -235,6 +267,46 @@ class UserService:
             await self._store.users.update_one({"_id": user_id}, ops)
         self._summaries.pop(user_id, None)
         return await self.get(user_id)
+
+    # -- locations ------------------------------------------------------------------------------------
+
+    async def _location_secret(self, current: Doc) -> dict[str, float]:
+        """The user's secret offset, drawn and stored the first time they set a location. Concurrent first
+        settings agree on one: only a document without a secret takes one. It outlives a cleared location,
+        so the same place always gives the same stored point."""
+        secret = current.get("location_secret")
+        if is_secret(secret):
+            return dict(secret)
+        drawn = self.locations.new_secret()
+        await self._store.users.update_one(
+            {"_id": current["_id"], "location_secret": secret}, {"$set": {"location_secret": drawn}}
+        )
+        stored = await self._store.users.find_one({"_id": current["_id"]}, {"location_secret": 1})
+        if stored is None or not is_secret(stored.get("location_secret")):
+            raise NotFound("User not found")
+        return dict(stored["location_secret"])
+
+    async def coarsen_stored_location(self, doc: Doc) -> Doc:
+        """`doc` with its exact (pre-coarsening) location replaced, in the store too, by a coarse one.
+
+        Documents written before locations were coarsened are migrated on read: the first read of the
+        owner's profile, or discover meeting them as viewer or candidate, stores the coarse point. Of
+        concurrent readers, one writes (the update names what it read); the others read back its write."""
+        exact = point_of(doc)
+        assert exact is not None
+        secret = self.locations.new_secret()
+        coarse = self.locations.coarsen(exact, secret)
+        done = await self._store.users.update_one(
+            {"_id": doc["_id"], "location": doc["location"], "location_secret": doc.get("location_secret")},
+            {"$set": {"location": coarse, "location_secret": secret}},
+        )
+        if done.modified_count:
+            return {**doc, "location": coarse, "location_secret": secret}
+        fresh = await self._store.users.find_one({"_id": doc["_id"]})
+        if fresh is None:
+            raise NotFound("User not found")
+        # Still exact only if a node of an earlier version wrote another exact location meanwhile.
+        return await self.coarsen_stored_location(fresh) if has_exact_location(fresh) else fresh
 
     async def set_picture(self, user_id: int, data: bytes) -> str:
         """Make the upload the profile picture: it replaces the first photo (or is the first one)."""
