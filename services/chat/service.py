@@ -31,6 +31,7 @@ from services.core.clock import now_iso
 from services.core.text import clean_multiline
 from services.media.content import ATTACHMENT_TYPES
 from services.media.store import MediaStore
+from services.push.preferences import muted_participants
 from services.realtime.events import Publisher
 from services.storage.store import Doc, Store
 
@@ -180,8 +181,13 @@ class ChatService:
                 "created_at": message["created_at"],
             },
         }
-        for other in conv.others(sender_id) if conv else []:
-            await self._events.notify(other, notification)
+        recipients = conv.others(sender_id) if conv else []
+        # A participant who muted the conversation gets no notification of it, so no push either; the
+        # message still reached their conversation sockets above and counts as unread.
+        muted = await muted_participants(self._store, conversation_id, recipients)
+        for other in recipients:
+            if other not in muted:
+                await self._events.notify(other, notification)
 
     def observe_seq(self, conversation_id: int, seq: int) -> None:
         """A message with this id is stored (this node's insert, or another node's seen on the bus)."""
