@@ -15,6 +15,7 @@ from handlers import (
     matching,
     media,
     metrics,
+    notifications,
     openapi,
     photos,
     sockets,
@@ -26,7 +27,19 @@ from handlers.base import NotFoundHandler
 if TYPE_CHECKING:
     from services.core.container import Services
 
-ROUTE_MODULES = [auth, users, photos, matching, conversations, devices, sockets, health, metrics, openapi]
+ROUTE_MODULES = [
+    auth,
+    users,
+    photos,
+    matching,
+    conversations,
+    notifications,
+    devices,
+    sockets,
+    health,
+    metrics,
+    openapi,
+]
 
 
 def make_app(services: Services, **tornado_settings: Any) -> tornado.web.Application:

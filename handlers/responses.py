@@ -285,6 +285,34 @@ class Device(Answer):
     created_at: Timestamp
 
 
+class ConversationMute(Answer):
+    """Your mute of a conversation: only you see it. While muted, its messages make no `new_message`
+    notification and no push for you; they still arrive on its sockets and count as unread."""
+
+    conversation_id: Id
+    muted: bool
+    muted_until: Timestamp | None
+    """When the mute ends by itself; null while muted until unmuted, and when not muted."""
+
+
+class NotificationPreferences(Answer):
+    """What is pushed to your devices while you have no socket open (the notifications socket is not
+    affected). Every kind is on until turned off."""
+
+    messages: bool
+    """Pushes of new messages (muted conversations make none whatever this says)."""
+    matches: bool
+    """Pushes of new matches."""
+    likes: bool
+    """Pushes of new likes."""
+    message_previews: bool
+    """Whether message pushes may carry the sender's name and the start of the text; only where
+    `previews_available`."""
+    previews_available: bool
+    """Whether this server puts any text in pushes (PUSH_PREVIEW_CHARS): when false, no push carries text,
+    whatever `message_previews` says."""
+
+
 class VapidPublicKey(Answer):
     public_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{87}$")]
     """base64url of the uncompressed P-256 point: `applicationServerKey` for `PushManager.subscribe()`."""
