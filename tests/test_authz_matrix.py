@@ -149,6 +149,11 @@ def every_endpoint(w: World) -> list[tuple[str, str, dict[str, Any]]]:
         ("DELETE", f"/api/conversations/{c}/messages/1/", {}),
         ("POST", f"/api/conversations/{c}/read/", {"json": {"message_id": 1}}),
         ("POST", f"/api/conversations/{c}/attachments/", {"body": PNG, "headers": {"Content-Type": "image/png"}}),
+        ("GET", f"/api/conversations/{c}/mute/", {}),
+        ("PUT", f"/api/conversations/{c}/mute/", {"json": {"until": None}}),
+        ("DELETE", f"/api/conversations/{c}/mute/", {}),
+        ("GET", "/api/users/me/notifications/", {}),
+        ("PATCH", "/api/users/me/notifications/", {"json": {"messages": False}}),
     ]
 
 
@@ -176,6 +181,8 @@ async def test_bad_credentials_are_401_everywhere_and_4000_or_4002_on_the_socket
     assert (await api.get("/api/users/me/photos/", token=w.alice.access)).body == [w.alice_photo]
     assert (await api.get("/api/matches/", token=w.bob.access)).body[0]["id"] == w.match_id
     assert [b["user"]["id"] for b in (await api.get("/api/blocks/", token=w.alice.access)).body] == [w.blocked.id]
+    assert (await api.get(f"/api/conversations/{w.cid}/mute/", token=w.alice.access)).body["muted"] is False
+    assert (await api.get("/api/users/me/notifications/", token=w.alice.access)).body["messages"] is True
     # The deleted account cannot sign in for a new token either.
     signin = {"username": w.deleted.username, "password": PASSWORD}
     assert (await api.post("/api/token/", signin)).status == 401
@@ -211,6 +218,9 @@ async def test_conversation_objects_answer_participants_only(api, services):
             ("DELETE", "/api/conversations/{}/messages/1/", {}),
             ("POST", "/api/conversations/{}/read/", {"json": {"message_id": 1}}),
             ("POST", "/api/conversations/{}/attachments/", {"body": PNG, "headers": {"Content-Type": "image/png"}}),
+            ("GET", "/api/conversations/{}/mute/", {}),
+            ("PUT", "/api/conversations/{}/mute/", {"json": {"until": None}}),
+            ("DELETE", "/api/conversations/{}/mute/", {}),
         ):
             r = await api.request(method, template.format(c), token=user.access, **kw)
             assert_envelope(r, 404, (role, method, template))
@@ -232,6 +242,9 @@ async def test_conversation_objects_answer_participants_only(api, services):
             f"/api/conversations/{c}/attachments/", body=PNG, headers={"Content-Type": "image/png"}, token=user.access
         )
         assert upload.status == 201, (role, upload.body)
+        muted = await api.put(f"/api/conversations/{c}/mute/", json={"until": None}, token=user.access)
+        assert muted.status == 200 and muted.body["muted"] is True, (role, muted.body)
+        assert (await api.delete(f"/api/conversations/{c}/mute/", token=user.access)).status == 204, role
         ws = await ws_connect(api, conv_path(c, user))
         assert (await ws.recv())["type"] == "status", role
         ws.close()
@@ -266,6 +279,10 @@ async def test_former_participants_keep_history_but_cannot_write_or_listen(api, 
         for change, change_kw in (("PATCH", {"json": {"content": "late"}}), ("DELETE", {})):
             changed = await api.request(change, f"/api/conversations/{cid}/messages/1/", token=user.access, **change_kw)
             assert_envelope(changed, 404, (role, change))
+        # Nor mutes a conversation that is closed.
+        for method, kw in (("GET", {}), ("PUT", {"json": {"until": None}}), ("DELETE", {})):
+            mute = await api.request(method, f"/api/conversations/{cid}/mute/", token=user.access, **kw)
+            assert_envelope(mute, 404, (role, method, "mute"))
         ws = await ws_connect(api, conv_path(cid, user))
         assert (await ws.closed())[0] == 4001, role
         assert await history_ids(api, cid, user) == [1], role
