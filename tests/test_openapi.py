@@ -197,7 +197,8 @@ def test_websockets_are_described(document):
         for frame in socket["clientFrames"] + socket["serverFrames"]:
             assert frame["schema"]["$ref"].rsplit("/", 1)[1] in document["components"]["schemas"], frame
     conversation = sockets["/ws/conversations/{conversation_id}/"]
-    assert {f["type"] for f in conversation["clientFrames"]} == {"message", "typing", "read_receipt", "ping"}
+    client_frames = {"message", "typing", "read_receipt", "ping", "edit", "unsend"}
+    assert {f["type"] for f in conversation["clientFrames"]} == client_frames
     assert {f["type"] for f in conversation["serverFrames"]} == {
         "message",
         "typing",
@@ -205,6 +206,8 @@ def test_websockets_are_described(document):
         "status",
         "pong",
         "error",
+        "message_edited",
+        "message_deleted",
     }
     assert {f["type"] for f in sockets["/ws/notifications/"]["clientFrames"]} == set(REGISTRY.accepted("notifications"))
     assert all(f["summary"] for f in conversation["clientFrames"])

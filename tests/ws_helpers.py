@@ -29,7 +29,7 @@ MESSAGE_KEYS = {
     "attachment",
 }
 # The seed's message object plus the contract's optional extensions.
-OPTIONAL_MESSAGE_KEYS = {"conversation_id", "client_id"}
+OPTIONAL_MESSAGE_KEYS = {"conversation_id", "client_id", "edited_at", "deleted", "deleted_at"}
 
 
 @dataclass

@@ -26,7 +26,21 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 KNOWN_FRAME_TYPES = frozenset(
-    {"message", "typing", "read_receipt", "status", "notification", "ping", "pong", "error", "invalid"}
+    {
+        "message",
+        "typing",
+        "read_receipt",
+        "status",
+        "notification",
+        "ping",
+        "pong",
+        "error",
+        "invalid",
+        "edit",
+        "unsend",
+        "message_edited",
+        "message_deleted",
+    }
 )
 
 
