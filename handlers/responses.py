@@ -92,6 +92,8 @@ class OwnProfile(_PublicFields):
     birthdate: dt.date | None
     interested_in: set[Gender]
     location: Location | None
+    """The stored location: the position sent, moved by a secret offset of the account's own (1.5 to 1.8 km)
+    and snapped to a 1 km grid (docs/security.md, "Location privacy")."""
     age_min: int | None
     age_max: int | None
     created_at: Timestamp
@@ -119,6 +121,8 @@ class Candidate(_PublicFields):
     """A public profile; `distance_km` when both people share a location."""
 
     distance_km: Annotated[int, Field(ge=1)] = ABSENT
+    """Between the two stored (coarse) locations, as the bucket bound at or above it: 1, 2, 3, 5, 10, 15,
+    20, 30, 50, then every 25 km ("within N km"; see docs/matching.md)."""
 
 
 class DiscoverPage(Answer):
