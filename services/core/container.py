@@ -19,6 +19,7 @@ from services.core import errors
 from services.core.config import Settings
 from services.core.limits import RateLimiter
 from services.core.metrics import Metrics
+from services.matching.location import LocationPrivacy
 from services.matching.service import MatchingService
 from services.media.store import MediaStore
 from services.push.delivery import load_vapid_keys
@@ -179,6 +180,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     )
     media = MediaStore(Path(settings.data_dir) / "media", public_base(settings), settings.max_upload_bytes)
     users = UserService(store, hasher, tokens, media, min_age=settings.min_age)
+    users.locations = LocationPrivacy.from_settings(settings)
     backends = build_backends(settings)
     bus = backends.bus
     users.login_throttle = LoginThrottle(
