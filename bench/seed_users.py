@@ -19,6 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from services.matching.location import LocationPrivacy
 from services.storage.documents import UNUSABLE_HASH, relation_document, user_document
 from services.storage.store import Store
 
@@ -28,6 +29,7 @@ INTERESTS: tuple[list[str], ...] = ([], ["man"], ["woman"], ["man", "woman"], ["
 # inside it holds ~7% of the located users.
 REGION = {"lon": (-1.5, 5.5), "lat": (43.5, 50.5)}
 BATCH = 2000
+LOCATIONS = LocationPrivacy()  # the server's default grid and offsets
 
 
 def random_user(user_id: int, rng: random.Random, created_at: dt.datetime, *, located_share: float) -> dict[str, Any]:
@@ -53,7 +55,10 @@ def random_user(user_id: int, rng: random.Random, created_at: dt.datetime, *, lo
     if rng.random() < located_share:
         lon = rng.uniform(*REGION["lon"])
         lat = rng.uniform(*REGION["lat"])
-        doc["location"] = [lon, lat]
+        # Stored as the server stores a location: coarse, with the account's secret offset beside it.
+        secret = LOCATIONS.new_secret()
+        doc["location_secret"] = secret
+        doc["location"] = LOCATIONS.coarsen([lon, lat], secret)
     return doc
 
 
