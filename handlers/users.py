@@ -78,11 +78,12 @@ class UserHandler(BaseHandler):
 
         Readable by the people who could meet its owner: discover candidates (each suits the other's
         preferences), a like either way, a match current or former. Every read counts against the
-        reader's budget, whatever it answers.
+        reader's budget, whatever it answers (reading one's own does not).
         """
         viewer_id = self.require_user()
-        await spend_profile_read(self.services.rates, self.services.settings, viewer_id)
         user_id = int(user_id_text)
+        if user_id != viewer_id:
+            await spend_profile_read(self.services.rates, self.services.settings, viewer_id)
         self.send_json(await self.services.users.public_for(viewer_id, user_id))
 
 

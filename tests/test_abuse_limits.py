@@ -240,8 +240,10 @@ async def test_profile_reads_are_budgeted_per_reader(api, services):
     reader = await seed_user(services, "reader")
     other = await seed_user(services, "other")
     # Reads of ids that answer 404 count too: counting ids is what the budget is for.
-    for user_id in (owner.id, owner.id, 10**9, 10**9 + 1, reader.id):
+    for user_id in (owner.id, owner.id, 10**9, 10**9 + 1, other.id):
         assert (await profile(api, reader, user_id)).status in (200, 404)
     assert_throttled(await profile(api, reader, owner.id))
+    # Reading one's own profile is not reading anyone's.
+    assert (await profile(api, reader, reader.id)).status == 200
     # Another reader has a budget of their own.
     assert (await profile(api, other, owner.id)).status == 200
