@@ -97,6 +97,7 @@ async def test_a_muted_conversation_sends_no_notification_but_still_delivers_its
     notifications = await ws_connect(api, f"/ws/notifications/?token={b.access}")
     conversation = await ws_connect(api, f"/ws/conversations/{cid}/?token={b.access}")
     try:
+        await conversation.recv_type("status")  # the socket has joined: it misses nothing sent from now on
         await online(services, b)
         answer = await api.put(mute_path(cid), json={"until": None}, token=b.access)
         conforms(document, "put", "/api/conversations/{conversation_id}/mute/", answer)
@@ -296,6 +297,7 @@ async def test_a_mute_set_on_one_node_holds_on_the_other(cluster_factory, receiv
     notifications = await ws_connect(n2.api, f"/ws/notifications/?token={b.access}")
     conversation = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={b.access}")
     try:
+        await conversation.recv_type("status")  # the socket has joined: it misses nothing sent from now on
         await online(n2.services, b)
         await send(n2.api, a, cid, "heard")
         assert (await notifications.recv_type("notification"))["notification"]["type"] == "new_message"
