@@ -69,6 +69,9 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         self.strikes: list[float] = []
         self.init_peer(services.connections, settings.outbound_buffer_bytes)
 
+    def set_default_headers(self) -> None:
+        set_common_headers(self)  # the handshake's 101 carries the same headers as every other answer
+
     def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
         protocol = super().get_websocket_protocol()
         if protocol is None:
