@@ -25,6 +25,7 @@ from handlers import (
     frames,  # noqa: F401 - registers the frame types
     tornado_internals,
 )
+from handlers.base import set_common_headers
 from handlers.errors import BadFrame, report
 from handlers.protocol import REGISTRY, ClientFrame
 from services.accounts.auth import TokenError
