@@ -20,6 +20,7 @@ from services.core.config import Settings
 from services.core.container import Services, build_services
 from services.storage.embedded import EmbeddedMongo
 from tests.processes import RedisProcess
+from tests.push_helpers import push_overrides, receiver  # noqa: F401 - fixtures of the push tests
 from tests.support import ApiClient, PortClient, make_settings
 
 

@@ -18,24 +18,24 @@ from services.core.config import Settings
 from services.core.container import Services
 from services.push.preferences import mute_of, mute_view
 from services.storage.documents import conversation_mute, notification_preferences_document
-from tests import test_push
+from tests.push_helpers import (
+    PUSH_SETTINGS,
+    QUIET_S,
+    Receiver,
+    pair,
+    register,
+    send,
+    skipped,
+)
 from tests.support import ApiClient, TestUser, WsClient, assert_error, conforms, make_conversation, ws_connect
-from tests.test_push import PUSH_SETTINGS, QUIET_S, Receiver, pair, register, send, skipped
-
-# The webhook gateway of tests/test_push.py, a fixture here too.
-receiver = test_push.receiver
-UNKNOWN = 999_999_999
-
-
-@pytest.fixture
-def push_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """More settings for one test: parametrize it with `indirect=True`."""
-    return dict(getattr(request, "param", {}))
 
 
 @pytest.fixture
 def settings_overrides(receiver: Receiver, push_overrides: dict[str, Any]) -> dict[str, Any]:
     return {**PUSH_SETTINGS, "push_webhook_allowed_prefixes": f"{receiver.origin}/hook/", **push_overrides}
+
+
+UNKNOWN = 999_999_999
 
 
 @pytest.fixture(scope="module")
