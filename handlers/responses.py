@@ -258,6 +258,10 @@ class Conversation(Answer):
     updated_at: Timestamp
     status: Literal["open", "closed"]
     match_id: Id | None
+    muted: bool
+    """Whether you muted it (only you see your own mute)."""
+    muted_until: Timestamp | None
+    """When your mute ends by itself; null while muted until unmuted, and when not muted."""
 
 
 class ReadReceipt(Answer):

@@ -405,3 +405,16 @@ def test_a_mute_is_read_as_its_document_says():
     assert mute_view(naive, 7, now)["muted"] is True
     with pytest.raises(ValueError, match="unknown"):
         notification_preferences_document(7, updated_at=now, sounds=False)
+
+
+async def test_the_conversation_shows_each_participant_only_their_own_mute(api, services):
+    a, b, cid = await pair(api, services)
+    until = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).isoformat().replace("+00:00", "Z")
+    assert (await api.put(f"/api/conversations/{cid}/mute/", json={"until": until}, token=a.access)).status == 200
+    mine = await api.get(f"/api/conversations/{cid}/", token=a.access)
+    theirs = await api.get(f"/api/conversations/{cid}/", token=b.access)
+    assert mine.body["muted"] is True and mine.body["muted_until"] is not None
+    assert theirs.body["muted"] is False and theirs.body["muted_until"] is None
+    listed = await api.get("/api/conversations/", token=a.access)
+    [entry] = [c for c in listed.body if c["id"] == cid]
+    assert entry["muted"] is True

@@ -18,6 +18,7 @@ from services.accounts.users import UserService
 from services.chat.ids import EDITED, StoredIds, message_key
 from services.core.clock import iso
 from services.media.store import MediaStore
+from services.push.preferences import mute_view
 from services.storage.store import Doc, Store
 
 
@@ -148,6 +149,7 @@ class ChatViews:
                     "updated_at": iso(utc_datetime(d.get("updated_at") or d.get("created_at"))),
                     "status": d.get("status", "open"),
                     "match_id": d.get("match_id"),
+                    **mute_view(d, user_id),  # the caller's own mute, never the other's
                 }
             )
         return out
