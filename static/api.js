@@ -9,13 +9,23 @@
 // time. Refresh tokens rotate: each one works once, so refreshes are serialised through one promise.
 
 export class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, { retryAfterMs = null } = {}) {
     const error = (body && body.error) || {};
     super(error.message || `HTTP ${status}`);
     this.status = status;
     this.code = error.code || "error";
     this.fields = error.fields || null; // per-field messages of a 400
+    this.retryAfterMs = retryAfterMs; // a 429's `Retry-After`, in milliseconds
   }
+}
+
+/** `Retry-After` in milliseconds: delay-seconds, or an HTTP date; null when absent or unreadable. */
+export function parseRetryAfter(value) {
+  if (!value) return null;
+  const trimmed = value.trim();
+  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
+  const at = Date.parse(trimmed);
+  return Number.isNaN(at) ? null : Math.max(0, at - Date.now());
 }
 
 /** The claims of a JWT (`{user_id, token_type, exp, iat, jti}` here). Not verified: the server does that. */
@@ -138,9 +148,16 @@ export class Api {
   delete(path) {
     return this.request("DELETE", path);
   }
+  put(path, json) {
+    return this.request("PUT", path, { json });
+  }
   /** Raw bytes (a picture upload): the body is the file itself, typed by its Content-Type. */
   putBytes(path, blob) {
     return this.request("PUT", path, { body: blob, contentType: blob.type || "application/octet-stream" });
+  }
+  /** Raw bytes, POSTed (a photo added to the profile's photos). */
+  postBytes(path, blob) {
+    return this.request("POST", path, { body: blob, contentType: blob.type || "application/octet-stream" });
   }
 
   async request(method, path, options = {}) {
@@ -184,7 +201,9 @@ export class Api {
         data = null;
       }
     }
-    if (!response.ok) throw new ApiError(response.status, data);
+    if (!response.ok) {
+      throw new ApiError(response.status, data, { retryAfterMs: parseRetryAfter(response.headers.get("Retry-After")) });
+    }
     return data;
   }
 }

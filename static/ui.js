@@ -22,6 +22,24 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/**
+ * The thumbnail with longest side `side` beside an uploaded image: `…/x.jpg` -> `…/x.512.jpg` (the
+ * server writes one of each IMAGE_THUMBNAIL_SIDES beside every image it stores, 128 and 512 by default).
+ */
+export function thumbnailOf(url, side = 512) {
+  return url.replace(/(\/[^/.]+)(\.[A-Za-z0-9]+)$/, `$1.${side}$2`);
+}
+
+/** An <img> of `thumb` that shows `full` instead when the thumbnail is not there (an older image). */
+export function imageWithFallback(attrs, thumb, full) {
+  const img = h("img", { ...attrs, src: thumb, decoding: "async", draggable: "false" });
+  img.dataset.full = full;
+  img.addEventListener("error", () => {
+    if (img.getAttribute("src") !== img.dataset.full) img.setAttribute("src", img.dataset.full);
+  });
+  return img;
+}
+
 /** The name to show for a user object of any shape the API returns. */
 export function nameOf(user) {
   if (!user) return "Someone";
@@ -37,7 +55,7 @@ export function fillAvatar(el, user) {
   el.className = el.className.replace(/\bhue-\d\b/g, "").trim();
   const picture = user && user.profile_picture;
   if (picture) {
-    el.append(h("img", { src: picture, alt: "", loading: "lazy", decoding: "async" }));
+    el.append(imageWithFallback({ alt: "", loading: "lazy" }, thumbnailOf(picture, 128), picture));
   } else {
     const initials = nameOf(user)
       .split(/[\s._-]+/)
@@ -155,4 +173,81 @@ export function clearFormError(form) {
   box.hidden = true;
   box.textContent = "";
   for (const el of $$("[aria-invalid]", form)) el.removeAttribute("aria-invalid");
+}
+
+// -- menus ---------------------------------------------------------------------------------------------
+
+let openedMenu = null; // {menu, button, cleanup}: one menu at a time
+
+/**
+ * A small menu of actions beside `button` (whose parent is positioned: `.menu-anchor`): items
+ * [{label, run, danger}]. It closes on a choice, on Escape (focus goes back to the button), on a click
+ * elsewhere and when focus leaves it; the arrow keys, Home and End move between its items.
+ */
+export function openMenu(button, items, { label = "", placeAbove = false } = {}) {
+  closeMenu();
+  const menu = h("div", { class: `menu${placeAbove ? " menu-up" : ""}`, role: "menu", "aria-label": label || null });
+  for (const item of items) {
+    menu.append(
+      h(
+        "button",
+        {
+          type: "button",
+          role: "menuitem",
+          tabindex: "-1",
+          class: `menu-item${item.danger ? " menu-danger" : ""}`,
+          onclick: () => {
+            closeMenu({ refocus: true });
+            item.run();
+          },
+        },
+        item.label,
+      ),
+    );
+  }
+  const entries = () => $$(".menu-item", menu);
+  const onKey = (event) => {
+    const list = entries();
+    const at = list.indexOf(document.activeElement);
+    const moves = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: list.length - 1 };
+    if (event.key === "Escape") {
+      event.preventDefault();
+      closeMenu({ refocus: true });
+    } else if (event.key in moves) {
+      event.preventDefault();
+      list[(moves[event.key] + list.length) % list.length].focus();
+    } else if (event.key === "Tab") {
+      closeMenu();
+    }
+  };
+  const onPointer = (event) => {
+    if (!menu.contains(event.target) && !button.contains(event.target)) closeMenu();
+  };
+  menu.addEventListener("keydown", onKey);
+  document.addEventListener("pointerdown", onPointer, true);
+  button.setAttribute("aria-expanded", "true");
+  button.after(menu);
+  openedMenu = {
+    menu,
+    button,
+    cleanup: () => document.removeEventListener("pointerdown", onPointer, true),
+  };
+  entries()[0]?.focus();
+  return menu;
+}
+
+/** Close the open menu, if any (`refocus`: give focus back to the button that opened it). */
+export function closeMenu({ refocus = false } = {}) {
+  if (!openedMenu) return;
+  const { menu, button, cleanup } = openedMenu;
+  openedMenu = null;
+  cleanup();
+  menu.remove();
+  button.setAttribute("aria-expanded", "false");
+  if (refocus && button.isConnected) button.focus();
+}
+
+/** Whether a menu opened from `button` is showing. */
+export function menuOpenFor(button) {
+  return openedMenu !== null && openedMenu.button === button;
 }
