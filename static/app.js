@@ -2,8 +2,8 @@
 //
 //   REST (api.js)          the source of truth: account, profile, discover, likes, matches, history.
 //   /ws/notifications/     one socket per signed-in page: new_message, new_match and new_like toasts.
-//   /ws/conversations/<id>/ one socket for the conversation on screen: messages, typing, read receipts,
-//                          the other person's online/offline status.
+//   /ws/conversations/<id>/ one socket for the conversation on screen: messages, edits and unsends,
+//                          typing, read receipts, the other person's online/offline status.
 //
 // Both sockets reconnect by themselves (socket.js). After a reconnect the notifications side re-reads
 // the lists over REST (notifications sent while away are not replayed), and the conversation side asks
@@ -11,11 +11,14 @@
 // the page drops any id it already shows, so nothing is missed and nothing appears twice.
 
 import { Api, ApiError } from "./api.js";
+import { countDown, friendlyText, isRateLimited, retryAfterMs, slowDownText, stopCountDown } from "./friendly.js";
+import { PhotoEditor, photoCarousel } from "./photos.js";
 import { PushToggle } from "./push.js";
+import { SettingsPanel } from "./settings.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
-  $, $$, avatar, clearFormError, clockTime, confirmDialog, fillAvatar, h, nameOf, relativeTime, shortTime,
-  showFormError, toast,
+  $, $$, avatar, clearFormError, clockTime, closeMenu, confirmDialog, fillAvatar, h, menuOpenFor, nameOf, openMenu,
+  relativeTime, shortTime, showFormError, toast,
 } from "./ui.js";
 
 const HISTORY_PAGE = 30; // messages per history request (the server allows up to 100)
@@ -24,9 +27,20 @@ const PRESENCE_POLL_MS = 30_000; // online dots of matches whose conversation is
 const TYPING_IDLE_MS = 3000; // stop "typing" after this much silence in the composer
 const TYPING_REPEAT_MS = 3000; // the server forgets a silent typist after a few seconds: say it again
 const THEIR_TYPING_MAX_MS = 12_000; // hide their indicator even if the `false` frame never comes
+// MESSAGE_EDIT_WINDOW's default. The page offers Edit only this long after sending; a server set shorter
+// refuses with `edit_window_closed`, which is said as such.
+const EDIT_WINDOW_MS = 15 * 60_000;
+const MUTE_CHOICES = [
+  { label: "For 1 hour", ms: 3600_000 },
+  { label: "For 8 hours", ms: 8 * 3600_000 },
+  { label: "For a week", ms: 7 * 24 * 3600_000 },
+  { label: "Until I turn it back on", ms: null },
+];
 
 const api = new Api({ onSignedOut: (reason) => signOut(reason) });
 let pushToggle = null; // the "Enable notifications" button (push.js), made in setup()
+let photoEditor = null; // the profile's photos (photos.js), made in setup()
+let settingsPanel = null; // notification preferences and blocked people (settings.js), made in setup()
 
 const state = {
   me: null, // own profile (GET /api/users/me/)
@@ -40,6 +54,7 @@ const state = {
   notifications: null, // the notifications ReconnectingSocket
   presenceTimer: null,
   toastedMatches: new Set(),
+  mutes: new Map(), // conversation id -> {muted, muted_until}: own mutes, read from /mute/ per conversation
 };
 
 /** Lists come back as an array or as {results: [...]} (paged endpoints); accept both. */
@@ -84,7 +99,24 @@ async function withProfile(user) {
 
 function reportError(error, title = "Something went wrong") {
   if (error instanceof ApiError && error.status === 401 && !api.signedIn) return; // already signed out
-  toast({ title, text: error.message || String(error), kind: "error" });
+  if (isRateLimited(error)) {
+    toast({ title: slowDownText(retryAfterMs(error)), kind: "error" });
+    return;
+  }
+  toast({ title, text: friendlyText(error), kind: "error" });
+}
+
+/** A form's error line: a rate limit counts down there, anything else is said once. */
+function formError(form, error) {
+  const box = $(".form-error", form);
+  stopCountDown(box);
+  if (isRateLimited(error)) {
+    clearFormError(form);
+    box.hidden = false;
+    countDown(box, retryAfterMs(error), { onDone: () => clearFormError(form) });
+  } else {
+    showFormError(form, error);
+  }
 }
 
 // =====================================================================================================
@@ -117,6 +149,7 @@ function setupAuthForms() {
   forms.signin.addEventListener("submit", async (event) => {
     event.preventDefault();
     const form = forms.signin;
+    stopCountDown($(".form-error", form));
     clearFormError(form);
     const data = new FormData(form);
     await busy(form, async () => {
@@ -125,7 +158,7 @@ function setupAuthForms() {
         form.reset();
         await startSession();
       } catch (error) {
-        showFormError(form, error.code === "invalid_credentials" ? { message: "Wrong username or password." } : error);
+        formError(form, error.code === "invalid_credentials" ? { message: "Wrong username or password." } : error);
       }
     });
   });
@@ -133,6 +166,7 @@ function setupAuthForms() {
   forms.register.addEventListener("submit", async (event) => {
     event.preventDefault();
     const form = forms.register;
+    stopCountDown($(".form-error", form));
     clearFormError(form);
     const data = new FormData(form);
     const fields = {
@@ -152,7 +186,7 @@ function setupAuthForms() {
         form.reset();
         await startSession();
       } catch (error) {
-        showFormError(form, error.code === "username_taken" ? { message: "That username is taken." } : error);
+        formError(form, error.code === "username_taken" ? { message: "That username is taken." } : error);
       }
     });
   });
@@ -192,7 +226,9 @@ function signOut(reason) {
   api.clearTokens();
   Object.assign(state, {
     me: null, people: new Map(), matches: new Map(), likes: [], candidates: [], discoverLoaded: false,
+    mutes: new Map(),
   });
+  closeProfileDialog();
   $("#app-view").hidden = true;
   $("#me").hidden = true;
   $("#auth-view").hidden = false;
@@ -364,8 +400,12 @@ function showPanel(name) {
     else item.removeAttribute("aria-current");
   }
   $("#app-view").dataset.view = name === "chat" ? "chat" : "list";
-  if (name === "profile") fillProfileForm();
-  if (name === "discover" && !state.discoverLoaded) loadCandidates().catch(reportError);
+  if (name === "profile") {
+    fillProfileForm();
+    photoEditor.load();
+  }
+  if (name === "settings") settingsPanel.load();
+  if (name === "discover" && !state.discoverLoaded) loadCandidates();
   renderMatches();
 }
 
@@ -373,24 +413,61 @@ function showPanel(name) {
 // Discover: one candidate at a time
 // =====================================================================================================
 
+/**
+ * GET /api/discover/. A refusal is said in the card's place: a rate limit (DISCOVER_PER_10_MIN,
+ * DISCOVER_PER_DAY) as "Slow down", counting down to a "Look again" button.
+ */
 async function loadCandidates() {
-  const data = await api.get(`/api/discover/?limit=${DISCOVER_BATCH}`);
-  state.candidates = listOf(data);
-  state.discoverLoaded = true;
-  for (const c of state.candidates) remember(userOf(c));
-  renderDiscover();
+  try {
+    const data = await api.get(`/api/discover/?limit=${DISCOVER_BATCH}`);
+    state.candidates = listOf(data);
+    state.discoverLoaded = true;
+    for (const c of state.candidates) remember(userOf(c));
+    renderDiscover();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401 && !api.signedIn) return;
+    state.candidates = [];
+    renderDiscoverRefusal(error);
+  }
+}
+
+function renderDiscoverRefusal(error) {
+  const stage = $("#discover-stage");
+  const again = h("button", { type: "button", class: "button button-secondary", onclick: () => loadCandidates() }, "Look again");
+  const line = h("p", { class: "empty-title slow-down", role: "alert" });
+  const why = isRateLimited(error)
+    ? h("p", { class: "empty" }, "Everyone can look only so often, so that nobody can collect profiles in bulk.")
+    : null;
+  stage.replaceChildren(h("div", { class: "card empty-card discover-refused" }, line, why, again));
+  if (isRateLimited(error)) {
+    again.disabled = true;
+    countDown(line, retryAfterMs(error), {
+      onDone: () => {
+        line.textContent = "You can look again now.";
+        again.disabled = false;
+      },
+    });
+  } else {
+    line.textContent = friendlyText(error, "Could not load people to discover.");
+  }
+}
+
+/** `distance_km` is a coarse bucket (1, 2, 3, 5, 10 … km) between two coarse locations: an upper bound. */
+function distanceText(km) {
+  return `within ${km} km`;
 }
 
 function describe(user, { withAge = true } = {}) {
   const parts = [];
   if (withAge && user.age) parts.push(`${user.age}`);
   if (user.gender) parts.push({ man: "Man", woman: "Woman", nonbinary: "Nonbinary" }[user.gender] || user.gender);
-  if (typeof user.distance_km === "number") parts.push(`${Math.round(user.distance_km)} km away`);
+  if (typeof user.distance_km === "number") parts.push(distanceText(user.distance_km));
   return parts.join(" · ");
 }
 
 function renderDiscover() {
   const stage = $("#discover-stage");
+  stopCountDown($(".slow-down", stage) || stage);
   const candidate = state.candidates[0];
   if (!state.discoverLoaded) {
     stage.replaceChildren(h("p", { class: "empty" }, "Looking for people…"));
@@ -403,16 +480,14 @@ function renderDiscover() {
         { class: "card empty-card" },
         h("p", { class: "empty-title" }, "That’s everyone for now"),
         h("p", { class: "empty" }, "New people appear as they sign up. Check your profile’s preferences, or look again."),
-        h("button", { type: "button", class: "button button-secondary", onclick: () => loadCandidates().catch(reportError) }, "Look again"),
+        h("button", { type: "button", class: "button button-secondary", onclick: () => loadCandidates() }, "Look again"),
       ),
     );
     return;
   }
   const user = userOf(candidate);
   const label = `${nameOf(user)}${user.age ? `, ${user.age}` : ""}`;
-  const photo = user.profile_picture
-    ? h("img", { class: "candidate-photo", src: user.profile_picture, alt: `Photo of ${nameOf(user)}` })
-    : fillAvatar(h("div", { class: "candidate-photo candidate-initials", "aria-hidden": "true" }), user);
+  const photo = photoCarousel(user, { className: "candidate-photo" });
   stage.replaceChildren(
     h(
       "article",
@@ -482,7 +557,11 @@ function renderLikes() {
       return h(
         "li",
         { class: "person card", dataset: { userId: user.id } },
-        avatar(user, "lg"),
+        h(
+          "button",
+          { type: "button", class: "person-photo", "aria-label": `View ${nameOf(user)}’s profile`, onclick: () => openProfile(user.id) },
+          avatar(user, "lg"),
+        ),
         h(
           "div",
           { class: "person-info" },
@@ -548,6 +627,86 @@ async function loadMatches() {
   state.matches = next;
   renderMatches();
   refreshPresence();
+  loadMutes([...next.keys()].filter((id) => !state.mutes.has(id))).catch(() => {});
+}
+
+// -- mutes ------------------------------------------------------------------------------------------
+
+/**
+ * GET /api/conversations/<id>/mute/ for each conversation whose mute the page does not know yet (the
+ * conversation list does not say). Only the user sees their mutes; the other person is never told.
+ */
+async function loadMutes(ids) {
+  await Promise.all(
+    ids.map((id) =>
+      api.get(`/api/conversations/${id}/mute/`).then(
+        (mute) => state.mutes.set(id, mute),
+        () => {},
+      ),
+    ),
+  );
+  if (ids.length) {
+    renderMatches();
+    if (state.chat) state.chat.renderMute();
+  }
+}
+
+/** Whether the user muted a conversation (a timed mute ends by itself, here as on the server). */
+function isMuted(conversationId) {
+  const mute = state.mutes.get(conversationId);
+  if (!mute || !mute.muted) return false;
+  return !mute.muted_until || Date.parse(mute.muted_until) > Date.now();
+}
+
+/** "until 18:30", "until tomorrow 09:00", "until 3 May"; "" when muted until unmuted. */
+function muteEndText(mute) {
+  if (!mute || !mute.muted_until) return "";
+  const end = new Date(mute.muted_until);
+  const days = (end - Date.now()) / 86_400_000;
+  if (days < 1 && end.getDate() === new Date().getDate()) return `until ${clockTime(mute.muted_until)}`;
+  if (days < 2) return `until tomorrow ${clockTime(mute.muted_until)}`;
+  return `until ${shortTime(mute.muted_until)}`;
+}
+
+/** PUT /api/conversations/<id>/mute/ {until} (null: until unmuted), or DELETE to unmute. */
+async function setMute(conversationId, ms) {
+  try {
+    if (ms === undefined) {
+      await api.delete(`/api/conversations/${conversationId}/mute/`);
+      state.mutes.set(conversationId, { conversation_id: conversationId, muted: false, muted_until: null });
+    } else {
+      const until = ms === null ? null : new Date(Date.now() + ms).toISOString();
+      state.mutes.set(conversationId, await api.put(`/api/conversations/${conversationId}/mute/`, { until }));
+    }
+  } catch (error) {
+    reportError(error, "Could not change the mute");
+    return;
+  }
+  renderMatches();
+  if (state.chat && state.chat.id === conversationId) state.chat.renderMute();
+  const name = nameOf(person(state.matches.get(conversationId)?.user.id));
+  toast({
+    title: isMuted(conversationId) ? `Muted ${name}` : `Unmuted ${name}`,
+    text: isMuted(conversationId) ? "No notifications from this conversation. Messages still arrive." : "",
+    kind: "info",
+    timeoutMs: 3000,
+  });
+}
+
+/**
+ * A muted conversation sends no `new_message` notification, so the sidebar hears of its messages from
+ * the conversation list: re-read on the presence poll while something is muted.
+ */
+async function refreshConversations() {
+  const conversations = listOf(await api.get("/api/conversations/"));
+  for (const c of conversations) {
+    const entry = state.matches.get(c.id);
+    if (!entry) continue;
+    entry.lastMessage = c.last_message;
+    entry.updatedAt = c.updated_at || entry.updatedAt;
+    entry.unread = state.chat && state.chat.id === c.id ? 0 : c.unread_count || 0;
+  }
+  renderMatches();
 }
 
 /**
@@ -556,6 +715,7 @@ async function loadMatches() {
  * `status` and `last_seen` for people we share an open conversation with.
  */
 async function refreshPresence() {
+  if ([...state.matches.keys()].some(isMuted)) refreshConversations().catch(() => {});
   const ids = [...state.matches.values()].map((m) => m.user.id);
   await Promise.all(
     ids.map((id) =>
@@ -584,11 +744,15 @@ function renderMatches() {
       const user = person(entry.user.id);
       const status = user.status || "unknown";
       const last = entry.lastMessage;
-      const preview = last
-        ? `${last.sender_id === state.me.id ? "You: " : ""}${last.content || (last.attachment ? "Attachment" : "")}`
-        : "New match: say hi!";
+      const preview = last ? previewOf(last) : "New match: say hi!";
+      const muted = isMuted(entry.conversationId);
       const unread = entry.unread > 0 ? h("span", { class: "badge", "aria-hidden": "true" }, String(entry.unread)) : null;
-      const spoken = [nameOf(user), status === "online" ? "online" : null, entry.unread ? `${entry.unread} unread` : null]
+      const spoken = [
+        nameOf(user),
+        status === "online" ? "online" : null,
+        muted ? "muted" : null,
+        entry.unread ? `${entry.unread} unread` : null,
+      ]
         .filter(Boolean)
         .join(", ");
       const open = state.chat && state.chat.id === entry.conversationId;
@@ -602,14 +766,14 @@ function renderMatches() {
             class: `match${entry.unread ? " has-unread" : ""}`,
             "aria-current": open ? "true" : null,
             "aria-label": spoken,
-            dataset: { conversationId: entry.conversationId, userId: user.id, status },
+            dataset: { conversationId: entry.conversationId, userId: user.id, status, muted: String(muted) },
             onclick: () => openChat(entry.conversationId),
           },
           h("span", { class: "avatar-wrap" }, avatar(user, "md"), h("span", { class: "presence-dot", dataset: { status } })),
           h(
             "span",
             { class: "match-text" },
-            h("span", { class: "match-name" }, nameOf(user)),
+            h("span", { class: "match-name" }, h("span", { class: "match-name-text" }, nameOf(user)), muted ? mutedIcon() : null),
             h("span", { class: "match-preview" }, preview),
           ),
           h("span", { class: "match-meta" }, h("span", { class: "match-time" }, shortTime(last ? last.created_at : entry.updatedAt)), unread),
@@ -620,6 +784,36 @@ function renderMatches() {
   $("#match-empty").hidden = entries.length > 0;
   const unread = entries.reduce((sum, e) => sum + e.unread, 0);
   document.title = `${unread ? `(${unread}) ` : ""}Spark · Chat & Matching demo`;
+}
+
+/** A list line for a message: its text, "Attachment", or that it was unsent. */
+function previewOf(message) {
+  const own = message.sender_id === state.me.id;
+  if (message.deleted) return own ? "You unsent a message" : "Message unsent";
+  return `${own ? "You: " : ""}${message.content || (message.attachment ? "Attachment" : "")}`;
+}
+
+/** The crossed-out bell beside the name of a muted conversation. */
+function mutedIcon() {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("width", "14");
+  svg.setAttribute("height", "14");
+  svg.setAttribute("class", "muted-icon");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("focusable", "false");
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("fill", "currentColor");
+  path.setAttribute(
+    "d",
+    "M12 22a2.5 2.5 0 0 0 2.45-2h-4.9A2.5 2.5 0 0 0 12 22zm7-6v-5a7 7 0 0 0-5.5-6.84V3.5a1.5 1.5 0 0 0-3 0v.66c-.9.2-1.72.57-2.45 1.08L19 16.18zM3.4 2.6 2 4l3.3 3.3A7 7 0 0 0 5 9v7l-2 2v1h14.2l2.8 2.8 1.4-1.4z",
+  );
+  svg.append(path);
+  const title = document.createElementNS(ns, "title");
+  title.textContent = "Muted";
+  svg.prepend(title);
+  return svg;
 }
 
 // =====================================================================================================
@@ -639,7 +833,68 @@ function fillProfileForm() {
   form.elements.age_min.value = me.age_min ?? "";
   form.elements.age_max.value = me.age_max ?? "";
   form.elements.bio.value = me.bio || "";
-  fillAvatar($("#profile-picture"), me);
+  renderLocation();
+}
+
+function renderLocation() {
+  const shared = Boolean(state.me && state.me.location);
+  $("#location-state").replaceChildren(
+    ...(shared
+      ? [h("strong", {}, "Shared, approximately."), " People you discover see a distance like “within 5 km”."]
+      : [h("strong", {}, "Not shared."), " Nobody sees a distance to you, and you see none to them."]),
+  );
+  $("#location-use").textContent = shared ? "Update my location" : "Use my location";
+  $("#location-clear").hidden = !shared;
+}
+
+/** One status line under a control: a rate limit counts down there, anything else is said once. */
+function controlStatus(el, error, text = "") {
+  stopCountDown(el);
+  if (error && isRateLimited(error)) {
+    el.hidden = false;
+    countDown(el, retryAfterMs(error), { onDone: () => (el.hidden = true) });
+    return;
+  }
+  el.textContent = error ? friendlyText(error) : text;
+  el.hidden = !el.textContent;
+}
+
+/**
+ * PATCH /api/users/me/ {location}. The browser's position goes to the server once; only a coarse point
+ * is stored (LOCATION_CHANGES_PER_DAY changes a day, then 429).
+ */
+async function shareLocation(location) {
+  const status = $("#location-status");
+  try {
+    state.me = remember(await api.patch("/api/users/me/", { location }));
+    controlStatus(status, null);
+    renderLocation();
+    state.discoverLoaded = false; // distances (and who is near enough) changed
+    toast({ title: location ? "Location saved" : "Location removed", kind: "info", timeoutMs: 3000 });
+  } catch (error) {
+    controlStatus(status, error);
+  }
+}
+
+function useMyLocation() {
+  const status = $("#location-status");
+  if (!("geolocation" in navigator)) {
+    controlStatus(status, null, "This browser cannot tell where you are.");
+    return;
+  }
+  controlStatus(status, null, "Finding where you are…");
+  navigator.geolocation.getCurrentPosition(
+    (position) => shareLocation({ lat: position.coords.latitude, lon: position.coords.longitude }),
+    (failure) =>
+      controlStatus(
+        status,
+        null,
+        failure.code === failure.PERMISSION_DENIED
+          ? "Location is blocked for this page: allow it in the browser to share it."
+          : "Your position could not be found. Try again in a moment.",
+      ),
+    { maximumAge: 600_000, timeout: 15_000 },
+  );
 }
 
 function setupProfile() {
@@ -666,35 +921,36 @@ function setupProfile() {
         toast({ title: "Profile saved", kind: "info", timeoutMs: 3000 });
         state.discoverLoaded = false; // preferences may have changed who shows up
       } catch (error) {
-        showFormError(form, error);
+        formError(form, error);
       }
     });
   });
 
-  // PUT /api/users/me/picture/ with the file's bytes as the body (no multipart).
-  $("#picture-input").addEventListener("change", async (event) => {
-    const file = event.target.files[0];
-    event.target.value = "";
-    if (!file) return;
-    if (file.size > 5 * 1024 * 1024) {
-      toast({ title: "Picture too large", text: "Pick an image under 5 MB.", kind: "error" });
-      return;
-    }
-    try {
-      const { profile_picture: url } = await api.putBytes("/api/users/me/picture/", file);
-      state.me = remember({ ...state.me, profile_picture: url });
+  // The photos: the first is the picture everyone sees in lists, frames and the top bar.
+  photoEditor = new PhotoEditor(api, $("#photo-editor"), {
+    notify: toast,
+    onChange: (photos) => {
+      state.me = remember({ ...state.me, photos: photos.map((p) => p.url), profile_picture: photos[0] ? photos[0].url : null });
       renderMe();
-      fillAvatar($("#profile-picture"), state.me);
-      toast({ title: "Picture updated", kind: "info", timeoutMs: 3000 });
-    } catch (error) {
-      reportError(error, "Upload failed");
-    }
+    },
   });
+  $("#location-use").addEventListener("click", useMyLocation);
+  $("#location-clear").addEventListener("click", () => shareLocation(null));
 }
 
 // =====================================================================================================
 // A conversation
 // =====================================================================================================
+
+/**
+ * Whether `next` is a later state of the message shown as `shown`: an unsend is final, and of two edits
+ * the later `edited_at` wins (a PATCH's answer may arrive after the frame of a newer change).
+ */
+function changedSince(shown, next) {
+  if (shown.deleted) return false;
+  if (next.deleted) return true;
+  return (next.edited_at || "") > (shown.edited_at || "");
+}
 
 function newClientId() {
   // crypto.randomUUID exists only in secure contexts (https, localhost); a LAN address over http is not one.
@@ -721,6 +977,8 @@ class Chat {
     this.typingIdle = null;
     this.theirTyping = null;
     this.liveStatus = false; // a status frame arrived on this socket
+    this.editing = null; // id of the own message the composer is editing, if any
+    this.draft = ""; // what the composer held when an edit began, given back when it ends
     this.socket = null;
     this.closed = false;
     this.scroll = $("#chat-scroll");
@@ -738,6 +996,7 @@ class Chat {
     $("#jump-latest").hidden = true;
     this.setComposerEnabled(true);
     this.renderHeader();
+    this.renderMute();
     $("#history-state").textContent = "Loading messages…";
     // 1. The latest page over REST.
     const page = await api.get(`/api/conversations/${this.id}/messages/?limit=${HISTORY_PAGE}`);
@@ -764,6 +1023,8 @@ class Chat {
 
   close() {
     this.stopTyping();
+    this.stopEditing();
+    closeMenu();
     clearTimeout(this.theirTyping);
     if (this.socket) this.socket.stop();
     this.socket = null;
@@ -781,6 +1042,10 @@ class Chat {
         break;
       case "read_receipt": // {message_id, user_id, username, timestamp}: read up to message_id
         if (frame.user_id !== this.ownId) this.markOwnRead(frame.message_id);
+        break;
+      case "message_edited": // {event_id, message_id, message: the message as it now is}
+      case "message_deleted": // the same, `message` being the placeholder (deleted: true)
+        this.onLifecycle(frame);
         break;
       case "status": // {user_id, username, status: "online" | "offline", timestamp}
         if (frame.user_id === this.other.id) {
@@ -817,10 +1082,32 @@ class Chat {
     else $("#jump-latest").hidden = false;
   }
 
+  /**
+   * An edit or an unsend: it takes the conversation's next id (`event_id`), which counts for `?after=`
+   * like a message's, and carries the message as it now is, which replaces the copy shown.
+   */
+  onLifecycle(frame) {
+    this.lastId = Math.max(this.lastId, frame.event_id || 0);
+    const message = frame.message;
+    if (!message) return;
+    const item = this.messages.get(message.id);
+    if (item && changedSince(item.message, message)) this.update(item, message);
+    const entry = state.matches.get(this.id);
+    if (entry && entry.lastMessage && entry.lastMessage.id === message.id && changedSince(entry.lastMessage, message)) {
+      entry.lastMessage = message;
+      renderMatches();
+    }
+    if (this.editing === message.id && message.deleted) this.stopEditing();
+  }
+
   onError(frame) {
     const pending = frame.client_id && this.pending.get(frame.client_id);
-    if (pending) this.failPending(frame.client_id);
-    toast({ title: "Not sent", text: frame.message || frame.code, kind: "error" });
+    if (pending) {
+      this.failPending(frame.client_id, frame);
+      if (isRateLimited(frame)) return; // the bubble says it, counting down
+    }
+    if (isRateLimited(frame)) toast({ title: slowDownText(retryAfterMs(frame)), kind: "error" });
+    else toast({ title: "Not sent", text: friendlyText(frame), kind: "error" });
   }
 
   onSocketOpen() {
@@ -864,7 +1151,9 @@ class Chat {
   add(message) {
     const known = this.messages.get(message.id);
     if (known) {
-      if (message.is_read && !known.message.is_read) this.setRead(known, true);
+      // A replay or a later page may show it changed since (edited, unsent, read).
+      if (changedSince(known.message, message)) this.update(known, message);
+      else if (message.is_read && !known.message.is_read) this.setRead(known, true);
       return false;
     }
     const own = message.sender_id === this.ownId;
@@ -911,30 +1200,101 @@ class Chat {
   renderMessage(message) {
     const own = message.sender_id === this.ownId;
     const attachment = message.attachment;
+    const classes = ["message", own ? "own" : "theirs"];
+    if (message.deleted) classes.push("deleted");
+    if (this.editing === message.id) classes.push("editing");
+    const who = own ? null : h("span", { class: "visually-hidden" }, `${nameOf(person(message.sender_id))}: `);
+    const time = h("time", { datetime: message.created_at }, clockTime(message.created_at));
+    const bubble = message.deleted
+      ? h(
+          "div",
+          { class: "bubble" },
+          who,
+          h("p", { class: "text unsent-text" }, own ? "You unsent a message" : "This message was unsent"),
+          h("span", { class: "meta" }, time),
+        )
+      : h(
+          "div",
+          { class: "bubble" },
+          who,
+          message.content ? h("p", { class: "text" }, message.content) : null,
+          attachment
+            ? attachment.content_type.startsWith("image/")
+              ? h("img", { class: "attachment-image", src: attachment.url, alt: "Image attachment" })
+              : h("a", { class: "attachment", href: attachment.url, target: "_blank", rel: "noopener" }, "Attachment")
+            : null,
+          h(
+            "span",
+            { class: "meta" },
+            message.edited_at
+              ? h("span", { class: "edited", title: `Edited ${relativeTime(message.edited_at)}` }, "edited")
+              : null,
+            time,
+            own ? this.ticks(message.is_read) : null,
+          ),
+        );
     return h(
       "li",
       {
-        class: `message ${own ? "own" : "theirs"}`,
+        class: classes.join(" "),
         dataset: { id: message.id, sender: message.sender_id, time: message.created_at },
       },
-      h(
-        "div",
-        { class: "bubble" },
-        own ? null : h("span", { class: "visually-hidden" }, `${nameOf(person(message.sender_id))}: `),
-        message.content ? h("p", { class: "text" }, message.content) : null,
-        attachment
-          ? attachment.content_type.startsWith("image/")
-            ? h("img", { class: "attachment-image", src: attachment.url, alt: "Image attachment" })
-            : h("a", { class: "attachment", href: attachment.url, target: "_blank", rel: "noopener" }, "Attachment")
-          : null,
-        h(
-          "span",
-          { class: "meta" },
-          h("time", { datetime: message.created_at }, clockTime(message.created_at)),
-          own ? this.ticks(message.is_read) : null,
-        ),
-      ),
+      own && !message.deleted && !this.closed ? this.menuButton(message) : null,
+      bubble,
     );
+  }
+
+  /** The "⋯" beside an own message: Edit (within the edit window) and Unsend. */
+  menuButton(message) {
+    const button = h(
+      "button",
+      {
+        type: "button",
+        class: "message-menu-button",
+        "aria-label": "Message actions",
+        "aria-haspopup": "menu",
+        "aria-expanded": "false",
+      },
+      "⋯",
+    );
+    const anchor = h("span", { class: "menu-anchor message-menu" }, button);
+    button.addEventListener("click", () => {
+      if (menuOpenFor(button)) {
+        closeMenu();
+        return;
+      }
+      const item = this.messages.get(message.id);
+      if (!item || item.message.deleted) return;
+      const current = item.message;
+      const items = [];
+      if (Date.now() - Date.parse(current.created_at) < EDIT_WINDOW_MS) {
+        items.push({ label: "Edit", run: () => this.startEditing(current.id) });
+      }
+      items.push({ label: "Unsend", danger: true, run: () => this.unsend(current.id) });
+      // Open upwards when there is no room below inside the scrolling list.
+      const room = this.scroll.getBoundingClientRect().bottom - button.getBoundingClientRect().bottom;
+      openMenu(button, items, { label: "Message actions", placeAbove: room < 110 });
+    });
+    return anchor;
+  }
+
+  /** Show `message` (a later state of `item`'s) in place: edited, unsent, read. */
+  update(item, message) {
+    const wasNewest = this.nearBottom();
+    item.message = { ...item.message, ...message };
+    if (message.deleted) {
+      delete item.message.edited_at;
+      item.message.content = "";
+      item.message.attachment = null;
+    }
+    if (item.message.sender_id === this.ownId && item.message.id <= this.readByThemUpTo) item.message.is_read = true;
+    const el = this.renderMessage(item.message);
+    if (item.el.contains(document.activeElement)) closeMenu();
+    item.el.replaceWith(el);
+    item.el = el;
+    this.regroup(el);
+    if (el.nextElementSibling) this.regroup(el.nextElementSibling);
+    if (wasNewest) this.scrollToBottom();
   }
 
   ticks(read) {
@@ -949,6 +1309,86 @@ class Chat {
     item.message.is_read = read;
     const old = item.el.querySelector(".ticks");
     if (old) old.replaceWith(this.ticks(read));
+  }
+
+  // -- editing and unsending ------------------------------------------------------------------------
+  //
+  // Both go over REST (PATCH and DELETE /api/conversations/<id>/messages/<message_id>/) rather than as
+  // `edit` / `unsend` frames: a refusal then answers the very request, while an `error` frame does not
+  // say which message it is about. The server broadcasts the change to every socket of the
+  // conversation (`message_edited`, `message_deleted`), this page's included, which is what updates it.
+
+  /** Edit in the composer: it takes the message's text, and a bar above it says so (Escape leaves). */
+  startEditing(messageId) {
+    const item = this.messages.get(messageId);
+    if (!item || item.message.deleted) return;
+    this.stopEditing();
+    this.editing = messageId;
+    item.el.classList.add("editing");
+    const input = $("#composer-input");
+    this.draft = input.value;
+    input.value = item.message.content;
+    autosize(input);
+    $("#editing-original").textContent = item.message.content;
+    $("#editing-bar").hidden = false;
+    $("#send").textContent = "Save";
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  /** Leave an edit: the composer gets back what was being written before it. */
+  stopEditing() {
+    if (this.editing === null) return;
+    const item = this.messages.get(this.editing);
+    if (item) item.el.classList.remove("editing");
+    this.editing = null;
+    $("#editing-bar").hidden = true;
+    $("#send").textContent = "Send";
+    const input = $("#composer-input");
+    input.value = this.draft;
+    autosize(input);
+    this.draft = "";
+  }
+
+  /** PATCH …/messages/<id>/ {content}: within MESSAGE_EDIT_WINDOW of sending; the frame updates the bubble. */
+  async saveEdit(content) {
+    const messageId = this.editing;
+    const item = this.messages.get(messageId);
+    if (!item) {
+      this.stopEditing();
+      return;
+    }
+    if (content === item.message.content) {
+      this.stopEditing();
+      return;
+    }
+    try {
+      const message = await api.patch(`/api/conversations/${this.id}/messages/${messageId}/`, { content });
+      if (state.chat !== this) return;
+      if (this.editing === messageId) this.stopEditing();
+      this.add(message); // the same as the frame brings, in case the socket is away
+    } catch (error) {
+      reportError(error, "Not edited");
+      if (error.code === "edit_window_closed" || error.code === "message_deleted") this.stopEditing();
+    }
+  }
+
+  /** DELETE …/messages/<id>/ after a confirmation: removed for both, its text erased from the server. */
+  async unsend(messageId) {
+    const ok = await confirmDialog({
+      title: "Unsend this message?",
+      text: `It is removed for you and ${nameOf(person(this.other.id))}, and erased from the server. They may have seen it already.`,
+      confirmLabel: "Unsend",
+    });
+    if (!ok || state.chat !== this) return;
+    try {
+      const placeholder = await api.delete(`/api/conversations/${this.id}/messages/${messageId}/`);
+      if (state.chat !== this) return;
+      if (placeholder) this.add(placeholder);
+      if (this.editing === messageId) this.stopEditing();
+    } catch (error) {
+      reportError(error, "Not unsent");
+    }
   }
 
   /** Consecutive messages of one sender within a few minutes sit closer together. */
@@ -1021,25 +1461,39 @@ class Chat {
       (error) => {
         // Unreachable server: keep it pending, the socket resends it when it is back.
         if (error.status !== 0 && error.status !== 503) {
-          this.failPending(clientId);
-          reportError(error, "Not sent");
+          this.failPending(clientId, error);
+          if (!isRateLimited(error)) reportError(error, "Not sent");
         }
       },
     );
   }
 
-  failPending(clientId) {
+  /**
+   * The message was refused: its bubble offers a retry. Refused for going too fast (MESSAGE_RATE), it
+   * says "Slow down — try again in N s" and counts down first.
+   */
+  failPending(clientId, error = null) {
     const item = this.pending.get(clientId);
     if (!item) return;
     item.failed = true;
     item.el.classList.add("failed");
-    const retry = h("button", { type: "button", class: "link-button" }, "Not sent. Retry");
-    retry.addEventListener("click", () => {
-      item.el.remove();
-      this.pending.delete(clientId);
-      this.send(item.content);
-    });
-    item.el.querySelector(".meta").replaceChildren(retry);
+    const meta = item.el.querySelector(".meta");
+    const offerRetry = () => {
+      const retry = h("button", { type: "button", class: "link-button" }, "Not sent. Retry");
+      retry.addEventListener("click", () => {
+        item.el.remove();
+        this.pending.delete(clientId);
+        this.send(item.content);
+      });
+      meta.replaceChildren(retry);
+    };
+    if (isRateLimited(error)) {
+      const line = h("span", { class: "slow-down", role: "status" });
+      meta.replaceChildren(line);
+      countDown(line, retryAfterMs(error), { onDone: offerRetry });
+    } else {
+      offerRetry();
+    }
   }
 
   // -- typing -------------------------------------------------------------------------------------
@@ -1089,6 +1543,7 @@ class Chat {
     const user = person(this.other.id);
     fillAvatar($("#chat-avatar"), user);
     $("#chat-name").textContent = nameOf(user);
+    $("#chat-profile").setAttribute("aria-label", `View ${nameOf(user)}’s profile`);
     const presence = $("#chat-presence");
     // Presence is shared only within an open conversation: once closed, say nothing.
     const status = this.closed ? "unknown" : user.status || "unknown";
@@ -1104,6 +1559,38 @@ class Chat {
     $("#send").disabled = !enabled;
     $("#unmatch").disabled = !enabled;
     $("#block").disabled = !enabled;
+    $("#mute").disabled = !enabled;
+    if (!enabled) {
+      this.stopEditing();
+      for (const button of $$(".message-menu", this.list)) button.remove();
+    }
+  }
+
+  // -- mute ---------------------------------------------------------------------------------------
+
+  renderMute() {
+    const muted = isMuted(this.id);
+    const button = $("#mute");
+    button.dataset.muted = String(muted);
+    $("#mute-label").textContent = muted ? "Muted" : "Mute";
+    button.setAttribute("aria-label", muted ? "Muted: change or unmute" : "Mute notifications");
+    const line = $("#chat-muted");
+    line.hidden = !muted;
+    line.textContent = muted ? `Muted ${muteEndText(state.mutes.get(this.id))}`.trim() : "";
+  }
+
+  openMuteMenu() {
+    const button = $("#mute");
+    if (menuOpenFor(button)) {
+      closeMenu();
+      return;
+    }
+    const items = MUTE_CHOICES.map((choice) => ({
+      label: choice.label,
+      run: () => setMute(this.id, choice.ms),
+    }));
+    if (isMuted(this.id)) items.push({ label: "Unmute", run: () => setMute(this.id, undefined) });
+    openMenu(button, items, { label: isMuted(this.id) ? "Muted" : "Mute notifications" });
   }
 
   // -- scrolling and older history ----------------------------------------------------------------
@@ -1182,8 +1669,15 @@ function setupChat() {
   const form = $("#composer");
   const submit = () => {
     const content = input.value.trim();
-    if (!content || !state.chat || state.chat.closed) return;
-    state.chat.send(content);
+    const chat = state.chat;
+    if (!chat || chat.closed) return;
+    if (chat.editing !== null) {
+      if (content) chat.saveEdit(content);
+      else chat.unsend(chat.editing); // emptied: the only way to say nothing is to unsend
+      return;
+    }
+    if (!content) return;
+    chat.send(content);
     input.value = "";
     autosize(input);
   };
@@ -1192,16 +1686,27 @@ function setupChat() {
     submit();
   });
   input.addEventListener("keydown", (event) => {
-    // Enter sends, Shift+Enter starts a new line.
+    // Enter sends, Shift+Enter starts a new line; Escape leaves an edit.
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       submit();
+    } else if (event.key === "Escape" && state.chat && state.chat.editing !== null) {
+      event.preventDefault();
+      state.chat.stopEditing();
     }
   });
   input.addEventListener("input", () => {
     autosize(input);
-    if (state.chat) state.chat.onInput(input.value);
+    // An edit is not a new message being typed: the other person is not told.
+    if (state.chat && state.chat.editing === null) state.chat.onInput(input.value);
   });
+  $("#editing-cancel").addEventListener("click", () => {
+    if (state.chat) state.chat.stopEditing();
+    input.focus();
+  });
+  $("#mute").addEventListener("click", () => state.chat && state.chat.openMuteMenu());
+  $("#chat-profile").addEventListener("click", () => state.chat && openProfile(state.chat.other.id));
+  $("#chat-name").addEventListener("click", () => state.chat && openProfile(state.chat.other.id));
   $("#chat-scroll").addEventListener("scroll", () => state.chat && state.chat.onScroll(), { passive: true });
   $("#jump-latest").addEventListener("click", () => state.chat && state.chat.scrollToBottom());
   $("#chat-back").addEventListener("click", () => showPanel("discover"));
@@ -1244,6 +1749,42 @@ async function endMatch(kind) {
 }
 
 // =====================================================================================================
+// Someone's profile, with their photos
+// =====================================================================================================
+
+let profileShown = null; // the user id the dialog shows (a late answer for another one is dropped)
+
+/** GET /api/users/<id>/ in a dialog: photos, name, age, bio. A 429 (PROFILE_READS_PER_MINUTE) says "Slow down". */
+async function openProfile(userId) {
+  const dialog = $("#profile-dialog");
+  profileShown = userId;
+  const status = $("#profile-dialog-status");
+  const fill = (user) => {
+    $("#profile-dialog-photos").replaceChildren(photoCarousel(user, { className: "profile-photo" }));
+    $("#profile-dialog-name").textContent = `${nameOf(user)}${user.age ? `, ${user.age}` : ""}`;
+    $("#profile-dialog-meta").textContent = describe(user, { withAge: false }) || (user.username ? `@${user.username}` : "");
+    $("#profile-dialog-bio").textContent = user.bio || "";
+  };
+  controlStatus(status, null);
+  fill(person(userId));
+  if (!dialog.open) dialog.showModal();
+  try {
+    const user = remember(await api.get(`/api/users/${userId}/`));
+    if (profileShown === userId && dialog.open) fill(user);
+  } catch (error) {
+    if (profileShown !== userId) return;
+    if (error.status === 404) controlStatus(status, null, "This profile is not available any more.");
+    else controlStatus(status, error);
+  }
+}
+
+function closeProfileDialog() {
+  const dialog = $("#profile-dialog");
+  if (dialog.open) dialog.close();
+  profileShown = null;
+}
+
+// =====================================================================================================
 // Start
 // =====================================================================================================
 
@@ -1255,6 +1796,11 @@ function openPushed(push) {
 
 function setup() {
   pushToggle = new PushToggle(api, $("#push-toggle"), { notify: toast, onOpen: openPushed });
+  settingsPanel = new SettingsPanel(api, { notify: toast });
+  $("#profile-dialog").addEventListener("close", () => {
+    profileShown = null;
+    stopCountDown($("#profile-dialog-status"));
+  });
   setupAuthForms();
   setupProfile();
   setupChat();

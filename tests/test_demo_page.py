@@ -11,233 +11,46 @@ with UPDATE_SCREENSHOTS=1, so that a test run leaves the work tree as it was.
 
 from __future__ import annotations
 
-import http.client
-import importlib.util
-import json
 import os
 import re
 import shutil
-import struct
-import subprocess
-import sys
-import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pymongo
 import pytest
 
-from services.storage.embedded import free_port
-from tests.support import TEST_SECRET
+from tests.demo_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DOCS,
+    TIMEOUT_MS,
+    DemoServer,
+    portrait_png,
+    register,
+    require_playwright,
+    running_server,
+    say,
+    sign_in,
+    upload_file,
+    watch,
+)
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOT = ROOT / "docs" / "screenshot-conversation.png"
-CHROMIUM = "/usr/bin/chromium"
-# No sandbox (root in CI), no GPU, nothing phoning home; and Chromium's Local Network Access checks
-# would otherwise block the page's WebSockets to the loopback server.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-features=LocalNetworkAccessChecks",
-]
-PASSWORD = "correct horse battery"
-TIMEOUT_MS = 15_000
+SCREENSHOT = DOCS / "screenshot-conversation.png"
 
 
 @pytest.fixture
 def sync_api() -> Any:
-    """Playwright's sync API, or skip (fail under CI) when it or Chromium is missing."""
-    missing = None
-    if importlib.util.find_spec("playwright") is None:
-        missing = "the playwright package is not installed (pip install -e '.[test]')"
-    elif not os.path.exists(CHROMIUM):
-        missing = f"{CHROMIUM} is not installed (make test installs it)"
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
-    from playwright import sync_api
-
-    return sync_api
-
-
-class DemoServer:
-    """`python server.py` on a fixed port, restartable on the same port and database."""
-
-    def __init__(self, data_dir: Path, mongo_url: str) -> None:
-        self.port = free_port()
-        self.data_dir = data_dir
-        self.database = "demo_" + uuid.uuid4().hex[:12]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "MONGODB_URL": mongo_url,
-            "MONGODB_DATABASE": self.database,
-            "JWT_SECRET": TEST_SECRET,
-            "PUBLIC_URL": self.base,
-            # Access tokens shorter than the test, so the pages' scheduled refresh has to work.
-            "ACCESS_TOKEN_TTL": "12",
-            # The test posts a batch of messages at once to fill more than one page of history.
-            "MESSAGE_BURST": "100",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir / "server.log"
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "server.py", "--port", str(self.port), "--data-dir", str(self.data_dir)],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if self.request("GET", "/livez", timeout=1)[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"server did not answer /livez:\n{self.log()}")
-
-    def stop(self) -> None:
-        """SIGTERM: the server closes every WebSocket with 1001 and exits."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def log(self) -> str:
-        """The end of the server's log, for failure messages."""
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-    def request(
-        self, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 10
-    ) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            connection.request(method, path, None if body is None else json.dumps(body), headers)
-            answer = connection.getresponse()
-            text = answer.read()
-        finally:
-            connection.close()
-        return answer.status, json.loads(text) if text else None
-
-    def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-        """A REST call that must succeed; its JSON answer."""
-        status, data = self.request(method, path, body, token)
-        assert status < 300, (method, path, status, data)
-        return data
-
-    def token(self, username: str) -> str:
-        return str(self.call("POST", "/api/token/", {"username": username, "password": PASSWORD})["access"])
+    return require_playwright()
 
 
 @pytest.fixture
 def server(tmp_path: Path, mongo_url: str) -> Iterator[DemoServer]:
-    node = DemoServer(tmp_path / "data", mongo_url)
-    node.start()
-    try:
+    with running_server(tmp_path / "data", mongo_url) as node:
         yield node
-    finally:
-        node.stop()
-        with pymongo.MongoClient[dict[str, Any]](mongo_url) as client:
-            client.drop_database(node.database)
-
-
-def portrait_png(size: int = 96) -> bytes:
-    """A small valid PNG (a warm gradient with a lighter disc) to upload as a profile picture."""
-    rows = []
-    for y in range(size):
-        row = bytearray([0])
-        for x in range(size):
-            inside = (x - size / 2) ** 2 + (y - size * 0.42) ** 2 < (size * 0.22) ** 2
-            shoulders = (x - size / 2) ** 2 / 2.2 + (y - size * 1.05) ** 2 < (size * 0.4) ** 2
-            if inside or shoulders:
-                row += bytes((253, 226, 214))
-            else:
-                row += bytes((190 + y * 50 // size, 60 + x * 60 // size, 120 + y * 40 // size))
-        rows.append(bytes(row))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
-        + chunk(b"IEND", b"")
-    )
-
-
-# -- page steps ----------------------------------------------------------------------------------------
-
-
-def watch(page: Any, problems: list[str], refreshes: list[int]) -> None:
-    """Record script errors, CSP refusals and failed requests (while the server is down or the browser
-    offline, failed connections are expected and ignored), and the statuses of token refreshes."""
-    page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
-    page.on("response", lambda r: refreshes.append(r.status) if r.url.endswith("/api/token/refresh/") else None)
-
-    def console(message: Any) -> None:
-        text = message.text
-        expected = "WebSocket connection to" in text or "Failed to load resource: net::" in text
-        if message.type == "error" and not expected:
-            problems.append(f"console: {text}")
-        if "Content Security Policy" in text or "Refused to" in text:
-            problems.append(f"csp: {text}")
-
-    page.on("console", console)
-
-
-def register(page: Any, username: str, name: str, gender: str, wants: str, birthdate: str, bio: str) -> None:
-    page.get_by_role("tab", name="Create account").click()
-    form = page.locator("#register-form")
-    form.get_by_label("Username").fill(username)
-    form.get_by_label("Password").fill(PASSWORD)
-    form.get_by_label("Display name").fill(name)
-    form.get_by_label("Birth date").fill(birthdate)
-    form.get_by_label("I am").select_option(gender)
-    for box in form.locator("input[name=interested_in]").all():
-        box.set_checked(box.get_attribute("value") == wants)
-    form.get_by_label("About you").fill(bio)
-    form.get_by_role("button", name="Create account").click()
-
-
-def sign_in(page: Any, username: str) -> None:
-    form = page.locator("#signin-form")
-    form.get_by_label("Username").fill(username)
-    form.get_by_label("Password").fill(PASSWORD)
-    form.get_by_role("button", name="Sign in").click()
-
-
-def say(page: Any, text: str) -> None:
-    box = page.locator("#composer-input")
-    box.press_sequentially(text, delay=4)  # real key presses: the page sends `typing` frames
-    box.press("Enter")
 
 
 def test_two_people_match_chat_and_survive_a_server_restart(sync_api: Any, server: DemoServer, tmp_path: Path) -> None:
@@ -266,10 +79,8 @@ def test_two_people_match_chat_and_survive_a_server_restart(sync_api: Any, serve
             expect(alice.locator("#connection")).to_have_attribute("data-state", "online")
             expect(alice.locator("#me-name")).to_have_text("Alice")
             alice.get_by_role("button", name="Profile").click()
-            alice.locator("#picture-input").set_input_files(
-                files=[{"name": "alice.png", "mimeType": "image/png", "buffer": portrait_png()}]
-            )
-            expect(alice.locator(".toast", has_text="Picture updated")).to_be_visible()
+            alice.locator("#photo-input").set_input_files(files=[upload_file("alice.png", portrait_png())])
+            expect(alice.locator(".toast", has_text="Photo added")).to_be_visible()
             expect(alice.locator("#me-avatar img")).to_have_attribute("src", re.compile(r"/media/profile_pictures/"))
             alice.get_by_label("Age from").fill("25")
             alice.get_by_label("to", exact=True).fill("45")
