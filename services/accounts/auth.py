@@ -40,6 +40,12 @@ class TokenError(Unauthorized):
     code = "token_invalid"
 
 
+class AccountBanned(Unauthorized):
+    """A banned account asks for tokens (services/moderation/bans.py): it gets none until unbanned."""
+
+    code = "account_banned"
+
+
 @dataclass(frozen=True)
 class TokenPair:
     access: str
@@ -79,14 +85,18 @@ class TokenService:
         self.access_ttl_s = access_ttl_s
         self.refresh_ttl_s = refresh_ttl_s
 
-    def _encode(self, user_id: int, token_type: str, ttl_s: int, jti: str, now: dt.datetime) -> str:
-        claims = {
+    def _encode(
+        self, user_id: int, token_type: str, ttl_s: int, jti: str, now: dt.datetime, role: str | None = None
+    ) -> str:
+        claims: dict[str, Any] = {
             "user_id": user_id,
             "token_type": token_type,
             "iat": int(now.timestamp()),
             "exp": int(now.timestamp()) + ttl_s,
             "jti": jti,
         }
+        if role:
+            claims["role"] = role
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def decode(self, token: str | None, expected_type: str) -> dict[str, Any]:
@@ -124,6 +134,13 @@ class TokenService:
         return int(self.decode(token, "access")["user_id"])
 
     async def issue(self, user_id: int, family: str | None = None) -> TokenPair:
+        # The account's `role` (a moderator's, granted by `server.py grant-moderator`) rides in the access
+        # token; the moderator endpoints read the account as well, so a revoked role stops at once. A
+        # banned account gets no tokens: this is every sign-in and every refresh.
+        account = await self._store.users.find_one({"_id": user_id}, {"role": 1, "banned": 1})
+        if account is not None and account.get("banned"):
+            raise AccountBanned("This account is banned")
+        role = account.get("role") if account is not None else None
         now = dt.datetime.now(dt.UTC)
         refresh_jti = uuid.uuid4().hex
         rotating = family is not None
@@ -145,7 +162,7 @@ class TokenService:
             await self._store.refresh_tokens.update_one({"_id": refresh_jti}, {"$set": {"revoked": True}})
             raise TokenError("Refresh token already used or revoked", code="token_revoked")
         return TokenPair(
-            access=self._encode(user_id, "access", self.access_ttl_s, uuid.uuid4().hex, now),
+            access=self._encode(user_id, "access", self.access_ttl_s, uuid.uuid4().hex, now, role),
             refresh=self._encode(user_id, "refresh", self.refresh_ttl_s, refresh_jti, now),
         )
 
