@@ -54,7 +54,7 @@ const state = {
   notifications: null, // the notifications ReconnectingSocket
   presenceTimer: null,
   toastedMatches: new Set(),
-  mutes: new Map(), // conversation id -> {muted, muted_until}: own mutes, read from /mute/ per conversation
+  mutes: new Map(), // conversation id -> {muted, muted_until}: the user's own mutes (nobody else sees them)
 };
 
 /** Lists come back as an array or as {results: [...]} (paged endpoints); accept both. */
@@ -597,6 +597,7 @@ async function loadMatches() {
   ]);
   const next = new Map();
   const matchByConversation = new Map(matches.map((m) => [m.conversation_id, m]));
+  rememberMutes(conversations);
   for (const c of conversations) {
     if (c.status && c.status !== "open") continue;
     const other = c.participants.find((p) => p.id !== state.me.id);
@@ -627,27 +628,17 @@ async function loadMatches() {
   state.matches = next;
   renderMatches();
   refreshPresence();
-  loadMutes([...next.keys()].filter((id) => !state.mutes.has(id))).catch(() => {});
+  if (state.chat) state.chat.renderMute();
 }
 
 // -- mutes ------------------------------------------------------------------------------------------
 
-/**
- * GET /api/conversations/<id>/mute/ for each conversation whose mute the page does not know yet (the
- * conversation list does not say). Only the user sees their mutes; the other person is never told.
- */
-async function loadMutes(ids) {
-  await Promise.all(
-    ids.map((id) =>
-      api.get(`/api/conversations/${id}/mute/`).then(
-        (mute) => state.mutes.set(id, mute),
-        () => {},
-      ),
-    ),
-  );
-  if (ids.length) {
-    renderMatches();
-    if (state.chat) state.chat.renderMute();
+/** The own mute of each conversation, as GET /api/conversations/ says it (`muted`, `muted_until`). */
+function rememberMutes(conversations) {
+  for (const c of conversations) {
+    if (typeof c.muted === "boolean") {
+      state.mutes.set(c.id, { conversation_id: c.id, muted: c.muted, muted_until: c.muted_until || null });
+    }
   }
 }
 
@@ -699,6 +690,7 @@ async function setMute(conversationId, ms) {
  */
 async function refreshConversations() {
   const conversations = listOf(await api.get("/api/conversations/"));
+  rememberMutes(conversations);
   for (const c of conversations) {
     const entry = state.matches.get(c.id);
     if (!entry) continue;
@@ -707,6 +699,7 @@ async function refreshConversations() {
     entry.unread = state.chat && state.chat.id === c.id ? 0 : c.unread_count || 0;
   }
   renderMatches();
+  if (state.chat) state.chat.renderMute();
 }
 
 /**
