@@ -1,0 +1,552 @@
+"""The demo page's privacy and trust-and-safety features in a real browser (Chromium through Playwright,
+two browser contexts against `server.py`): profile photos, the friendly answer to a rate limit, coarse
+distances, editing and unsending messages, muting a conversation and notification preferences.
+
+The screenshots in docs/ (desktop 1280x800 and phone 390x844) are taken along the way; they are written
+there only when missing or with UPDATE_SCREENSHOTS=1.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.demo_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DESKTOP,
+    PHONE,
+    TIMEOUT_MS,
+    DemoServer,
+    dismiss_toasts,
+    portrait_png,
+    register,
+    require_playwright,
+    running_server,
+    say,
+    screenshot,
+    sign_in,
+    unexpected,
+    upload_file,
+    viewport,
+    watch,
+)
+
+pytestmark = pytest.mark.slow
+
+SLOW_DOWN = re.compile(r"Slow down — try again in \d+\s(s|min)")
+PARIS = {"latitude": 48.8566, "longitude": 2.3522}
+MONTMARTRE = {"latitude": 48.8867, "longitude": 2.3431}
+
+
+@pytest.fixture
+def sync_api() -> Any:
+    return require_playwright()
+
+
+@pytest.fixture
+def server_settings() -> dict[str, str]:
+    """Environment of the server on top of the defaults; a test overrides it with its own limits."""
+    return {}
+
+
+@pytest.fixture
+def server(tmp_path: Path, mongo_url: str, server_settings: dict[str, str]) -> Iterator[DemoServer]:
+    with running_server(tmp_path / "data", mongo_url, server_settings) as node:
+        yield node
+
+
+@pytest.fixture
+def browser(sync_api: Any) -> Iterator[Any]:
+    sync_api.expect.set_options(timeout=TIMEOUT_MS)
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def names() -> tuple[str, str, str]:
+    suffix = uuid.uuid4().hex[:6]
+    return f"alice_{suffix}", f"bob_{suffix}", f"carol_{suffix}"
+
+
+def open_page(browser: Any, server: DemoServer, problems: list[str], **context: Any) -> Any:
+    page = browser.new_context(viewport=DESKTOP, **context).new_page()
+    watch(page, problems)
+    page.goto(server.base + "/")
+    return page
+
+
+def signed_in(browser: Any, server: DemoServer, problems: list[str], username: str, expect: Any) -> Any:
+    """A page of someone whose account exists, signed in and live."""
+    page = open_page(browser, server, problems)
+    sign_in(page, username)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "online")
+    return page
+
+
+def open_conversation(page: Any, other: str, expect: Any) -> None:
+    page.locator("#match-list .match", has_text=other).click()
+    expect(page.locator("#chat-name")).to_have_text(other)
+    expect(page.locator("#chat-presence")).not_to_have_attribute("data-status", "unknown")
+
+
+def message_actions(page: Any, text: str) -> Any:
+    """Open the "⋯" menu of the own message that says `text`; the menu."""
+    bubble = page.locator("#messages .message.own", has_text=text)
+    bubble.hover()
+    bubble.get_by_role("button", name="Message actions").click()
+    return page.get_by_role("menu", name="Message actions")
+
+
+# -- photos and distance ---------------------------------------------------------------------------------
+
+
+def test_photos_are_uploaded_reordered_and_seen_by_the_other_person(
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    alice_name, bob_name, _ = names()
+    problems: list[str] = []
+    geo = {"permissions": ["geolocation"]}
+
+    alice = open_page(browser, server, problems, geolocation=PARIS, **geo)
+    register(alice, alice_name, "Alice", "woman", "man", "1994-03-12", "Sunrise hikes and good coffee.")
+    expect(alice.locator("#connection")).to_have_attribute("data-state", "online")
+    alice.get_by_role("button", name="Profile").click()
+    photos = alice.locator("#photo-grid .photo-tile")
+    status = alice.locator("#photo-status")
+
+    # Refused uploads: the server's codes, said for a person next to the control.
+    alice.locator("#photo-input").set_input_files(files=[upload_file("notes.txt", b"hello", "text/plain")])
+    expect(status).to_have_text("That type of file is not supported: use a JPEG, PNG or WebP photo.")
+    broken = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    alice.locator("#photo-input").set_input_files(files=[upload_file("broken.png", broken)])
+    expect(status).to_contain_text("not a readable image")
+    expect(photos).to_have_count(0)
+
+    # Two photos, then the second made the profile picture.
+    alice.locator("#photo-input").set_input_files(
+        files=[upload_file("rose.png", portrait_png(240, "rose")), upload_file("teal.png", portrait_png(240, "teal"))]
+    )
+    expect(photos).to_have_count(2)
+    expect(status).to_be_hidden()
+    token = server.token(alice_name)
+    first, second = server.call("GET", "/api/users/me/photos/", token=token)
+    expect(photos.first.locator("img")).to_have_attribute("src", first["thumbnails"]["512"])
+    alice.get_by_role("button", name="Photo 2 of 2").click()
+    alice.get_by_role("button", name="Make profile picture").click()
+    expect(photos.first.locator("img")).to_have_attribute("src", second["thumbnails"]["512"])
+    assert [p["id"] for p in server.call("GET", "/api/users/me/photos/", token=token)] == [second["id"], first["id"]]
+    expect(alice.locator("#me-avatar img")).to_have_attribute("src", second["thumbnails"]["128"])
+
+    # A third and a fourth; the fourth moved one place earlier.
+    alice.locator("#photo-input").set_input_files(
+        files=[
+            upload_file("amber.png", portrait_png(240, "amber")),
+            upload_file("violet.png", portrait_png(240, "violet")),
+        ]
+    )
+    expect(photos).to_have_count(4)
+    alice.get_by_role("button", name="Photo 4 of 4").click()
+    alice.get_by_role("button", name="Move earlier").click()
+    order = [p["url"] for p in server.call("GET", "/api/users/me/photos/", token=token)]
+    assert order[0] == second["url"] and order[1] == first["url"] and order[2].endswith(".jpg")
+    expect(alice.get_by_role("button", name="Photo 3 of 4")).to_have_attribute("aria-pressed", "true")
+
+    # The location, stored coarse: others read "within N km".
+    alice.get_by_role("button", name="Use my location").click()
+    expect(alice.locator(".toast", has_text="Location saved")).to_be_visible()
+    expect(alice.locator("#location-state")).to_contain_text("Shared, approximately")
+    dismiss_toasts(alice)
+    alice.locator("#panel-profile").evaluate("panel => panel.scrollTo(0, 0)")
+    screenshot(alice, "screenshot-photos", tmp_path)
+    with viewport(alice, PHONE):
+        alice.locator("#panel-profile").evaluate("panel => panel.scrollIntoView()")
+        screenshot(alice, "screenshot-photos-phone", tmp_path)
+
+    # Bob meets her in Discover: her new first photo, and a distance that says only "within N km".
+    bob = open_page(browser, server, problems, geolocation=MONTMARTRE, **geo)
+    register(bob, bob_name, "Bob", "man", "woman", "1992-08-30", "Weekend climber, weekday coder.")
+    expect(bob.locator("#connection")).to_have_attribute("data-state", "online")
+    bob.get_by_role("button", name="Profile").click()
+    bob.get_by_role("button", name="Use my location").click()
+    expect(bob.locator(".toast", has_text="Location saved")).to_be_visible()
+    bob.get_by_role("button", name="Discover").click()
+    card = bob.locator(".candidate")
+    expect(card).to_have_attribute("aria-label", "Alice, 32")
+    expect(card.locator(".candidate-meta")).to_have_text(re.compile(r"^Woman · within \d+ km$"))
+    expect(card.locator(".carousel-photo")).to_have_attribute("src", second["thumbnails"]["512"])
+    bob_token = server.token(bob_name)
+    (candidate,) = server.call("GET", "/api/discover/", token=bob_token)["results"]
+    assert candidate["profile_picture"] == second["url"]
+    expect(card.locator(".carousel")).to_have_attribute("data-count", str(len(candidate["photos"])))
+    dismiss_toasts(bob)
+    screenshot(bob, "screenshot-discover", tmp_path)
+    with viewport(bob, PHONE):
+        screenshot(bob, "screenshot-discover-phone", tmp_path)
+
+    # Alice changes her first photo; once they match, Bob sees it, and all four in her profile.
+    alice.get_by_role("button", name="Photo 3 of 4").click()
+    alice.get_by_role("button", name="Make profile picture").click()
+    expect(alice.get_by_role("button", name="Photo 1 of 4, your profile picture")).to_have_attribute(
+        "aria-pressed", "true"
+    )
+    newest_first = server.call("GET", "/api/users/me/photos/", token=token)[0]
+    assert newest_first["id"] not in (first["id"], second["id"])
+    card.get_by_role("button", name="Like Alice").click()
+    bob_id = server.call("GET", "/api/users/me/", token=bob_token)["id"]
+    server.call("POST", "/api/likes/", {"user_id": bob_id}, token)
+    bob.locator("#match-list .match", has_text="Alice").click()
+    expect(bob.locator("#chat-avatar img")).to_have_attribute("src", newest_first["thumbnails"]["128"])
+    profile_button = bob.locator("#chat-profile")
+    expect(profile_button).to_have_attribute("aria-label", re.compile(r"^View Alice.s profile$"))
+    profile_button.click()
+    dialog = bob.locator("#profile-dialog")
+    carousel = dialog.locator(".carousel")
+    expect(carousel).to_have_attribute("data-count", "4")
+    picture = carousel.locator(".carousel-photo")
+    expect(picture).to_have_attribute("src", newest_first["thumbnails"]["512"])
+    expect(dialog).to_contain_text("Sunrise hikes and good coffee.")
+    # Arrows, then a swipe back.
+    expect(carousel.get_by_role("button", name="Previous photo")).to_be_disabled()
+    carousel.get_by_role("button", name="Next photo").click()
+    expect(picture).to_have_attribute("src", second["thumbnails"]["512"])
+    box = carousel.bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] * 0.7
+    bob.mouse.move(box["x"] + box["width"] * 0.3, y)
+    bob.mouse.down()
+    bob.mouse.move(box["x"] + box["width"] * 0.8, y, steps=5)
+    bob.mouse.up()
+    expect(picture).to_have_attribute("src", newest_first["thumbnails"]["512"])
+    carousel.get_by_role("button", name="Next photo").click()
+    dismiss_toasts(bob)
+    screenshot(bob, "screenshot-profile", tmp_path)
+    with viewport(bob, PHONE):
+        screenshot(bob, "screenshot-profile-phone", tmp_path)
+    dialog.get_by_role("button", name="Close").click()
+    assert server.call("GET", "/api/users/me/", token=token)["profile_picture"] == newest_first["url"]
+
+    # The profile holds six at most: the seventh is refused with the server's reason.
+    alice.locator("#photo-input").set_input_files(
+        files=[upload_file(f"more{n}.png", portrait_png(64, "teal")) for n in range(3)]
+    )
+    expect(status).to_have_text("You have 6 photos, the most a profile holds: remove one to add another.")
+    expect(photos).to_have_count(6)
+    expect(alice.locator(".photo-add")).to_have_count(0)
+    # Removing one asks first, then frees a slot.
+    alice.get_by_role("button", name="Photo 6 of 6").click()
+    alice.get_by_role("button", name="Remove").click()
+    alice.locator("#confirm").get_by_role("button", name="Remove").click()
+    expect(photos).to_have_count(5)
+    expect(alice.locator(".photo-add")).to_have_count(1)
+
+    # Chromium logs each refused upload (400, 409) as a failed resource: those were provoked.
+    assert not unexpected(problems, 400, 409), problems
+
+
+# -- rate limits -----------------------------------------------------------------------------------------
+
+
+# Budgets of two: a budget of one is refused at random on its first use (see the report of this change).
+@pytest.mark.parametrize(
+    "server_settings",
+    [
+        {
+            "SIGNUPS_PER_IP": "2",
+            "DISCOVER_PER_10_MIN": "2",
+            "UPLOADS_PER_HOUR": "2",
+            "MESSAGE_BURST": "2",
+            "MESSAGE_RATE": "0.25",
+            "PROFILE_READS_PER_MINUTE": "2",
+        }
+    ],
+)
+def test_a_rate_limit_says_slow_down_with_the_wait(
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    alice_name, bob_name, carol_name = names()
+    problems: list[str] = []
+
+    alice = open_page(browser, server, problems)
+    register(alice, alice_name, "Alice", "woman", "man", "1994-03-12", "Sunrise hikes.")
+    expect(alice.locator("#connection")).to_have_attribute("data-state", "online")
+    bob = open_page(browser, server, problems)
+    register(bob, bob_name, "Bob", "man", "woman", "1992-08-30", "Weekend climber.")
+    expect(bob.locator("#connection")).to_have_attribute("data-state", "online")
+
+    # Sign-up: the third account from this address within the hour.
+    carol = open_page(browser, server, problems)
+    register(carol, carol_name, "Carol", "woman", "man", "1990-01-01", "")
+    error = carol.locator("#register-form .form-error")
+    expect(error).to_have_text(SLOW_DOWN)
+    expect(error).not_to_contain_text("Too many")  # never the server's own words
+
+    # Uploads: the third photo within the hour.
+    alice.get_by_role("button", name="Profile").click()
+    alice.locator("#photo-input").set_input_files(
+        files=[upload_file(f"{palette}.png", portrait_png(64, palette)) for palette in ("rose", "teal", "amber")]
+    )
+    expect(alice.locator("#photo-status")).to_have_text(SLOW_DOWN)
+    expect(alice.locator("#photo-grid .photo-tile")).to_have_count(2)
+
+    # Discover: Bob's third look within ten minutes (the second came after his like), said where the
+    # card would be.
+    card = bob.locator(".candidate")
+    expect(card).to_have_attribute("aria-label", re.compile("^Alice"))
+    card.get_by_role("button", name="Like Alice").click()
+    stage = bob.locator("#discover-stage")
+    expect(stage).to_contain_text("everyone for now")
+    stage.get_by_role("button", name="Look again").click()
+    expect(stage).to_contain_text(SLOW_DOWN)
+    expect(stage.get_by_role("button", name="Look again")).to_be_disabled()
+    dismiss_toasts(bob)
+    with viewport(bob, PHONE):
+        screenshot(bob, "screenshot-slow-down-phone", tmp_path)
+
+    # Sending: the third message in a row; the bubble counts down, then offers a retry.
+    expect(alice.locator(".toast-like")).to_be_visible()
+    alice.get_by_role("button", name="Liked you").click()
+    alice.locator("#likes-list .person").get_by_role("button", name="Like back").click()
+    expect(alice.locator("#match-list .match")).to_have_count(1)
+    alice.locator("#match-list .match").click()
+    for text in ("One", "Two", "Three"):
+        alice.locator("#composer-input").fill(text)
+        alice.locator("#composer-input").press("Enter")
+    refused = alice.locator("#messages .message.failed", has_text="Three")
+    expect(refused.locator(".slow-down")).to_have_text(SLOW_DOWN)
+    expect(refused.get_by_role("button", name="Not sent. Retry")).to_be_visible(timeout=10_000)
+    refused.get_by_role("button", name="Not sent. Retry").click()
+    expect(alice.locator("#messages .message.own:not(.pending)", has_text="Three")).to_have_count(1)
+
+    # Profile reads: Alice's budget spent, the profile says so instead of the server's text.
+    bob_id = server.call("GET", "/api/users/me/", token=server.token(bob_name))["id"]
+    alice_token = server.token(alice_name)
+    for _ in range(5):
+        if server.request("GET", f"/api/users/{bob_id}/", token=alice_token)[0] == 429:
+            break
+    alice.locator("#chat-profile").click()
+    expect(alice.locator("#profile-dialog-status")).to_have_text(SLOW_DOWN)
+    alice.locator("#profile-dialog").get_by_role("button", name="Close").click()
+
+    assert not unexpected(problems, 429), problems
+
+
+# -- editing and unsending -------------------------------------------------------------------------------
+
+
+def test_edits_and_unsends_reach_the_other_person_live_and_after_a_reload(
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    alice_name, bob_name, _ = names()
+    problems: list[str] = []
+    alice_token = server.register(
+        alice_name, display_name="Alice", gender="woman", interested_in=["man"], birthdate="1994-03-12"
+    )
+    bob_token = server.register(
+        bob_name, display_name="Bob", gender="man", interested_in=["woman"], birthdate="1992-08-30"
+    )
+    for token, palette in ((alice_token, "rose"), (bob_token, "teal")):
+        status, _ = server.request(
+            "POST", "/api/users/me/photos/", token=token, raw=portrait_png(96, palette), content_type="image/png"
+        )
+        assert status == 201
+    server.match(alice_token, bob_token)
+
+    alice = signed_in(browser, server, problems, alice_name, expect)
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    open_conversation(alice, "Bob", expect)
+    open_conversation(bob, "Alice", expect)
+    say(bob, "Are we still on for Saturday?")
+    for text in ("Yes! Lunch at noon?", "I'll bring the blue umbrella", "Meet at the north gate"):
+        say(alice, text)
+        expect(bob.locator("#messages .message.theirs", has_text=text)).to_have_count(1)
+
+    # Edit: from the message's menu into the composer; Bob sees the new text live, marked edited.
+    message_actions(alice, "Lunch at noon?").get_by_role("menuitem", name="Edit").click()
+    expect(alice.locator("#editing-bar")).to_be_visible()
+    composer = alice.locator("#composer-input")
+    expect(composer).to_have_value("Yes! Lunch at noon?")
+    composer.fill("Yes! Lunch at one?")
+    composer.press("Enter")
+    expect(alice.locator("#editing-bar")).to_be_hidden()
+    edited = bob.locator("#messages .message.theirs", has_text="Lunch at one?")
+    expect(edited.locator(".edited")).to_have_text("edited")
+    expect(bob.locator("#messages .message", has_text="Lunch at noon?")).to_have_count(0)
+    expect(alice.locator("#messages .message.own", has_text="Lunch at one?").locator(".edited")).to_be_visible()
+
+    # Unsend: asks first; both see a placeholder, and the text is gone from Bob's page.
+    message_actions(alice, "blue umbrella").get_by_role("menuitem", name="Unsend").click()
+    confirm = alice.locator("#confirm")
+    expect(confirm).to_contain_text("Unsend this message?")
+    confirm.get_by_role("button", name="Unsend").click()
+    expect(bob.locator("#messages .message.deleted")).to_have_text(re.compile("This message was unsent"))
+    expect(alice.locator("#messages .message.deleted")).to_have_text(re.compile("You unsent a message"))
+    expect(bob.locator("#messages", has_text="blue umbrella")).to_have_count(0)
+    # Escape leaves an edit unchanged.
+    message_actions(alice, "north gate").get_by_role("menuitem", name="Edit").click()
+    composer.fill("something else")
+    composer.press("Escape")
+    expect(alice.locator("#editing-bar")).to_be_hidden()
+    expect(composer).to_have_value("")
+
+    # The screenshots: Alice's side with the menu of her last message open.
+    dismiss_toasts(alice)
+    menu = message_actions(alice, "north gate")
+    expect(menu.get_by_role("menuitem")).to_have_count(2)
+    screenshot(alice, "screenshot-message-actions", tmp_path)
+    alice.keyboard.press("Escape")
+    with viewport(bob, PHONE):
+        dismiss_toasts(bob)
+        screenshot(bob, "screenshot-unsent-phone", tmp_path)
+
+    # Reload: history says it as it now is.
+    bob.reload()
+    sign_in(bob, bob_name)
+    expect(bob.locator("#match-list .match", has_text="Alice")).to_have_count(1)
+    expect(bob.locator("#match-list .match .match-preview")).to_have_text("Meet at the north gate")
+    open_conversation(bob, "Alice", expect)
+    expect(bob.locator("#messages .message.theirs", has_text="Lunch at one?").locator(".edited")).to_be_visible()
+    expect(bob.locator("#messages .message.deleted")).to_have_count(1)
+
+    # Resume: the server restarts (closing every socket with 1001) while Bob's browser is offline, so his
+    # page misses an edit and an unsend; its reconnect (`?after=`) replays them.
+    bob.context.set_offline(True)
+    server.stop()
+    expect(bob.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+    server.start()
+    expect(alice.locator("#connection")).to_have_attribute("data-state", "online", timeout=20_000)
+    message_actions(alice, "north gate").get_by_role("menuitem", name="Edit").click()
+    composer.fill("Meet at the south gate")
+    composer.press("Enter")
+    message_actions(alice, "Lunch at one?").get_by_role("menuitem", name="Unsend").click()
+    confirm.get_by_role("button", name="Unsend").click()
+    expect(alice.locator("#messages .message.deleted")).to_have_count(2)
+    time.sleep(0.5)
+    expect(bob.locator("#messages .message", has_text="north gate")).to_have_count(1)
+    bob.context.set_offline(False)
+    expect(bob.locator("#connection")).to_have_attribute("data-state", "online", timeout=40_000)
+    expect(
+        bob.locator("#messages .message.theirs", has_text="Meet at the south gate").locator(".edited")
+    ).to_be_visible()
+    expect(bob.locator("#messages .message.deleted")).to_have_count(2)
+    expect(bob.locator("#messages", has_text="Lunch at one?")).to_have_count(0)
+    # Live again after the replay.
+    say(alice, "See you there")
+    expect(bob.locator("#messages .message.theirs", has_text="See you there")).to_have_count(1)
+
+    assert not problems, problems
+
+
+# -- mute and notification preferences -------------------------------------------------------------------
+
+
+def test_a_muted_conversation_shows_its_icon_and_makes_no_toast(
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    alice_name, bob_name, carol_name = names()
+    problems: list[str] = []
+    profile = {"gender": "woman", "interested_in": ["man"], "birthdate": "1994-03-12"}
+    alice_token = server.register(alice_name, display_name="Alice", **profile)
+    carol_token = server.register(carol_name, display_name="Carol", **profile)
+    bob_token = server.register(
+        bob_name, display_name="Bob", gender="man", interested_in=["woman"], birthdate="1992-08-30"
+    )
+    conversation = server.match(alice_token, bob_token)
+    server.match(carol_token, bob_token)
+    server.call("POST", f"/api/conversations/{conversation}/messages/", {"content": "Hi Bob!"}, alice_token)
+
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    alice_entry = bob.locator("#match-list .match", has_text="Alice")
+    open_conversation(bob, "Alice", expect)
+
+    # Mute from the conversation's header: the bell turns, the sidebar shows it.
+    bob.get_by_role("button", name="Mute notifications").click()
+    bob.get_by_role("menu").get_by_role("menuitem", name="Until I turn it back on").click()
+    expect(bob.locator("#mute-label")).to_have_text("Muted")
+    expect(bob.locator("#chat-muted")).to_have_text("Muted")
+    expect(alice_entry).to_have_attribute("data-muted", "true")
+    expect(alice_entry.locator(".muted-icon")).to_be_visible()
+    expect(bob.locator("#match-list .match", has_text="Carol").locator(".muted-icon")).to_have_count(0)
+    assert server.call("GET", f"/api/conversations/{conversation}/mute/", token=bob_token)["muted"] is True
+    dismiss_toasts(bob)
+    screenshot(bob, "screenshot-muted", tmp_path)
+    with viewport(bob, PHONE):
+        bob.get_by_role("button", name="Back to matches").click()
+        expect(alice_entry.locator(".muted-icon")).to_be_visible()
+        screenshot(bob, "screenshot-muted-phone", tmp_path)
+    bob.get_by_role("button", name="Discover").click()
+
+    # A message in the muted conversation: stored and unread, but no toast.
+    muted_text = "Did you see the sunset?"
+    server.call("POST", f"/api/conversations/{conversation}/messages/", {"content": muted_text}, alice_token)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        listed = server.call("GET", "/api/conversations/", token=bob_token)
+        if any(c["id"] == conversation and c["unread_count"] == 1 for c in listed):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the muted message was not stored")
+    # Carol's conversation is not muted: her message toasts, and so must have come after Alice's.
+    carol_conversation = next(
+        c["id"] for c in server.call("GET", "/api/conversations/", token=carol_token) if c["status"] == "open"
+    )
+    server.call(
+        "POST", f"/api/conversations/{carol_conversation}/messages/", {"content": "Hello from Carol"}, carol_token
+    )
+    expect(bob.locator(".toast-message", has_text="Hello from Carol")).to_be_visible()
+    expect(bob.locator(".toast-message", has_text=muted_text)).to_have_count(0)
+
+    # Unmuted, the next message toasts again.
+    open_conversation(bob, "Alice", expect)
+    bob.get_by_role("button", name="Muted: change or unmute").click()
+    bob.get_by_role("menu").get_by_role("menuitem", name="Unmute").click()
+    expect(bob.locator("#mute-label")).to_have_text("Mute")
+    expect(alice_entry.locator(".muted-icon")).to_have_count(0)
+    bob.get_by_role("button", name="Discover").click()
+    server.call("POST", f"/api/conversations/{conversation}/messages/", {"content": "Still there?"}, alice_token)
+    expect(bob.locator(".toast-message", has_text="Still there?")).to_be_visible()
+
+    # Notification preferences: what is pushed while no page is open.
+    bob.get_by_role("button", name="Settings").click()
+    likes = bob.get_by_label("New likes")
+    expect(likes).to_be_checked()
+    expect(bob.get_by_label("Show the sender and the start of the message")).to_be_disabled()
+    expect(bob.locator("#previews-note")).to_be_visible()  # PUSH_PREVIEW_CHARS is 0: no text anyway
+    likes.uncheck()
+    expect(bob.locator("#notification-status")).to_have_text("Saved")
+    assert server.call("GET", "/api/users/me/notifications/", token=bob_token)["likes"] is False
+
+    # Blocked people, with an unblock.
+    open_conversation(bob, "Carol", expect)
+    bob.locator(".chat-header").get_by_role("button", name="Block").click()
+    bob.locator("#confirm").get_by_role("button", name="Block").click()
+    expect(bob.locator("#match-list .match", has_text="Carol")).to_have_count(0)
+    bob.get_by_role("button", name="Settings").click()
+    expect(likes).not_to_be_checked()
+    blocked = bob.locator("#blocked-list .blocked")
+    expect(blocked).to_have_count(1)
+    expect(blocked).to_contain_text(f"@{carol_name}")
+    dismiss_toasts(bob)
+    screenshot(bob, "screenshot-settings", tmp_path)
+    with viewport(bob, PHONE):
+        screenshot(bob, "screenshot-settings-phone", tmp_path)
+    blocked.get_by_role("button", name=f"Unblock @{carol_name}").click()
+    expect(blocked).to_have_count(0)
+    expect(bob.locator("#blocked-empty")).to_be_visible()
+    assert server.call("GET", "/api/blocks/", token=bob_token) == []
+
+    assert not problems, problems
