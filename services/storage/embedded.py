@@ -5,12 +5,19 @@ separate child process so the server talks to it through exactly the same PyMong
 and so a GPL component is used, never linked or vendored. The child is tied to the parent's life: it gets
 SIGTERM when the parent exits normally, and the kernel sends it SIGTERM if the parent dies abruptly
 (PR_SET_PDEATHSIG), so no orphan keeps the data directory locked.
+
+WiredTiger lets one process at a time open a data directory, so a second process that needs the same data
+(`python server.py grant-moderator`, while a node runs) cannot start a server of its own on it. The
+running server's port and pid are therefore written beside the data (`<storage path>.port`, e.g.
+`data/mongo.port`) once it accepts connections, and removed when it stops; `EmbeddedMongo.running`
+finds that server and connects to it instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -93,6 +100,21 @@ def wait_for_port(port: int, timeout_s: float = 20.0, process: subprocess.Popen[
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f}s")
 
 
+def port_file_of(storage_path: str | Path) -> Path:
+    """Where the embedded server using `storage_path` writes its port: beside the data, not in it."""
+    path = Path(storage_path)
+    return path.with_name(path.name + ".port")
+
+
+def _serves_embedded_store(pid: int) -> bool:
+    """Whether `pid` is alive and is a SecantusDB server (not another process that reused the pid)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"secantus" in command and _state(pid) not in ("", "Z")
+
+
 class EmbeddedMongo:
     """A SecantusDB child process on a loopback port, with its data under `storage_path`."""
 
@@ -101,6 +123,28 @@ class EmbeddedMongo:
         self.port = port or free_port()
         self.cache_size = cache_size
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def running(cls, storage_path: str | Path) -> EmbeddedMongo | None:
+        """The embedded server another process is running on `storage_path`, or None when none is (no
+        port file, or one left by a server that died: its pid gone, or its port closed). The answer is
+        not started nor stopped by this process: `stop` leaves it alone."""
+        try:
+            written = json.loads(port_file_of(storage_path).read_text())
+            port, pid = int(written["port"]), int(written["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not _serves_embedded_store(pid):
+            return None
+        try:
+            wait_for_port(port, timeout_s=1.0)
+        except RuntimeError:
+            return None
+        return cls(storage_path, port=port)
+
+    @property
+    def port_file(self) -> Path:
+        return port_file_of(self.storage_path)
 
     @property
     def url(self) -> str:
@@ -140,11 +184,27 @@ class EmbeddedMongo:
         except RuntimeError as exc:
             self.stop()
             raise RuntimeError(f"embedded MongoDB: {exc}; see {log_path}") from exc
+        self._write_port_file(self.process.pid)
         log.info("embedded MongoDB listening on 127.0.0.1:%d, data in %s", self.port, self.storage_path)
+
+    def _write_port_file(self, pid: int) -> None:
+        # Written whole, then renamed into place: a reader never sees half a file.
+        partial = self.port_file.with_name(self.port_file.name + ".partial")
+        partial.write_text(json.dumps({"port": self.port, "pid": pid}) + "\n")
+        os.replace(partial, self.port_file)
+
+    def _remove_port_file(self, pid: int) -> None:
+        """Remove the port file if it still names our server (a later server may have replaced it)."""
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if int(json.loads(self.port_file.read_text())["pid"]) == pid:
+                self.port_file.unlink()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        self._remove_port_file(proc.pid)
+        if proc.poll() is not None:
             return
         _resume(proc.pid)
         proc.terminate()
