@@ -170,6 +170,14 @@ class Settings:
     discover_per_day: int = _knob(
         600, "DISCOVER_PER_DAY", "Discover requests per user per 24 h (then 429); 0: no limit"
     )
+    reports_per_day: int = _knob(
+        20, "REPORTS_PER_DAY", "Reports one user may file per 24 h (a burst, then 429); 0: no limit"
+    )
+    report_retention_days: int = _knob(
+        180,
+        "REPORT_RETENTION_DAYS",
+        "Days a resolved report, with the messages copied into it, is kept after its resolution",
+    )
     push_grace_s: float = _knob(
         5.0, "PUSH_GRACE_DELAY", "Seconds a push waits; none is sent if the user came online or read meanwhile"
     )
