@@ -108,3 +108,103 @@ def conversation_mute(until: dt.datetime | None, *, muted_at: dt.datetime) -> Do
     """A participant's mute of a conversation, kept in the conversation document under `mutes.<user id>`
     (beside `read_seq.<user id>`): muted until `until`, or until unmuted when None."""
     return {"until": until, "muted_at": muted_at}
+
+
+# -- moderation (services/moderation) -------------------------------------------------------------------
+
+# The `role` of an account that may use the moderator endpoints; granted only by `server.py
+# grant-moderator`, never through the API.
+MODERATOR_ROLE = "moderator"
+# What an attachment's document keeps in a report's copy of its message: what it was, not the file.
+EVIDENCE_ATTACHMENT_FIELDS = ("content_type", "size", "width", "height", "path")
+
+
+def evidence_message(message: Doc, attachment: Doc | None, *, reported: bool) -> Doc:
+    """A copy of a stored message inside a report (`reported`: one the reporter named, else context
+    around one), kept whatever later happens to the message or to its sender's account."""
+    copied_attachment = None
+    if attachment is not None:
+        copied_attachment = {"id": int(attachment["_id"])} | {
+            key: attachment[key] for key in EVIDENCE_ATTACHMENT_FIELDS if key in attachment
+        }
+    return {
+        "message_id": int(message["seq"]),
+        "sender_id": int(message["sender_id"]),
+        "content": str(message.get("content") or ""),
+        "attachment": copied_attachment,
+        "created_at": message["created_at"],
+        "edited_at": message.get("edited_at"),
+        "deleted_at": message.get("deleted_at"),
+        "reported": reported,
+    }
+
+
+def report_document(
+    report_id: int,
+    *,
+    reporter: Doc,
+    reported: Doc,
+    reason: str,
+    note: str | None,
+    conversation_id: int | None,
+    message_ids: list[int],
+    evidence: list[Doc],
+    created_at: dt.datetime,
+) -> Doc:
+    """An open report of `reported` by `reporter` (their user documents). The usernames are copied: the
+    accounts may be deleted before a moderator reads it. Resolving it adds `resolution` and `expires_at`."""
+    return {
+        "_id": report_id,
+        "reporter_id": int(reporter["_id"]),
+        "reporter_username": reporter["username"],
+        "reported_id": int(reported["_id"]),
+        "reported_username": reported["username"],
+        "reason": reason,
+        "note": note,
+        "conversation_id": conversation_id,
+        "message_ids": message_ids,
+        "evidence": evidence,
+        "status": "open",
+        "created_at": created_at,
+    }
+
+
+def report_resolution(action: str, note: str | None, *, moderator_id: int | None, resolved_at: dt.datetime) -> Doc:
+    """How a moderator closed a report, kept in the report under `resolution`."""
+    return {"action": action, "note": note, "moderator_id": moderator_id, "at": resolved_at}
+
+
+def ban_record(reason: str, *, by: int | None, banned_at: dt.datetime) -> Doc:
+    """Why and by whom an account was banned, kept in the user's document under `ban` (beside
+    `banned: true`, which the queries that hide banned accounts read)."""
+    return {"reason": reason, "by": by, "at": banned_at}
+
+
+def audit_entry(
+    entry_id: int,
+    *,
+    action: str,
+    actor_id: int | None,
+    actor: str,
+    target_type: str,
+    target_id: int,
+    user_id: int | None,
+    note: str | None,
+    at: dt.datetime,
+    conversation_id: int | None = None,
+) -> Doc:
+    """One moderator action in the `audit_log`: who (`actor_id`, None for the command line, and a name
+    that stays readable after the account is gone), what, on which target (a message's target id is its id
+    in `conversation_id`), about which user, when, why."""
+    return {
+        "_id": entry_id,
+        "action": action,
+        "actor_id": actor_id,
+        "actor": actor,
+        "target_type": target_type,
+        "target_id": target_id,
+        "conversation_id": conversation_id,
+        "user_id": user_id,
+        "note": note,
+        "at": at,
+    }

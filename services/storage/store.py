@@ -106,6 +106,9 @@ class Store:
         self.push_outbox = self.db["push_outbox"]
         # One document per user who changed a push preference, `_id` the user's id: read by `_id` only.
         self.notification_preferences = self.db["notification_preferences"]
+        # services/moderation: reports with the messages copied into them, and every moderator action.
+        self.reports = self.db["reports"]
+        self.audit_log = self.db["audit_log"]
         self._allocators: dict[str, IdAllocator] = {}
         self._id_block_size = id_block_size
 
@@ -190,6 +193,19 @@ class Store:
                 # Workers claim the entry due first; idle entries are dropped after their window.
                 IndexModel([("due_at", ASCENDING)], name="due"),
                 IndexModel([("expires_at", ASCENDING)], name="idle_expiry", expireAfterSeconds=0),
+            ],
+            # services/moderation/reports.py: the queue by status or by reported user, newest or oldest
+            # first by id; a resolved report is dropped REPORT_RETENTION_DAYS after its resolution (an
+            # open one has no `expires_at`, so it stays until resolved).
+            self.reports: [
+                IndexModel([("status", ASCENDING), ("_id", DESCENDING)], name="queue"),
+                IndexModel([("reported_id", ASCENDING), ("_id", DESCENDING)], name="by_reported"),
+                IndexModel([("reporter_id", ASCENDING), ("_id", DESCENDING)], name="by_reporter"),
+                IndexModel([("expires_at", ASCENDING)], name="retention", expireAfterSeconds=0),
+            ],
+            # services/moderation/audit.py: newest first (by id), for everyone or for one user concerned.
+            self.audit_log: [
+                IndexModel([("user_id", ASCENDING), ("_id", DESCENDING)], name="by_user"),
             ],
         }
         for collection, models in specs.items():
