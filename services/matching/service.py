@@ -126,8 +126,8 @@ def years_before(day: dt.date, years: int) -> dt.date:
 def preference_filter(viewer: Doc, today: dt.date) -> Doc:
     """The MongoDB filter for candidates whose profile suits the viewer and whose preferences the viewer
     suits. An empty `interested_in` means "anyone"; someone who states no gender (or no birth date)
-    cannot satisfy a stated gender (or age) preference."""
-    flt: Doc = {"deleted": {"$ne": True}}
+    cannot satisfy a stated gender (or age) preference. Deleted and banned accounts are nobody's."""
+    flt: Doc = {"deleted": {"$ne": True}, "banned": {"$ne": True}}
     wanted = viewer.get("interested_in") or []
     if wanted:
         flt["gender"] = {"$in": list(wanted)}
@@ -552,13 +552,17 @@ class MatchingService:
     async def _check_target(self, viewer_id: int, target_id: int) -> None:
         if viewer_id == target_id:
             raise errors.Invalid("You cannot do that to yourself", code="self_target", fields={"user_id": "is you"})
-        await self._require_user(target_id)
+        # A banned account cannot be liked or passed (a like could match it): it answers as an unknown one.
+        await self._require_user(target_id, banned_too=True)
         # Someone blocked either way is answered exactly as an unknown user, so a block is never revealed.
         if await self._blocked_either_way(viewer_id, target_id):
             raise errors.NotFound("User not found", code="user_not_found")
 
-    async def _require_user(self, user_id: int) -> None:
-        if await self._store.users.find_one({"_id": user_id, "deleted": {"$ne": True}}, {"_id": 1}) is None:
+    async def _require_user(self, user_id: int, *, banned_too: bool = False) -> None:
+        flt: Doc = {"_id": user_id, "deleted": {"$ne": True}}
+        if banned_too:
+            flt["banned"] = {"$ne": True}
+        if await self._store.users.find_one(flt, {"_id": 1}) is None:
             raise errors.NotFound("User not found", code="user_not_found")
 
     async def _blocked_either_way(self, a: int, b: int) -> bool:
@@ -780,11 +784,17 @@ class MatchingService:
     # -- shared ---------------------------------------------------------------------------------------
 
     async def _summaries(self, user_ids: list[int], *, include_deleted: bool = False) -> dict[int, Doc]:
+        """Summaries by id; without `include_deleted`, deleted and banned accounts are left out."""
         if not user_ids:
             return {}
         flt: Doc = {"_id": {"$in": list(dict.fromkeys(user_ids))}}
-        docs = await self._store.users.find(flt, {"username": 1, "picture": 1, "deleted": 1}).to_list(None)
-        return {int(d["_id"]): self._users.summary_of(d) for d in docs if include_deleted or not d.get("deleted")}
+        projection = {"username": 1, "picture": 1, "deleted": 1, "banned": 1}
+        docs = await self._store.users.find(flt, projection).to_list(None)
+        return {
+            int(d["_id"]): self._users.summary_of(d)
+            for d in docs
+            if include_deleted or not (d.get("deleted") or d.get("banned"))
+        }
 
     async def _notify(self, user_id: int, notification: Doc) -> None:
         # What is stored is the truth; a notification that cannot be published is logged, not failed.
