@@ -22,6 +22,7 @@ from services.core.metrics import Metrics
 from services.matching.location import LocationPrivacy
 from services.matching.service import MatchingService
 from services.media.store import MediaStore
+from services.moderation.service import ModerationService
 from services.push.delivery import load_vapid_keys
 from services.push.service import PushService
 from services.realtime.backends import build_backends
@@ -78,6 +79,7 @@ class Services:
     metrics: Metrics
     push: PushService
     rates: RateCounters
+    moderation: ModerationService
     shutting_down: bool = False
     catch_ups: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -219,6 +221,8 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     presence = PresenceService(backends.presence, announcer)
     push = PushService(store, settings, backends.presence, load_vapid_keys(settings, public_base(settings)), metrics)
     events.on_notify.append(push.on_notify)
+    matching = MatchingService(store, users, events, settings, seal_conversation=chat.seal)
+    moderation = ModerationService(store, users, matching, chat, media, events, backends.rates, settings)
     services = Services(
         settings=settings,
         store=store,
@@ -228,7 +232,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         users=users,
         bus=bus,
         events=events,
-        matching=MatchingService(store, users, events, settings, seal_conversation=chat.seal),
+        matching=matching,
         chat=chat,
         typing=typing,
         presence=presence,
@@ -237,6 +241,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         metrics=metrics,
         push=push,
         rates=backends.rates,
+        moderation=moderation,
     )
     connections.gap_filler = services.fill_gaps
     backends.on_reconnect.append(services.catch_up_all)
