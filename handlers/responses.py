@@ -19,6 +19,8 @@ from pydantic_core import core_schema
 
 from handlers.schemas import DeviceKind, Gender, Location
 from services.media.content import ATTACHMENT_TYPES
+from services.moderation.queue import ReportStatus, ResolutionAction
+from services.moderation.reports import ReportReason
 
 # The default of a field an answer may leave out; typed Any so that it fits a field of any type.
 ABSENT: Any = None
@@ -333,3 +335,122 @@ class Liveness(Answer):
 class Readiness(Answer):
     status: Literal["ok", "unavailable"]
     checks: dict[str, bool]
+
+
+# -- moderation (services/moderation) -------------------------------------------------------------------
+
+
+class ReportReceipt(Answer):
+    """The report as filed. The reported user is now blocked for you; they are never told of the report."""
+
+    id: Id
+    user_id: Id
+    """The reported user."""
+    reason: ReportReason
+    message_ids: list[Id]
+    """The reported messages, ids in your conversation with them."""
+    note: str | None
+    created_at: Timestamp
+
+
+class ModeratedUser(UserSummary):
+    """A user as moderators see them in a report: deleted accounts keep the name they had."""
+
+    deleted: bool
+    banned: bool
+
+
+class ReportResolutionView(Answer):
+    action: ResolutionAction
+    note: str | None
+    moderator_id: Id | None
+    resolved_at: Timestamp
+
+
+class ReportRow(Answer):
+    """A report in the moderators' queue."""
+
+    id: Id
+    status: ReportStatus
+    reason: ReportReason
+    reporter: ModeratedUser
+    reported: ModeratedUser
+    message_count: Annotated[int, Field(ge=0)]
+    """How many messages the reporter named (their copies, with context, are in the report's detail)."""
+    created_at: Timestamp
+    resolution: ReportResolutionView | None
+
+
+class ReportQueuePage(Answer):
+    results: list[ReportRow]
+    next_cursor: str | None
+
+
+class EvidenceAttachment(Answer):
+    """What a reported message carried: the file is not copied, so `url` answers 404 once it is erased."""
+
+    id: Id
+    content_type: AttachmentType
+    size: Annotated[int, Field(ge=0)]
+    width: Annotated[int, Field(ge=1)] = ABSENT
+    height: Annotated[int, Field(ge=1)] = ABSENT
+    url: Url | None
+
+
+class EvidenceMessage(Answer):
+    """A message as it was stored when the report was filed, whatever happened to it since."""
+
+    message_id: Id
+    sender_id: Id
+    content: str
+    attachment: EvidenceAttachment | None
+    created_at: Timestamp
+    edited_at: Timestamp | None
+    deleted_at: Timestamp | None
+    reported: bool
+    """Named by the reporter; the others are context around those."""
+
+
+class ReportDetail(ReportRow):
+    note: str | None
+    """The reporter's note."""
+    conversation_id: Id | None
+    message_ids: list[Id]
+    messages: list[EvidenceMessage]
+    """Oldest first: the reported messages and up to 5 messages either side of each."""
+    reports_against_reported: Annotated[int, Field(ge=1)]
+    """Reports of the reported user, this one included, still kept."""
+
+
+class BanDetail(Answer):
+    reason: str
+    banned_by: Id | None
+    banned_at: Timestamp
+
+
+class BanStatus(Answer):
+    user_id: Id
+    banned: bool
+    ban: BanDetail | None
+
+
+class AuditEntry(Answer):
+    """One moderator action. `actor_id` is null for the operator's command line."""
+
+    id: Id
+    action: Annotated[str, Field(pattern=r"^[a-z][a-z_]*$", examples=["user_banned"])]
+    actor_id: Id | None
+    actor: str
+    target_type: Literal["report", "user", "message"]
+    target_id: Id
+    conversation_id: Id | None
+    """The conversation of a removed message (its `target_id` is the message's id in it)."""
+    user_id: Id | None
+    """The user the action is about: reported, banned, or whose message was removed."""
+    note: str | None
+    created_at: Timestamp
+
+
+class AuditPage(Answer):
+    results: list[AuditEntry]
+    next_cursor: str | None
