@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import tornado.httpserver
@@ -21,7 +23,10 @@ from services.core.config import Settings
 from services.core.container import Services, build_services
 from services.core.logs import redact
 from services.core.system import open_file_limit, socket_budget
+from services.moderation.audit import AuditLog, command_line_actor
+from services.moderation.roles import set_moderator
 from services.storage.embedded import EmbeddedMongo
+from services.storage.store import Store
 
 log = logging.getLogger("chat.server")
 
@@ -69,19 +74,40 @@ def limit_sockets_to_descriptors(settings: Settings) -> tuple[Settings, int]:
     return settings, file_limit
 
 
+# Operator commands besides serving: whether each grants (True) or revokes (False) the moderator role.
+ROLE_COMMANDS = {"grant-moderator": True, "revoke-moderator": False}
+COMMANDS_HELP = """commands:
+  (none)                      serve
+  grant-moderator USERNAME    give the account the moderator role (its next sign-in or refresh carries it)
+  revoke-moderator USERNAME   take it back (refused at the account's next moderator request)
+  Run them with the node's settings and --data-dir; they work while a node runs, on the embedded store too.
+"""
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     knobs = "\n".join(f"  {env:<22} default {default:<12} {text}" for env, default, text in Settings.describe())
     parser = argparse.ArgumentParser(
         description="Chat & Matching API server (REST + WebSockets).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Environment variables (flags win over them):\n" + knobs,
+        epilog=COMMANDS_HELP + "\nEnvironment variables (flags win over them):\n" + knobs,
     )
+    parser.add_argument("command", nargs="?", choices=sorted(ROLE_COMMANDS), help="an operator command (below)")
+    parser.add_argument("username", nargs="?", help="the account the command is about")
     parser.add_argument("--host", help="interface to listen on (HOST)")
     parser.add_argument("--port", type=int, help="TCP port (PORT)")
     parser.add_argument("--data-dir", help="data directory (DATA_DIR)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["json", "text"], help="(LOG_FORMAT)")
-    return parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    if args.command is not None and not args.username:
+        parser.error(f"{args.command} needs a USERNAME")
+    if args.command is None and args.username is not None:
+        parser.error(f"unknown command {args.username!r}")
+    return args
+
+
+def embedded_store_path(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "mongo"
 
 
 class Node:
@@ -99,7 +125,7 @@ class Node:
         settings = self.settings
         mongodb_url = settings.mongodb_url
         if not mongodb_url:
-            self.embedded = EmbeddedMongo(Path(settings.data_dir) / "mongo")
+            self.embedded = EmbeddedMongo(embedded_store_path(settings))
             await asyncio.get_running_loop().run_in_executor(None, self.embedded.start)
             mongodb_url = self.embedded.url
         self.services = await build_services(settings, mongodb_url)
@@ -142,6 +168,44 @@ async def run(settings: Settings) -> None:
         await node.stop()
 
 
+@contextlib.asynccontextmanager
+async def operator_store(settings: Settings) -> AsyncIterator[Store]:
+    """The store a node with these settings uses, for a one-off command: MONGODB_URL; else the embedded
+    store that a node running on DATA_DIR serves (found by its port file); else, when no node runs, an
+    embedded store started for the command and stopped after it."""
+    loop = asyncio.get_running_loop()
+    started: EmbeddedMongo | None = None
+    url = settings.mongodb_url
+    if not url:
+        running = EmbeddedMongo.running(embedded_store_path(settings))
+        if running is None:
+            started = EmbeddedMongo(embedded_store_path(settings))
+            await loop.run_in_executor(None, started.start)
+            running = started
+        url = running.url
+    store = Store(url, settings.mongodb_database, timeout_ms=settings.mongodb_timeout_ms)
+    try:
+        yield store
+    finally:
+        await store.close()
+        if started is not None:
+            await loop.run_in_executor(None, started.stop)
+
+
+async def change_moderator(settings: Settings, username: str, granted: bool) -> int:
+    """`grant-moderator` / `revoke-moderator`: the role is never granted through the API, only here."""
+    async with operator_store(settings) as store:
+        found = await set_moderator(store, AuditLog(store), username, granted, command_line_actor())
+    if found is None:
+        print(f"no account named {username!r}", file=sys.stderr)
+        return 1
+    if granted:
+        print(f"{found['username']} is a moderator; their next sign-in or token refresh carries the role")
+    else:
+        print(f"{found['username']} is no longer a moderator, from their next moderator request on")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -153,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_format, settings.log_level.upper())
     try:
+        if args.command in ROLE_COMMANDS:
+            return asyncio.run(change_moderator(settings, args.username, ROLE_COMMANDS[args.command]))
         asyncio.run(run(settings))
     except Exception as exc:
         if not errors.backend_unavailable(exc):
