@@ -227,6 +227,3 @@ async def pair(api: ApiClient, services: Services) -> tuple[TestUser, TestUser, 
 
 def skipped(services: Services, reason: str) -> float:
     return float(services.push.skipped.labels(reason=reason)._value.get())
-
-
-# -- delivery ------------------------------------------------------------------------------------------
