@@ -407,14 +407,18 @@ def test_a_mute_is_read_as_its_document_says():
         notification_preferences_document(7, updated_at=now, sounds=False)
 
 
-async def test_the_conversation_shows_each_participant_only_their_own_mute(api, services):
+async def test_the_conversation_shows_each_participant_only_their_own_mute(api, services, document):
     a, b, cid = await pair(api, services)
-    until = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).isoformat().replace("+00:00", "Z")
-    assert (await api.put(f"/api/conversations/{cid}/mute/", json={"until": until}, token=a.access)).status == 200
+    muted = await mute(api, a, cid, until=later(2 * 3600))
+    assert muted["muted"] is True and muted["muted_until"] is not None
     mine = await api.get(f"/api/conversations/{cid}/", token=a.access)
     theirs = await api.get(f"/api/conversations/{cid}/", token=b.access)
-    assert mine.body["muted"] is True and mine.body["muted_until"] is not None
-    assert theirs.body["muted"] is False and theirs.body["muted_until"] is None
-    listed = await api.get("/api/conversations/", token=a.access)
-    [entry] = [c for c in listed.body if c["id"] == cid]
-    assert entry["muted"] is True
+    for answer in (mine, theirs):
+        conforms(document, "get", "/api/conversations/{conversation_id}/", answer)
+    assert (mine.body["muted"], mine.body["muted_until"]) == (True, muted["muted_until"])
+    assert (theirs.body["muted"], theirs.body["muted_until"]) == (False, None)
+    for user, expected in ((a, (True, muted["muted_until"])), (b, (False, None))):
+        listed = await api.get("/api/conversations/", token=user.access)
+        conforms(document, "get", "/api/conversations/", listed)
+        [entry] = [c for c in listed.body if c["id"] == cid]
+        assert (entry["muted"], entry["muted_until"]) == expected
