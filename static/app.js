@@ -14,6 +14,7 @@ import { Api, ApiError } from "./api.js";
 import { countDown, friendlyText, isRateLimited, retryAfterMs, slowDownText, stopCountDown } from "./friendly.js";
 import { PhotoEditor, photoCarousel } from "./photos.js";
 import { PushToggle } from "./push.js";
+import { ReportDialog } from "./report.js";
 import { SettingsPanel } from "./settings.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
@@ -41,6 +42,7 @@ const api = new Api({ onSignedOut: (reason) => signOut(reason) });
 let pushToggle = null; // the "Enable notifications" button (push.js), made in setup()
 let photoEditor = null; // the profile's photos (photos.js), made in setup()
 let settingsPanel = null; // notification preferences and blocked people (settings.js), made in setup()
+let reportDialog = null; // "Report …" (report.js), made in setup()
 
 const state = {
   me: null, // own profile (GET /api/users/me/)
@@ -496,7 +498,16 @@ function renderDiscover() {
       h(
         "div",
         { class: "candidate-info" },
-        h("h3", { class: "candidate-name" }, nameOf(user), user.age ? h("span", { class: "candidate-age" }, ` ${user.age}`) : null),
+        h(
+          "div",
+          { class: "candidate-head" },
+          h("h3", { class: "candidate-name" }, nameOf(user), user.age ? h("span", { class: "candidate-age" }, ` ${user.age}`) : null),
+          h(
+            "button",
+            { type: "button", class: "button button-small button-quiet report-link", "aria-label": `Report ${nameOf(user)}`, onclick: () => reportUser(user) },
+            "Report",
+          ),
+        ),
         h("p", { class: "candidate-meta" }, describe(user, { withAge: false }) || `@${user.username}`),
         user.bio ? h("p", { class: "candidate-bio" }, user.bio) : null,
       ),
@@ -984,6 +995,7 @@ class Chat {
 
   async open() {
     this.list.replaceChildren();
+    $("#panel-chat").dataset.socket = "idle";
     $("#typing").textContent = "";
     $("#chat-banner").hidden = true;
     $("#jump-latest").hidden = true;
@@ -1114,6 +1126,8 @@ class Chat {
   }
 
   onSocketState(s) {
+    // The socket's state on the panel: "open" once frames flow (tests wait for it before typing).
+    $("#panel-chat").dataset.socket = s.status;
     renderConnection();
     const banner = $("#chat-banner");
     if (s.status === "waiting") {
@@ -1269,6 +1283,15 @@ class Chat {
       openMenu(button, items, { label: "Message actions", placeAbove: room < 110 });
     });
     return anchor;
+  }
+
+  /** Ids of the messages the other person sent and did not unsend, oldest first (what a report may name). */
+  theirMessageIds() {
+    return [...this.messages.values()]
+      .map((item) => item.message)
+      .filter((m) => m.sender_id === this.other.id && !m.deleted)
+      .map((m) => m.id)
+      .sort((a, b) => a - b);
   }
 
   /** Show `message` (a later state of `item`'s) in place: edited, unsent, read. */
@@ -1705,6 +1728,23 @@ function setupChat() {
   $("#chat-back").addEventListener("click", () => showPanel("discover"));
   $("#unmatch").addEventListener("click", () => endMatch("unmatch"));
   $("#block").addEventListener("click", () => endMatch("block"));
+  $("#report").addEventListener("click", () => state.chat && reportUser(state.chat.other, { chat: state.chat }));
+  $("#chat-more").addEventListener("click", () => {
+    const chat = state.chat;
+    const button = $("#chat-more");
+    if (!chat || menuOpenFor(button)) {
+      closeMenu();
+      return;
+    }
+    const items = [{ label: "Report…", danger: true, run: () => reportUser(chat.other, { chat }) }];
+    if (!chat.closed) {
+      items.unshift(
+        { label: "Unmatch", run: () => endMatch("unmatch") },
+        { label: "Block", danger: true, run: () => endMatch("block") },
+      );
+    }
+    openMenu(button, items, { label: "More actions" });
+  });
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && state.chat) state.chat.markRead();
   });
@@ -1739,6 +1779,38 @@ async function endMatch(kind) {
   } catch (error) {
     reportError(error, kind === "block" ? "Could not block" : "Could not unmatch");
   }
+}
+
+// =====================================================================================================
+// Reporting someone
+// =====================================================================================================
+
+/**
+ * "Report …" from a card, a profile or a conversation (`chat`: their latest messages may go with it).
+ * The server blocks them for the user at once: they leave Discover, Liked you and the matches.
+ */
+async function reportUser(user, { chat = null } = {}) {
+  closeProfileDialog();
+  const shown = person(user.id);
+  const receipt = await reportDialog.open({ ...user, ...shown }, { messageIds: chat ? chat.theirMessageIds() : [] });
+  if (!receipt || !api.signedIn) return;
+  toast({
+    title: `${nameOf(shown)} is reported`,
+    text: "They are blocked for you and are not told. Thank you for helping keep Spark safe.",
+    kind: "info",
+    timeoutMs: 6000,
+  });
+  state.candidates = state.candidates.filter((c) => userOf(c).id !== user.id);
+  state.likes = state.likes.filter((l) => userOf(l).id !== user.id);
+  renderLikes();
+  if (state.chat && state.chat.other.id === user.id) {
+    state.matches.delete(state.chat.id);
+    showPanel("discover");
+  } else if (state.panel === "discover") {
+    if (state.candidates.length === 0) await loadCandidates();
+    else renderDiscover();
+  }
+  await loadMatches().catch(() => {});
 }
 
 // =====================================================================================================
@@ -1790,6 +1862,11 @@ function openPushed(push) {
 function setup() {
   pushToggle = new PushToggle(api, $("#push-toggle"), { notify: toast, onOpen: openPushed });
   settingsPanel = new SettingsPanel(api, { notify: toast });
+  reportDialog = new ReportDialog(api);
+  $("#profile-report").addEventListener("click", () => {
+    const userId = profileShown;
+    if (userId !== null) reportUser(person(userId));
+  });
   $("#profile-dialog").addEventListener("close", () => {
     profileShown = null;
     stopCountDown($("#profile-dialog-status"));
