@@ -94,8 +94,10 @@ def signed_in(browser: Any, server: DemoServer, problems: list[str], username: s
 
 
 def open_conversation(page: Any, other: str, expect: Any) -> None:
+    """Open the conversation with `other` and wait until its socket is open."""
     page.locator("#match-list .match", has_text=other).click()
     expect(page.locator("#chat-name")).to_have_text(other)
+    expect(page.locator("#panel-chat")).to_have_attribute("data-socket", "open")
     expect(page.locator("#chat-presence")).not_to_have_attribute("data-status", "unknown")
 
 
@@ -548,5 +550,85 @@ def test_a_muted_conversation_shows_its_icon_and_makes_no_toast(
     expect(blocked).to_have_count(0)
     expect(bob.locator("#blocked-empty")).to_be_visible()
     assert server.call("GET", "/api/blocks/", token=bob_token) == []
+
+    assert not problems, problems
+
+
+# -- reporting -------------------------------------------------------------------------------------------
+
+
+def test_reports_from_a_card_and_from_a_conversation_block_at_once(
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    alice_name, bob_name, carol_name = names()
+    problems: list[str] = []
+    profile = {"gender": "woman", "interested_in": ["man"], "birthdate": "1994-03-12"}
+    alice_token = server.register(alice_name, display_name="Alice", **profile)
+    server.register(carol_name, display_name="Carol", bio="Crypto coach. DM me.", **profile)
+    bob_token = server.register(
+        bob_name, display_name="Bob", gender="man", interested_in=["woman"], birthdate="1992-08-30"
+    )
+    conversation = server.match(alice_token, bob_token)
+    scam = ["Hi! Quick favour?", "Send me 200 for the train ticket", "I pay you back tomorrow"]
+    sent = [
+        server.call("POST", f"/api/conversations/{conversation}/messages/", {"content": text}, alice_token)["id"]
+        for text in scam
+    ]
+
+    # From a card: Carol, a discover candidate, reported as a fake profile; her card goes.
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    card = bob.locator(".candidate")
+    expect(card).to_have_attribute("aria-label", re.compile("^Carol"))
+    card.get_by_role("button", name="Report Carol").click()
+    dialog = bob.locator("#report-dialog")
+    expect(dialog.get_by_role("heading")).to_have_text("Report Carol")
+    expect(dialog.locator("#report-messages-row")).to_be_hidden()  # nothing of hers to include
+    dialog.get_by_role("button", name="Report and block").click()
+    expect(dialog.locator("#report-status")).to_have_text("Choose what is wrong.")
+    dialog.get_by_label("Fake profile").check()
+    with bob.expect_response(lambda r: r.url.endswith("/api/reports/")) as answer:
+        dialog.get_by_role("button", name="Report and block").click()
+    receipt = answer.value.json()
+    assert answer.value.status == 201 and receipt["reason"] == "impersonation" and receipt["message_ids"] == []
+    expect(bob.locator(".toast", has_text="Carol is reported")).to_be_visible()
+    expect(bob.locator("#discover-stage")).to_contain_text("everyone for now")
+
+    # From a conversation: Alice's messages go with the report; the conversation leaves the list.
+    open_conversation(bob, "Alice", expect)
+    bob.locator(".chat-header").get_by_role("button", name="Report").click()
+    expect(dialog.locator("#report-messages-text")).to_have_text("Include their last 3 messages")
+    dialog.get_by_label("Scam").check()
+    dialog.get_by_label("Anything moderators should know").fill("Asked for money on the first day.")
+    dismiss_toasts(bob)
+    screenshot(bob, "screenshot-report", tmp_path)
+    with viewport(bob, PHONE):
+        screenshot(bob, "screenshot-report-phone", tmp_path)
+    with bob.expect_response(lambda r: r.url.endswith("/api/reports/")) as answer:
+        dialog.get_by_role("button", name="Report and block").click()
+    receipt = answer.value.json()
+    assert receipt["reason"] == "scam" and receipt["message_ids"] == sent
+    assert receipt["note"] == "Asked for money on the first day."
+    expect(bob.locator(".toast", has_text="Alice is reported")).to_be_visible()
+    expect(bob.locator("#match-list .match")).to_have_count(0)
+    blocked = {b["user"]["username"] for b in server.call("GET", "/api/blocks/", token=bob_token)}
+    assert blocked == {alice_name, carol_name}
+
+    # On a phone the header's actions are one menu, Report among them.
+    server.register(f"dora_{carol_name[6:]}", display_name="Dora", **profile)
+    dora_token = server.token(f"dora_{carol_name[6:]}")
+    server.match(dora_token, bob_token)
+    bob.reload()
+    sign_in(bob, bob_name)
+    with viewport(bob, PHONE):
+        open_conversation(bob, "Dora", expect)
+        expect(bob.locator(".chat-header").get_by_role("button", name="Report")).to_have_count(0)
+        bob.get_by_role("button", name="More actions").click()
+        menu = bob.get_by_role("menu", name="More actions")
+        expect(menu.get_by_role("menuitem")).to_have_text(["Unmatch", "Block", "Report…"])
+        menu.get_by_role("menuitem", name="Report…").click()
+        expect(dialog.get_by_role("heading")).to_have_text("Report Dora")
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(dialog).to_be_hidden()
 
     assert not problems, problems

@@ -109,6 +109,8 @@ def test_two_people_match_chat_and_survive_a_server_restart(sync_api: Any, serve
             bob.locator("#match-list .match", has_text="Alice").click()
             for page, other in ((alice, "Bob"), (bob, "Alice")):
                 expect(page.locator("#chat-name")).to_have_text(other)
+                # Typing before the conversation's socket is open is not sent: wait for it.
+                expect(page.locator("#panel-chat")).to_have_attribute("data-socket", "open")
                 expect(page.locator("#chat-presence")).to_have_attribute("data-status", "online")
                 expect(page.locator("#chat-presence-text")).to_have_text("Online")
             expect(bob.locator("#chat-avatar img")).to_be_visible()  # Alice's picture
