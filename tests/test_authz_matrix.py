@@ -154,6 +154,21 @@ def every_endpoint(w: World) -> list[tuple[str, str, dict[str, Any]]]:
         ("DELETE", f"/api/conversations/{c}/mute/", {}),
         ("GET", "/api/users/me/notifications/", {}),
         ("PATCH", "/api/users/me/notifications/", {"json": {"messages": False}}),
+        ("POST", "/api/reports/", {"json": {"user_id": w.bob.id, "reason": "spam"}}),
+        *moderator_endpoints(w),
+    ]
+
+
+def moderator_endpoints(w: World) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every moderator endpoint, aimed at alice, her conversation and its first message."""
+    return [
+        ("GET", "/api/moderation/reports/", {}),
+        ("GET", "/api/moderation/reports/1/", {}),
+        ("POST", "/api/moderation/reports/1/resolve/", {"json": {"action": "dismissed"}}),
+        ("POST", f"/api/moderation/users/{w.alice.id}/ban/", {"json": {"reason": "pwned"}}),
+        ("POST", f"/api/moderation/users/{w.alice.id}/unban/", {"json": {"reason": "pwned"}}),
+        ("DELETE", f"/api/moderation/messages/{w.cid}/1/", {}),
+        ("GET", "/api/moderation/audit/", {}),
     ]
 
 
@@ -186,6 +201,7 @@ async def test_bad_credentials_are_401_everywhere_and_4000_or_4002_on_the_socket
     # The deleted account cannot sign in for a new token either.
     signin = {"username": w.deleted.username, "password": PASSWORD}
     assert (await api.post("/api/token/", signin)).status == 401
+    assert await services.store.reports.count_documents({}) == 0
 
 
 async def test_an_account_deleted_while_signed_in_is_refused_within_the_cache_lifetime(api, services, monkeypatch):
@@ -379,3 +395,43 @@ async def test_photos_are_changed_by_their_owner_only(api, services):
     # The public profile shows the photo's URL, and nothing was changed.
     assert (await api.get(f"/api/users/{w.alice.id}/", token=w.bob.access)).body["photos"] == [w.alice_photo["url"]]
     assert (await api.get("/api/users/me/photos/", token=w.alice.access)).body == [w.alice_photo]
+
+
+# -- reports and moderators ------------------------------------------------------------------------------
+
+
+async def test_reports_answer_who_has_seen_the_user_and_moderator_endpoints_moderators_only(api, services):
+    w = await build_world(api, services)
+    # Reporting alice: a stranger gets the answer for an id nobody has; a former match and the user she
+    # blocked have seen her and may.
+    unknown = 999_999_999
+    refused = await api.post("/api/reports/", {"user_id": w.alice.id, "reason": "spam"}, token=w.stranger.access)
+    missing = await api.post("/api/reports/", {"user_id": unknown, "reason": "spam"}, token=w.stranger.access)
+    assert_envelope(refused, 404, "stranger reports")
+    assert (refused.status, refused.body) == (missing.status, missing.body)
+    assert await services.store.reports.count_documents({}) == 0
+    for role, user in {"unmatched": w.unmatched, "blocked": w.blocked}.items():
+        filed = await api.post("/api/reports/", {"user_id": w.alice.id, "reason": "spam"}, token=user.access)
+        assert filed.status == 201, (role, filed.body)
+
+    # Moderator endpoints: 403 for every user without the role, whatever their relation to the target.
+    report_id = (await services.store.reports.find_one({}))["_id"]
+    plain = {
+        "owner": w.alice,
+        "other participant": w.bob,
+        "stranger": w.stranger,
+        "blocked": w.blocked,
+        "unmatched": w.unmatched,
+    }
+    for role, user in plain.items():
+        for method, path, kw in moderator_endpoints(w):
+            r = await api.request(
+                method, path.replace("/reports/1/", f"/reports/{report_id}/"), token=user.access, **kw
+            )
+            assert_envelope(r, 403, (role, method, path))
+            assert r.error_code == "not_a_moderator", (role, path, r.body)
+    # Nothing changed: the reports are open, alice is not banned, the message is there, nothing audited.
+    assert await services.store.reports.count_documents({"status": "open"}) == 2
+    assert not (await services.store.users.find_one({"_id": w.alice.id})).get("banned")
+    assert await history_ids(api, w.cid, w.alice) == [1]
+    assert await services.store.audit_log.count_documents({}) == 0
