@@ -63,3 +63,9 @@ async def test_without_redis_a_node_counts_alone():
         assert await counters.take(RATE, "k") > 0
     finally:
         await unreachable.aclose()
+
+
+def test_a_budget_of_one_allows_its_first_use_whatever_the_clock():
+    once = Rate("once", limit=1, window_s=3600.0)
+    counters = LocalRateCounters()
+    assert all(counters.take_now(once, f"k{i}", 1_000_000.0 + i * 0.1) == 0.0 for i in range(10_000))

@@ -81,6 +81,7 @@ MAX_CURSOR_CHARS = 256
 CANDIDATE_FIELDS = {
     "username": 1,
     "picture": 1,
+    "photos": 1,
     "display_name": 1,
     "bio": 1,
     "birthdate": 1,

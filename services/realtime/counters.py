@@ -64,7 +64,7 @@ class LocalRateCounters:
             return 0.0
         slot = (rate.name, key)
         tat = max(self._tat.get(slot, now), now)
-        allowed_at = tat + rate.interval_s - rate.window_s
+        allowed_at = tat - (rate.window_s - rate.interval_s)  # exactly tat when limit is 1: no rounding refusal
         if allowed_at > now:
             return allowed_at - now
         self._tat[slot] = tat + rate.interval_s
