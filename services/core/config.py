@@ -43,6 +43,11 @@ class Settings:
     )
     access_token_ttl_s: int = _knob(15 * 60, "ACCESS_TOKEN_TTL", "Access token lifetime, seconds")
     refresh_token_ttl_s: int = _knob(7 * 24 * 3600, "REFRESH_TOKEN_TTL", "Refresh token lifetime, seconds")
+    socket_token_grace_s: float = _knob(
+        30.0,
+        "SOCKET_TOKEN_GRACE",
+        "Seconds a socket stays open after its access token expired, for an `auth` frame to renew it (then 4004)",
+    )
     public_url: str = _knob(
         "",
         "PUBLIC_URL",

@@ -18,6 +18,7 @@ CLOSE_NO_TOKEN = 4000
 CLOSE_FORBIDDEN = 4001
 CLOSE_BAD_TOKEN = 4002
 CLOSE_BAD_FRAME = 4003
+CLOSE_TOKEN_EXPIRED = 4004
 
 
 class CloseCode(NamedTuple):
@@ -43,7 +44,17 @@ CLOSE_CODES: dict[int, CloseCode] = {
         CloseCode(
             CLOSE_FORBIDDEN, "not a participant (or no such conversation, or closed by an unmatch or a block)", False
         ),
-        CloseCode(CLOSE_BAD_TOKEN, "token invalid or expired, or the account no longer exists", False),
+        CloseCode(
+            CLOSE_BAD_TOKEN,
+            "token invalid, expired or revoked (password changed, account deleted or banned), or a refresh token",
+            False,
+        ),
         CloseCode(CLOSE_BAD_FRAME, "invalid frame: not JSON, not an object, unknown type or wrong field types", False),
+        CloseCode(
+            CLOSE_TOKEN_EXPIRED,
+            "access token expired on the open socket and not renewed by an `auth` frame within the grace, or one "
+            "of the account's sign-ins was revoked (a refresh token reused); reconnect with a fresh access token",
+            True,
+        ),
     )
 }
