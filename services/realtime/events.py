@@ -7,7 +7,8 @@ node reads only the header.
 Header keys: `k` kind, `t` the frame's type (for metrics), `ts` when it was published (for the
 publish-to-deliver latency), `x` a user whose sockets must not receive it, `s` a message id (for
 in-order delivery), `d` true when the frame may be dropped for a slow reader (typing), `pu`/`pv` the user
-and version of a presence transition (older ones are dropped).
+and version of a presence transition (older ones are dropped); for a revocation, `u` the user, `g` the token
+generation below which their sockets close (absent: every socket of theirs) and `c` the close code.
 Between nodes the Redis bus wraps a payload in an envelope naming the node that published it and removes
 it again on arrival (services/realtime/bus.py): subscribers always receive the payload as `encode` made it.
 """
@@ -30,6 +31,11 @@ log = logging.getLogger("chat.events")
 NOTIFICATION = "notification"  # to the user's notifications sockets
 CONVERSATION = "conversation"  # to the conversation sockets of a conversation
 CONVERSATION_CLOSED = "conversation_closed"  # close the conversation's sockets with 4001
+REVOKED = "revoked"  # close a user's sockets opened with revoked tokens (services/accounts/revocation.py)
+
+# The one channel every node subscribes to from its start, whatever sockets it holds: revocations are rare,
+# and a node must close a revoked user's sockets wherever it holds them (services/realtime/hub.py).
+REVOCATIONS_CHANNEL = "revocations"
 
 
 def encode(header: dict[str, Any], frame: dict[str, Any] | None) -> bytes:
@@ -88,6 +94,14 @@ class Publisher:
     async def close_conversation(self, conversation_id: int) -> None:
         """Close every socket on the conversation with 4001 (unmatch or block), on every node."""
         await self.bus.publish(conversation_channel(conversation_id), encode({"k": CONVERSATION_CLOSED}, None))
+
+    async def revoke_sockets(self, user_id: int, close_code: int, generation: int | None = None) -> None:
+        """Close, on every node, the user's sockets whose token generation is below `generation` (every one of
+        their sockets when None), with `close_code`."""
+        header: dict[str, Any] = {"k": REVOKED, "u": user_id, "c": close_code}
+        if generation is not None:
+            header["g"] = generation
+        await self.bus.publish(REVOCATIONS_CHANNEL, encode(header, None))
 
 
 def new_like_notification(liker: dict[str, Any]) -> dict[str, Any]:

@@ -14,12 +14,21 @@ nothing, and the server never holds more than the bound for one reader.
 Messages reach a conversation socket in id order, without gaps and without repeats: a peer remembers the
 last id it delivered, skips repeats, and parks an early arrival until the ids before it arrive or are
 fetched from MongoDB (see ChatService.messages_after).
+
+Every socket holds a token, and the hub enforces two things about it. A revocation (services/accounts/
+revocation.py) arrives on the one channel every node subscribes to from its start, `revocations`, and
+closes the user's local sockets opened with older tokens, whatever they are open on. And a token expires:
+each socket has a deadline (its access token's `exp` plus SOCKET_TOKEN_GRACE, moved on by an `auth`
+frame), kept in one heap per node, and a sweep every EXPIRY_SWEEP_S closes those past it with 4004. There
+is no timer per socket; a renewal pushes a new heap entry and the stale one is skipped when it comes up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -30,8 +39,21 @@ import orjson
 
 from services.core.metrics import Metrics, frame_label
 from services.realtime.bus import Bus, conversation_channel, user_channel
-from services.realtime.close_codes import CLOSE_FORBIDDEN, CLOSE_GOING_AWAY, CLOSE_POLICY
-from services.realtime.events import CONVERSATION, CONVERSATION_CLOSED, NOTIFICATION, decode
+from services.realtime.close_codes import (
+    CLOSE_BAD_TOKEN,
+    CLOSE_FORBIDDEN,
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_TOKEN_EXPIRED,
+)
+from services.realtime.events import (
+    CONVERSATION,
+    CONVERSATION_CLOSED,
+    NOTIFICATION,
+    REVOCATIONS_CHANNEL,
+    REVOKED,
+    decode,
+)
 
 log = logging.getLogger("chat.connections")
 
@@ -41,6 +63,13 @@ GAP_FILL_DELAY_S = 0.25
 # this long after, instead of after the usual wait for a close handshake that cannot come in time.
 SLOW_CONSUMER_GRACE_S = 2.0
 DEAD_PEER_GRACE_S = 1.0
+# How often the node looks for sockets whose token deadline passed: they close at most this late.
+EXPIRY_SWEEP_S = 1.0
+# The close reasons of a revocation, by close code.
+REVOKED_REASONS = {
+    CLOSE_BAD_TOKEN: "token revoked",
+    CLOSE_TOKEN_EXPIRED: "sign-in revoked: reconnect with a fresh token",
+}
 
 
 class LimitExceeded(Exception):
@@ -53,6 +82,12 @@ class Peer:
 
     user_id: int = 0
     conversation_id: int | None = None
+    # The generation of the token the socket was opened (or last renewed) with: a revocation of the user
+    # closes the sockets below the generation it starts (services/accounts/revocation.py).
+    token_generation: int = 0
+    # When the socket is closed 4004 unless an `auth` frame moves it on: the token's `exp` plus the grace,
+    # in seconds since the epoch. None: no deadline (a transport without a token).
+    token_deadline: float | None = None
 
     def init_peer(self, connections: Connections, outbound_limit: int) -> None:
         self.connections = connections
@@ -226,11 +261,17 @@ class Connections:
         # Called with (conversation id, message id) for every stored message the bus brings: the
         # message writer numbers this node's next message in that conversation after it.
         self.on_message_seen: list[Callable[[int, int], None]] = []
+        # Called with a user id when a revocation of that user arrives (drop what is cached of the account).
+        self.on_user_revoked: list[Callable[[int], None]] = []
         self.metrics: Metrics | None = None
         self._presence_versions: dict[int, int] = {}
         self._all_gone = asyncio.Event()
         self._gap_tasks: dict[int, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        # (deadline, tie-breaker, peer): the sockets' token deadlines, earliest first (see the module docstring).
+        self._deadlines: list[tuple[float, int, Peer]] = []
+        self._deadline_order = itertools.count()
+        self._expiry: asyncio.Task[None] | None = None
         bus.set_handler(self.on_bus_event)
 
     def count(self, user_id: int) -> int:
@@ -258,6 +299,8 @@ class Connections:
             group, channel = self.by_conversation[peer.conversation_id], conversation_channel(peer.conversation_id)
         first = not group
         group.add(peer)
+        if peer.token_deadline is not None:
+            self._watch_deadline(peer, peer.token_deadline)
         if first:
             await self.bus.subscribe(channel)
 
@@ -283,6 +326,17 @@ class Connections:
     def on_bus_event(self, channel: str, payload: bytes) -> None:
         header, frame = decode(payload)
         kind = header.get("k")
+        if channel == REVOCATIONS_CHANNEL:
+            if self.metrics is not None:
+                self.metrics.bus_events.child(str(kind)).inc()
+            if kind == REVOKED:
+                generation = header.get("g")
+                self._revoke(
+                    int(header["u"]),
+                    None if generation is None else int(generation),
+                    int(header.get("c", CLOSE_BAD_TOKEN)),
+                )
+            return
         target = int(channel.partition(":")[2])
         if self.metrics is not None:
             self._count_event(self.metrics, header, kind, target)
@@ -296,6 +350,17 @@ class Connections:
                 hook(target)
             for peer in list(self.by_conversation.get(target, ())):
                 peer.shut(CLOSE_FORBIDDEN, "conversation closed")
+
+    def _revoke(self, user_id: int, generation: int | None, close_code: int) -> None:
+        """Close the user's sockets opened with a token below `generation` (all of them when None)."""
+        for hook in self.on_user_revoked:
+            hook(user_id)
+        reason = REVOKED_REASONS.get(close_code, "token revoked")
+        for peer in list(self.by_user.get(user_id, ())):
+            # A socket opened with a token issued after the revocation (the new pair of a password change)
+            # has reached the new generation and stays.
+            if generation is None or peer.token_generation < generation:
+                peer.shut(close_code, reason)
 
     def _count_event(self, metrics: Metrics, header: dict[str, Any], kind: Any, target: int) -> None:
         metrics.bus_events.child(str(kind)).inc()
@@ -356,7 +421,52 @@ class Connections:
         if any(p.parked for p in self.by_conversation.get(conversation_id, ())):
             self._gap_tasks[conversation_id] = asyncio.get_running_loop().create_task(self._fill_gaps(conversation_id))
 
+    # -- token deadlines ----------------------------------------------------------------------------
+
+    def extend_deadline(self, peer: Peer, deadline: float) -> None:
+        """The peer's token was renewed: it stays open until `deadline` (never earlier than it was)."""
+        if peer.token_deadline is not None and deadline <= peer.token_deadline:
+            return
+        peer.token_deadline = deadline
+        if peer in self.peers:
+            self._watch_deadline(peer, deadline)
+
+    def _watch_deadline(self, peer: Peer, deadline: float) -> None:
+        heapq.heappush(self._deadlines, (deadline, next(self._deadline_order), peer))
+
+    def close_expired(self, now: float) -> None:
+        """Close, with 4004, every socket whose token deadline is before `now` (seconds since the epoch)."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            deadline, _, peer = heapq.heappop(deadlines)
+            # An entry whose socket was renewed since (it has a later deadline, with its own entry) or has
+            # gone is stale: nothing is removed from the middle of the heap.
+            if peer.token_deadline == deadline and peer in self.peers:
+                peer.shut(CLOSE_TOKEN_EXPIRED, "access token expired")
+        if len(deadlines) > 2 * len(self.peers) + 1024:
+            # Mostly entries of sockets that closed or renewed: rebuilt from the open sockets.
+            self._deadlines = [
+                (p.token_deadline, next(self._deadline_order), p) for p in self.peers if p.token_deadline is not None
+            ]
+            heapq.heapify(self._deadlines)
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_S)
+            try:
+                self.close_expired(time.time())
+            except Exception:  # the sweep must outlive any one socket's failure
+                log.exception("token expiry sweep failed")
+
     # -- liveness and shutdown ---------------------------------------------------------------------
+
+    async def start(self, ping_interval_s: float) -> None:
+        """Listen for revocations (every node, from its start, whatever sockets it holds), and run the
+        node's heartbeat and its sweep of expired tokens."""
+        await self.bus.subscribe(REVOCATIONS_CHANNEL)
+        self.start_heartbeat(ping_interval_s)
+        if self._expiry is None:
+            self._expiry = asyncio.get_running_loop().create_task(self._expiry_loop())
 
     def start_heartbeat(self, interval_s: float) -> None:
         if self._heartbeat is None and interval_s > 0:
@@ -381,9 +491,10 @@ class Connections:
     async def close_all(self, code: int, reason: str, grace_s: float = 2.0) -> None:
         """Close every socket, then give clients up to `grace_s` to answer the close frames, so that
         the frames are on the wire before the process exits (a client then sees `code`, not 1006)."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            self._heartbeat = None
+        for task in (self._heartbeat, self._expiry):
+            if task is not None:
+                task.cancel()
+        self._heartbeat = self._expiry = None
         for task in list(self._gap_tasks.values()):
             task.cancel()
         for peer in list(self.peers):
