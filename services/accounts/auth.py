@@ -7,7 +7,15 @@ thread pool with bounded concurrency, never on the IOLoop.
 Tokens: HS256 JWTs (the algorithm is pinned when decoding, so `alg: none` and RS/HS confusion are
 refused) with `user_id`, `token_type`, `exp`, `iat` and `jti`, all required. Refresh tokens rotate: each
 is recorded in MongoDB under its `jti` with a `family`; using one marks it used and issues the next of
-the family; presenting a used one again means it leaked, so the whole family is revoked (RFC 9700 4.14).
+the family; presenting a used one again means it leaked, so the whole family is revoked (RFC 9700 4.14)
+and the account's sockets are closed (`on_family_revoked`, services/accounts/revocation.py).
+
+Revocation: a token also carries `gen`, the account's token generation when it was issued (absent means
+0, as in every token issued before the account's first revocation). Revoking an account's tokens raises
+its generation (services/accounts/revocation.py), and a token below the account's generation is refused.
+`decode` refuses it whenever this node knows the account's generation (`is_revoked`, the account liveness
+cache): REST requests learn it in `BaseHandler.prepare`, whose account check reads the account, before the
+handler decodes the token again; sockets and refreshes ask `AccountLiveness.accepts` themselves.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import asyncio
 import datetime as dt
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +38,8 @@ from services.storage.store import Store
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ["user_id", "token_type", "exp", "iat", "jti"]
+# The account's token generation when the token was issued; only written when above 0.
+GENERATION_CLAIM = "gen"
 # Tokens issued a little in the future (clock skew between nodes) are tolerated up to this many seconds.
 LEEWAY_S = 5
 MAX_ID = 2**53
@@ -50,6 +61,16 @@ class AccountBanned(Unauthorized):
 class TokenPair:
     access: str
     refresh: str
+
+
+@dataclass(frozen=True)
+class AccessGrant:
+    """What a valid access token proves: whose it is, the token generation it was issued in (a revocation
+    of the account refuses the ones below its own), and until when (its `exp`, seconds since the epoch)."""
+
+    user_id: int
+    generation: int
+    expires_at: float
 
 
 class PasswordHasher:
@@ -84,9 +105,22 @@ class TokenService:
         self._secret = secret
         self.access_ttl_s = access_ttl_s
         self.refresh_ttl_s = refresh_ttl_s
+        # Whether this node knows that (user id, token generation) is refused (the container sets
+        # AccountLiveness.refuses); by default nothing is known, and only the accounts' reads refuse.
+        self.is_revoked: Callable[[int, int], bool] = lambda _user_id, _generation: False
+        # Awaited with the user id when a reused refresh token revoked its family (the container closes the
+        # account's sockets: services/accounts/revocation.py).
+        self.on_family_revoked: Callable[[int], Awaitable[Any]] | None = None
 
     def _encode(
-        self, user_id: int, token_type: str, ttl_s: int, jti: str, now: dt.datetime, role: str | None = None
+        self,
+        user_id: int,
+        token_type: str,
+        ttl_s: int,
+        jti: str,
+        now: dt.datetime,
+        role: str | None = None,
+        generation: int = 0,
     ) -> str:
         claims: dict[str, Any] = {
             "user_id": user_id,
@@ -97,6 +131,8 @@ class TokenService:
         }
         if role:
             claims["role"] = role
+        if generation:
+            claims[GENERATION_CLAIM] = generation
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def decode(self, token: str | None, expected_type: str) -> dict[str, Any]:
@@ -128,19 +164,29 @@ class TokenService:
             raise TokenError("Token invalid")
         if not isinstance(claims.get("jti"), str):
             raise TokenError("Token invalid")
+        if self.is_revoked(user_id, generation_of(claims)):
+            raise TokenError("Token invalid")
         return claims
 
     def user_id_from_access(self, token: str | None) -> int:
         return int(self.decode(token, "access")["user_id"])
 
+    def verify_access(self, token: str | None) -> AccessGrant:
+        """What a valid access token grants; TokenError for any other token."""
+        claims = self.decode(token, "access")
+        return AccessGrant(int(claims["user_id"]), generation_of(claims), float(claims["exp"]))
+
     async def issue(self, user_id: int, family: str | None = None) -> TokenPair:
         # The account's `role` (a moderator's, granted by `server.py grant-moderator`) rides in the access
         # token; the moderator endpoints read the account as well, so a revoked role stops at once. A
         # banned account gets no tokens: this is every sign-in and every refresh.
-        account = await self._store.users.find_one({"_id": user_id}, {"role": 1, "banned": 1})
+        # The generation read here is the one the tokens are issued in: a revocation that raises it after
+        # this read makes them refused at once, which errs on the safe side.
+        account = await self._store.users.find_one({"_id": user_id}, {"role": 1, "banned": 1, "token_generation": 1})
         if account is not None and account.get("banned"):
             raise AccountBanned("This account is banned")
         role = account.get("role") if account is not None else None
+        generation = int(account.get("token_generation") or 0) if account is not None else 0
         now = dt.datetime.now(dt.UTC)
         refresh_jti = uuid.uuid4().hex
         rotating = family is not None
@@ -162,8 +208,8 @@ class TokenService:
             await self._store.refresh_tokens.update_one({"_id": refresh_jti}, {"$set": {"revoked": True}})
             raise TokenError("Refresh token already used or revoked", code="token_revoked")
         return TokenPair(
-            access=self._encode(user_id, "access", self.access_ttl_s, uuid.uuid4().hex, now, role),
-            refresh=self._encode(user_id, "refresh", self.refresh_ttl_s, refresh_jti, now),
+            access=self._encode(user_id, "access", self.access_ttl_s, uuid.uuid4().hex, now, role, generation),
+            refresh=self._encode(user_id, "refresh", self.refresh_ttl_s, refresh_jti, now, generation=generation),
         )
 
     async def rotate(self, refresh_token: str | None) -> TokenPair:
@@ -182,7 +228,17 @@ class TokenService:
             if known is not None:
                 # A rotated token came back: whoever holds the family now may be an attacker. End it.
                 await self._store.refresh_tokens.update_many({"family": known["family"]}, {"$set": {"revoked": True}})
+                if self.on_family_revoked is not None:
+                    await self.on_family_revoked(int(known["user_id"]))
             raise TokenError("Refresh token already used or revoked", code="token_revoked")
         if record["user_id"] != claims["user_id"]:
             raise TokenError("Token invalid")
         return await self.issue(int(record["user_id"]), family=record["family"])
+
+
+def generation_of(claims: dict[str, Any]) -> int:
+    """The token generation a token was issued in (0 when it carries none)."""
+    generation = claims.get(GENERATION_CLAIM, 0)
+    if not isinstance(generation, int) or isinstance(generation, bool) or not 0 <= generation <= MAX_ID:
+        raise TokenError("Token invalid")
+    return generation

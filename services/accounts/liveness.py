@@ -1,8 +1,14 @@
-"""Whether a user id still has an account, as every authenticated request and socket asks.
+"""Whether a token's account still accepts it, as every authenticated request and socket asks.
 
-A token stays valid until it expires, but the account behind it may be deleted meanwhile. Each node
-remembers for a while whether a user id still has an account, so the check costs one point read per
-user per ACCOUNT_CACHE_TTL_S, not one per request.
+A token stays valid until it expires, but meanwhile the account behind it may be deleted, or all its tokens
+revoked (services/accounts/revocation.py raises the account's `token_generation`; a token carries the
+generation it was issued in). Each node remembers for a while, from one point read, whether a user id
+still has an account and its current token generation, so the check costs one read per user per
+ACCOUNT_CACHE_TTL_S, not one per request, and the revocation check costs no read of its own.
+
+A revocation reaches every node on the bus, and each drops the user's entry (`forget`), so the next
+check reads the account again; a read that was in flight when its entry was forgotten is answered but
+not cached, since it may predate the revocation.
 """
 
 from __future__ import annotations
@@ -23,25 +29,51 @@ class AccountLiveness:
         self._store = store
         # The read that answers "alive?" brings the user's summary too; whoever caches summaries gets it.
         self._on_summary = on_summary
-        self._entries: dict[int, tuple[float, bool]] = {}
+        # user id -> (expires at, alive, token generation)
+        self._entries: dict[int, tuple[float, bool, int]] = {}
         # Lookups in flight: a user whose sockets all reconnect at once (a node restart, a network
         # blip) costs one read, not one per socket; a reconnect storm of 2,000 sockets otherwise queued
         # 2,000 reads behind MongoDB's connection pool and refused most sockets with 1011.
-        self._pending: dict[int, asyncio.Future[bool]] = {}
+        self._pending: dict[int, asyncio.Future[tuple[bool, int]]] = {}
 
     async def exists(self, user_id: int) -> bool:
+        """Whether the account is there and not deleted."""
+        alive, _ = await self._state(user_id)
+        return alive
+
+    async def accepts(self, user_id: int, generation: int) -> bool:
+        """Whether the account is there, not deleted, and accepts tokens of `generation` (none of its
+        tokens from before a later revocation)."""
+        alive, current = await self._state(user_id)
+        return alive and generation >= current
+
+    def refuses(self, user_id: int, generation: int) -> bool:
+        """True when what this node already knows refuses a token of `generation`: the account's tokens were
+        revoked since it was issued, or the account is deleted. Reads nothing: False when nothing is known.
+        Generations only grow, so an outdated entry still refuses the generations below its own."""
+        cached = self._entries.get(user_id)
+        if cached is None:
+            return False
+        expires, alive, current = cached
+        return generation < current or (not alive and expires > time.monotonic())
+
+    async def _state(self, user_id: int) -> tuple[bool, int]:
+        """(alive, token generation), cached."""
         now = time.monotonic()
         cached = self._entries.get(user_id)
         if cached is not None and cached[0] > now:
-            return cached[1]
+            return cached[1], cached[2]
         pending = self._pending.get(user_id)
         if pending is not None:
             return await asyncio.shield(pending)
         future = self._pending[user_id] = asyncio.get_running_loop().create_future()
+        still_current = False
         try:
             # A socket that opens next announces the user's presence by username, which would otherwise
             # cost a second read of the same document.
-            doc = await self._store.users.find_one({"_id": user_id}, {"deleted": 1, "username": 1, "picture": 1})
+            doc = await self._store.users.find_one(
+                {"_id": user_id}, {"deleted": 1, "username": 1, "picture": 1, "token_generation": 1}
+            )
         except Exception as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it, and nobody waiting is no error
@@ -50,19 +82,26 @@ class AccountLiveness:
             future.cancel()
             raise
         finally:
-            self._pending.pop(user_id, None)
+            # Forgotten meanwhile (a revocation arrived): the answer may predate it, so it is not kept.
+            still_current = self._pending.get(user_id) is future
+            if still_current:
+                del self._pending[user_id]
         alive = doc is not None and not doc.get("deleted")
+        generation = int((doc or {}).get("token_generation") or 0)
         if alive and doc is not None and self._on_summary is not None and "username" in doc:
             self._on_summary(doc)
-        if len(self._entries) >= ACCOUNT_CACHE_MAX:
-            self._entries.clear()
-        self._entries[user_id] = (now + ACCOUNT_CACHE_TTL_S, alive)
-        future.set_result(alive)
-        return alive
+        if still_current:
+            if len(self._entries) >= ACCOUNT_CACHE_MAX:
+                self._entries.clear()
+            self._entries[user_id] = (now + ACCOUNT_CACHE_TTL_S, alive, generation)
+        future.set_result((alive, generation))
+        return alive, generation
 
     def forget(self, user_id: int | None = None) -> None:
         """Drop what is known of one user (or of everyone), so the next check reads the store."""
         if user_id is None:
             self._entries.clear()
+            self._pending.clear()
         else:
             self._entries.pop(user_id, None)
+            self._pending.pop(user_id, None)

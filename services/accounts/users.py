@@ -10,8 +10,9 @@ from typing import Any
 
 import pymongo.errors
 
-from services.accounts.auth import PasswordHasher, TokenError, TokenPair, TokenService
+from services.accounts.auth import PasswordHasher, TokenError, TokenPair, TokenService, generation_of
 from services.accounts.liveness import AccountLiveness
+from services.accounts.revocation import Revocations
 from services.accounts.throttle import LoginThrottle
 from services.core.clock import iso
 from services.core.config import Settings
@@ -101,6 +102,8 @@ class UserService:
         # Failed sign-ins per username and per address; none (no throttling) unless the container sets it.
         self.login_throttle = LoginThrottle(0, 0, 0.0)
         self.liveness = AccountLiveness(store, self.remember_summary)
+        # Ends every session of an account (a password change); the container sets it.
+        self.revocations: Revocations | None = None
         # Imported here, not at the top: the rule comes from matching, which itself builds on this module.
         from services.accounts.visibility import ProfileVisibility
 
@@ -113,6 +116,11 @@ class UserService:
     async def exists(self, user_id: int) -> bool:
         """Whether the account is there and not deleted (cached a few seconds: see AccountLiveness)."""
         return await self.liveness.exists(user_id)
+
+    async def accepts(self, user_id: int, generation: int) -> bool:
+        """Whether the account is there, not deleted, and its tokens of `generation` are not revoked
+        (cached like `exists`, from the same read)."""
+        return await self.liveness.accepts(user_id, generation)
 
     async def register(
         self,
@@ -188,13 +196,46 @@ class UserService:
         deleted: then the token is refused like an invalid one and nothing is issued.
 
         The account is read afresh rather than taken from the liveness cache: refreshing is rare, and a
-        cached "alive" would mint tokens for an account deleted up to ACCOUNT_CACHE_TTL_S ago."""
+        cached "alive" would mint tokens for an account deleted up to ACCOUNT_CACHE_TTL_S ago. A token
+        from before the account's tokens were revoked (services/accounts/revocation.py) is refused the
+        same way, before its family is looked at: presenting it is no reuse."""
         claims = self._tokens.decode(refresh_token, "refresh")
         user_id = int(claims["user_id"])
         self.liveness.forget(user_id)
-        if not await self.liveness.exists(user_id):
+        if not await self.liveness.accepts(user_id, generation_of(claims)):
             raise TokenError("Token invalid")
         return await self._tokens.rotate_claims(claims)
+
+    async def change_password(
+        self, user_id: int, current_password: str | None, new_password: str, *, client_ip: str | None = None
+    ) -> TokenPair:
+        """Replace the password of a signed-in user who proves they know it, end every session of the
+        account, and answer a fresh token pair for the caller. `current_password` None is one no account
+        can have (too long).
+
+        The proof is throttled as a sign-in is (the username's and the address's failures, shared with
+        `login`), so a stolen access token is no faster a way to guess the password. The new hash and the
+        revocation are one write: every token issued before, the caller's included, is refused from then
+        on and every socket of the account closes with 4002, on every node (Revocations.revoke_user)."""
+        if self.revocations is None:
+            raise RuntimeError("UserService.revocations is not set")
+        doc = await self._store.users.find_one(
+            {"_id": user_id, "deleted": {"$ne": True}}, {"username": 1, "password_hash": 1}
+        )
+        if doc is None:
+            raise TokenError("Token invalid")
+        username = str(doc["username"])
+        wait_s, booking = await self.login_throttle.attempt(username, client_ip)
+        if wait_s > 0:
+            raise _too_many_attempts(wait_s)
+        if current_password is None or not await self._hasher.verify(doc.get("password_hash"), current_password):
+            raise Invalid(
+                "The current password is wrong", code="wrong_password", fields={"current_password": "is wrong"}
+            )
+        await self.login_throttle.succeeded(username, client_ip, booking)
+        password_hash = await self._hasher.hash(new_password)
+        await self.revocations.revoke_user(user_id, "password changed", changes={"password_hash": password_hash})
+        return await self._tokens.issue(user_id)
 
     # -- profiles -------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pymongo.errors
 
 from services.accounts.auth import PasswordHasher, TokenService
+from services.accounts.revocation import Revocations
 from services.accounts.throttle import LoginThrottle
 from services.accounts.users import UserService
 from services.chat.presence import PresenceAnnouncer, PresenceService
@@ -27,6 +28,7 @@ from services.push.delivery import load_vapid_keys
 from services.push.service import PushService
 from services.realtime.backends import build_backends
 from services.realtime.bus import Bus
+from services.realtime.close_codes import CLOSE_BAD_TOKEN
 from services.realtime.counters import RateCounters
 from services.realtime.events import Publisher
 from services.realtime.hub import Connections, Peer
@@ -80,6 +82,7 @@ class Services:
     push: PushService
     rates: RateCounters
     moderation: ModerationService
+    revocations: Revocations
     shutting_down: bool = False
     catch_ups: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -138,12 +141,30 @@ class Services:
         except STORE_DOWN_ERRORS:
             log.warning("catch-up of conversation %d failed: store unavailable", conversation_id)
 
+    def recheck_tokens(self) -> None:
+        """After the bus lost events (Redis away), a revocation published meanwhile may have missed this
+        node: forget every account it cached, and check each local socket's token against the store again."""
+        self.users.liveness.forget()
+        task = asyncio.get_running_loop().create_task(self._recheck_tokens())
+        self.catch_ups.add(task)
+        task.add_done_callback(self.catch_ups.discard)
+
+    async def _recheck_tokens(self) -> None:
+        try:
+            for user_id, peers in list(self.connections.by_user.items()):
+                for peer in list(peers):
+                    # One read per user: the answer is cached for that user's other sockets.
+                    if not peer.closing and not await self.users.accepts(user_id, peer.token_generation):
+                        peer.shut(CLOSE_BAD_TOKEN, "token revoked")
+        except STORE_DOWN_ERRORS:
+            log.warning("token recheck after a bus reconnect failed: store unavailable")
+
     async def start(self) -> None:
         await self.bus.start()
         await self.presence.start()
         self.chat.start()
         self.typing.start()
-        self.connections.start_heartbeat(self.settings.ping_interval_s)
+        await self.connections.start(self.settings.ping_interval_s)
         self.metrics.start()
         self.push.start()
         # Upload limits, quotas and the sweep of unsent attachments (services/media/store.py).
@@ -193,6 +214,12 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         prefix=settings.redis_prefix,
     )
     events = Publisher(bus)
+    revocations = Revocations(store, events, users.liveness)
+    users.revocations = revocations
+    # A token below its account's generation is refused by whatever this node knows of the account, and a
+    # reused refresh token closes the account's sockets.
+    tokens.is_revoked = users.liveness.refuses
+    tokens.on_family_revoked = revocations.end_sockets
     chat = ChatService(
         store,
         users,
@@ -212,6 +239,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     )
     connections.on_conversation_closed.append(chat.forget_conversation)
     connections.on_message_seen.append(chat.observe_seq)
+    connections.on_user_revoked.append(users.liveness.forget)
     metrics = Metrics()
     connections.metrics = metrics
     chat.on_message_stored.append(lambda _conversation, _sender: metrics.messages_stored.inc())
@@ -222,7 +250,9 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     push = PushService(store, settings, backends.presence, load_vapid_keys(settings, public_base(settings)), metrics)
     events.on_notify.append(push.on_notify)
     matching = MatchingService(store, users, events, settings, seal_conversation=chat.seal)
-    moderation = ModerationService(store, users, matching, chat, media, events, backends.rates, settings)
+    moderation = ModerationService(
+        store, users, matching, chat, media, events, backends.rates, settings, revoke_user=revocations.revoke_user
+    )
     services = Services(
         settings=settings,
         store=store,
@@ -242,9 +272,11 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         push=push,
         rates=backends.rates,
         moderation=moderation,
+        revocations=revocations,
     )
     connections.gap_filler = services.fill_gaps
     backends.on_reconnect.append(services.catch_up_all)
+    backends.on_reconnect.append(services.recheck_tokens)
     backends.on_error.append(lambda: metrics.backend_errors.labels(backend="redis").inc())
     await services.start()
     return services
