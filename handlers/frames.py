@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from handlers.sockets import BaseSocket, ConversationSocket
 
 MAX_CLIENT_ID_CHARS = 64
+MAX_TOKEN_CHARS = 4096
 MAX_ID = 2**53
 FrameId = Annotated[StrictInt, Field(gt=0, le=MAX_ID)]
 
@@ -64,6 +65,14 @@ class PingFrame(ClientFrame):
     """An application-level keepalive, answered with `{"type": "pong"}`."""
 
     type: Literal["ping"]
+
+
+class AuthFrame(ClientFrame):
+    """A new access token of the same user, sent before the socket's token expires (or within
+    SOCKET_TOKEN_GRACE after): the socket stays open until the new token expires."""
+
+    type: Literal["auth"]
+    token: Annotated[StrictStr, Field(max_length=MAX_TOKEN_CHARS)]
 
 
 @REGISTRY.frame(MessageFrame, "conversation")
@@ -121,3 +130,13 @@ async def unsend(socket: ConversationSocket, frame: UnsendFrame) -> None:
 def ping(socket: BaseSocket, frame: PingFrame) -> None:
     """Answer `pong` (to clients that cannot see WebSocket control frames)."""
     socket.push_json({"type": "pong"})
+
+
+@REGISTRY.frame(AuthFrame, "conversation", "notifications")
+def auth(socket: BaseSocket, frame: AuthFrame) -> Awaitable[None]:
+    """Renew the socket's access token; no answer.
+
+    The token must be a valid access token of the socket's user: another user's token, a refresh token,
+    or an invalid, expired or revoked one closes the socket with 4002. Without a renewal, the socket is
+    closed with 4004 SOCKET_TOKEN_GRACE seconds after its token expired."""
+    return socket.renew(frame.token)

@@ -6,6 +6,11 @@ participant (or no such conversation, never saying which), 1008 for a refused Or
 After that, every frame goes through `handlers.protocol` and one method per frame type; no exception
 escapes `on_message` (Tornado would drop the connection without a close frame): unexpected ones close
 the socket with 1011.
+
+A socket lives by its access token. It remembers the token's generation (a revocation of the account closes
+it with 4002: services/accounts/revocation.py) and its expiry: SOCKET_TOKEN_GRACE seconds after `exp` the
+node's sweep closes it with 4004 (services/realtime/hub.py), and a frame arriving after that is not
+handled, unless an `auth` frame renewed the token (`renew`): same user, a valid access token.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from handlers import (
 from handlers.base import set_common_headers
 from handlers.errors import BadFrame, report
 from handlers.protocol import REGISTRY, ClientFrame
-from services.accounts.auth import TokenError
+from services.accounts.auth import AccessGrant, TokenError
 from services.core import errors
 from services.core.limits import TokenBucket
 from services.realtime.close_codes import (
@@ -39,6 +44,7 @@ from services.realtime.close_codes import (
     CLOSE_NO_TOKEN,
     CLOSE_POLICY,
     CLOSE_SERVER_ERROR,
+    CLOSE_TOKEN_EXPIRED,
 )
 from services.realtime.hub import LimitExceeded, Peer
 
@@ -111,7 +117,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         return host in LOCAL_HOSTS and self.services.settings.environment == "development"
 
     def authenticate(self) -> int | None:
-        """The user id, or None after closing with the seed's code."""
+        """The user id, or None after closing with the seed's code. The socket holds the token's grant."""
         if not self.origin_allowed():
             self.shut(CLOSE_POLICY, "origin not allowed")
             return None
@@ -120,15 +126,28 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             self.shut(CLOSE_NO_TOKEN, "authentication required")
             return None
         try:
-            return self.services.tokens.user_id_from_access(token)
+            grant = self.services.tokens.verify_access(token)
         except TokenError:
             self.shut(CLOSE_BAD_TOKEN, "invalid token")
             return None
+        self.user_id = grant.user_id
+        self.hold(grant)
+        return grant.user_id
+
+    def hold(self, grant: AccessGrant) -> None:
+        """Live by this token from now on: its generation, and its expiry plus SOCKET_TOKEN_GRACE."""
+        self.token_generation = grant.generation
+        deadline = grant.expires_at + self.services.settings.socket_token_grace_s
+        if self.token_deadline is None:
+            self.token_deadline = deadline
+        else:
+            self.services.connections.extend_deadline(self, deadline)
 
     async def authenticate_account(self) -> int | None:
-        """authenticate(), and a valid token of a deleted account is refused like an invalid one."""
+        """authenticate(), and a valid token of a deleted account, or one its account's revocation refuses,
+        is refused like an invalid one."""
         user_id = self.authenticate()
-        if user_id is not None and not await self.services.users.exists(user_id):
+        if user_id is not None and not await self.services.users.accepts(user_id, self.token_generation):
             self.shut(CLOSE_BAD_TOKEN, "invalid token")
             return None
         return user_id
@@ -151,7 +170,33 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         metrics.open_sockets.labels(endpoint=self.endpoint).inc()
         metrics.connections.labels(endpoint=self.endpoint).inc()
         await self.services.presence.connected(self.user_id, open_conversations)
+        # A revocation that reached this node while the socket was opening found it unregistered; it also
+        # dropped the cached account, so this reads the account again (and costs nothing otherwise).
+        if not await self.services.users.accepts(self.user_id, self.token_generation):
+            self.shut(CLOSE_BAD_TOKEN, "token revoked")
+            return False
         return True
+
+    async def renew(self, token: str) -> None:
+        """The `auth` frame: live by a new access token of the same user from now on. Anything else (another
+        user's token, a refresh token, an invalid, expired or revoked one) closes the socket with 4002."""
+        try:
+            grant = self.services.tokens.verify_access(token)
+        except TokenError:
+            self.shut(CLOSE_BAD_TOKEN, "invalid token")
+            return
+        if grant.user_id != self.user_id:
+            self.shut(CLOSE_BAD_TOKEN, "token of another user")
+            return
+        if not await self.services.users.accepts(grant.user_id, grant.generation):
+            self.shut(CLOSE_BAD_TOKEN, "invalid token")
+            return
+        if not self.closing:
+            self.hold(grant)
+
+    def token_expired(self) -> bool:
+        """Whether the socket's deadline passed (the sweep closes it within a second; no frame waits for that)."""
+        return self.token_deadline is not None and time.time() > self.token_deadline
 
     # -- Peer transport ----------------------------------------------------------------------------
 
@@ -218,6 +263,9 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         No exception escapes: Tornado would drop the connection without a close frame."""
         self.last_activity = time.monotonic()
         if self.closing or not self.registered:
+            return None
+        if self.token_expired():
+            self.shut(CLOSE_TOKEN_EXPIRED, "access token expired")
             return None
         try:
             spec, frame = REGISTRY.parse(message, self.endpoint)
@@ -319,7 +367,6 @@ class ConversationSocket(BaseSocket):
         user_id = self.authenticate()
         if user_id is None:
             return
-        self.user_id = user_id
         self.conversation_id = conversation_id
         after_text = self.get_query_argument("after", None)
         after: int | None = None
@@ -334,7 +381,7 @@ class ConversationSocket(BaseSocket):
         # The account and the membership are read at once; the refusals keep their order (a deleted
         # account, then a bad `after`, then a stranger or a closed conversation).
         alive, membership = await asyncio.gather(
-            self.services.users.exists(user_id),
+            self.services.users.accepts(user_id, self.token_generation),
             self._membership(conversation_id, user_id) if not bad_after else asyncio.sleep(0, None),
         )
         if not alive:
@@ -413,10 +460,8 @@ class NotificationSocket(BaseSocket):
 
     async def open(self) -> None:
         try:
-            user_id = await self.authenticate_account()
-            if user_id is None:
+            if await self.authenticate_account() is None:
                 return
-            self.user_id = user_id
             await self.register()
         except Exception as exc:
             self.refuse(exc)

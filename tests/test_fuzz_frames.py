@@ -7,6 +7,7 @@ says what must happen:
 
 - larger than MAX_FRAME_BYTES: close 1009;
 - binary, not JSON, not an object, unknown `type`, a field of the wrong type: close 4003;
+- `auth` with a string that is not the user's access token (no fuzzed string is one): close 4002;
 - invalid UTF-8 in a text frame: the connection is failed (RFC 6455 8.1; no close code reaches us);
 - otherwise the socket stays open, and the only answers are the frame's own (a pong, the message echo,
   a read receipt) or an `error` frame with one of the documented codes.
@@ -45,7 +46,11 @@ FIELDS = {
     "typing": {"is_typing": "bool"},
     "read_receipt": {"message_id": "id"},
     "ping": {},
+    "auth": {"token": "str"},
 }
+# Accepted on the notifications socket.
+NOTIFICATION_FIELDS = {"ping": {}, "auth": {"token": "str"}}
+MAX_TOKEN = 4096
 MAX_ID = 2**53
 ORJSON_DEPTH = 1024  # deeper documents are refused as invalid JSON
 
@@ -142,7 +147,7 @@ def _field_ok(kind: str, present: bool, value: Any) -> bool:
 
 
 def expected(payload: str | bytes, binary: bool, accepted: dict[str, dict[str, str]]) -> str:
-    """'1009', '4003', 'drop' or 'open', from the contract."""
+    """'1009', '4003', '4002', 'drop' or 'open', from the contract."""
     size = len(payload if isinstance(payload, bytes) else payload.encode("utf-8", "surrogatepass"))
     if size > MAX_FRAME:
         return "1009"
@@ -165,6 +170,8 @@ def expected(payload: str | bytes, binary: bool, accepted: dict[str, dict[str, s
             return "4003"
     if frame["type"] == "message" and isinstance(frame.get("client_id"), str) and len(frame["client_id"]) > 64:
         return "4003"
+    if frame["type"] == "auth":
+        return "4003" if len(frame["token"]) > MAX_TOKEN else "4002"
     return "open"
 
 
@@ -197,7 +204,7 @@ async def exchange(node: FuzzNode, path: str, payload: str | bytes, binary: bool
 
 
 def check(node: FuzzNode, chat: dict[str, Any], payload: str | bytes, *, binary: bool = False, notif: bool = False):
-    accepted = {"ping": {}} if notif else FIELDS
+    accepted = NOTIFICATION_FIELDS if notif else FIELDS
     path = (
         f"/ws/notifications/?token={chat['a'].access}"
         if notif
@@ -208,7 +215,7 @@ def check(node: FuzzNode, chat: dict[str, Any], payload: str | bytes, *, binary:
         event(f"expected {want}")  # shown by --hypothesis-show-statistics: every outcome is exercised
     got = node.run(exchange(node, path, payload, binary, greeting=not notif))
     shown = payload[:200] if isinstance(payload, str | bytes) else payload
-    if want in ("1009", "4003"):
+    if want in ("1009", "4003", "4002"):
         assert got == ("closed", int(want)), (shown, got)
     elif want == "drop":
         assert got[0] == "closed" and got[1] in (None, 1002, 1006, 1007), (shown, got)
@@ -236,8 +243,11 @@ field_values = {
     "attachment_id": st.integers(min_value=-3, max_value=10) | huge_ints | st.none() | json_values,
     "is_typing": st.booleans() | json_values,
     "message_id": st.integers(min_value=-3, max_value=10) | huge_ints | json_values,
+    "token": st.text(max_size=80) | json_values,
 }
-frame_types = st.sampled_from(["message", "typing", "read_receipt", "ping", "notification", "status", "Message", ""])
+frame_types = st.sampled_from(
+    ["message", "typing", "read_receipt", "ping", "auth", "notification", "status", "Message", ""]
+)
 
 
 valid_values = {
@@ -246,6 +256,7 @@ valid_values = {
     "attachment_id": st.none() | st.integers(min_value=1, max_value=10) | st.just(MAX_ID),
     "is_typing": st.booleans(),
     "message_id": st.integers(min_value=1, max_value=10) | st.just(MAX_ID),
+    "token": st.text(max_size=80),
 }
 
 
@@ -286,7 +297,7 @@ def test_conversation_socket_judges_every_object_frame_by_the_contract(node, cha
 
 @FUZZ
 @given(frame=frames())
-def test_notification_socket_accepts_only_ping(node, chat, frame):
+def test_notification_socket_accepts_only_ping_and_auth(node, chat, frame):
     check(node, chat, dumps(frame), notif=True)
 
 

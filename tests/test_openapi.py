@@ -197,7 +197,7 @@ def test_websockets_are_described(document):
         for frame in socket["clientFrames"] + socket["serverFrames"]:
             assert frame["schema"]["$ref"].rsplit("/", 1)[1] in document["components"]["schemas"], frame
     conversation = sockets["/ws/conversations/{conversation_id}/"]
-    client_frames = {"message", "typing", "read_receipt", "ping", "edit", "unsend"}
+    client_frames = {"message", "typing", "read_receipt", "ping", "edit", "unsend", "auth"}
     assert {f["type"] for f in conversation["clientFrames"]} == client_frames
     assert {f["type"] for f in conversation["serverFrames"]} == {
         "message",
