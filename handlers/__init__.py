@@ -18,6 +18,7 @@ from handlers import (
     moderation,
     notifications,
     openapi,
+    password,
     photos,
     sockets,
     static,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 ROUTE_MODULES = [
     auth,
     users,
+    password,
     photos,
     matching,
     conversations,

@@ -126,6 +126,7 @@ def every_endpoint(w: World) -> list[tuple[str, str, dict[str, Any]]]:
     return [
         ("GET", "/api/users/me/", {}),
         ("PATCH", "/api/users/me/", {"json": {"bio": "pwned"}}),
+        ("POST", "/api/users/me/password/", {"json": {"current_password": PASSWORD, "new_password": "pwned pwned"}}),
         ("PUT", "/api/users/me/picture/", {"body": PNG}),
         ("GET", "/api/users/me/photos/", {}),
         ("POST", "/api/users/me/photos/", {"body": PNG}),
@@ -198,6 +199,8 @@ async def test_bad_credentials_are_401_everywhere_and_4000_or_4002_on_the_socket
     assert [b["user"]["id"] for b in (await api.get("/api/blocks/", token=w.alice.access)).body] == [w.blocked.id]
     assert (await api.get(f"/api/conversations/{w.cid}/mute/", token=w.alice.access)).body["muted"] is False
     assert (await api.get("/api/users/me/notifications/", token=w.alice.access)).body["messages"] is True
+    # Alice's password is still hers.
+    assert (await api.post("/api/token/", {"username": w.alice.username, "password": PASSWORD})).status == 200
     # The deleted account cannot sign in for a new token either.
     signin = {"username": w.deleted.username, "password": PASSWORD}
     assert (await api.post("/api/token/", signin)).status == 401
