@@ -438,3 +438,22 @@ async def test_reports_answer_who_has_seen_the_user_and_moderator_endpoints_mode
     assert not (await services.store.users.find_one({"_id": w.alice.id})).get("banned")
     assert await history_ids(api, w.cid, w.alice) == [1]
     assert await services.store.audit_log.count_documents({}) == 0
+
+
+async def test_a_banned_user_is_refused_everywhere(api, services):
+    w = await build_world(api, services)
+    moderator = await api.user("moderator")
+    await services.store.users.update_one({"_id": moderator.id}, {"$set": {"role": "moderator"}})
+    signed_in = await api.post("/api/token/", {"username": moderator.username, "password": PASSWORD})
+    banned = await api.post(
+        f"/api/moderation/users/{w.bob.id}/ban/", {"reason": "matrix"}, token=signed_in.body["access"]
+    )
+    assert banned.status == 200, banned.body
+    for method, path, kw in every_endpoint(w):
+        r = await api.request(method, path, token=w.bob.access, **kw)
+        assert_envelope(r, 401, ("banned", method, path))
+    for path in (conv_path(w.cid, w.bob), f"/ws/notifications/?token={w.bob.access}"):
+        ws = await ws_connect(api, path)
+        assert (await ws.closed())[0] == 4002, path
+    signin = await api.post("/api/token/", {"username": w.bob.username, "password": PASSWORD})
+    assert_envelope(signin, 401, "banned sign-in")

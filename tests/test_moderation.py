@@ -455,6 +455,74 @@ async def test_a_moderator_removes_a_message_of_an_open_conversation_for_everyon
 # -- bans ------------------------------------------------------------------------------------------------
 
 
+async def test_a_ban_closes_everything_and_hides_the_user_until_unbanned(api, services, document):
+    bob = await api.user("bob")
+    carol, dave, erin = await api.user("carol"), await api.user("dave"), await api.user("erin")
+    moderator = await make_moderator(api, services)
+    cid = (await matched(api, carol, bob))["conversation_id"]
+    await send(api, cid, bob, "hi carol")
+    assert (await api.post("/api/likes/", {"user_id": dave.id}, token=bob.access)).status == 201
+    discovered = await api.get("/api/discover/?limit=50", token=erin.access)
+    assert bob.id in [u["id"] for u in discovered.body["results"]]
+    bob_sockets = [await notifications(api, bob), await join(api, cid, bob)]
+    carol_socket = await join(api, cid, carol)
+
+    for body in ({}, {"reason": ""}, {"reason": 5}, {"reason": "x" * 501}):
+        assert_error(await api.post(f"/api/moderation/users/{bob.id}/ban/", body, token=moderator.access), 400)
+    assert_error(
+        await api.post(f"/api/moderation/users/{moderator.id}/ban/", {"reason": "x"}, token=moderator.access),
+        400,
+        "self_target",
+    )
+    assert_error(await api.post("/api/moderation/users/999999999/ban/", {"reason": "x"}, token=moderator.access), 404)
+
+    banned = await api.post(f"/api/moderation/users/{bob.id}/ban/", {"reason": "scam ring"}, token=moderator.access)
+    assert banned.status == 200, banned.body
+    conforms(document, "post", "/api/moderation/users/{user_id}/ban/", banned)
+    assert banned.body["banned"] is True and banned.body["ban"]["reason"] == "scam ring"
+    assert banned.body["ban"]["banned_by"] == moderator.id
+
+    # Bob's sockets close 4002 and his tokens are refused; carol's side of the conversation closes 4001.
+    for ws in bob_sockets:
+        assert (await ws.closed())[0] == 4002
+    assert (await carol_socket.closed())[0] == 4001
+    assert_error(await api.get("/api/users/me/", token=bob.access), 401)
+    signed_in = await sign_in(api, bob)
+    assert_error(signed_in, 401, "account_banned")
+    assert_error(await api.post("/api/token/refresh/", {"refresh": bob.refresh}), 401)
+    wrong = await api.post("/api/token/", {"username": bob.username, "password": "not the password"})
+    assert_error(wrong, 401, "invalid_credentials")  # the ban is told only to whoever knows the password
+
+    # Gone from carol's matches, dave's likes received, erin's discover; no new like reaches him.
+    assert (await api.get("/api/matches/", token=carol.access)).body == []
+    assert (await api.get(f"/api/conversations/{cid}/", token=carol.access)).body["status"] == "closed"
+    assert (await api.get("/api/likes/received/", token=dave.access)).body["results"] == []
+    discovered = await api.get("/api/discover/?limit=50", token=erin.access)
+    assert bob.id not in [u["id"] for u in discovered.body["results"]]
+    assert_error(await api.post("/api/likes/", {"user_id": bob.id}, token=dave.access), 404, "user_not_found")
+
+    # Repeated: the same answer. Then lifted: he signs in again, the conversation stays closed.
+    again = await api.post(f"/api/moderation/users/{bob.id}/ban/", {"reason": "again"}, token=moderator.access)
+    assert again.status == 200 and again.body["ban"]["reason"] == "scam ring"
+    lifted = await api.post(f"/api/moderation/users/{bob.id}/unban/", {"reason": "appeal"}, token=moderator.access)
+    assert lifted.status == 200 and lifted.body == {"user_id": bob.id, "banned": False, "ban": None}
+    conforms(document, "post", "/api/moderation/users/{user_id}/unban/", lifted)
+    tokens = await sign_in(api, bob)
+    assert tokens.status == 200, tokens.body
+    assert (await api.get("/api/users/me/", token=tokens.body["access"])).status == 200
+    assert_error(await api.get("/api/users/me/", token=bob.access), 401)  # tokens from before stay revoked
+    assert (await api.get(f"/api/conversations/{cid}/", token=carol.access)).body["status"] == "closed"
+    assert (await api.get("/api/matches/", token=carol.access)).body == []
+    assert [r["user"]["id"] for r in (await api.get("/api/likes/received/", token=dave.access)).body["results"]] == [
+        bob.id
+    ]
+
+    actions = [
+        e["action"] for e in (await api.get(f"{AUDIT}?user_id={bob.id}", token=moderator.access)).body["results"]
+    ]
+    assert actions == ["user_unbanned", "user_banned", "user_banned"]
+
+
 async def test_resolving_with_a_ban_bans_the_reported_user(api, services):
     alice, bob = await api.user("alice"), await api.user("bob")
     report_id = (await report(api, alice, bob.id, "underage")).body["id"]
