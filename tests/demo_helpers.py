@@ -77,6 +77,9 @@ class DemoServer:
         self.data_dir = data_dir
         self.database = "demo_" + uuid.uuid4().hex[:12]
         self.base = f"http://127.0.0.1:{self.port}"
+        # Who each token handed out by `token()` belongs to: the server's access tokens live 12 s, shorter
+        # than a browser test, so a REST check made late in a test signs in again instead of failing.
+        self.token_owners: dict[str, str] = {}
         self.env = {
             **os.environ,
             "MONGODB_URL": mongo_url,
@@ -161,13 +164,17 @@ class DemoServer:
         return answer.status, json.loads(text) if text else None
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-        """A REST call that must succeed; its JSON answer."""
+        """A REST call that must succeed; its JSON answer. A token of `token()` that expired is renewed."""
         status, data = self.request(method, path, body, token)
+        if status == 401 and token in self.token_owners and data["error"]["code"] == "token_expired":
+            status, data = self.request(method, path, body, self.token(self.token_owners[token]))
         assert status < 300, (method, path, status, data)
         return data
 
     def token(self, username: str) -> str:
-        return str(self.call("POST", "/api/token/", {"username": username, "password": PASSWORD})["access"])
+        access = str(self.call("POST", "/api/token/", {"username": username, "password": PASSWORD})["access"])
+        self.token_owners[access] = username
+        return access
 
     def register(self, username: str, **profile: Any) -> str:
         """An account made over REST (the page is not what is tested); its access token."""
