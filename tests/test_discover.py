@@ -15,6 +15,7 @@ from services.accounts.users import point_of
 from services.matching import service as matching
 from services.matching.location import (
     BUCKET_BOUNDS_KM,
+    EARTH_RADIUS_M,
     LocationPrivacy,
     bucket_km,
     bucket_of,
@@ -233,6 +234,23 @@ async def test_paging_nearest_first_with_ties(api, services, monkeypatch):
     expected = [uid for bucket, uid in sorted(keyed, key=lambda k: (k[0], -k[1])) if bucket <= radius_bucket(100)]
     assert got == expected + [u.id for u in reversed(unplaced)]
     assert {spot.id, *(u.id for u in same_spot)} <= set(got)
+
+
+@pytest.mark.parametrize("latitude", [0.0, 48.8566, 69.65])
+async def test_someone_due_east_at_the_edge_of_the_radius_is_found(api, services, latitude):
+    # The embedded store's 2d index pre-selects `$nearSphere` candidates with a flat disc of degrees, in
+    # which a kilometre east is 1/cos(latitude) times a kilometre north: without compensation, someone
+    # 2.9 km due east of a viewer in Paris fell outside a 3 km band's disc and was never listed.
+    viewer = await seed_user(services, location={"lat": latitude, "lon": 10.0})
+    here = await stored_point(services, viewer.id)
+    east, north = [await seed_user(services, location_secret={"east_m": 0.0, "north_m": 0.0}) for _ in range(2)]
+    degrees_east = math.degrees(2_900.0 / (EARTH_RADIUS_M * math.cos(math.radians(here[1]))))
+    await services.store.users.update_one({"_id": east.id}, {"$set": {"location": [here[0] + degrees_east, here[1]]}})
+    # Beyond the radius: the wider disc the store is asked for must not let them in.
+    degrees_north = math.degrees(3_100.0 / EARTH_RADIUS_M)
+    await services.store.users.update_one({"_id": north.id}, {"$set": {"location": [here[0], here[1] + degrees_north]}})
+    found = {p["id"]: p["distance_km"] for p in await all_pages(api, viewer, 1, "&max_distance_km=3")}
+    assert found == {east.id: 3}
 
 
 async def test_windows_bound_the_work_and_the_cursor_goes_on(api, services):

@@ -158,9 +158,25 @@ def window_pipeline(ids: list[int], prefs: Doc) -> list[Doc]:
     return [{"$match": {"_id": {"$in": ids}}}, {"$match": prefs}, {"$project": CANDIDATE_FIELDS}]
 
 
-def nearest_filter(prefs: Doc, point: list[float], low_m: float, high_m: float, ids: Doc | None = None) -> Doc:
+def planar_reach_m(point: list[float], high_m: float) -> float:
+    """The `$maxDistance` that makes a server whose 2d index pre-selects `$nearSphere` candidates with a
+    flat disc of `$maxDistance` degrees (the embedded store does) still find everyone within `high_m`.
+
+    Such a disc misses people east or west of the viewer: a degree of longitude is cos(latitude) of a
+    degree of latitude, so someone `high_m` due east is 1/cos(latitude) of the disc's radius away in
+    degrees. A disc that much wider holds everyone within `high_m` (at the band's highest latitude); the
+    server then also returns people beyond `high_m`, which `_in_band` leaves to their own band."""
+    reach_deg = math.degrees(high_m / EARTH_RADIUS_M)
+    highest = math.radians(min(89.0, abs(point[1]) + reach_deg))
+    return high_m / math.cos(highest)
+
+
+def nearest_filter(
+    prefs: Doc, point: list[float], low_m: float, high_m: float, ids: Doc | None = None, *, planar: bool = False
+) -> Doc:
     # `$nearSphere` on the 2d index measures great-circle distances in radians (see users.point_of).
-    near = {"$nearSphere": point, "$minDistance": low_m / EARTH_RADIUS_M, "$maxDistance": high_m / EARTH_RADIUS_M}
+    reach_m = planar_reach_m(point, high_m) if planar else high_m
+    near = {"$nearSphere": point, "$minDistance": low_m / EARTH_RADIUS_M, "$maxDistance": reach_m / EARTH_RADIUS_M}
     flt = {**prefs, "location": near}
     if ids is not None:
         flt["_id"] = ids
@@ -243,6 +259,7 @@ class MatchingService:
         self._users = users
         self._events = events
         self._settings = settings
+        self._planar_prefilter: bool | None = None
         # Stores the closing tombstone after which no message can be stored (ChatService.seal).
         self._seal_conversation = seal_conversation
 
@@ -356,9 +373,8 @@ class MatchingService:
                 ids = {"$lt": before, "$gte": max(0, before - run)} if run else {"$lt": before}
             low_m, high_m = max(0.0, bucket_floor_m(bucket) - EDGE_M), bucket_ceiling_m(last) + EDGE_M
             queries += 1
-            docs = await self._store.users.find(
-                nearest_filter(prefs, point, low_m, high_m, ids), CANDIDATE_FIELDS, limit=GEO_CAP + 1
-            ).to_list(None)
+            near = nearest_filter(prefs, point, low_m, high_m, ids, planar=await self._planar_geo_prefilter())
+            docs = await self._store.users.find(near, CANDIDATE_FIELDS, limit=GEO_CAP + 1).to_list(None)
             if len(docs) > GEO_CAP:
                 per_band, run = narrower(point, docs, bucket, last, before, run)
                 continue
@@ -379,6 +395,14 @@ class MatchingService:
                 bucket, before, run = last + 1, top, 0
                 per_band = min(per_band * 2, len(BUCKET_BOUNDS_KM))
         return {"m": "b", "k": bucket, "b": before, "n": per_band, "w": run}
+
+    async def _planar_geo_prefilter(self) -> bool:
+        """Whether the store is the embedded one, whose 2d index pre-selects `$nearSphere` candidates
+        with a flat disc (see `planar_reach_m`); MongoDB's is spherical. Asked once, from `buildInfo`."""
+        if self._planar_prefilter is None:
+            info = await self._store.db.command("buildInfo")
+            self._planar_prefilter = "secantusVersion" in info
+        return self._planar_prefilter
 
     async def _in_band(
         self, viewer_id: int, point: list[float], docs: list[Doc], first: int, last: int, before: int
