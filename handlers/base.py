@@ -107,16 +107,17 @@ class BaseHandler(tornado.web.RequestHandler):
         return token.strip()
 
     async def prepare(self) -> None:
-        # A valid token of a deleted account is refused here, before any handler runs; require_user()
-        # (synchronous, in every handler) then only has to check the token itself.
+        # A valid token of a deleted account, or one issued before its sessions were revoked, is refused
+        # here, before any handler runs; require_user() (synchronous, in every handler) then only has to
+        # check the token itself.
         token = self.bearer_token()
         if token is None:
             return
         try:
-            user_id = self.services.tokens.user_id_from_access(token)
+            grant = self.services.tokens.verify_access(token)
         except TokenError:
             return  # require_user() reports it, on the endpoints that need a user
-        if not await self.services.users.exists(user_id):
+        if not await self.services.users.accepts(grant.user_id, grant.generation):
             raise TokenError("Token invalid")
 
     def require_user(self) -> int:
