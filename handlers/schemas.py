@@ -69,10 +69,6 @@ class TokenBody(Strict):
     password: Annotated[StrictStr, Field(min_length=1, max_length=4096)]
 
 
-class RefreshBody(Strict):
-    refresh: Annotated[StrictStr, Field(min_length=1, max_length=4096)]
-
-
 class ProfilePatch(ProfileFields):
     pass
 

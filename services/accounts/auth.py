@@ -235,6 +235,20 @@ class TokenService:
             raise TokenError("Token invalid")
         return await self.issue(int(record["user_id"]), family=record["family"])
 
+    async def end_session(self, refresh_token: str) -> None:
+        """Sign out: refuse from now on every refresh token of the family `refresh_token` belongs to (one
+        sign-in and its rotations). A token that is unusable already (expired, forged, revoked) ends
+        nothing more. Unlike a reuse, this closes no socket: the caller is the session's holder, and the
+        access tokens already out expire within ACCESS_TOKEN_TTL."""
+        try:
+            claims = self.decode(refresh_token, "refresh")
+        except TokenError:
+            return
+        record = await self._store.refresh_tokens.find_one({"_id": claims["jti"]}, {"family": 1, "user_id": 1})
+        if record is None or record["user_id"] != claims["user_id"]:
+            return
+        await self._store.refresh_tokens.update_many({"family": record["family"]}, {"$set": {"revoked": True}})
+
 
 def generation_of(claims: dict[str, Any]) -> int:
     """The token generation a token was issued in (0 when it carries none)."""
