@@ -13,6 +13,7 @@ nodes and every frame between them has to cross the Redis bus, through the proxy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import os
 import pwd
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
 import tornado.httpclient
 import tornado.websocket
@@ -53,7 +55,7 @@ def nginx_binary() -> str:
     pytest.skip(message)
 
 
-def nginx_conf(workdir: Path, port: int, node_ports: list[int], dead_port: int) -> str:
+def nginx_conf(workdir: Path, port: int, node_ports: list[int], dead_port: int, spare_port: int) -> str:
     # A root master would run its workers as `nobody`, who cannot enter a private temporary directory.
     user = ""
     if os.geteuid() == 0:
@@ -66,6 +68,10 @@ def nginx_conf(workdir: Path, port: int, node_ports: list[int], dead_port: int) 
     # `?node=down`: a node that is not running, for what clients get when no node answers.
     singles += f"\n    upstream chat_node_down {{ server 127.0.0.1:{dead_port}; }}"
     steering += "\n        down chat_node_down;"
+    # `?node=spare`: a port that tests start a node of their own on (one they kill, or one with other
+    # settings), outside the balanced group.
+    singles += f"\n    upstream chat_node_spare {{ server 127.0.0.1:{spare_port}; }}"
+    steering += "\n        spare chat_node_spare;"
     return f"""
 daemon off;
 master_process on;
@@ -115,6 +121,15 @@ class ProxiedCluster:
     workdir: Path
     port: int
     nodes: list[ServerProcess]
+    # The nodes' environment, and the port `?node=spare` proxies to (no node runs there until a test
+    # starts one).
+    env: dict[str, str]
+    spare_port: int
+
+    def spare_node(self, **settings: str) -> ServerProcess:
+        """A node on the spare port, with the cluster's settings plus `settings`; the caller starts it."""
+        env = {**self.env, "NODE_ID": "spare", **settings}
+        return ServerProcess(self.workdir / "spare", env, port=self.spare_port)
 
     def api(self) -> ApiClient:
         return ApiClient(PortClient(self.port))
@@ -153,7 +168,8 @@ def cluster(
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (workdir / "temp" / name).mkdir(parents=True, exist_ok=True)
         conf = workdir / "nginx.conf"
-        conf.write_text(nginx_conf(workdir, port, [n.port for n in nodes], free_port()))
+        spare_port = free_port()
+        conf.write_text(nginx_conf(workdir, port, [n.port for n in nodes], free_port(), spare_port))
         with open(workdir / "nginx.out", "wb") as out:
             nginx = subprocess.Popen(
                 [binary, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")],
@@ -167,7 +183,7 @@ def cluster(
             output = (workdir / "nginx.out").read_text(errors="replace")
             errors = (workdir / "error.log").read_text(errors="replace") if (workdir / "error.log").exists() else ""
             raise RuntimeError(f"nginx did not start: {exc}\n{output}\n{errors}") from None
-        yield ProxiedCluster(workdir, port, nodes)
+        yield ProxiedCluster(workdir, port, nodes, env, spare_port)
     finally:
         # nginx first: nodes stopping under a live proxy would only add upstream errors to its log.
         if nginx is not None and nginx.poll() is None:
@@ -470,3 +486,54 @@ async def test_forwarding_headers_from_an_untrusted_peer_are_ignored(cluster: Pr
     assert response.code == 404
     [line] = await wait_for_lines(node.log_path, marker)
     assert source in line and SPOOFED_IP not in line, line
+
+
+@pytest.mark.slow
+async def test_no_token_in_any_nginx_log_when_a_node_fails(cluster: ProxiedCluster) -> None:
+    # A node holding a socket dies, and the client's next handshake finds its port closed: nginx logs
+    # both failures. The socket's token was in its URL; no nginx log may keep it.
+    api = cluster.api()
+    grace = await api.user("grace")
+    path = f"/ws/notifications/?token={grace.access}&node=spare"
+    spare = cluster.spare_node().start()
+    try:
+        socket_ = await ws_connect(api, path)
+        await socket_.send({"type": "ping"})
+        assert (await socket_.recv_type("pong"))["type"] == "pong"
+        spare.kill()
+        # Frames into the dead connection: nginx's writes to the node fail, and the client is let go.
+        for _ in range(3):
+            with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+                await socket_.send({"type": "ping"})
+        assert (await socket_.closed(timeout=10))[0] != 1000
+    finally:
+        spare.stop()
+    with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
+        await ws_connect(api, path)
+    assert refused.value.code == 503
+
+    # The failures stay visible without the URL: the access log names the node and its 502.
+    spare_address = f"upstream=127.0.0.1:{cluster.spare_port} upstream_status=502"
+    [line] = await wait_for_lines(cluster.access_log, spare_address)
+    assert '"GET /ws/notifications/ HTTP/1.1" 503 ' in line, line
+    nginx_files = [cluster.workdir / name for name in ("error.log", "access.log", "nginx.out")]
+    for logged in nginx_files:
+        text = logged.read_text(errors="replace") if logged.exists() else ""
+        assert grace.access not in text, f"{logged.name} holds the token:\n{text[-3000:]}"
+        assert "token=" not in text, f"{logged.name} holds a query string:\n{text[-3000:]}"
+
+
+@pytest.mark.slow
+async def test_one_request_id_in_nginx_and_node_logs(cluster: ProxiedCluster) -> None:
+    # nginx makes the id and replaces the client's: the node logs and echoes nginx's, and nginx's access
+    # line carries the same one, so the two lines of one request can be joined.
+    api = cluster.api()
+    marker = uuid.uuid4().hex
+    response = await api.get(f"/api/probe-{marker}/?node=1", headers={"X-Request-Id": "client-chosen"})
+    assert response.status == 404
+    request_id = response.headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id
+    [proxy_line] = await wait_for_lines(cluster.access_log, marker)
+    assert f" request_id={request_id} " in proxy_line, proxy_line
+    [node_line] = await wait_for_lines(cluster.nodes[0].log_path, marker)
+    assert orjson.loads(node_line)["request_id"] == request_id, node_line
