@@ -36,7 +36,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from services.core.config import Settings
 from services.storage.embedded import free_port, wait_for_port
 from tests.processes import RedisProcess, ServerProcess, node_env
-from tests.support import ApiClient, PortClient, ws_connect
+from tests.support import PASSWORD, ApiClient, PortClient, ws_connect
 from tests.ws_helpers import PNG
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +156,8 @@ def cluster(
         PUBLIC_URL=f"http://127.0.0.1:{port}",
         # The client address is a field of the JSON access log line.
         LOG_FORMAT="json",
+        # Low, so that a test can lock an address out of signing in with a few failures.
+        LOGIN_FAILURES_PER_IP="3",
     )
     database = env["MONGODB_DATABASE"]
     data_dir = workdir / "data"
@@ -226,6 +228,22 @@ async def wait_for_lines(path: Path, needle: str, count: int = 1, timeout_s: flo
             assert len(lines) >= count, f"{count} line(s) with {needle!r} expected in {path.name}:\n{text[-3000:]}"
             return lines[:count]
         await asyncio.sleep(0.05)
+
+
+async def post_from(source: str, url: str, body: dict[str, object]) -> tornado.httpclient.HTTPResponse:
+    """A JSON POST sent from a chosen source address."""
+    client = SimpleAsyncHTTPClient(force_instance=True)
+    try:
+        return await client.fetch(
+            url,
+            method="POST",
+            body=orjson.dumps(body),
+            headers={"Content-Type": "application/json"},
+            network_interface=source,
+            raise_error=False,
+        )
+    finally:
+        client.close()
 
 
 def count_lines(path: Path, needle: str) -> int:
@@ -537,3 +555,37 @@ async def test_one_request_id_in_nginx_and_node_logs(cluster: ProxiedCluster) ->
     assert f" request_id={request_id} " in proxy_line, proxy_line
     [node_line] = await wait_for_lines(cluster.nodes[0].log_path, marker)
     assert orjson.loads(node_line)["request_id"] == request_id, node_line
+
+
+async def lock_out(source: str, url: str, attempts: int) -> None:
+    """Failed sign-ins from `source`, each for a name that does not exist (so no account is throttled)."""
+    for _ in range(attempts):
+        failed = await post_from(source, url, {"username": f"nobody_{uuid.uuid4().hex[:12]}", "password": "wrong"})
+        assert failed.code == 401, failed.body
+
+
+@pytest.mark.slow
+async def test_sign_in_throttle_counts_each_client_behind_nginx(cluster: ProxiedCluster) -> None:
+    # With TRUSTED_PROXIES naming nginx, the nodes count failed sign-ins per client address (shared by
+    # both nodes through Redis): one address that used its budget is refused, another signs in.
+    api = cluster.api()
+    henry = await api.user("henry")
+    sign_in = {"username": henry.username, "password": PASSWORD}
+    url = f"http://127.0.0.1:{cluster.port}/api/token/"
+    attacker, neighbour = loopback_source("127.0.0.4"), loopback_source("127.0.0.5")
+    await lock_out(attacker, url, int(cluster.env["LOGIN_FAILURES_PER_IP"]))
+    refused = await post_from(attacker, url, sign_in)
+    assert refused.code == 429 and orjson.loads(refused.body)["error"]["code"] == "too_many_attempts"
+    accepted = await post_from(neighbour, url, sign_in)
+    assert accepted.code == 200, accepted.body
+
+    # The same through a node that does not trust nginx (TRUSTED_PROXIES empty, its own Redis keys):
+    # every client is nginx's 127.0.0.1 to it, so one address's failures lock everyone out.
+    untrusting = cluster.spare_node(TRUSTED_PROXIES="", REDIS_PREFIX="u" + uuid.uuid4().hex[:8] + ":").start()
+    try:
+        url = f"http://127.0.0.1:{cluster.port}/api/token/?node=spare"
+        await lock_out(attacker, url, int(cluster.env["LOGIN_FAILURES_PER_IP"]))
+        locked_out = await post_from(neighbour, url, sign_in)
+        assert locked_out.code == 429, locked_out.body
+    finally:
+        untrusting.stop()
