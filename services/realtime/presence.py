@@ -5,6 +5,14 @@ sockets per user. `PresenceStore` is the single-node store, where the local coun
 `RedisPresenceStore` shares presence between nodes through Redis, with TTL heartbeats and a sweep for
 nodes that died.
 
+In Redis a node vouches for its users under its incarnation, `<NODE_ID>/<boot id>`, fresh at every
+start: a node restarted under the same NODE_ID right after a crash (systemd restarts it within seconds)
+would otherwise renew its name's heartbeat before anyone noticed the silence, and the users of the dead
+process would never be swept. At start a node reclaims the entries every earlier incarnation of its
+NODE_ID left behind (NODE_IDs are unique per running node): those users go offline at once, unless they
+hold a socket elsewhere. An incarnation that nobody reclaims (its node renamed, or Redis away while it
+started) is swept like any silent node once its heartbeat expires.
+
 A store decides transitions (a user's first socket anywhere opened, their last one anywhere closed) and
 reports each one, with its version, to its `listener`. What a transition means to other people (a
 `status` frame in the user's open conversations, `last_seen`) is the listener's business
@@ -17,6 +25,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import secrets
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -202,6 +211,18 @@ return back
 )
 
 HEARTBEAT_CHUNK = 500
+INCARNATION_SEPARATOR = "/"
+
+
+def incarnation_of(node_id: str) -> str:
+    """A name for this run of the node: its NODE_ID and a boot id no other run shares."""
+    return f"{node_id}{INCARNATION_SEPARATOR}{secrets.token_hex(4)}"
+
+
+def node_of(incarnation: str) -> str:
+    """The NODE_ID an incarnation ran under (entries written before incarnations existed are the NODE_ID)."""
+    name, separator, _ = incarnation.rpartition(INCARNATION_SEPARATOR)
+    return name if separator else incarnation
 
 
 class RedisPresenceStore(PresenceStore):
@@ -211,6 +232,8 @@ class RedisPresenceStore(PresenceStore):
         super().__init__()
         self.redis = redis
         self.node_id = node_id
+        # What this process writes in Redis: members of `online:<user>`, its `nodes` field, its user set.
+        self.incarnation = incarnation_of(node_id)
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.heartbeat_s = heartbeat_s
@@ -221,6 +244,9 @@ class RedisPresenceStore(PresenceStore):
         # Users whose last local socket closed while Redis was away: their entry is removed (and their
         # offline announced) once Redis is back.
         self._unsynced_offline: set[int] = set()
+        # Whether the entries of this NODE_ID's earlier incarnations were reclaimed (retried by the
+        # heartbeat while Redis is away at start).
+        self._reclaimed = False
         self.sweeps = 0
 
     def _online_key(self, user_id: int) -> str:
@@ -228,7 +254,7 @@ class RedisPresenceStore(PresenceStore):
 
     @property
     def _node_users_key(self) -> str:
-        return self._node_users_key_of(self.node_id)
+        return self._node_users_key_of(self.incarnation)
 
     def _node_users_key_of(self, node_id: str) -> str:
         return f"{self.prefix}node-users:{node_id}"
@@ -240,6 +266,7 @@ class RedisPresenceStore(PresenceStore):
     async def start(self) -> None:
         if self._loop is None:
             with contextlib.suppress(*REDIS_ERRORS):
+                await self._reclaim_earlier_incarnations()
                 await self._beat()
             self._loop = asyncio.get_running_loop().create_task(self._heartbeat_loop(), name="presence-heartbeat")
 
@@ -256,7 +283,7 @@ class RedisPresenceStore(PresenceStore):
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._offline_here(user_id)
         with contextlib.suppress(*REDIS_ERRORS):
-            await self.redis.hdel(self._nodes_key, self.node_id)
+            await self.redis.hdel(self._nodes_key, self.incarnation)
             await self.redis.delete(self._node_users_key)
 
     def _now(self) -> float:
@@ -268,7 +295,7 @@ class RedisPresenceStore(PresenceStore):
         try:
             live_before, version = await self._connect(
                 keys=[self._online_key(user_id), self._node_users_key],
-                args=[now, now + self.ttl_s, self.node_id, int(self.ttl_s * 4) + 60, user_id],
+                args=[now, now + self.ttl_s, self.incarnation, int(self.ttl_s * 4) + 60, user_id],
             )
         except REDIS_ERRORS:
             log.warning("presence of user %d not shared: Redis unavailable", user_id)
@@ -282,7 +309,8 @@ class RedisPresenceStore(PresenceStore):
     async def _offline_here(self, user_id: int) -> None:
         try:
             version = await self._disconnect(
-                keys=[self._online_key(user_id), self._node_users_key], args=[self._now(), self.node_id, user_id]
+                keys=[self._online_key(user_id), self._node_users_key],
+                args=[self._now(), self.incarnation, user_id],
             )
         except REDIS_ERRORS:
             self._unsynced_offline.add(user_id)
@@ -302,6 +330,8 @@ class RedisPresenceStore(PresenceStore):
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
+                if not self._reclaimed:
+                    await self._reclaim_earlier_incarnations()
                 await self._beat()
                 await self._sweep_dead_nodes()
             except REDIS_ERRORS as exc:
@@ -312,13 +342,13 @@ class RedisPresenceStore(PresenceStore):
     async def _beat(self) -> None:
         """Refresh this node's liveness and every local user's entry, in a few round trips in all."""
         now = self._now()
-        await self.redis.hset(self._nodes_key, self.node_id, now + self.ttl_s)
+        await self.redis.hset(self._nodes_key, self.incarnation, now + self.ttl_s)
         for user_id in list(self._unsynced_offline):
             if user_id in self.local_counts:
                 self._unsynced_offline.discard(user_id)
                 continue
             version = await self._disconnect(
-                keys=[self._online_key(user_id), self._node_users_key], args=[now, self.node_id, user_id]
+                keys=[self._online_key(user_id), self._node_users_key], args=[now, self.incarnation, user_id]
             )
             self._unsynced_offline.discard(user_id)
             if int(version):
@@ -332,11 +362,33 @@ class RedisPresenceStore(PresenceStore):
             chunk = user_ids[start : start + HEARTBEAT_CHUNK]
             back = await self._heartbeat_script(
                 keys=[self._online_key(u) for u in chunk],
-                args=[*chunk, int(self.ttl_s * 4) + 60, now, now + self.ttl_s, self.node_id],
+                args=[*chunk, int(self.ttl_s * 4) + 60, now, now + self.ttl_s, self.incarnation],
             )
             back = back or []
             for user_id, version in zip(back[::2], back[1::2], strict=True):
                 await self._report(int(user_id), online=True, version=int(version))
+
+    async def _reclaim_earlier_incarnations(self) -> None:
+        """Sweep what earlier runs of this NODE_ID left in Redis, at once: whatever their heartbeat says,
+        no process of theirs is left (a NODE_ID names one running node)."""
+        now = self._now()
+        nodes = await self.redis.hgetall(self._nodes_key)
+        for raw_node, raw_until in nodes.items():
+            node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
+            if node == self.incarnation or node_of(node) != self.node_id:
+                continue
+            swept = await self._sweep_node(node, now)
+            if swept is not None:
+                log.warning(
+                    "node %s restarted: reclaimed the %d users of its previous run %s%s",
+                    self.node_id,
+                    swept,
+                    node,
+                    # A crash moments ago, or a second process running under the same NODE_ID (whose
+                    # users come back at its next heartbeat).
+                    " (its heartbeat had not expired yet)" if float(raw_until) > now else "",
+                )
+        self._reclaimed = True
 
     async def _sweep_dead_nodes(self) -> None:
         """Report offline the users of nodes whose heartbeat stopped; one surviving node sweeps each."""
@@ -344,19 +396,26 @@ class RedisPresenceStore(PresenceStore):
         nodes = await self.redis.hgetall(self._nodes_key)
         for raw_node, raw_until in nodes.items():
             node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
-            if node == self.node_id or float(raw_until) > now:
+            if node == self.incarnation or float(raw_until) > now:
                 continue
-            # Whoever takes this lock sweeps; the others skip the node.
-            if not await self.redis.set(f"{self.prefix}sweep:{node}", self.node_id, nx=True, ex=60):
-                continue
-            self.sweeps += 1
-            users_key = self._node_users_key_of(node)
-            members = await self.redis.smembers(users_key)
-            log.warning("node %s stopped heartbeating; sweeping its %d users", node, len(members))
-            for raw_user in members:
-                user_id = int(raw_user)
-                version = await self._disconnect(keys=[self._online_key(user_id), users_key], args=[now, node, user_id])
-                if int(version):
-                    await self._report(user_id, online=False, version=int(version))
-            await self.redis.delete(users_key)
-            await self.redis.hdel(self._nodes_key, node)
+            swept = await self._sweep_node(node, now)
+            if swept is not None:
+                log.warning("node %s stopped heartbeating; swept its %d users", node, swept)
+
+    async def _sweep_node(self, node: str, now: float) -> int | None:
+        """Withdraw every entry of a node (an incarnation) that is gone, reporting offline whoever has no
+        socket left anywhere; the number of its users, or None when another node holds its sweep."""
+        # Whoever takes this lock sweeps; the others skip the node.
+        if not await self.redis.set(f"{self.prefix}sweep:{node}", self.incarnation, nx=True, ex=60):
+            return None
+        self.sweeps += 1
+        users_key = self._node_users_key_of(node)
+        members = await self.redis.smembers(users_key)
+        for raw_user in members:
+            user_id = int(raw_user)
+            version = await self._disconnect(keys=[self._online_key(user_id), users_key], args=[now, node, user_id])
+            if int(version):
+                await self._report(user_id, online=False, version=int(version))
+        await self.redis.delete(users_key)
+        await self.redis.hdel(self._nodes_key, node)
+        return len(members)
