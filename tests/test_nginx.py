@@ -288,8 +288,35 @@ def test_env_sample_names_every_setting() -> None:
     assert not missing, f"deploy/chat.env.sample lacks {missing}"
 
 
+def moved_config(main: str, destination: Path, paths: dict[str, str]) -> Path:
+    """deploy/`main` and every deploy/nginx-chat-*.conf, copied side by side into `destination`/conf with
+    each machine path of `paths` replaced by its value: the very same files, only their paths moved."""
+    conf_dir = destination / "conf"
+    conf_dir.mkdir()
+    for source in [DEPLOY / main, *sorted(DEPLOY.glob("nginx-chat-*.conf"))]:
+        text = source.read_text()
+        for machine_path, moved in paths.items():
+            text = text.replace(machine_path, moved)
+        (conf_dir / source.name).write_text(text)
+    return conf_dir / main
+
+
+def nginx_test(conf: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` of a configuration; its warnings, less the one about `user` that any non-root run gets."""
+    result = subprocess.run(
+        [nginx_binary(), "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    # Without root, nginx says the `user` directive is ignored; any other warning is the file's fault.
+    warnings = [line for line in result.stderr.splitlines() if "[warn]" in line and '"user" directive' not in line]
+    assert not warnings, result.stderr
+    return result
+
+
 def test_production_config_passes_nginx_t(tmp_path: Path) -> None:
-    binary = nginx_binary()
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is not installed (needed for a throwaway certificate)")
@@ -304,29 +331,14 @@ def test_production_config_passes_nginx_t(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    # The very same files, with only the machine's paths moved into the temporary directory.
-    conf_dir = tmp_path / "conf"
-    conf_dir.mkdir()
-    for name in ("nginx-chat-http.conf", "nginx-chat-locations.conf"):
-        shutil.copy(DEPLOY / name, conf_dir / name)
-    production = (DEPLOY / "nginx.conf").read_text()
-    moved = (
-        production.replace("/etc/ssl/chat/", f"{certs}/")
-        .replace("/var/log/nginx/", f"{tmp_path}/")
-        .replace("/run/nginx.pid", f"{tmp_path}/nginx.pid")
+    conf = moved_config(
+        "nginx.conf",
+        tmp_path,
+        {"/etc/ssl/chat/": f"{certs}/", "/var/log/nginx/": f"{tmp_path}/", "/run/nginx.pid": f"{tmp_path}/nginx.pid"},
     )
-    assert moved.count(str(tmp_path)) >= 5
-    (conf_dir / "nginx.conf").write_text(moved)
-    result = subprocess.run(
-        [binary, "-t", "-p", str(tmp_path), "-c", str(conf_dir / "nginx.conf"), "-e", str(tmp_path / "error.log")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    # Without root, nginx says the `user` directive is ignored; any other warning is the file's fault.
-    warnings = [line for line in result.stderr.splitlines() if "[warn]" in line and '"user" directive' not in line]
-    assert not warnings, result.stderr
+    moved = sum(path.read_text().count(str(tmp_path)) for path in conf.parent.iterdir())
+    assert moved >= 5, "a machine path was not found where the test expects it"
+    nginx_test(conf, tmp_path)
 
 
 # -- through the proxy -----------------------------------------------------------------------------------
