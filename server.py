@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import tornado.web
 from handlers import make_app
 from handlers.http_server import make_http_server
 from services.core import errors, logs
-from services.core.config import Settings
+from services.core.config import SettingError, Settings
 from services.core.container import Services, build_services
 from services.core.logs import redact
 from services.core.system import open_file_limit, socket_budget
@@ -213,7 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host, port=args.port, data_dir=args.data_dir, log_level=args.log_level, log_format=args.log_format
         )
     except ValueError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        # Logged as the node would log (a JSON line unless text was asked for), so that a log shipper
+        # and `journalctl -o json` see why the node refused to start.
+        wanted = args.log_format or os.environ.get("LOG_FORMAT", "")
+        logs.configure("text" if wanted == "text" else "json", "INFO")
+        setting = {"setting": exc.setting} if isinstance(exc, SettingError) else {}
+        log.error("configuration error: %s", exc, extra=setting)
         return 2
     logs.configure(settings.log_format, settings.log_level.upper())
     try:

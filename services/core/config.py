@@ -14,6 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class SettingError(ValueError):
+    """A refused setting, naming its environment variable (for the log line that stops the node)."""
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 def _knob(default: Any, env: str, help: str) -> Any:
     return field(default=default, metadata={"env": env, "help": help})
 
@@ -24,7 +32,10 @@ class Settings:
     port: int = _knob(8888, "PORT", "TCP port to listen on")
     data_dir: str = _knob("./data", "DATA_DIR", "Directory for media, the embedded database and dev secrets")
     environment: str = _knob(
-        "development", "ENVIRONMENT", "`development` or `production` (production refuses to start without JWT_SECRET)"
+        "development",
+        "ENVIRONMENT",
+        "`development` or `production` (production refuses to start without JWT_SECRET, and without "
+        "MONGODB_URL or REDIS_URL unless SINGLE_NODE)",
     )
     mongodb_url: str = _knob("", "MONGODB_URL", "MongoDB URL; empty starts the embedded MongoDB-compatible server")
     mongodb_database: str = _knob("chat", "MONGODB_DATABASE", "Database name")
@@ -32,6 +43,11 @@ class Settings:
         2000, "MONGODB_TIMEOUT_MS", "Server-selection and connect timeout: calls fail fast with 503 `unavailable`"
     )
     redis_url: str = _knob("", "REDIS_URL", "Redis URL; empty runs a single node with an in-process bus and presence")
+    single_node: bool = _knob(
+        False,
+        "SINGLE_NODE",
+        "`true` lets a production node run alone: with an empty MONGODB_URL (embedded) or REDIS_URL (in-process)",
+    )
     redis_prefix: str = _knob("chat:", "REDIS_PREFIX", "Prefix of every Redis key and channel (to share a Redis)")
     presence_ttl_s: float = _knob(30.0, "PRESENCE_TTL", "Seconds a node's presence entries live without a heartbeat")
     heartbeat_interval_s: float = _knob(
@@ -269,6 +285,7 @@ class Settings:
             raise ValueError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
         if self.jwt_secret and len(self.jwt_secret) < 32:
             raise ValueError("JWT_SECRET must be at least 32 characters")
+        self._require_shared_backends()
         if self.environment == "production" and self.enable_echo_route:
             raise ValueError("ENABLE_ECHO_ROUTE is for conformance runs and is refused when ENVIRONMENT=production")
         for f in dataclasses.fields(self):
@@ -280,6 +297,19 @@ class Settings:
         if self.location_offset_max_m < self.location_offset_min_m:
             raise ValueError("LOCATION_OFFSET_MAX_M must not be below LOCATION_OFFSET_MIN_M")
         self._validate_push()
+
+    def _require_shared_backends(self) -> None:
+        """A production node shares its store and its bus: an empty URL (a typo, a missing env file line)
+        would give it a database of its own, or make it an island, without a word."""
+        if self.environment != "production" or self.single_node:
+            return
+        for name in ("MONGODB_URL", "REDIS_URL"):
+            if not getattr(self, name.lower()):
+                raise SettingError(
+                    f"{name} is required when ENVIRONMENT=production; set SINGLE_NODE=true to run one node alone "
+                    "(embedded MongoDB when MONGODB_URL is empty, in-process bus and presence when REDIS_URL is)",
+                    setting=name,
+                )
 
     def _validate_push(self) -> None:
         from services.push.delivery import check_push_settings
