@@ -7,7 +7,7 @@ DATA_DIR ?= ./data
 # Two workers, one per core: each gets its own embedded MongoDB and Redis. `make test PYTEST_ARGS=` runs serially.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install run test lint typecheck check services clean conformance
+.PHONY: install run test lint typecheck check services bench-tools clean conformance
 
 install: $(VENV)/.installed
 
@@ -24,7 +24,18 @@ run: install
 services:
 	@bash scripts/ensure-system-packages.sh
 
-test: install services
+# Artillery (npm) for tests/test_load_tools.py, into bench/artillery/node_modules (git-ignored). Artillery
+# 2.0.21 is the last release that runs on Node.js 20; no install scripts run (they fetch browsers).
+ARTILLERY_STAMP := bench/artillery/node_modules/.installed
+
+bench-tools: $(ARTILLERY_STAMP)
+
+$(ARTILLERY_STAMP): bench/artillery/package.json bench/artillery/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd bench/artillery && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: the Artillery test of tests/test_load_tools.py will not run"; fi
+
+test: install services bench-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

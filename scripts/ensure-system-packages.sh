@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite drives for real (redis-server, nginx, chromium) when they
-# are missing. Needs root for apt-get; otherwise says what to install and lets the tests that need a
-# missing program skip with that reason.
+# Installs the Debian packages the test suite drives for real (redis-server, nginx, chromium, and npm for
+# Artillery) when they are missing. Needs root for apt-get; otherwise says what to install and lets the
+# tests that need a missing program skip with that reason.
 set -euo pipefail
-declare -A binary_of=([redis-server]=redis-server [nginx]=/usr/sbin/nginx [chromium]=chromium)
+declare -A binary_of=([redis-server]=redis-server [nginx]=/usr/sbin/nginx [chromium]=chromium [npm]=npm)
 missing=()
 for pkg in "${!binary_of[@]}"; do
   command -v "${binary_of[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
