@@ -22,7 +22,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,7 +230,7 @@ async def wait_for_lines(path: Path, needle: str, count: int = 1, timeout_s: flo
         await asyncio.sleep(0.05)
 
 
-async def post_from(source: str, url: str, body: dict[str, object]) -> tornado.httpclient.HTTPResponse:
+async def post_from(source: str, url: str, body: Mapping[str, object]) -> tornado.httpclient.HTTPResponse:
     """A JSON POST sent from a chosen source address."""
     client = SimpleAsyncHTTPClient(force_instance=True)
     try:
