@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field, StrictStr
+
 from handlers.base import BaseHandler
 from handlers.contract import Reply, Tag, operation
 from handlers.photos import IMAGE_UPLOAD, IMAGE_UPLOAD_NOTES
 from handlers.responses import OwnProfile, ProfilePicture, PublicProfile
-from handlers.schemas import ProfilePatch
+from handlers.schemas import ProfilePatch, Strict
 from services.accounts.budgets import spend_profile_read
 from services.matching.location import location_change_budget
 
 API_TAG = Tag("profiles", "Own profile, picture, other people's public profiles")
 ACCOUNT_DELETED = {404: "The account was deleted."}
+
+
+class AccountDeletionBody(Strict):
+    password: Annotated[StrictStr, Field(min_length=1, max_length=4096)]
 
 
 class MeHandler(BaseHandler):
@@ -40,6 +48,35 @@ class MeHandler(BaseHandler):
             user_id, body.model_dump(exclude_unset=True), spend_location_change=budget
         )
         self.send_json(self.services.users.own_profile(doc))
+
+    @operation(
+        "deleteOwnAccount",
+        body=AccountDeletionBody,
+        responses={204: Reply("The account is deleted.")},
+        errors=(503,),
+        notes={
+            400: "`wrong_password`: the password is not the account's.",
+            429: "`too_many_attempts`: too many failed sign-ins or password proofs for this username or "
+            "from this address (the sign-in throttle).",
+        },
+    )
+    async def delete(self) -> None:
+        """Delete the account, for good.
+
+        The password is checked as a sign-in checks it, and throttled with sign-ins. Then every token of the
+        account is refused and every socket of it closed with 4002, on every node; every match ends as an
+        unmatch ends it (the other person's sockets on it close with 4001 and both get `match_ended`); the
+        messages the account sent are erased (each stays as a placeholder, so the other person's history
+        keeps its order); photos, attachments, likes, passes, blocks, devices and preferences are removed;
+        the username is freed. Reports about the account are kept for moderation until their retention.
+        """
+        user_id = self.require_user()
+        body = self.json_body(AccountDeletionBody)
+        # No account has a password over the limit: it is refused as a wrong one, without hashing it.
+        password = body.password if len(body.password) <= self.services.settings.max_password_chars else None
+        await self.services.deletion.delete(user_id, password, client_ip=self.request.remote_ip)
+        self.set_status(204)
+        self.finish()
 
 
 class PictureHandler(BaseHandler):

@@ -206,6 +206,26 @@ class UserService:
             raise TokenError("Token invalid")
         return await self._tokens.rotate_claims(claims)
 
+    async def prove_password(
+        self, user_id: int, password: str | None, field: str, *, client_ip: str | None = None
+    ) -> None:
+        """Raise unless `password` is the signed-in user's own: 400 `wrong_password` naming `field`, or 429
+        `too_many_attempts`. Throttled as a sign-in is (the username's and the address's failures, shared
+        with `login`), so a stolen access token is no faster a way to guess the password; checked off the
+        event loop. `password` None is one no account can have (too long)."""
+        doc = await self._store.users.find_one(
+            {"_id": user_id, "deleted": {"$ne": True}}, {"username": 1, "password_hash": 1}
+        )
+        if doc is None:
+            raise TokenError("Token invalid")
+        username = str(doc["username"])
+        wait_s, booking = await self.login_throttle.attempt(username, client_ip)
+        if wait_s > 0:
+            raise _too_many_attempts(wait_s)
+        if password is None or not await self._hasher.verify(doc.get("password_hash"), password):
+            raise Invalid("The password is wrong", code="wrong_password", fields={field: "is wrong"})
+        await self.login_throttle.succeeded(username, client_ip, booking)
+
     async def change_password(
         self, user_id: int, current_password: str | None, new_password: str, *, client_ip: str | None = None
     ) -> TokenPair:
@@ -219,20 +239,7 @@ class UserService:
         on and every socket of the account closes with 4002, on every node (Revocations.revoke_user)."""
         if self.revocations is None:
             raise RuntimeError("UserService.revocations is not set")
-        doc = await self._store.users.find_one(
-            {"_id": user_id, "deleted": {"$ne": True}}, {"username": 1, "password_hash": 1}
-        )
-        if doc is None:
-            raise TokenError("Token invalid")
-        username = str(doc["username"])
-        wait_s, booking = await self.login_throttle.attempt(username, client_ip)
-        if wait_s > 0:
-            raise _too_many_attempts(wait_s)
-        if current_password is None or not await self._hasher.verify(doc.get("password_hash"), current_password):
-            raise Invalid(
-                "The current password is wrong", code="wrong_password", fields={"current_password": "is wrong"}
-            )
-        await self.login_throttle.succeeded(username, client_ip, booking)
+        await self.prove_password(user_id, current_password, "current_password", client_ip=client_ip)
         password_hash = await self._hasher.hash(new_password)
         await self.revocations.revoke_user(user_id, "password changed", changes={"password_hash": password_hash})
         return await self._tokens.issue(user_id)

@@ -136,6 +136,12 @@ class Settings:
     unsent_attachment_ttl_s: float = _knob(
         86400.0, "UNSENT_ATTACHMENT_TTL", "Seconds an attachment never sent in a message is kept before it is removed"
     )
+    deletion_sweep_interval_s: float = _knob(
+        300.0,
+        "DELETION_SWEEP_INTERVAL",
+        "Seconds between a node's checks for account deletions left unfinished (pending over a minute)",
+    )
+    exports_per_day: int = _knob(3, "EXPORTS_PER_DAY", "Data exports (GET /api/users/me/export/) per user per day")
     media_sweep_interval_s: float = _knob(
         600.0, "MEDIA_SWEEP_INTERVAL", "Seconds between a node's sweeps for attachments past UNSENT_ATTACHMENT_TTL"
     )

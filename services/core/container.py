@@ -11,6 +11,7 @@ from pathlib import Path
 import pymongo.errors
 
 from services.accounts.auth import PasswordHasher, TokenService
+from services.accounts.deletion import AccountDeletion, DeletionWorker
 from services.accounts.revocation import Revocations
 from services.accounts.throttle import LoginThrottle
 from services.accounts.users import UserService
@@ -83,6 +84,8 @@ class Services:
     rates: RateCounters
     moderation: ModerationService
     revocations: Revocations
+    deletion: AccountDeletion
+    deletion_worker: DeletionWorker
     shutting_down: bool = False
     catch_ups: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -170,6 +173,8 @@ class Services:
         # Upload limits, quotas and the sweep of unsent attachments (services/media/store.py).
         self.media.connect(self.settings, self.store, self.rates)
         self.media.start()
+        # Account deletions a node left unfinished when it died (services/accounts/deletion.py).
+        self.deletion_worker.start()
 
     async def close(self) -> None:
         """Close sockets with 1001, finish queued writes, then release the clients."""
@@ -178,6 +183,7 @@ class Services:
         await self.chat.close()
         await self.push.close()
         await self.media.close()
+        await self.deletion_worker.close()
         await self.typing.close()
         await self.presence.close()
         await self.bus.close()
@@ -253,6 +259,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     moderation = ModerationService(
         store, users, matching, chat, media, events, backends.rates, settings, revoke_user=revocations.revoke_user
     )
+    deletion = AccountDeletion(store, users, revocations, matching, media)
     services = Services(
         settings=settings,
         store=store,
@@ -273,6 +280,8 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         rates=backends.rates,
         moderation=moderation,
         revocations=revocations,
+        deletion=deletion,
+        deletion_worker=DeletionWorker(deletion.finish_abandoned, settings.deletion_sweep_interval_s),
     )
     connections.gap_filler = services.fill_gaps
     backends.on_reconnect.append(services.catch_up_all)
