@@ -64,8 +64,8 @@ class Tag:
 
 @dataclass(frozen=True)
 class Reply:
-    """One documented answer. `body` is a response model (handlers/responses.py), `list[Model]`, `str` or
-    `dict` (any object); None for an answer without a body."""
+    """One documented answer. `body` is a response model (handlers/responses.py), `list[Model]`, `str`,
+    `bytes` (a file) or `dict` (any object); None for an answer without a body."""
 
     description: str
     body: Any = None
@@ -256,6 +256,8 @@ def _filled(text: str, deployment: Mapping[str, object]) -> str:
 def _body_schema(body: Any) -> dict[str, Any]:
     if body is str:
         return {"type": "string"}
+    if body is bytes:
+        return {"type": "string", "format": "binary"}
     if body is dict:
         return {"type": "object"}
     if get_origin(body) is list:

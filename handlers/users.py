@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import tornado.iostream
 from pydantic import Field, StrictStr
 
 from handlers.base import BaseHandler
@@ -12,6 +16,7 @@ from handlers.photos import IMAGE_UPLOAD, IMAGE_UPLOAD_NOTES
 from handlers.responses import OwnProfile, ProfilePicture, PublicProfile
 from handlers.schemas import ProfilePatch, Strict
 from services.accounts.budgets import spend_profile_read
+from services.accounts.export import Entry, spend_export
 from services.matching.location import location_change_budget
 
 API_TAG = Tag("profiles", "Own profile, picture, other people's public profiles")
@@ -79,6 +84,87 @@ class MeHandler(BaseHandler):
         self.finish()
 
 
+class _ChunkSink(io.RawIOBase):
+    """What zipfile writes the archive into: the bytes written since the last `take`, nothing more. Not
+    seekable, so zipfile writes each entry's sizes after its data (a data descriptor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[bytes] = []
+        self._written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._chunks.append(bytes(data))
+        self._written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._written
+
+    def take(self) -> bytes:
+        chunk = b"".join(self._chunks)
+        self._chunks.clear()
+        return chunk
+
+
+class ExportHandler(BaseHandler):
+    @operation(
+        "exportOwnData",
+        responses={
+            200: Reply(
+                "A ZIP archive of the account's data (README.txt inside says what is where).", bytes, "application/zip"
+            )
+        },
+        errors=(503,),
+        notes={**ACCOUNT_DELETED, 429: "`rate_limited`: EXPORTS_PER_DAY exports were made (Retry-After says when)."},
+    )
+    async def get(self) -> None:
+        """Download everything the service stores about the account.
+
+        A ZIP archive, streamed as it is built: `account.json` (profile and settings as stored, devices
+        without their secrets, likes sent, passes, blocks, matches, reports filed, notification preferences,
+        mutes), `messages/<conversation id>.json` for every conversation taken part in, `photos/` with the
+        uploaded photos, and README.txt. Reports filed by others about the account are not in it. At most
+        EXPORTS_PER_DAY per day.
+        """
+        user_id = self.require_user()
+        await self.services.users.get(user_id)  # a deleted account: 404 before a budget is spent
+        await spend_export(self.services.rates, self.services.settings, user_id)
+        entries = self.services.exports.entries(user_id)
+        sink = _ChunkSink()
+        self.set_header("Content-Type", "application/zip")
+        self.set_header("Content-Disposition", 'attachment; filename="my-data.zip"')
+        self.set_header("Cache-Control", "no-store")
+        try:
+            await self._stream(entries, sink)
+        except tornado.iostream.StreamClosedError:
+            return  # the client went away: nothing to answer
+        self.finish()
+
+    async def _stream(self, entries: AsyncIterator[Entry], sink: _ChunkSink) -> None:
+        # Once the first bytes left, a failure (the store went away) can only cut the archive short: the
+        # client sees a truncated ZIP, which no unzip tool takes for a whole one.
+        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
+            async for name, chunks in entries:
+                with archive.open(name, "w", force_zip64=True) as entry:
+                    async for chunk in chunks:
+                        # Compressed here in pieces of at most a batch of messages or a file chunk, each a
+                        # millisecond or so of the loop, then sent: the archive never sits in memory whole.
+                        entry.write(chunk)
+                        await self._send(sink)
+                await self._send(sink)
+        await self._send(sink)
+
+    async def _send(self, sink: _ChunkSink) -> None:
+        chunk = sink.take()
+        if chunk:
+            self.write(chunk)
+            await self.flush()
+
+
 class PictureHandler(BaseHandler):
     @operation(
         "setProfilePicture",
@@ -126,6 +212,7 @@ class UserHandler(BaseHandler):
 
 routes = [
     (r"/api/users/me/", MeHandler),
+    (r"/api/users/me/export/", ExportHandler),
     (r"/api/users/me/picture/", PictureHandler),
     (r"/api/users/([0-9]{1,15})/", UserHandler),
 ]

@@ -54,9 +54,11 @@ def redis_server(session_dir: Path) -> Iterator[RedisProcess]:
 
 
 @pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    """Override in a test module to change settings for every test in it."""
-    return {}
+def settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings for one test (`@pytest.mark.parametrize("settings_overrides", [{...}], indirect=True)`),
+    or override this fixture in a test module to change them for every test in it."""
+    overrides: dict[str, Any] = getattr(request, "param", {})
+    return overrides
 
 
 @pytest.fixture

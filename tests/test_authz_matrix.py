@@ -128,6 +128,7 @@ def every_endpoint(w: World) -> list[tuple[str, str, dict[str, Any]]]:
         ("PATCH", "/api/users/me/", {"json": {"bio": "pwned"}}),
         ("POST", "/api/users/me/password/", {"json": {"current_password": PASSWORD, "new_password": "pwned pwned"}}),
         ("DELETE", "/api/users/me/", {"json": {"password": PASSWORD}}),
+        ("GET", "/api/users/me/export/", {}),
         ("PUT", "/api/users/me/picture/", {"body": PNG}),
         ("GET", "/api/users/me/photos/", {}),
         ("POST", "/api/users/me/photos/", {"body": PNG}),

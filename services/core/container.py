@@ -12,6 +12,7 @@ import pymongo.errors
 
 from services.accounts.auth import PasswordHasher, TokenService
 from services.accounts.deletion import AccountDeletion, DeletionWorker
+from services.accounts.export import AccountExport
 from services.accounts.revocation import Revocations
 from services.accounts.throttle import LoginThrottle
 from services.accounts.users import UserService
@@ -86,6 +87,7 @@ class Services:
     revocations: Revocations
     deletion: AccountDeletion
     deletion_worker: DeletionWorker
+    exports: AccountExport
     shutting_down: bool = False
     catch_ups: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -282,6 +284,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         revocations=revocations,
         deletion=deletion,
         deletion_worker=DeletionWorker(deletion.finish_abandoned, settings.deletion_sweep_interval_s),
+        exports=AccountExport(store, users, media),
     )
     connections.gap_filler = services.fill_gaps
     backends.on_reconnect.append(services.catch_up_all)
