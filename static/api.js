@@ -145,8 +145,13 @@ export class Api {
   patch(path, json) {
     return this.request("PATCH", path, { json });
   }
-  delete(path) {
-    return this.request("DELETE", path);
+  /** DELETE, with a JSON body when given (deleting one's account takes the password). */
+  delete(path, json) {
+    return this.request("DELETE", path, json === undefined ? {} : { json });
+  }
+  /** GET a file (a download): {blob, filename}, the name from its Content-Disposition. */
+  download(path) {
+    return this.request("GET", path, { raw: true });
   }
   put(path, json) {
     return this.request("PUT", path, { json });
@@ -175,7 +180,7 @@ export class Api {
     }
   }
 
-  async #fetchJson(method, path, { json, body, contentType, token } = {}) {
+  async #fetchJson(method, path, { json, body, contentType, token, raw = false } = {}) {
     const headers = {};
     if (token) headers.Authorization = `Bearer ${token}`;
     if (json !== undefined) {
@@ -191,6 +196,11 @@ export class Api {
       const error = new ApiError(0, { error: { code: "network", message: "The server cannot be reached." } });
       error.cause = networkError;
       throw error;
+    }
+    if (raw && response.ok) {
+      const disposition = response.headers.get("Content-Disposition") || "";
+      const match = /filename="?([^";]+)"?/i.exec(disposition);
+      return { blob: await response.blob(), filename: match ? match[1] : "download" };
     }
     const text = await response.text();
     let data = null;

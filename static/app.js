@@ -16,6 +16,7 @@ import { PhotoEditor, photoCarousel } from "./photos.js";
 import { PushToggle } from "./push.js";
 import { ReportDialog } from "./report.js";
 import { SettingsPanel } from "./settings.js";
+import { AccountPanel } from "./account.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
   $, $$, avatar, clearFormError, clockTime, closeMenu, confirmDialog, fillAvatar, h, menuOpenFor, nameOf, openMenu,
@@ -42,6 +43,7 @@ const api = new Api({ onSignedOut: (reason) => signOut(reason) });
 let pushToggle = null; // the "Enable notifications" button (push.js), made in setup()
 let photoEditor = null; // the profile's photos (photos.js), made in setup()
 let settingsPanel = null; // notification preferences and blocked people (settings.js), made in setup()
+let accountPanel = null; // download my data, delete my account (account.js), made in setup()
 let reportDialog = null; // "Report …" (report.js), made in setup()
 
 const state = {
@@ -299,7 +301,10 @@ function connectNotifications() {
     onFrame: onNotification,
     onState: (s) => {
       renderConnection();
-      if (s.status === "closed" && s.code === 4002) signOut("Your session expired. Please sign in again.");
+      // A deletion of one's own account closes the sockets 4002 too: that sign-out is the account panel's.
+      if (s.status === "closed" && s.code === 4002 && !accountPanel.deleting) {
+        signOut("Your session expired. Please sign in again.");
+      }
     },
     onOpen: ({ reconnected }) => {
       // Notifications are not replayed after a disconnect: catch up from REST instead.
@@ -406,7 +411,10 @@ function showPanel(name) {
     fillProfileForm();
     photoEditor.load();
   }
-  if (name === "settings") settingsPanel.load();
+  if (name === "settings") {
+    settingsPanel.load();
+    accountPanel.reset();
+  }
   if (name === "discover" && !state.discoverLoaded) loadCandidates();
   renderMatches();
 }
@@ -1862,6 +1870,13 @@ function openPushed(push) {
 function setup() {
   pushToggle = new PushToggle(api, $("#push-toggle"), { notify: toast, onOpen: openPushed });
   settingsPanel = new SettingsPanel(api, { notify: toast });
+  accountPanel = new AccountPanel(api, {
+    notify: toast,
+    onDeleted: () => {
+      signOut();
+      toast({ title: "Account deleted", text: "Your account and everything in it are gone." });
+    },
+  });
   reportDialog = new ReportDialog(api);
   $("#profile-report").addEventListener("click", () => {
     const userId = profileShown;

@@ -8,9 +8,11 @@ there only when missing or with UPDATE_SCREENSHOTS=1.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from tests.demo_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
     DESKTOP,
+    PASSWORD,
     PHONE,
     TIMEOUT_MS,
     DemoServer,
@@ -632,3 +635,62 @@ def test_reports_from_a_card_and_from_a_conversation_block_at_once(
         expect(dialog).to_be_hidden()
 
     assert not problems, problems
+
+
+def test_my_data_downloads_and_my_account_deletes_with_the_password(
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    alice_name, bob_name, _ = names()
+    problems: list[str] = []
+    alice_token = server.register(
+        alice_name, display_name="Alice", gender="woman", interested_in=["man"], birthdate="1994-03-12"
+    )
+    bob_token = server.register(
+        bob_name, display_name="Bob", gender="man", interested_in=["woman"], birthdate="1992-08-30"
+    )
+    conversation = server.match(alice_token, bob_token)
+    server.call("POST", f"/api/conversations/{conversation}/messages/", {"content": "Hi Bob!"}, alice_token)
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    open_conversation(bob, "Alice", expect)
+    expect(bob.locator("#messages .message", has_text="Hi Bob!")).to_be_visible()
+
+    alice = signed_in(browser, server, problems, alice_name, expect)
+    alice.get_by_role("button", name="Settings").click()
+
+    # Download my data: a ZIP the browser saves, with her account and the conversation in it.
+    with alice.expect_download() as download_info:
+        alice.get_by_role("button", name="Download my data").click()
+    download = download_info.value
+    assert download.suggested_filename == "my-data.zip"
+    saved = tmp_path / "my-data.zip"
+    download.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        account = json.loads(archive.read("account.json"))
+        assert account["profile"]["username"] == alice_name
+        assert json.loads(archive.read(f"messages/{conversation}.json"))[0]["content"] == "Hi Bob!"
+    expect(alice.locator("#export-status")).to_contain_text("Downloaded")
+
+    # Delete my account: a wrong password is said and deletes nothing; the right one signs her out.
+    alice.get_by_role("button", name="Delete my account…").click()
+    dialog = alice.get_by_role("dialog", name="Delete your account?")
+    expect(dialog).to_be_visible()
+    dialog.get_by_label("Your password").fill("not my password")
+    dialog.get_by_role("button", name="Delete my account").click()
+    expect(dialog.locator(".form-error")).to_have_text("That password is not right.")
+    assert server.call("GET", "/api/users/me/", token=alice_token)["username"] == alice_name
+    dialog.get_by_label("Your password").fill(PASSWORD)
+    dialog.get_by_role("button", name="Delete my account").click()
+    expect(alice.locator("#auth-view")).to_be_visible()
+    expect(alice.locator(".toast", has_text="Account deleted")).to_be_visible()
+    expect(alice.locator(".toast", has_text="session expired")).to_have_count(0)
+
+    # Bob's open conversation closes, and signed in again he has no match with her.
+    expect(bob.locator("#chat-banner")).to_have_text("This conversation is closed.")
+    status, _ = server.request("POST", "/api/token/", {"username": alice_name, "password": PASSWORD})
+    assert status == 401
+    bob.close()
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    expect(bob.locator("#match-list .match")).to_have_count(0)
+    # The wrong password's 400 is the only failed request the page made.
+    assert not unexpected(problems, 400, 401), problems
