@@ -21,7 +21,6 @@ from services.realtime.close_codes import (
     CLOSE_BAD_FRAME,
     CLOSE_BAD_TOKEN,
     CLOSE_FORBIDDEN,
-    CLOSE_POLICY,
     CLOSE_SERVER_ERROR,
 )
 from services.realtime.hub import LimitExceeded
@@ -117,7 +116,7 @@ def report(exc: BaseException | None, status: int = 500) -> ErrorReport:
     if isinstance(exc, pydantic.ValidationError):
         return ErrorReport(400, "validation_error", "Invalid fields", fields=pydantic_fields(exc))
     if isinstance(exc, LimitExceeded):
-        return ErrorReport(503, "connection_limit", str(exc), open_close_code=CLOSE_POLICY)
+        return ErrorReport(503, "connection_limit", str(exc), open_close_code=exc.close_code)
     if isinstance(exc, tornado.web.HTTPError):
         status = exc.status_code
         code = "body_too_large" if status == 413 else DEFAULT_CODES.get(status, "error")

@@ -6,7 +6,8 @@
 //   - never retry after 1008 (policy: origin, rate or connection limit), 4000 (no token),
 //     4001 (not a participant: unknown, unmatched or blocked conversation) or 4002 (token invalid or
 //     expired): trying again would get the same answer;
-//   - everything else (1001 server going away, 1006 network lost, 1011 server error...) is retried.
+//   - everything else (1001 server going away, 1006 network lost, 1011 server error, 1013 slow reader
+//     or full node...) is retried.
 //
 // The URL is rebuilt before every attempt: it carries a fresh access token (`?token=`), and a
 // conversation socket carries `?after=<last message id seen>` so that the server replays what was
@@ -21,6 +22,7 @@ export const CLOSE_REASONS = {
   1008: "refused by policy",
   1009: "frame too large",
   1011: "server error",
+  1013: "server busy, retrying",
   4000: "not authenticated",
   4001: "conversation closed",
   4002: "session expired",

@@ -189,14 +189,14 @@ def test_the_message_limiter_forgets_users_who_went_quiet_and_keeps_the_budgets_
 
 
 @with_settings(max_sockets_per_node=3)
-async def test_sockets_past_the_node_limit_close_1008_server_full_and_room_comes_back(api, services):
+async def test_sockets_past_the_node_limit_close_1013_server_full_and_room_comes_back(api, services):
     p = await pair(api, services)
     first = await join(api, p.cid, p.a)
     await notifications(api, p.a)
     await join(api, p.cid, p.b)
     for path in (f"/ws/notifications/?token={p.b.access}", f"/ws/conversations/{p.cid}/?token={p.b.access}"):
         refused = await ws_connect(api, path)
-        assert await refused.closed() == (1008, "server full")
+        assert await refused.closed() == (1013, "server full")
     first.close()
     await wait_for(lambda: len(services.connections.peers) < 3)
     again = await notifications(api, p.b)
@@ -365,7 +365,7 @@ async def test_out_of_descriptors_refuses_clearly_keeps_serving_and_does_not_spi
         path = f"/ws/notifications/?token={user.access}"
         held = [await ws_connect(api, path) for _ in range(budget)]
         assert all(await asyncio.gather(*(pong(ws) for ws in held)))
-        assert await (await ws_connect(api, path)).closed() == (1008, "server full")
+        assert await (await ws_connect(api, path)).closed() == (1013, "server full")
 
         # Idle TCP connections (no request yet) use up every descriptor left; from then on each new
         # connection is answered 503 and closed at once, instead of hanging in the backlog.

@@ -57,7 +57,7 @@ async def test_typing_is_dropped_once_a_quarter_of_the_buffer_is_owed_and_the_re
     assert peer.outstanding == 910
 
     peer.push(b"m" * 100)
-    assert peer.shut_with == (1008, "slow consumer")
+    assert peer.shut_with == (1013, "slow consumer")
     assert peer.outstanding == 910  # the frame that would pass the limit is not queued
     peer.push(b"m")
     assert len(peer.sent) == 3  # nothing more once closing
@@ -112,7 +112,7 @@ async def test_a_reader_that_stops_reading_is_closed_1008_without_the_server_hol
     drained = []
     while (frame := await slow.recv(timeout=5)) is not None:
         drained.append(frame["type"])
-    assert (slow.close_code, slow.conn.close_reason) == (1008, "slow consumer")
+    assert (slow.close_code, slow.conn.close_reason) == (1013, "slow consumer")
     assert 0 < drained.count("message") < sent
     assert fast_typing and "typing" not in drained
     await wait_for(lambda: slow_peer not in services.connections.peers)

@@ -14,6 +14,7 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
 CLOSE_TOO_LARGE = 1009
 CLOSE_SERVER_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_NO_TOKEN = 4000
 CLOSE_FORBIDDEN = 4001
 CLOSE_BAD_TOKEN = 4002
@@ -35,11 +36,17 @@ CLOSE_CODES: dict[int, CloseCode] = {
         CloseCode(CLOSE_PROTOCOL_ERROR, "protocol error (an invalid close frame)", False),
         CloseCode(
             CLOSE_POLICY,
-            "policy: origin not allowed, connection limit, slow consumer, or persistent abuse of the rate limits",
+            "policy: origin not allowed, too many sockets of one user, or persistent abuse of the rate limits",
             False,
         ),
         CloseCode(CLOSE_TOO_LARGE, "frame larger than the limit", False),
         CloseCode(CLOSE_SERVER_ERROR, "unexpected server error or storage unavailable", True),
+        CloseCode(
+            CLOSE_TRY_AGAIN_LATER,
+            "try again later: a slow consumer (the socket owed its reader more than the output bound), or the node "
+            "is full; reconnect with backoff and resume",
+            True,
+        ),
         CloseCode(CLOSE_NO_TOKEN, "no token in the URL", False),
         CloseCode(
             CLOSE_FORBIDDEN, "not a participant (or no such conversation, or closed by an unmatch or a block)", False

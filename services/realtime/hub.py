@@ -8,7 +8,7 @@ never to all sockets of the node.
 Output is bounded per socket. A peer reads how many bytes its connection still holds unsent (the
 transport reports it, or the peer counts its writes until they are flushed); past a quarter of
 OUTBOUND_BUFFER_BYTES it drops typing events (they are stale by the time they would arrive), past all
-of it the socket is closed with 1008 "slow consumer". The client resumes with `?after=` and loses
+of it the socket is closed with 1013 "slow consumer". The client resumes with `?after=` and loses
 nothing, and the server never holds more than the bound for one reader.
 
 Messages reach a conversation socket in id order, without gaps and without repeats: a peer remembers the
@@ -45,6 +45,7 @@ from services.realtime.close_codes import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
     CLOSE_TOKEN_EXPIRED,
+    CLOSE_TRY_AGAIN_LATER,
 )
 from services.realtime.events import (
     CONVERSATION,
@@ -73,7 +74,13 @@ REVOKED_REASONS = {
 
 
 class LimitExceeded(Exception):
-    """A connection limit refuses a new socket (closed with 1008 and this reason)."""
+    """A connection limit refuses a new socket, closed with `close_code` and this reason: 1013 when the node
+    is full (another node, or this one later, will take it: the client retries), 1008 for one user's caps
+    (retrying would not help)."""
+
+    def __init__(self, reason: str, close_code: int = CLOSE_POLICY) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
 
 
 class Peer:
@@ -171,7 +178,8 @@ class Peer:
         if self.connections.metrics is not None:
             self.connections.metrics.slow_consumers.inc()
         self._drop(SLOW_CONSUMER_GRACE_S)  # first: closing detaches the transport from the handler
-        self.shut(CLOSE_POLICY, "slow consumer")
+        # Retryable: the client reconnects with `?after=` and gets what it could not read, from the store.
+        self.shut(CLOSE_TRY_AGAIN_LATER, "slow consumer")
 
     # -- ordered message delivery ------------------------------------------------------------------
 
@@ -279,7 +287,7 @@ class Connections:
 
     def check_limits(self, user_id: int, conversation_id: int | None) -> None:
         if len(self.peers) >= self.max_sockets:
-            raise LimitExceeded("server full")
+            raise LimitExceeded("server full", CLOSE_TRY_AGAIN_LATER)
         if self.count(user_id) >= self.max_per_user:
             raise LimitExceeded("too many connections")
         if conversation_id is not None:
