@@ -6,6 +6,7 @@ error answers and the API document's WebSocket section follow from the registry 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -94,10 +95,40 @@ def typing(socket: ConversationSocket, frame: TypingFrame) -> Awaitable[None] | 
     return socket.services.typing.update(socket.conversation, socket.user_id, frame.is_typing)
 
 
-@REGISTRY.frame(ReadReceiptFrame, "conversation")
-async def read_receipt(socket: ConversationSocket, frame: ReadReceiptFrame) -> None:
-    """Move the sender's read pointer and tell the other participants."""
-    await socket.services.chat.mark_read(socket.conversation, socket.user_id, frame.message_id)
+def _read_receipt_changes_nothing(socket: ConversationSocket, frame: ReadReceiptFrame) -> bool:
+    return frame.message_id <= socket.read_target or socket.read_writer is not None
+
+
+@REGISTRY.frame(ReadReceiptFrame, "conversation", free=_read_receipt_changes_nothing)
+def read_receipt(socket: ConversationSocket, frame: ReadReceiptFrame) -> None:
+    """Move the sender's read pointer and tell the other participants.
+
+    A high-water mark: a receipt at or below what this socket already marked changes nothing, and
+    receipts that arrive while one is being written only raise the mark the writer stores next. A client
+    that sends one receipt per message of a long replay (90 in a row) so costs a write or two and no
+    frame budget for the rest; nothing waits on the store, so the frames behind it are read at once."""
+    if frame.message_id <= socket.read_target:
+        return
+    socket.read_target = frame.message_id
+    if socket.read_writer is None:
+        socket.read_writer = asyncio.get_running_loop().create_task(_write_read_marks(socket, frame))
+
+
+async def _write_read_marks(socket: ConversationSocket, frame: ReadReceiptFrame) -> None:
+    """Store the socket's read mark until it stops moving; a refusal is answered on the frame that
+    started the run."""
+    written = 0
+    try:
+        while written < socket.read_target and not socket.closing:
+            target = socket.read_target
+            await socket.services.chat.mark_read(socket.conversation, socket.user_id, target)
+            written = target
+    except Exception as exc:
+        # A refused mark (no such message) must not block the next receipts: they start a new run.
+        socket.read_target = written
+        socket.answer_error(exc, frame)
+    finally:
+        socket.read_writer = None
 
 
 @REGISTRY.frame(EditFrame, "conversation")

@@ -37,6 +37,9 @@ class ClientFrame(pydantic.BaseModel):
 
 
 FrameHandler = Callable[[Any, Any], Awaitable[None] | None]
+# Whether a frame would change nothing on this socket (a read receipt at or below what is already read):
+# such a frame spends no frame budget, so that a client that repeats itself harmlessly is never cut off.
+FreeCheck = Callable[[Any, Any], bool]
 Handler = TypeVar("Handler", bound=FrameHandler)
 
 
@@ -46,6 +49,7 @@ class FrameSpec:
     model: type[ClientFrame]
     endpoints: tuple[str, ...]
     handler: FrameHandler
+    free: FreeCheck | None = None
 
     @property
     def summary(self) -> str:
@@ -56,12 +60,15 @@ class FrameRegistry:
     def __init__(self) -> None:
         self._by_endpoint: dict[str, dict[str, FrameSpec]] = {endpoint: {} for endpoint in ENDPOINTS}
 
-    def frame(self, model: type[ClientFrame], *endpoints: str) -> Callable[[Handler], Handler]:
-        """Register the decorated function as the handler of `model`'s frame type on `endpoints`."""
+    def frame(
+        self, model: type[ClientFrame], *endpoints: str, free: FreeCheck | None = None
+    ) -> Callable[[Handler], Handler]:
+        """Register the decorated function as the handler of `model`'s frame type on `endpoints`; `free`
+        says when a frame costs no budget (see FreeCheck)."""
         kind = frame_type_of(model)
 
         def register(handler: Handler) -> Handler:
-            spec = FrameSpec(kind, model, endpoints, handler)
+            spec = FrameSpec(kind, model, endpoints, handler, free)
             for endpoint in endpoints:
                 accepted = self._by_endpoint[endpoint]
                 if kind in accepted:

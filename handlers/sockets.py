@@ -275,9 +275,10 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             return None
         self.services.metrics.frames_in.labels(type=spec.kind).inc()
         try:
-            wait_s = self.frame_bucket.take()
-            if wait_s > 0:
-                raise errors.RateLimited("Too many frames", retry_after_s=wait_s)
+            if spec.free is None or not spec.free(self, frame):
+                wait_s = self.frame_bucket.take()
+                if wait_s > 0:
+                    raise errors.RateLimited("Too many frames", retry_after_s=wait_s)
             pending = spec.handler(self, frame)
         except Exception as exc:
             self.answer_error(exc, frame)
@@ -351,6 +352,11 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
 
 
 class ConversationSocket(BaseSocket):
+    # Read receipts are a high-water mark (handlers/frames.py read_receipt): the highest message id this
+    # socket asked to mark read, and the task writing it while one runs.
+    read_target: int = 0
+    read_writer: asyncio.Task[None] | None = None
+
     @property
     def conversation(self) -> int:
         """The conversation this socket was opened on (known before any frame is handled)."""

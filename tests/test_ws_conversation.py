@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextvars
 import inspect
@@ -323,3 +324,42 @@ async def test_a_new_match_admits_its_participants_and_carries_their_presence(ap
     await join(api, cid, b)  # Bob's first socket: his open conversations are read with the membership
     online = await on_a.recv_type("status")
     assert online["user_id"] == b.id and online["status"] == "online"
+
+
+async def test_a_read_receipt_per_replayed_message_is_one_high_water_mark_and_costs_no_budget(api, services):
+    """A client that marks each of 90 replayed messages read, one frame each, faster than FRAME_BURST
+    allows, is neither refused nor closed: receipts at or below the mark, or arriving while it is being
+    written, change nothing and cost nothing; the mark ends at the newest."""
+    p = await pair(api, services)
+    for start in range(0, 90, 10):
+        await asyncio.gather(*(services.chat.send_message(p.cid, p.a.id, f"m{i}") for i in range(start, start + 10)))
+    watcher = await join(api, p.cid, p.a)
+    reader = await join(api, p.cid, p.b, after=0)
+    replayed = await messages(reader, 90)
+    assert [m["id"] for m in replayed] == list(range(1, 91))
+    assert services.settings.frame_burst < 90 + 2
+    for message in replayed:
+        await reader.send({"type": "read_receipt", "message_id": message["id"]})
+    for message in replayed[:10]:  # once more, as a second tab would: nothing moves
+        await reader.send({"type": "read_receipt", "message_id": message["id"]})
+    await reader.send({"type": "ping"})
+    answered = []
+    while (frame := await reader.recv(timeout=10)) is not None and frame["type"] != "pong":
+        answered.append(frame)
+    assert frame is not None, (reader.close_code, answered)
+    assert [f for f in answered if f["type"] == "error"] == []
+
+    receipts = []
+    while not receipts or receipts[-1]["message_id"] != 90:
+        receipts.append(await watcher.recv_type("read_receipt"))
+    ids = [r["message_id"] for r in receipts]
+    assert ids == sorted(set(ids)) and len(ids) < 90, ids  # increasing, coalesced
+    stored = await services.store.conversations.find_one({"_id": p.cid})
+    assert stored["read_seq"][str(p.b.id)] == 90
+    # A receipt past the newest message is still refused, and the socket stays usable.
+    await reader.send({"type": "read_receipt", "message_id": 500})
+    refused = await reader.recv_type("error")
+    assert refused["code"] == "message_not_found"
+    await reader.send({"type": "read_receipt", "message_id": 90})
+    await reader.send({"type": "ping"})
+    assert (await reader.recv_type("pong"))["type"] == "pong"
