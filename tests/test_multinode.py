@@ -144,3 +144,32 @@ async def test_a_conversation_closed_on_another_node_is_refused_here_at_once(clu
         for after in ("", "&after=0"):
             ws = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={user.access}{after}")
             assert (await ws.closed())[0] == 4001, (user.username, after)
+
+
+async def test_what_a_dying_node_stored_but_never_published_reaches_the_others_when_it_is_swept(cluster_factory):
+    """A node acknowledges a message, stores it, and dies before its event reaches the bus: readers on
+    other nodes get it once the dead node's presence is swept (PRESENCE_TTL plus a heartbeat), not only
+    when a next message comes."""
+    n1, n2 = await cluster_factory(2, presence_ttl_s=1.0, heartbeat_interval_s=0.2)
+    alice, bob = await n1.api.user("alice"), await n1.api.user("bob")
+    cid = await make_conversation(n1.services, alice.id, bob.id)
+    reader = await ws_connect(n2.api, f"/ws/conversations/{cid}/?token={bob.access}")
+    first = await n1.api.post(f"/api/conversations/{cid}/messages/", {"content": "before"}, token=alice.access)
+    assert first.status == 201
+    assert (await reader.recv_type("message"))["message"]["content"] == "before"
+
+    async def lost_on_the_way(*_args: object, **_kwargs: object) -> None:
+        return None
+
+    n1.services.events.to_conversation = lost_on_the_way  # type: ignore[method-assign]
+    acked = await n1.api.post(f"/api/conversations/{cid}/messages/", {"content": "last words"}, token=alice.access)
+    assert acked.status == 201
+    # The node dies without a word: its heartbeat stops, nothing is withdrawn.
+    store = n1.services.presence.store
+    heartbeat = getattr(store, "_loop", None)
+    assert heartbeat is not None
+    heartbeat.cancel()
+    store.closed = True
+
+    arrived = await reader.recv_type("message", timeout=10)
+    assert (arrived["message"]["id"], arrived["message"]["content"]) == (2, "last words")

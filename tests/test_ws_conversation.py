@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextvars
 import inspect
+from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -343,13 +344,13 @@ async def test_a_read_receipt_per_replayed_message_is_one_high_water_mark_and_co
     for message in replayed[:10]:  # once more, as a second tab would: nothing moves
         await reader.send({"type": "read_receipt", "message_id": message["id"]})
     await reader.send({"type": "ping"})
-    answered = []
+    answered: list[dict[str, Any]] = []
     while (frame := await reader.recv(timeout=10)) is not None and frame["type"] != "pong":
         answered.append(frame)
     assert frame is not None, (reader.close_code, answered)
     assert [f for f in answered if f["type"] == "error"] == []
 
-    receipts = []
+    receipts: list[dict[str, Any]] = []
     while not receipts or receipts[-1]["message_id"] != 90:
         receipts.append(await watcher.recv_type("read_receipt"))
     ids = [r["message_id"] for r in receipts]

@@ -126,7 +126,8 @@ class Services:
                 peer.receive_page(page)
 
     def catch_up_all(self) -> None:
-        """After the bus lost events (Redis away), send every conversation socket what it missed."""
+        """After the bus lost events (Redis away, or a node died before publishing what it stored), send every
+        conversation socket what it missed, from the store."""
         for conversation_id, peers in list(self.connections.by_conversation.items()):
             waiting = [p for p in peers if p.last_message_id is not None]
             if waiting:
@@ -288,6 +289,10 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     )
     connections.gap_filler = services.fill_gaps
     backends.on_reconnect.append(services.catch_up_all)
+    # A node that died may have stored messages whose events never reached the bus: when its presence is
+    # swept, every node sends its sockets what they are missing, instead of waiting for a next message.
+    backends.presence.on_node_swept = events.node_lost
+    connections.on_node_lost.append(services.catch_up_all)
     backends.on_reconnect.append(services.recheck_tokens)
     backends.on_error.append(lambda: metrics.backend_errors.labels(backend="redis").inc())
     await services.start()

@@ -32,9 +32,12 @@ NOTIFICATION = "notification"  # to the user's notifications sockets
 CONVERSATION = "conversation"  # to the conversation sockets of a conversation
 CONVERSATION_CLOSED = "conversation_closed"  # close the conversation's sockets with 4001
 REVOKED = "revoked"  # close a user's sockets opened with revoked tokens (services/accounts/revocation.py)
+# A node died (its presence was swept): every node catches its conversation sockets up from the store,
+# since what the dead node stored in its last moment may never have reached the bus.
+NODE_LOST = "node_lost"
 
-# The one channel every node subscribes to from its start, whatever sockets it holds: revocations are rare,
-# and a node must close a revoked user's sockets wherever it holds them (services/realtime/hub.py).
+# The one channel every node subscribes to from its start, whatever sockets it holds: revocations and node
+# losses are rare, and every node must act on them wherever it holds sockets (services/realtime/hub.py).
 REVOCATIONS_CHANNEL = "revocations"
 
 
@@ -94,6 +97,10 @@ class Publisher:
     async def close_conversation(self, conversation_id: int) -> None:
         """Close every socket on the conversation with 4001 (unmatch or block), on every node."""
         await self.bus.publish(conversation_channel(conversation_id), encode({"k": CONVERSATION_CLOSED}, None))
+
+    async def node_lost(self, incarnation: str) -> None:
+        """Tell every node (this one included) that a node died: each catches its sockets up."""
+        await self.bus.publish(REVOCATIONS_CHANNEL, encode({"k": NODE_LOST, "n": incarnation}, None))
 
     async def revoke_sockets(self, user_id: int, close_code: int, generation: int | None = None) -> None:
         """Close, on every node, the user's sockets whose token generation is below `generation` (every one of

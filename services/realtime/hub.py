@@ -50,6 +50,7 @@ from services.realtime.close_codes import (
 from services.realtime.events import (
     CONVERSATION,
     CONVERSATION_CLOSED,
+    NODE_LOST,
     NOTIFICATION,
     REVOCATIONS_CHANNEL,
     REVOKED,
@@ -271,6 +272,8 @@ class Connections:
         self.on_message_seen: list[Callable[[int, int], None]] = []
         # Called with a user id when a revocation of that user arrives (drop what is cached of the account).
         self.on_user_revoked: list[Callable[[int], None]] = []
+        # Run when any node dies (its presence swept): catch the conversation sockets up from the store.
+        self.on_node_lost: list[Callable[[], None]] = []
         self.metrics: Metrics | None = None
         self._presence_versions: dict[int, int] = {}
         self._all_gone = asyncio.Event()
@@ -331,19 +334,26 @@ class Connections:
 
     # -- fan-out -----------------------------------------------------------------------------------
 
+    def _on_cluster_event(self, header: dict[str, Any], kind: object) -> None:
+        """An event of the channel every node hears: a revocation, or a node lost."""
+        if self.metrics is not None:
+            self.metrics.bus_events.child(str(kind)).inc()
+        if kind == REVOKED:
+            generation = header.get("g")
+            self._revoke(
+                int(header["u"]),
+                None if generation is None else int(generation),
+                int(header.get("c", CLOSE_BAD_TOKEN)),
+            )
+        elif kind == NODE_LOST:
+            for catch_up in self.on_node_lost:
+                catch_up()
+
     def on_bus_event(self, channel: str, payload: bytes) -> None:
         header, frame = decode(payload)
         kind = header.get("k")
         if channel == REVOCATIONS_CHANNEL:
-            if self.metrics is not None:
-                self.metrics.bus_events.child(str(kind)).inc()
-            if kind == REVOKED:
-                generation = header.get("g")
-                self._revoke(
-                    int(header["u"]),
-                    None if generation is None else int(generation),
-                    int(header.get("c", CLOSE_BAD_TOKEN)),
-                )
+            self._on_cluster_event(header, kind)
             return
         target = int(channel.partition(":")[2])
         if self.metrics is not None:

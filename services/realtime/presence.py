@@ -27,7 +27,7 @@ import datetime as dt
 import logging
 import secrets
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -97,6 +97,9 @@ class PresenceStore:
 
     def __init__(self) -> None:
         self.listener: PresenceListener = _Unheard()
+        # Called with a dead node's incarnation once this node swept it (never for a single node): the
+        # container tells every node, whose sockets may be missing what the dead node stored last.
+        self.on_node_swept: Callable[[str], Awaitable[None]] | None = None
         self.local_counts: dict[int, int] = {}
         self._online_since: dict[int, dt.datetime] = {}
         self.closed = False
@@ -401,6 +404,8 @@ class RedisPresenceStore(PresenceStore):
             swept = await self._sweep_node(node, now)
             if swept is not None:
                 log.warning("node %s stopped heartbeating; swept its %d users", node, swept)
+                if self.on_node_swept is not None:
+                    await self.on_node_swept(node)
 
     async def _sweep_node(self, node: str, now: float) -> int | None:
         """Withdraw every entry of a node (an incarnation) that is gone, reporting offline whoever has no
