@@ -26,16 +26,24 @@ from services.core.logs import redact
 from services.core.system import open_file_limit, socket_budget
 from services.moderation.audit import AuditLog, command_line_actor
 from services.moderation.roles import set_moderator
+from services.realtime.backends import node_name
 from services.storage.embedded import EmbeddedMongo
 from services.storage.store import Store
 
 log = logging.getLogger("chat.server")
 
 
+# Probes and scrapes come every few seconds from every checker: at INFO they would drown the log.
+QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+
+
 def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
+    if request.path in QUIET_PATHS:
+        # A 503 of /readyz is the node saying it is not ready, not a failure of the request.
+        level = logging.DEBUG if status < 500 else logging.WARNING
     path = redact(request.uri or "")
     duration_ms = round(1000.0 * request.request_time(), 2)
     logging.getLogger("tornado.access").log(
@@ -221,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         setting = {"setting": exc.setting} if isinstance(exc, SettingError) else {}
         log.error("configuration error: %s", exc, extra=setting)
         return 2
-    logs.configure(settings.log_format, settings.log_level.upper())
+    logs.configure(settings.log_format, settings.log_level.upper(), node_name(settings))
     try:
         if args.command in ROLE_COMMANDS:
             return asyncio.run(change_moderator(settings, args.username, ROLE_COMMANDS[args.command]))

@@ -98,6 +98,7 @@ async def test_sigterm_closes_sockets_1001_and_hands_presence_over(cluster: Proc
     for watcher in (w_both, w_only2):  # the greeting: offline or online, depending on who joined first
         assert (await watcher.recv_type("status", timeout=5))["status"] in ("offline", "online")
 
+    assert (await api2.get("/livez")).status == 200 and (await api2.get("/readyz")).status == 200
     started = time.monotonic()
     n2.signal(signal.SIGTERM)
     assert (await on_n2.closed(timeout=10))[0] == 1001
@@ -112,10 +113,12 @@ async def test_sigterm_closes_sockets_1001_and_hands_presence_over(cluster: Proc
     frames = await w_both.silent(1.5)
     assert not [f for f in frames if f["type"] == "status" and f["status"] == "offline"]
 
-    # Logs are one JSON object per line, and never contain a token.
+    # Logs are one JSON object per line naming the node, and never contain a token; probes stay quiet.
     for line in n2.log().splitlines():
         entry = json.loads(line)
-        assert {"ts", "level", "logger", "msg"} <= set(entry)
+        assert {"ts", "level", "logger", "msg"} <= set(entry) and entry["node"] == "n2", entry
+        assert not entry.get("path", "").startswith(("/livez", "/readyz")), entry
+    assert '"path":"/ws/notifications/?token=[redacted]"' in n2.log()  # other requests are logged
     assert watcher_user.access not in n1.log() and both.access not in n2.log()
     assert "[redacted]" in n1.log()
 

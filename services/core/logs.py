@@ -25,6 +25,13 @@ def redact(uri: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record; `node` (NODE_ID) in every line, so that the lines of several nodes
+    shipped to one place say which node wrote them."""
+
+    def __init__(self, node: str | None = None) -> None:
+        super().__init__()
+        self.node = node
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.UTC)
@@ -34,6 +41,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.node:
+            entry["node"] = self.node
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value
@@ -42,12 +51,13 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure(log_format: str, level: str) -> None:
+def configure(log_format: str, level: str, node: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(node))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        prefix = f"[{node}] " if node else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
