@@ -24,6 +24,7 @@ from services.core.config import SettingError, Settings
 from services.core.container import Services, build_services
 from services.core.logs import redact
 from services.core.system import open_file_limit, socket_budget
+from services.core.systemd import Notifier
 from services.moderation.audit import AuditLog, command_line_actor
 from services.moderation.roles import set_moderator
 from services.realtime.backends import node_name
@@ -128,6 +129,8 @@ class Node:
         self.services: Services | None = None
         self.http: tornado.httpserver.HTTPServer | None = None
         self.stopping = asyncio.Event()
+        self.systemd = Notifier()
+        self._readiness: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.settings, file_limit = limit_sockets_to_descriptors(self.settings)
@@ -142,10 +145,15 @@ class Node:
         self.http = make_http_server(app, settings, file_limit)
         self.http.listen(settings.port, settings.host)
         log.info("listening on http://%s:%d", settings.host, settings.port)
+        self._readiness = asyncio.get_running_loop().create_task(self.systemd.ready_when(self.services.store_prepared))
+        self.systemd.start_watchdog()
 
     async def stop(self) -> None:
         """Graceful stop: not ready, no new connections, sockets closed with 1001 (clients reconnect to
         another node), presence handed over, queued writes stored; bounded by SHUTDOWN_TIMEOUT."""
+        if self._readiness is not None:
+            self._readiness.cancel()
+        await self.systemd.stopping()
         try:
             await asyncio.wait_for(self._drain(), self.settings.shutdown_timeout_s)
         except TimeoutError:
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if not errors.backend_unavailable(exc):
             raise
         where = settings.mongodb_url.rpartition("@")[2] or "the embedded MongoDB"  # never print credentials
-        print(f"cannot reach MongoDB ({where}): {exc}", file=sys.stderr)
+        log.error("cannot reach MongoDB (%s): %s", where, exc)
         return 1
     return 0
 

@@ -89,7 +89,11 @@ class Services:
     deletion_worker: DeletionWorker
     exports: AccountExport
     shutting_down: bool = False
+    # Whether the store's indexes were ensured: a node started while MongoDB was away serves (503s, 1011s)
+    # and retries until it can, and is not ready before (see `prepare_store`).
+    store_prepared: asyncio.Event = field(default_factory=asyncio.Event)
     catch_ups: set[asyncio.Task[None]] = field(default_factory=set)
+    _store_preparation: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def check_message_rate(self, user_id: int) -> None:
         """Messages per user, shared by socket and REST sends on this node."""
@@ -103,7 +107,7 @@ class Services:
         checks: dict[str, bool] = {"accepting": not self.shutting_down}
         try:
             await self.store.ping(timeout_s=max(0.1, self.settings.mongodb_timeout_ms / 1000))
-            checks["mongodb"] = True
+            checks["mongodb"] = self.store_prepared.is_set()
         except pymongo.errors.PyMongoError as exc:
             log.warning("readiness check failed: %s", exc)
             self.metrics.backend_errors.labels(backend="mongodb").inc()
@@ -165,7 +169,34 @@ class Services:
         except STORE_DOWN_ERRORS:
             log.warning("token recheck after a bus reconnect failed: store unavailable")
 
+    async def prepare_store(self) -> None:
+        """Ensure the store's indexes, now if MongoDB answers, else in the background until it does: a
+        node must not exit because the store was down when it started (it would be restarted in a loop
+        by its supervisor, and serve nothing even once the store is back)."""
+        try:
+            await self.store.ensure_indexes()
+        except STORE_DOWN_ERRORS as exc:
+            log.warning("MongoDB unavailable at start (%s); serving 503 and retrying", exc)
+            self._store_preparation = asyncio.get_running_loop().create_task(self._prepare_store_later())
+            return
+        self.store_prepared.set()
+
+    async def _prepare_store_later(self) -> None:
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            try:
+                await self.store.ensure_indexes()
+            except STORE_DOWN_ERRORS as exc:
+                log.warning("MongoDB still unavailable (%s); retrying in %.1fs", exc, delay)
+                continue
+            self.store_prepared.set()
+            log.info("MongoDB reachable: indexes ensured, the node is ready")
+            return
+
     async def start(self) -> None:
+        await self.prepare_store()
         await self.bus.start()
         await self.presence.start()
         self.chat.start()
@@ -182,6 +213,9 @@ class Services:
     async def close(self) -> None:
         """Close sockets with 1001, finish queued writes, then release the clients."""
         self.shutting_down = True
+        if self._store_preparation is not None:
+            self._store_preparation.cancel()
+            await asyncio.gather(self._store_preparation, return_exceptions=True)
         await self.connections.close_all(1001, "server shutting down")
         await self.chat.close()
         await self.push.close()
@@ -202,7 +236,6 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         timeout_ms=settings.mongodb_timeout_ms,
         id_block_size=settings.id_block_size,
     )
-    await store.ensure_indexes()
     hasher = PasswordHasher(settings.hash_concurrency)
     tokens = TokenService(
         store,
