@@ -18,6 +18,7 @@ import tornado.iostream
 import tornado.web
 
 from handlers import make_app
+from handlers.base import PROBE_PATHS
 from handlers.http_server import make_http_server
 from services.core import errors, logs
 from services.core.config import SettingError, Settings
@@ -34,15 +35,12 @@ from services.storage.store import Store
 log = logging.getLogger("chat.server")
 
 
-# Probes and scrapes come every few seconds from every checker: at INFO they would drown the log.
-QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
-
-
 def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
-    if request.path in QUIET_PATHS:
+    if request.path in PROBE_PATHS:
+        # Every few seconds from every checker: at INFO they would drown the log.
         # A 503 of /readyz is the node saying it is not ready, not a failure of the request.
         level = logging.DEBUG if status < 500 else logging.WARNING
     path = redact(request.uri or "")

@@ -41,6 +41,11 @@ def set_common_headers(handler: tornado.web.RequestHandler) -> None:
     handler.clear_header("Server")
 
 
+# Probes and scrapes: every few seconds from every checker. Counted apart (status="probe"), so that a
+# not-ready /readyz during an outage is no server error to the error-rate alert, and logged at DEBUG.
+PROBE_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+
+
 class BaseHandler(tornado.web.RequestHandler):
     services: Services
     request_id: str = ""
@@ -157,7 +162,8 @@ class BaseHandler(tornado.web.RequestHandler):
         ]
 
     def on_finish(self) -> None:
-        self.services.metrics.http_requests.labels(status=f"{self.get_status() // 100}xx").inc()
+        status = "probe" if self.request.path in PROBE_PATHS else f"{self.get_status() // 100}xx"
+        self.services.metrics.http_requests.labels(status=status).inc()
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         if isinstance(value, errors.DomainError):

@@ -58,6 +58,9 @@ async def test_metrics_move_with_traffic(api, services):
     assert value(after, "chat_frames_sent_total", type="message") >= 2
     assert value(after, "chat_publish_to_deliver_seconds_count") >= 1
     assert value(after, "chat_http_requests_total", status="2xx") >= 4
+    # The first scrape counts as a probe, not as an answer of the API (no error-rate alert for a 503 /readyz).
+    assert value(after, "chat_http_requests_total", status="probe") >= 1
+    assert value(after, "process_resident_memory_bytes") > 0
 
 
 async def test_request_id_echoed_and_generated(api):

@@ -19,7 +19,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
@@ -138,6 +138,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_max_fds...
+        # from /proc: what the dashboard and the descriptor alert read.
+        ProcessCollector(registry=r)
         self.open_sockets = Gauge("chat_websockets_open", "WebSockets open on this node", ["endpoint"], registry=r)
         self.connections = Counter(
             "chat_websocket_connections", "WebSocket handshakes accepted", ["endpoint"], registry=r
