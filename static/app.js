@@ -542,16 +542,28 @@ async function decide(user, kind) {
     } else {
       await api.post("/api/passes/", { user_id: user.id });
     }
-    state.candidates = state.candidates.filter((c) => userOf(c).id !== user.id);
-    state.likes = state.likes.filter((l) => userOf(l).id !== user.id);
-    renderLikes();
-    if (state.candidates.length === 0) await loadCandidates();
-    else renderDiscover();
+    await moveOnFrom(user);
   } catch (error) {
+    if (error.status === 404) {
+      // They blocked you, deleted their account or were banned since the card was shown: the server
+      // says only "not found", and so does the page, then shows the next person.
+      toast({ title: "No longer available", text: `${nameOf(user)} can no longer be seen.` });
+      await moveOnFrom(user).catch((e) => reportError(e));
+      return;
+    }
     reportError(error, kind === "like" ? "Could not like" : "Could not pass");
     renderDiscover();
     renderLikes();
   }
+}
+
+/** Take `user` off Discover and Liked you, and show who comes next. */
+async function moveOnFrom(user) {
+  state.candidates = state.candidates.filter((c) => userOf(c).id !== user.id);
+  state.likes = state.likes.filter((l) => userOf(l).id !== user.id);
+  renderLikes();
+  if (state.candidates.length === 0) await loadCandidates();
+  else renderDiscover();
 }
 
 // =====================================================================================================

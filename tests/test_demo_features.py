@@ -694,3 +694,36 @@ def test_my_data_downloads_and_my_account_deletes_with_the_password(
     expect(bob.locator("#match-list .match")).to_have_count(0)
     # The wrong password's 400 is the only failed request the page made.
     assert not unexpected(problems, 400, 401), problems
+
+
+def test_discover_moves_on_from_someone_who_blocked_you_meanwhile(
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    _, bob_name, carol_name = names()
+    dora_name = f"dora_{carol_name[6:]}"
+    problems: list[str] = []
+    profile = {"gender": "woman", "interested_in": ["man"], "birthdate": "1994-03-12"}
+    tokens = {
+        "Carol": server.register(carol_name, display_name="Carol", **profile),
+        "Dora": server.register(dora_name, display_name="Dora", **profile),
+    }
+    bob_token = server.register(
+        bob_name, display_name="Bob", gender="man", interested_in=["woman"], birthdate="1992-08-30"
+    )
+    bob_id = server.call("GET", "/api/users/me/", token=bob_token)["id"]
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    card = bob.locator(".candidate")
+    expect(card).to_have_attribute("aria-label", re.compile("^(Carol|Dora)"))
+    shown = str(card.get_attribute("aria-label")).split(",")[0].split()[0]
+    other = "Dora" if shown == "Carol" else "Carol"
+    # The person on the card blocks Bob before he decides.
+    server.call("POST", "/api/blocks/", {"user_id": bob_id}, tokens[shown])
+
+    card.get_by_role("button", name=f"Like {shown}").click()
+    expect(bob.locator(".toast", has_text="No longer available")).to_be_visible()
+    expect(card).to_have_attribute("aria-label", re.compile(f"^{other}"))
+    card.get_by_role("button", name=f"Pass on {other}").click()
+    expect(bob.locator("#discover-stage")).to_contain_text("everyone for now")
+    # The refused like is the only failed request.
+    assert not unexpected(problems, 404), problems
