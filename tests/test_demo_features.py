@@ -696,6 +696,20 @@ def test_my_data_downloads_and_my_account_deletes_with_the_password(
     assert not unexpected(problems, 400, 401), problems
 
 
+def contrast(foreground: str, background: str) -> float:
+    """WCAG contrast ratio of two computed CSS colours (`rgb(...)` or `rgba(...)` over white)."""
+
+    def luminance(colour: str) -> float:
+        parts = [float(v) for v in re.findall(r"[\d.]+", colour)]
+        alpha = parts[3] if len(parts) > 3 else 1.0
+        channels = [c * alpha + 255 * (1 - alpha) for c in parts[:3]]
+        linear = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    lighter, darker = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
 def test_discover_moves_on_from_someone_who_blocked_you_meanwhile(
     sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
 ) -> None:
@@ -717,6 +731,11 @@ def test_discover_moves_on_from_someone_who_blocked_you_meanwhile(
     expect(card).to_have_attribute("aria-label", re.compile("^(Carol|Dora)"))
     shown = str(card.get_attribute("aria-label")).split(",")[0].split()[0]
     other = "Dora" if shown == "Carol" else "Carol"
+    # Without a photo the card shows initials, readable on their coloured ground (WCAG AA: 4.5:1).
+    colours = card.locator(".carousel-initials").evaluate(
+        "el => [getComputedStyle(el).color, getComputedStyle(el).backgroundColor]"
+    )
+    assert contrast(*colours) >= 4.5, colours
     # The person on the card blocks Bob before he decides.
     server.call("POST", "/api/blocks/", {"user_id": bob_id}, tokens[shown])
 
