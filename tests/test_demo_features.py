@@ -81,6 +81,16 @@ def names() -> tuple[str, str, str]:
     return f"alice_{suffix}", f"bob_{suffix}", f"carol_{suffix}"
 
 
+def alice_and_bob(server: DemoServer, alice_name: str, bob_name: str) -> tuple[str, str]:
+    """Alice and Bob, each the other's kind, registered over REST: their access tokens."""
+    alice_token = server.register(
+        alice_name, display_name="Alice", gender="woman", interested_in=["man"], birthdate="1994-03-12"
+    )
+    return alice_token, server.register(
+        bob_name, display_name="Bob", gender="man", interested_in=["woman"], birthdate="1992-08-30"
+    )
+
+
 def open_page(browser: Any, server: DemoServer, problems: list[str], **context: Any) -> Any:
     page = browser.new_context(viewport=DESKTOP, **context).new_page()
     watch(page, problems)
@@ -356,12 +366,7 @@ def test_edits_and_unsends_reach_the_other_person_live_and_after_a_reload(
     expect = sync_api.expect
     alice_name, bob_name, _ = names()
     problems: list[str] = []
-    alice_token = server.register(
-        alice_name, display_name="Alice", gender="woman", interested_in=["man"], birthdate="1994-03-12"
-    )
-    bob_token = server.register(
-        bob_name, display_name="Bob", gender="man", interested_in=["woman"], birthdate="1992-08-30"
-    )
+    alice_token, bob_token = alice_and_bob(server, alice_name, bob_name)
     for token, palette in ((alice_token, "rose"), (bob_token, "teal")):
         status, _ = server.request(
             "POST", "/api/users/me/photos/", token=token, raw=portrait_png(96, palette), content_type="image/png"
@@ -643,12 +648,7 @@ def test_my_data_downloads_and_my_account_deletes_with_the_password(
     expect = sync_api.expect
     alice_name, bob_name, _ = names()
     problems: list[str] = []
-    alice_token = server.register(
-        alice_name, display_name="Alice", gender="woman", interested_in=["man"], birthdate="1994-03-12"
-    )
-    bob_token = server.register(
-        bob_name, display_name="Bob", gender="man", interested_in=["woman"], birthdate="1992-08-30"
-    )
+    alice_token, bob_token = alice_and_bob(server, alice_name, bob_name)
     conversation = server.match(alice_token, bob_token)
     server.call("POST", f"/api/conversations/{conversation}/messages/", {"content": "Hi Bob!"}, alice_token)
     bob = signed_in(browser, server, problems, bob_name, expect)

@@ -43,6 +43,7 @@ import pymongo.errors
 from services.accounts.revocation import Revocations
 from services.accounts.users import UserService
 from services.chat.ids import MAX_SEQ, message_key
+from services.core.background import BackgroundTask
 from services.matching.service import MatchingService
 from services.media.cleanup import remove_user_files
 from services.media.store import MediaStore
@@ -162,17 +163,13 @@ class DeletionWorker:
     def __init__(self, finish_abandoned: Callable[[], Awaitable[int]], interval_s: float) -> None:
         self._finish_abandoned = finish_abandoned
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._background = BackgroundTask(self._run, "deletion-worker")
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._background.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._background.close()
 
     async def _run(self) -> None:
         delay = 0.0

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import pymongo.errors
 from pymongo.asynchronous.collection import AsyncCollection
 
+from services.core.background import BackgroundTask
 from services.storage.store import Doc
 
 log = logging.getLogger("chat.media")
@@ -40,17 +41,13 @@ class AttachmentSweeper:
         self._forget = forget  # removes a document's files and releases its quota count
         self.ttl_s = ttl_s
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._background = BackgroundTask(self._run, "attachment-sweeper")
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._background.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._background.close()
 
     async def sweep(self, now: dt.datetime | None = None) -> int:
         """Remove every unsent attachment older than the TTL; how many this node removed."""
