@@ -324,5 +324,6 @@ class ChatPair(HttpUser):
             socket: ChatSocket | None = getattr(self, side, None)
             if socket is not None:
                 if socket.resuming is not None:
-                    socket.resuming.join(timeout=self.options.ws_timeout)
+                    # Bounded: a stopping run must not wait a whole --ws-timeout per socket.
+                    socket.resuming.join(timeout=min(self.options.ws_timeout, 5.0))
                 socket.leave()

@@ -99,7 +99,8 @@ def run_with_a_restart(node: Node, command: list[str], cwd: Path, env: dict[str,
                 assert time.monotonic() < deadline, "the pairs never started playing:\n" + log.read_text()[-4000:]
                 time.sleep(0.2)
             node.restart()
-            tool.wait(60)
+            # Generous: on a loaded machine the pairs' last rounds and the tool's own stop take a while.
+            tool.wait(150)
         finally:
             if tool.poll() is None:
                 tool.kill()

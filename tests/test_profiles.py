@@ -444,7 +444,7 @@ async def test_unknown_routes_are_json_404(api, method, path):
         ("GET", "/api/register/"),
         ("PUT", "/api/token/"),
         ("GET", "/api/token/refresh/"),
-        ("DELETE", ME),
+        ("PUT", ME),
         ("POST", ME),
         ("GET", PICTURE),
         ("DELETE", "/api/users/1/"),
