@@ -531,6 +531,8 @@ function renderDiscover() {
 
 /** POST /api/likes/ or /api/passes/ {user_id}; a like may answer with the match it completed. */
 async function decide(user, kind) {
+  // Read before the buttons are disabled, which drops the focus to the page's body.
+  const fromDiscover = $("#discover-stage").contains(document.activeElement);
   for (const b of $$("#discover-stage button, #likes-list button")) b.disabled = true;
   try {
     if (kind === "like") {
@@ -543,18 +545,27 @@ async function decide(user, kind) {
       await api.post("/api/passes/", { user_id: user.id });
     }
     await moveOnFrom(user);
+    if (fromDiscover) focusDiscover(kind);
   } catch (error) {
     if (error.status === 404) {
       // They blocked you, deleted their account or were banned since the card was shown: the server
       // says only "not found", and so does the page, then shows the next person.
       toast({ title: "No longer available", text: `${nameOf(user)} can no longer be seen.` });
       await moveOnFrom(user).catch((e) => reportError(e));
+      if (fromDiscover) focusDiscover(kind);
       return;
     }
     reportError(error, kind === "like" ? "Could not like" : "Could not pass");
     renderDiscover();
     renderLikes();
   }
+}
+
+/** Keyboard users keep their place: the same button on the next card, or "Look again" past the last. */
+function focusDiscover(kind) {
+  const stage = $("#discover-stage");
+  const next = $(kind === "like" ? ".button-like" : ".button-pass", stage) || $("button", stage);
+  if (next) next.focus();
 }
 
 /** Take `user` off Discover and Liked you, and show who comes next. */

@@ -742,7 +742,11 @@ def test_discover_moves_on_from_someone_who_blocked_you_meanwhile(
     card.get_by_role("button", name=f"Like {shown}").click()
     expect(bob.locator(".toast", has_text="No longer available")).to_be_visible()
     expect(card).to_have_attribute("aria-label", re.compile(f"^{other}"))
-    card.get_by_role("button", name=f"Pass on {other}").click()
+    # The keyboard's place is kept: the next card's Like, then "Look again" once nobody is left.
+    expect(card.get_by_role("button", name=f"Like {other}")).to_be_focused()
+    card.get_by_role("button", name=f"Pass on {other}").focus()
+    bob.keyboard.press("Enter")
     expect(bob.locator("#discover-stage")).to_contain_text("everyone for now")
+    expect(bob.get_by_role("button", name="Look again")).to_be_focused()
     # The refused like is the only failed request.
     assert not unexpected(problems, 404), problems
