@@ -79,7 +79,12 @@ class NotifiedMessage(Answer):
     conversation_id: Id
     sender: UserSummary
     content: str
+    """In a replay (`?after=`), the text as it now is: "" once unsent."""
     created_at: Timestamp
+    edited_at: Timestamp = ABSENT
+    """In a replay: the message was edited since (`content` is the new text)."""
+    deleted: Literal[True] = ABSENT
+    """In a replay: the message was unsent since."""
 
 
 class NewMessage(Answer):
@@ -114,11 +119,45 @@ class NewLike(Answer):
     liker: UserSummary
 
 
+class MatchEnded(Answer):
+    """A match of the user ended, whoever ended it and however (unmatch, block, report, ban, account
+    deletion): the same frame to both people. Its conversation is closed."""
+
+    type: Literal["match_ended"]
+    conversation_id: Id
+    match_id: Id
+    user_id: Id
+    """The other person."""
+    timestamp: Timestamp
+
+
+class ConversationRead(Answer):
+    """The user marked a conversation read up to `message_id` (on any of their devices): its unread count
+    is 0 up to there."""
+
+    type: Literal["conversation_read"]
+    conversation_id: Id
+    message_id: Id
+    timestamp: Timestamp
+
+
 class NotificationEvent(Answer):
-    """A notification for the user of the socket."""
+    """A notification for the user of the socket. `id` counts up by one per notification of the user; a
+    socket opened with `?after=<id>` first receives the ones kept since (NOTIFICATION_RETENTION)."""
 
     type: Literal["notification"]
-    notification: Annotated[NewMessage | NewMatch | NewLike, Field(discriminator="type")]
+    id: Id
+    notification: Annotated[
+        NewMessage | NewMatch | NewLike | MatchEnded | ConversationRead, Field(discriminator="type")
+    ]
+
+
+class NotificationsTruncated(Answer):
+    """Sent first on a socket opened with `?after=` when some notifications after that id are no longer
+    kept (older than NOTIFICATION_RETENTION, or past NOTIFICATION_MAX_PER_USER): reload what they would
+    have told (matches, conversations, likes) over REST. The kept ones follow."""
+
+    type: Literal["notifications_truncated"]
 
 
 @dataclass(frozen=True)
@@ -152,9 +191,12 @@ SOCKETS: dict[str, SocketContract] = {
         ),
     ),
     "notifications": SocketContract(
-        "Notifications of one user: new_message, new_match, new_like.",
+        "Notifications of one user: new_message, new_match, new_like, match_ended, conversation_read.",
         {},
-        {"token": "access token (required)"},
-        (NotificationEvent, PongEvent, ErrorEvent),
+        {
+            "token": "access token (required)",
+            "after": "notification id: first receive the notifications kept after it (0: all kept), then live ones",
+        },
+        (NotificationEvent, NotificationsTruncated, PongEvent, ErrorEvent),
     ),
 }

@@ -11,6 +11,10 @@ A socket lives by its access token. It remembers the token's generation (a revoc
 it with 4002: services/accounts/revocation.py) and its expiry: SOCKET_TOKEN_GRACE seconds after `exp` the
 node's sweep closes it with 4004 (services/realtime/hub.py), and a frame arriving after that is not
 handled, unless an `auth` frame renewed the token (`renew`): same user, a valid access token.
+
+A notifications socket opened with `?after=<notification id>` first receives what the user's notifications
+log kept after that id (`notifications_truncated` first when some of it is no longer kept), then live
+notifications, none missing and none twice (services/realtime/notifications_log.py).
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ STRIKE_WINDOW_S = 60.0
 # Seconds a socket closed for persistent abuse has to read its close frame before it is dropped.
 ABUSER_GRACE_S = 1.0
 MAX_REASON_CHARS = 100
+# Notification ids are microseconds since the epoch plus a count (services/realtime/notifications_log.py).
+MAX_NOTIFICATION_ID_DIGITS = 17
 
 _cleanups: set[asyncio.Task[None]] = set()
 
@@ -468,7 +474,18 @@ class NotificationSocket(BaseSocket):
         try:
             if await self.authenticate_account() is None:
                 return
-            await self.register()
+            after = self.get_query_argument("after", None)
+            if not after:
+                await self.register()
+                return
+            if not (after.isascii() and after.isdigit()) or len(after) > MAX_NOTIFICATION_ID_DIGITS:
+                self.shut(CLOSE_BAD_FRAME, "`after` must be a notification id")
+                return
+            # Live notifications are held back from the subscription on, so that none published while the
+            # log is read is missed or sent twice.
+            self.begin_notification_replay()
+            if await self.register():
+                await self.services.replay_notifications(self, int(after))
         except Exception as exc:
             self.refuse(exc)
 

@@ -46,7 +46,7 @@ def message_bytes(description: str) -> int | None:
     for pattern in SIZE_PATTERNS:
         found = pattern.search(description)
         if found:
-            return int(found.group(1)) * 2 ** int(found.group(2) or 0)
+            return int(found.group(1)) * (1 << int(found.group(2) or 0))
     return None
 
 

@@ -56,6 +56,7 @@ const state = {
   panel: "discover",
   chat: null, // the open Chat, if any
   notifications: null, // the notifications ReconnectingSocket
+  lastNotificationId: null, // the newest notification id seen: a reconnect resumes after it (`?after=`)
   presenceTimer: null,
   toastedMatches: new Set(),
   mutes: new Map(), // conversation id -> {muted, muted_until}: the user's own mutes (nobody else sees them)
@@ -225,6 +226,7 @@ function signOut(reason) {
   closeChat();
   if (state.notifications) state.notifications.stop();
   state.notifications = null;
+  state.lastNotificationId = null; // ids are per user: the next one to sign in starts afresh
   clearInterval(state.presenceTimer);
   pushToggle.stop();
   api.clearTokens();
@@ -297,7 +299,12 @@ function renderConnection() {
 function connectNotifications() {
   state.notifications = new ReconnectingSocket({
     name: "notifications",
-    url: async () => socketUrl("/ws/notifications/", { token: await api.freshAccessToken() }),
+    url: async () => {
+      const params = { token: await api.freshAccessToken() };
+      // The server replays what this page missed while it was away, none twice.
+      if (state.lastNotificationId !== null) params.after = String(state.lastNotificationId);
+      return socketUrl("/ws/notifications/", params);
+    },
     onFrame: onNotification,
     onState: (s) => {
       renderConnection();
@@ -307,36 +314,73 @@ function connectNotifications() {
       }
     },
     onOpen: ({ reconnected }) => {
-      // Notifications are not replayed after a disconnect: catch up from REST instead.
-      if (reconnected) {
-        loadMatches().catch(() => {});
-        loadLikes().catch(() => {});
-      }
+      // Without a place to resume from (nothing was notified before the cut), REST tells what changed.
+      if (reconnected && state.lastNotificationId === null) reloadLists();
     },
   });
   state.notifications.start();
 }
 
-/** `{"type": "notification", "notification": {"type": "new_message" | "new_match" | "new_like", ...}}` */
+function reloadLists() {
+  loadMatches().catch(() => {});
+  loadLikes().catch(() => {});
+}
+
+// A replayed notification older than this updates the lists without a toast: news, not an alert.
+const STALE_NOTIFICATION_MS = 30_000;
+
+/**
+ * `{"type": "notification", "id", "notification": {"type": ..., "timestamp", ...}}`, kinds: new_message,
+ * new_match, new_like, match_ended, conversation_read; `{"type": "notifications_truncated"}` when some of
+ * what was missed is no longer kept (then REST tells).
+ */
 function onNotification(frame) {
+  if (frame.type === "notifications_truncated") {
+    reloadLists();
+    return;
+  }
   if (frame.type !== "notification" || !frame.notification) return;
+  if (typeof frame.id === "number") state.lastNotificationId = Math.max(state.lastNotificationId || 0, frame.id);
   const notification = frame.notification;
+  const stale = Date.now() - Date.parse(notification.timestamp) > STALE_NOTIFICATION_MS;
   switch (notification.type) {
     case "new_message":
-      onNewMessageNotification(notification.message);
+      onNewMessageNotification(notification.message, stale);
       break;
     case "new_match":
-      onNewMatch(notification.match);
+      onNewMatch(notification.match, stale);
       break;
     case "new_like":
-      onNewLike(notification.liker);
+      onNewLike(notification.liker, stale);
+      break;
+    case "match_ended":
+      onMatchEnded(notification);
+      break;
+    case "conversation_read":
+      onConversationRead(notification);
       break;
     default:
       break; // a newer server may add kinds: ignore what we do not know
   }
 }
 
-function onNewMessageNotification(message) {
+/** The match is gone (an unmatch or a block, by either person: the frame does not say): off the list. */
+function onMatchEnded(ended) {
+  if (state.matches.delete(ended.conversation_id)) renderMatches();
+}
+
+/** Read on another tab or device: no unread count here either. */
+function onConversationRead(read) {
+  const entry = state.matches.get(read.conversation_id);
+  if (!entry || !entry.unread) return;
+  const last = entry.lastMessage;
+  if (!last || last.id <= read.message_id) {
+    entry.unread = 0;
+    renderMatches();
+  }
+}
+
+function onNewMessageNotification(message, stale = false) {
   // {id, conversation_id, sender: {id, username, profile_picture}, content, created_at}
   const chat = state.chat;
   const watching = chat && chat.id === message.conversation_id && document.visibilityState === "visible";
@@ -349,7 +393,7 @@ function onNewMessageNotification(message) {
   } else {
     loadMatches().catch(() => {});
   }
-  if (watching) return; // the conversation socket shows it already
+  if (watching || stale || message.deleted) return; // shown already, old news, or unsent since
   withProfile(message.sender).then((sender) =>
     toast({
       title: `New message from ${nameOf(sender)}`,
@@ -360,14 +404,16 @@ function onNewMessageNotification(message) {
   );
 }
 
-function onNewMatch(match) {
+function onNewMatch(match, stale = false) {
   // {id, user: {id, username, profile_picture}, created_at, conversation_id?}
   const user = remember(match.user);
   state.candidates = state.candidates.filter((c) => userOf(c).id !== user.id);
   state.likes = state.likes.filter((l) => userOf(l).id !== user.id);
   renderLikes();
   renderDiscover();
-  Promise.all([loadMatches().catch(() => {}), withProfile(user)]).then(() => announceMatch(match.id, user));
+  Promise.all([loadMatches().catch(() => {}), withProfile(user)]).then(() => {
+    if (!stale) announceMatch(match.id, user);
+  });
 }
 
 function announceMatch(matchId, user) {
@@ -383,8 +429,9 @@ function announceMatch(matchId, user) {
   });
 }
 
-async function onNewLike(liker) {
+async function onNewLike(liker, stale = false) {
   loadLikes().catch(() => {});
+  if (stale) return;
   const user = await withProfile(liker);
   toast({
     title: `${nameOf(user)} liked you`,

@@ -750,3 +750,51 @@ def test_discover_moves_on_from_someone_who_blocked_you_meanwhile(
     expect(bob.get_by_role("button", name="Look again")).to_be_focused()
     # The refused like is the only failed request.
     assert not unexpected(problems, 404), problems
+
+
+# -- the sidebar follows the notifications socket ----------------------------------------------------------
+
+
+def test_the_sidebar_follows_matches_ended_live_and_made_while_the_socket_was_cut(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    alice_name, bob_name, carol_name = names()
+    problems: list[str] = []
+    alice_token, bob_token = alice_and_bob(server, alice_name, bob_name)
+    carol_token = server.register(
+        carol_name, display_name="Carol", gender="woman", interested_in=["man"], birthdate="1995-05-05"
+    )
+    server.match(alice_token, bob_token)
+    bob_id = server.call("GET", "/api/users/me/", token=bob_token)["id"]
+    carol_id = server.call("GET", "/api/users/me/", token=carol_token)["id"]
+    server.call("POST", "/api/likes/", {"user_id": carol_id}, bob_token)
+
+    # Bob's notifications sockets go through a route the test can cut: (page side, server side) each.
+    bob = open_page(browser, server, problems)
+    sockets: list[tuple[Any, Any]] = []
+    bob.route_web_socket(re.compile("/ws/notifications/"), lambda ws: sockets.append((ws, ws.connect_to_server())))
+    sign_in(bob, bob_name)
+    expect(bob.locator("#connection")).to_have_attribute("data-state", "online")
+    expect(bob.locator("#match-list .match", has_text="Alice")).to_have_count(1)
+
+    # Alice unmatches: Bob's sidebar loses her at once, without him opening the conversation.
+    [match] = listing(server.call("GET", "/api/matches/", token=alice_token))
+    assert server.request("DELETE", f"/api/matches/{match['id']}/", token=alice_token)[0] == 204
+    expect(bob.locator("#match-list .match", has_text="Alice")).to_have_count(0)
+
+    # The socket is cut, and Carol likes Bob back before the page reconnects (its first retry waits about a
+    # second): the reconnect resumes after the last notification the page saw, and the replay brings the match.
+    page_side, server_side = sockets[-1]
+    assert "after=" not in page_side.url  # nothing had been notified before the first connect
+    server_side.close()
+    page_side.close(code=1013, reason="cut by the test")
+    server.call("POST", "/api/likes/", {"user_id": bob_id}, carol_token)
+    expect(bob.locator("#match-list .match", has_text="Carol")).to_have_count(1)
+    expect(bob.locator(".toast", has_text="a match!")).to_be_visible()
+    assert len(sockets) == 2 and re.search(r"[?&]after=\d+", sockets[1][0].url), [s[0].url for s in sockets]
+    assert not unexpected(problems), problems
+
+
+def listing(data: Any) -> list[Any]:
+    return list(data["results"] if isinstance(data, dict) else data)

@@ -48,7 +48,7 @@ class Recorder:
         out = []
         for kind, frame in self.on(user_channel(user_id)):
             assert kind == NOTIFICATION
-            assert set(frame) == {"type", "notification"} and frame["type"] == "notification"
+            assert set(frame) == {"type", "id", "notification"} and frame["type"] == "notification"
             out.append(frame["notification"])
         return out
 
@@ -250,7 +250,16 @@ async def test_block_unmatches_hides_and_unblocks(api, services):
     assert again.status == 200 and again.body == blocked.body
     await settle()
     assert (CONVERSATION_CLOSED, None) in rec.on(conversation_channel(cid))
-    assert rec.notifications(a.id) == [] and rec.notifications(b.id) == []
+    # Both are told the match ended, by the same frame an unmatch sends: nothing says "blocked", or who.
+    ended = {user.id: rec.notifications(user.id) for user in (a, b)}
+    for user, other in ((a, b), (b, a)):
+        assert [n["type"] for n in ended[user.id]] == ["match_ended"]
+        assert {k: v for k, v in ended[user.id][0].items() if k != "timestamp"} == {
+            "type": "match_ended",
+            "conversation_id": cid,
+            "match_id": match["id"],
+            "user_id": other.id,
+        }
     assert (await services.store.conversations.find_one({"_id": cid}))["status"] == "closed"
     assert (await services.store.matches.find_one({"conversation_id": cid}))["ended_by"] == a.id
     for user in (a, b):

@@ -179,8 +179,12 @@ async def test_the_reported_user_is_told_nothing(api, services):
     await send(api, cid, bob, "hello")
     bob_notifications = await notifications(api, bob)
     assert (await report(api, alice, bob.id, "spam", message_ids=[1])).status == 201
-    # Nothing on bob's notifications socket, and nothing in anything bob can read says "report".
-    assert await bob_notifications.silent(0.5) == []
+    # On bob's notifications socket only the end of the match, the frame an unmatch sends too; nothing
+    # in anything bob can read says "report".
+    frames = await bob_notifications.silent(0.5)
+    assert [f["notification"]["type"] for f in frames] == ["match_ended"]
+    assert set(frames[0]["notification"]) == {"type", "conversation_id", "match_id", "user_id", "timestamp"}
+    assert frames[0]["notification"]["user_id"] == alice.id
     for path in (
         "/api/users/me/",
         "/api/blocks/",

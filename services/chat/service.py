@@ -32,7 +32,7 @@ from services.core.text import clean_multiline
 from services.media.content import ATTACHMENT_TYPES
 from services.media.store import MediaStore
 from services.push.preferences import muted_participants
-from services.realtime.events import Publisher
+from services.realtime.events import Publisher, conversation_read_notification
 from services.storage.store import Doc, Store
 
 CONVERSATION_CACHE_TTL_S = 10.0
@@ -298,7 +298,8 @@ class ChatService:
     # -- read pointers -----------------------------------------------------------------------------
 
     async def mark_read(self, conversation_id: int, user_id: int, message_id: int) -> dict[str, Any] | None:
-        """Mark `message_id` and everything before it read by `user_id`; publish a receipt if it moved.
+        """Mark `message_id` and everything before it read by `user_id`; if the pointer moved, publish a
+        receipt to the conversation and `conversation_read` to the reader's own notifications sockets.
 
         Returns the receipt frame, or None when the pointer was already there.
         """
@@ -329,6 +330,8 @@ class ChatService:
             "timestamp": now_iso(),
         }
         await self._events.to_conversation(conversation_id, frame)
+        # The reader's other tabs and devices clear their unread count for this conversation.
+        await self._events.notify(user_id, conversation_read_notification(conversation_id, message_id))
         return frame
 
     # -- reading (services/chat/history.py) --------------------------------------------------------

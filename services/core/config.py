@@ -26,6 +26,9 @@ def _knob(default: Any, env: str, help: str) -> Any:
     return field(default=default, metadata={"env": env, "help": help})
 
 
+MAX_NOTIFICATIONS_KEPT = 10_000
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = _knob("127.0.0.1", "HOST", "Interface to listen on")
@@ -99,6 +102,14 @@ class Settings:
     )
     outbound_buffer_bytes: int = _knob(
         1024 * 1024, "OUTBOUND_BUFFER_BYTES", "Unsent bytes a socket may owe before it is closed as a slow consumer"
+    )
+    notification_retention_s: float = _knob(
+        86400.0,
+        "NOTIFICATION_RETENTION",
+        "Seconds a notification is kept for notifications sockets that resume with `?after=` (older: truncated)",
+    )
+    notification_max_per_user: int = _knob(
+        200, "NOTIFICATION_MAX_PER_USER", "Notifications kept per user for resuming sockets (the newest ones)"
     )
     typing_timeout_s: float = _knob(8.0, "TYPING_TIMEOUT", "Seconds of silence before a typist is reported stopped")
     ping_interval_s: float = _knob(25.0, "PING_INTERVAL", "Seconds between WebSocket pings (one loop per node)")
@@ -298,11 +309,17 @@ class Settings:
             value = getattr(self, f.name)
             if f.type in ("int", int, "float", float) and value < 0:
                 raise ValueError(f"{f.metadata['env']} must not be negative")
+        self._validate_relations()
+        self._validate_push()
+
+    def _validate_relations(self) -> None:
         if self.location_offset_min_m <= self.location_grid_m / math.sqrt(2):
             raise ValueError("LOCATION_OFFSET_MIN_M must exceed half the diagonal of a LOCATION_GRID_M cell")
         if self.location_offset_max_m < self.location_offset_min_m:
             raise ValueError("LOCATION_OFFSET_MAX_M must not be below LOCATION_OFFSET_MIN_M")
-        self._validate_push()
+        if not 1 <= self.notification_max_per_user <= MAX_NOTIFICATIONS_KEPT:
+            # A resuming socket is sent all of them at once: the bound keeps that one answer bounded.
+            raise ValueError(f"NOTIFICATION_MAX_PER_USER must be between 1 and {MAX_NOTIFICATIONS_KEPT}")
 
     def _require_shared_backends(self) -> None:
         """A production node shares its store and its bus: an empty URL (a typo, a missing env file line)

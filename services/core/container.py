@@ -16,6 +16,7 @@ from services.accounts.export import AccountExport
 from services.accounts.revocation import Revocations
 from services.accounts.throttle import LoginThrottle
 from services.accounts.users import UserService
+from services.chat.notifications import NotificationFeed
 from services.chat.presence import PresenceAnnouncer, PresenceService
 from services.chat.service import ChatService
 from services.core import errors
@@ -88,6 +89,7 @@ class Services:
     deletion: AccountDeletion
     deletion_worker: DeletionWorker
     exports: AccountExport
+    notification_feed: NotificationFeed
     shutting_down: bool = False
     # Whether the store's indexes were ensured: a node started while MongoDB was away serves (503s, 1011s)
     # and retries until it can, and is not ready before (see `prepare_store`).
@@ -128,6 +130,40 @@ class Services:
                 if not page:
                     break
                 peer.receive_page(page)
+
+    async def replay_notifications(self, peer: Peer, after: int) -> None:
+        """Send a notifications socket what the log kept after id `after` (with `notifications_truncated`
+        first when some of it is gone), then the live notifications held back since its replay began."""
+        last: int | None = None
+        try:
+            replay = await self.notification_feed.replay(peer.user_id, after)
+            if replay.truncated:
+                peer.push_json({"type": "notifications_truncated"})
+            for seq, frame in replay.frames:
+                peer.push(frame)
+                last = seq
+            if last is None and replay.head is not None:
+                # Nothing kept after `after`: live ones follow the newest id issued (an `after` beyond it, a
+                # client's bug, must not hold every later notification back).
+                last = replay.head
+        finally:
+            peer.end_notification_replay(last)
+
+    async def fill_notifications(self, peer: Peer) -> None:
+        """The hub saw a notifications socket's ids jump: send it what it missed from the log."""
+        if peer.last_notification_id is None:
+            peer.end_notification_replay(None)
+            return
+        await self.replay_notifications(peer, peer.last_notification_id)
+
+    def catch_up_notifications(self) -> None:
+        """After Redis was away, notifications published meanwhile may have missed this node's sockets: each
+        notifications socket that has a place in its user's log is sent what the log kept after it."""
+        for peers in list(self.connections.notifications_by_user.values()):
+            for peer in list(peers):
+                if peer.last_notification_id is not None and peer.notification_buffer is None:
+                    peer.begin_notification_replay()
+                    self.connections.request_notification_fill(peer)
 
     def catch_up_all(self) -> None:
         """After the bus lost events (Redis away, or a node died before publishing what it stored), send every
@@ -218,6 +254,7 @@ class Services:
             await asyncio.gather(self._store_preparation, return_exceptions=True)
         await self.connections.close_all(1001, "server shutting down")
         await self.chat.close()
+        await self.events.notifications.close()
         await self.push.close()
         await self.media.close()
         await self.deletion_worker.close()
@@ -255,7 +292,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         redis=backends.shared_counters,
         prefix=settings.redis_prefix,
     )
-    events = Publisher(bus)
+    events = Publisher(bus, backends.notifications)
     revocations = Revocations(store, events, users.liveness)
     users.revocations = revocations
     # A token below its account's generation is refused by whatever this node knows of the account, and a
@@ -319,9 +356,12 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         deletion=deletion,
         deletion_worker=DeletionWorker(deletion.finish_abandoned, settings.deletion_sweep_interval_s),
         exports=AccountExport(store, users, media),
+        notification_feed=NotificationFeed(backends.notifications, store, users),
     )
     connections.gap_filler = services.fill_gaps
+    connections.notification_filler = services.fill_notifications
     backends.on_reconnect.append(services.catch_up_all)
+    backends.on_reconnect.append(services.catch_up_notifications)
     # A node that died may have stored messages whose events never reached the bus: when its presence is
     # swept, every node sends its sockets what they are missing, instead of waiting for a next message.
     backends.presence.on_node_swept = events.node_lost

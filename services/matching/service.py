@@ -54,7 +54,12 @@ from services.matching.location import (
     distance_m,
     radius_bucket,
 )
-from services.realtime.events import Publisher, new_like_notification, new_match_notification
+from services.realtime.events import (
+    Publisher,
+    match_ended_notification,
+    new_like_notification,
+    new_match_notification,
+)
 from services.storage.documents import conversation_document
 from services.storage.store import Doc, Store
 
@@ -756,13 +761,17 @@ class MatchingService:
         await self._end_match(match, ended_by=viewer_id)
 
     async def _end_match(self, match: Doc, *, ended_by: int) -> None:
-        """End the match and close its conversation; repeating it only repeats the close."""
+        """End the match and close its conversation; repeating it only repeats the close. Whoever ends it
+        (an unmatch, a block, a report, a ban, an account deletion: all come here) tells both people with
+        the same `match_ended`, so nobody learns from it that they were blocked or reported."""
         now = _utcnow()
+        ended_here = False
         if match["status"] == "active":
-            await self._store.matches.update_one(
+            result = await self._store.matches.update_one(
                 {"_id": match["_id"], "status": "active"},
                 {"$set": {"status": "ended", "ended_at": now, "ended_by": ended_by}},
             )
+            ended_here = result.modified_count == 1
             match = {**match, "status": "ended", "ended_at": now, "ended_by": ended_by}
         cid = int(match["conversation_id"])
         await self._ensure_conversation(match)
@@ -776,6 +785,12 @@ class MatchingService:
             await self._events.close_conversation(cid)
         except Exception:
             log.exception("could not publish the close of conversation %s", cid)
+        if ended_here:
+            # Once, by the request whose update ended it; after the close, so a client that reopens the
+            # conversation on this news finds it closed.
+            a, b = (int(u) for u in match["users"])
+            for user, other in ((a, b), (b, a)):
+                await self._notify(user, match_ended_notification(int(match["_id"]), cid, other))
 
     # -- blocks ---------------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 With no REDIS_URL the node runs alone: an in-process bus, presence counted in this process, sign-in
 failures counted in this process. A `redis://`, `rediss://` or `unix://` URL makes it one node of a
-cluster: the bus, presence, rate budgets and the sign-in counters are shared through that Redis. This is the one
+cluster: the bus, presence, rate budgets, the sign-in counters and the notifications log are shared through
+that Redis. This is the one
 place that knows which backend is which; everyone else uses the interfaces.
 """
 
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 from services.core.config import Settings
 from services.realtime.bus import Bus, InProcessBus, RedisBus
 from services.realtime.counters import LocalRateCounters, RateCounters, RedisRateCounters
+from services.realtime.notifications_log import LocalNotificationLog, NotificationLog, RedisNotificationLog
 from services.realtime.presence import PresenceStore, RedisPresenceStore
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -29,6 +31,8 @@ class Backends:
     presence: PresenceStore
     # Rate budgets (sign-ups per address, discover calls per user...): per node, or shared through Redis.
     rates: RateCounters
+    # Numbers and keeps each user's notifications for sockets that resume: in memory, or in Redis.
+    notifications: NotificationLog
     # A Redis client for counters every node shares (the sign-in throttle); None when this node counts alone.
     shared_counters: Any | None = None
     # Called when the bus lost events and is back (the node catches its sockets up from MongoDB), and on
@@ -55,7 +59,9 @@ def uses_redis(redis_url: str) -> bool:
 
 def build_backends(settings: Settings) -> Backends:
     if not uses_redis(settings.redis_url):
-        return Backends(bus=InProcessBus(), presence=PresenceStore(), rates=LocalRateCounters())
+        bus: Bus = InProcessBus()
+        notifications = LocalNotificationLog(bus, settings.notification_retention_s, settings.notification_max_per_user)
+        return Backends(bus=bus, presence=PresenceStore(), rates=LocalRateCounters(), notifications=notifications)
     bus = RedisBus(settings.redis_url, settings.redis_prefix)
     presence = RedisPresenceStore(
         bus.redis,
@@ -68,6 +74,9 @@ def build_backends(settings: Settings) -> Backends:
         bus=bus,
         presence=presence,
         rates=RedisRateCounters(bus.redis, settings.redis_prefix),
+        notifications=RedisNotificationLog(
+            bus, bus.redis, settings.redis_prefix, settings.notification_retention_s, settings.notification_max_per_user
+        ),
         shared_counters=bus.redis,
         on_reconnect=bus.on_reconnect,
         on_error=bus.on_error,

@@ -58,6 +58,11 @@ class Bus(abc.ABC):
         except Exception:
             log.exception("bus handler failed for %s", channel)
 
+    def deliver_here(self, channel: str, payload: bytes) -> None:
+        """Hand an event to this node's own subscribers only, on the next loop iteration (for an event that
+        could not go through the shared backend: better this node's sockets than nobody)."""
+        asyncio.get_running_loop().call_soon(self._deliver, channel, payload)
+
     @property
     def healthy(self) -> bool:
         return True

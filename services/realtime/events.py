@@ -6,9 +6,10 @@ are written to every one of them untouched, so a frame is serialised once in the
 node reads only the header.
 Header keys: `k` kind, `t` the frame's type (for metrics), `ts` when it was published (for the
 publish-to-deliver latency), `x` a user whose sockets must not receive it, `s` a message id (for
-in-order delivery), `d` true when the frame may be dropped for a slow reader (typing), `pu`/`pv` the user
-and version of a presence transition (older ones are dropped); for a revocation, `u` the user, `g` the token
-generation below which their sockets close (absent: every socket of theirs) and `c` the close code.
+in-order delivery), `n` a notification's id (the same, for a user's notifications), `d` true when the
+frame may be dropped for a slow reader (typing), `pu`/`pv` the user and version of a presence transition
+(older ones are dropped); for a revocation, `u` the user, `g` the token generation below which their
+sockets close (absent: every socket of theirs) and `c` the close code.
 Between nodes the Redis bus wraps a payload in an envelope naming the node that published it and removes
 it again on arrival (services/realtime/bus.py): subscribers always receive the payload as `encode` made it.
 """
@@ -18,12 +19,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from services.core.clock import now_iso
-from services.realtime.bus import Bus, conversation_channel, user_channel
+from services.realtime.bus import Bus, conversation_channel
+
+if TYPE_CHECKING:
+    from services.realtime.notifications_log import NotificationLog
 
 log = logging.getLogger("chat.events")
 
@@ -55,17 +59,24 @@ def decode(payload: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 class Publisher:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, notifications: NotificationLog | None = None) -> None:
         self.bus = bus
+        if notifications is None:
+            from services.realtime.notifications_log import LocalNotificationLog  # it imports this module
+
+            notifications = LocalNotificationLog(bus)
+        # Numbers, keeps and publishes every notification (services/realtime/notifications_log.py).
+        self.notifications = notifications
         # Awaited with (user_id, notification) after each notification is published: push delivery
         # (services/push/service.py) queues it there for users who are offline. A failing hook is logged and
         # never fails the publisher: the notification itself went out.
         self.on_notify: list[Callable[[int, dict[str, Any]], Awaitable[None]]] = []
 
     async def notify(self, user_id: int, notification: dict[str, Any]) -> None:
-        """Send `{"type": "notification", "notification": ...}` to one user's notifications sockets."""
-        frame = {"type": "notification", "notification": notification}
-        await self.bus.publish(user_channel(user_id), encode({"k": NOTIFICATION}, frame))
+        """Send `{"type": "notification", "id": N, "notification": ...}` to one user's notifications sockets,
+        N being the user's next notification id, and keep it for sockets that resume (`kept_form`). Never
+        waits for the network."""
+        self.notifications.append(user_id, notification, kept_form(notification))
         for hook in self.on_notify:
             try:
                 await hook(user_id, notification)
@@ -111,6 +122,31 @@ class Publisher:
         await self.bus.publish(REVOCATIONS_CHANNEL, encode(header, None))
 
 
+def kept_form(notification: dict[str, Any]) -> dict[str, Any]:
+    """What the notifications log keeps of a notification: what the store holds anyway is left out and read
+    again when it is replayed (services/chat/notifications.py). A person is kept as their id (their name and
+    picture may change, their account may go), and a message as its ids without its text (an unsent
+    message's text must not outlive it in the log)."""
+    kind = notification.get("type")
+    if kind == "new_message":
+        message = notification["message"]
+        return {
+            **notification,
+            "message": {
+                "id": message["id"],
+                "conversation_id": message["conversation_id"],
+                "sender": {"id": message["sender"]["id"]},
+                "created_at": message["created_at"],
+            },
+        }
+    if kind == "new_like":
+        return {**notification, "liker": {"id": notification["liker"]["id"]}}
+    if kind == "new_match":
+        match = notification["match"]
+        return {**notification, "match": {**match, "user": {"id": match["user"]["id"]}}}
+    return notification
+
+
 def new_like_notification(liker: dict[str, Any]) -> dict[str, Any]:
     return {"type": "new_like", "timestamp": now_iso(), "liker": liker}
 
@@ -120,4 +156,26 @@ def new_match_notification(match_id: int, other_user: dict[str, Any], created_at
         "type": "new_match",
         "timestamp": now_iso(),
         "match": {"id": match_id, "user": other_user, "created_at": created_at, **extra},
+    }
+
+
+def match_ended_notification(match_id: int, conversation_id: int, other_user_id: int) -> dict[str, Any]:
+    """The same whatever ended the match (an unmatch, a block, a report, a ban, an account deletion): nobody
+    learns from it why."""
+    return {
+        "type": "match_ended",
+        "conversation_id": conversation_id,
+        "match_id": match_id,
+        "user_id": other_user_id,
+        "timestamp": now_iso(),
+    }
+
+
+def conversation_read_notification(conversation_id: int, message_id: int) -> dict[str, Any]:
+    """To the reader's own notifications sockets: they read the conversation up to `message_id`."""
+    return {
+        "type": "conversation_read",
+        "conversation_id": conversation_id,
+        "message_id": message_id,
+        "timestamp": now_iso(),
     }

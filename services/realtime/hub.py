@@ -15,6 +15,11 @@ Messages reach a conversation socket in id order, without gaps and without repea
 last id it delivered, skips repeats, and parks an early arrival until the ids before it arrive or are
 fetched from MongoDB (see ChatService.messages_after).
 
+Notifications reach a notifications socket in id order too (ids per user, numbered by the notifications
+log, services/realtime/notifications_log.py): a peer skips ids it already delivered, and on a jump (the
+bus lost events while Redis was away) holds live ones back while `notification_filler` sends it what the
+log kept in between.
+
 Every socket holds a token, and the hub enforces two things about it. A revocation (services/accounts/
 revocation.py) arrives on the one channel every node subscribes to from its start, `revocations`, and
 closes the user's local sockets opened with older tokens, whatever they are open on. And a token expires:
@@ -74,6 +79,10 @@ REVOKED_REASONS = {
 }
 
 
+# Live notifications one socket may hold back while its replay from the log is under way.
+MAX_HELD_NOTIFICATIONS = 1000
+
+
 class LimitExceeded(Exception):
     """A connection limit refuses a new socket, closed with `close_code` and this reason: 1013 when the node
     is full (another node, or this one later, will take it: the client retries), 1008 for one user's caps
@@ -109,6 +118,10 @@ class Peer:
         self.shown_after: int | None = None
         self.last_activity = time.monotonic()
         self.closing = False
+        # Notifications sockets: the last notification id delivered, and live ones held back while a
+        # replay from the log is under way (None when none is).
+        self.last_notification_id: int | None = None
+        self.notification_buffer: list[tuple[int, bytes]] | None = None
 
     # -- supplied by the transport -----------------------------------------------------------------
 
@@ -250,8 +263,49 @@ class Peer:
         elif self.shown_after is None or seq <= self.shown_after:
             self.push(data)
 
+    # -- ordered notifications ---------------------------------------------------------------------
+
+    def deliver_notification(self, seq: int, data: bytes) -> None:
+        """The notification numbered `seq`: pushed in id order, once."""
+        if self.notification_buffer is not None:
+            if len(self.notification_buffer) >= MAX_HELD_NOTIFICATIONS:
+                # The replay is not getting through (a store or Redis that stalls): come back later.
+                self.shut(CLOSE_TRY_AGAIN_LATER, "notifications replay too slow")
+                return
+            self.notification_buffer.append((seq, data))
+            return
+        last = self.last_notification_id
+        if last is not None and seq <= last:
+            return  # delivered already: a replay overlapping live traffic
+        if last is not None and seq > last + 1:
+            # Ids this socket never saw: the log sends them (or says they are gone) before this one.
+            self.notification_buffer = [(seq, data)]
+            self.connections.request_notification_fill(self)
+            return
+        self.push(data)
+        self.last_notification_id = seq
+
+    def begin_notification_replay(self) -> None:
+        """Live notifications are held back until `end_notification_replay` (the log's are sent first)."""
+        if self.notification_buffer is None:
+            self.notification_buffer = []
+
+    def end_notification_replay(self, last_sent: int | None) -> None:
+        """The replay went up to `last_sent` (None: the socket takes whatever comes next): deliver what was
+        held back after it, in order. No gap is looked for among those: the replay just read the log up to
+        its newest id, so one could only be an id the log no longer has."""
+        buffered, self.notification_buffer = self.notification_buffer or [], None
+        if last_sent is not None:
+            self.last_notification_id = max(last_sent, self.last_notification_id or 0)
+        for seq, data in sorted(buffered, key=lambda item: item[0]):
+            last = self.last_notification_id
+            if last is None or seq > last:
+                self.push(data)
+                self.last_notification_id = seq
+
 
 GapFiller = Callable[[int, list[Peer]], Awaitable[None]]
+NotificationFiller = Callable[[Peer], Awaitable[None]]
 
 
 class Connections:
@@ -265,6 +319,10 @@ class Connections:
         self.notifications_by_user: dict[int, set[Peer]] = defaultdict(set)
         self.by_conversation: dict[int, set[Peer]] = defaultdict(set)
         self.gap_filler: GapFiller | None = None
+        # Sends a notifications socket what the log kept after its last id, then ends its replay
+        # (Services.fill_notifications); called when live ids jump.
+        self.notification_filler: NotificationFiller | None = None
+        self._notification_fills: set[asyncio.Task[None]] = set()
         # Called with a conversation id when an unmatch or block closed it (drop caches).
         self.on_conversation_closed: list[Callable[[int], None]] = []
         # Called with (conversation id, message id) for every stored message the bus brings: the
@@ -359,8 +417,7 @@ class Connections:
         if self.metrics is not None:
             self._count_event(self.metrics, header, kind, target)
         if kind == NOTIFICATION:
-            for peer in list(self.notifications_by_user.get(target, ())):
-                peer.push(frame)
+            self._to_user(target, header.get("n"), frame)
         elif kind == CONVERSATION:
             self._to_conversation(target, header, frame)
         elif kind == CONVERSATION_CLOSED:
@@ -368,6 +425,14 @@ class Connections:
                 hook(target)
             for peer in list(self.by_conversation.get(target, ())):
                 peer.shut(CLOSE_FORBIDDEN, "conversation closed")
+
+    def _to_user(self, user_id: int, seq: Any, frame: bytes) -> None:
+        """A notification to the user's notifications sockets; numbered ones (`n`) in id order."""
+        for peer in list(self.notifications_by_user.get(user_id, ())):
+            if seq is None:
+                peer.push(frame)
+            else:
+                peer.deliver_notification(int(seq), frame)
 
     def _revoke(self, user_id: int, generation: int | None, close_code: int) -> None:
         """Close the user's sockets opened with a token below `generation` (all of them when None)."""
@@ -438,6 +503,25 @@ class Connections:
             self._gap_tasks.pop(conversation_id, None)
         if any(p.parked for p in self.by_conversation.get(conversation_id, ())):
             self._gap_tasks[conversation_id] = asyncio.get_running_loop().create_task(self._fill_gaps(conversation_id))
+
+    def request_notification_fill(self, peer: Peer) -> None:
+        """Have the log send `peer` the notifications it missed (its replay was begun by the caller)."""
+        if self.notification_filler is None:
+            peer.end_notification_replay(None)
+            return
+        task = asyncio.get_running_loop().create_task(self._fill_notifications(peer, self.notification_filler))
+        # The loop keeps only weak references to tasks: hold each until it is done.
+        self._notification_fills.add(task)
+        task.add_done_callback(self._notification_fills.discard)
+
+    async def _fill_notifications(self, peer: Peer, filler: NotificationFiller) -> None:
+        try:
+            await filler(peer)
+        except Exception:
+            log.warning("notification replay for user %d failed", peer.user_id, exc_info=True)
+        finally:
+            if peer.notification_buffer is not None:
+                peer.end_notification_replay(None)
 
     # -- token deadlines ----------------------------------------------------------------------------
 
@@ -513,7 +597,7 @@ class Connections:
             if task is not None:
                 task.cancel()
         self._heartbeat = self._expiry = None
-        for task in list(self._gap_tasks.values()):
+        for task in [*self._gap_tasks.values(), *self._notification_fills]:
             task.cancel()
         for peer in list(self.peers):
             peer.shut(code, reason)
