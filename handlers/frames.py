@@ -76,11 +76,15 @@ class AuthFrame(ClientFrame):
     token: Annotated[StrictStr, Field(max_length=MAX_TOKEN_CHARS)]
 
 
-@REGISTRY.frame(MessageFrame, "conversation")
+def spend_message_rate(socket: BaseSocket, frame: ClientFrame) -> None:
+    """On arrival: sends, edits and unsends spend the user's message rate (shared with REST sends)."""
+    socket.services.check_message_rate(socket.user_id)
+
+
+@REGISTRY.frame(MessageFrame, "conversation", admit=spend_message_rate)
 async def message(socket: ConversationSocket, frame: MessageFrame) -> None:
     """Store a message and deliver it to every socket of the conversation (the sender's included)."""
     services = socket.services
-    services.check_message_rate(socket.user_id)
     stored, created = await services.chat.send_message(
         socket.conversation, socket.user_id, frame.content, frame.client_id, frame.attachment_id
     )
@@ -99,7 +103,7 @@ def _read_receipt_changes_nothing(socket: ConversationSocket, frame: ReadReceipt
     return frame.message_id <= socket.read_target or socket.read_writer is not None
 
 
-@REGISTRY.frame(ReadReceiptFrame, "conversation", free=_read_receipt_changes_nothing)
+@REGISTRY.frame(ReadReceiptFrame, "conversation", free=_read_receipt_changes_nothing, ordered=False)
 def read_receipt(socket: ConversationSocket, frame: ReadReceiptFrame) -> None:
     """Move the sender's read pointer and tell the other participants.
 
@@ -131,13 +135,12 @@ async def _write_read_marks(socket: ConversationSocket, frame: ReadReceiptFrame)
         socket.read_writer = None
 
 
-@REGISTRY.frame(EditFrame, "conversation")
+@REGISTRY.frame(EditFrame, "conversation", admit=spend_message_rate)
 async def edit(socket: ConversationSocket, frame: EditFrame) -> None:
     """Edit one of the sender's messages; every socket of the conversation receives `message_edited`.
 
     Counts against the sender's message rate, like a send."""
     services = socket.services
-    services.check_message_rate(socket.user_id)
     await services.chat.edit_message(
         socket.conversation,
         socket.user_id,
@@ -147,23 +150,21 @@ async def edit(socket: ConversationSocket, frame: EditFrame) -> None:
     )
 
 
-@REGISTRY.frame(UnsendFrame, "conversation")
+@REGISTRY.frame(UnsendFrame, "conversation", admit=spend_message_rate)
 async def unsend(socket: ConversationSocket, frame: UnsendFrame) -> None:
     """Unsend one of the sender's messages; every socket of the conversation receives `message_deleted`.
 
     Counts against the sender's message rate, like a send."""
-    services = socket.services
-    services.check_message_rate(socket.user_id)
-    await services.chat.unsend_message(socket.conversation, socket.user_id, frame.message_id)
+    await socket.services.chat.unsend_message(socket.conversation, socket.user_id, frame.message_id)
 
 
-@REGISTRY.frame(PingFrame, "conversation", "notifications")
+@REGISTRY.frame(PingFrame, "conversation", "notifications", ordered=False)
 def ping(socket: BaseSocket, frame: PingFrame) -> None:
     """Answer `pong` (to clients that cannot see WebSocket control frames)."""
     socket.push_json({"type": "pong"})
 
 
-@REGISTRY.frame(AuthFrame, "conversation", "notifications")
+@REGISTRY.frame(AuthFrame, "conversation", "notifications", ordered=False)
 def auth(socket: BaseSocket, frame: AuthFrame) -> Awaitable[None]:
     """Renew the socket's access token; no answer.
 

@@ -9,6 +9,12 @@ The model validates the frame and documents it (the API document's WebSocket sec
 this registry); the endpoints say which sockets accept it. A handler returns None when it finished
 without waiting, or an awaitable for work that has to wait (a store write): the socket awaits only then.
 
+Rates are checked when a frame arrives, before it waits behind anything: the socket's frame budget (unless
+`free` says the frame changes nothing), then the type's own `admit` check (a message spends the sender's
+message rate). Frames of one socket are handled in arrival order; while one waits for the store, those
+that arrive meanwhile queue behind it (handlers/sockets.py), except the types registered `ordered=False`
+(ping, auth, read receipts), which are handled at once.
+
 A frame that is not JSON, not an object, of a type the endpoint does not accept or with a field of the
 wrong type is a protocol violation, `BadFrame` (close 4003). A well-formed frame the server refuses
 (empty text, rate limited, a message id of another conversation) raises a domain error, which the socket
@@ -40,6 +46,9 @@ FrameHandler = Callable[[Any, Any], Awaitable[None] | None]
 # Whether a frame would change nothing on this socket (a read receipt at or below what is already read):
 # such a frame spends no frame budget, so that a client that repeats itself harmlessly is never cut off.
 FreeCheck = Callable[[Any, Any], bool]
+# A frame type's own checks on arrival (a message spends the sender's message rate): raises a domain error
+# (RateLimited) to refuse the frame before it waits behind anything.
+Admission = Callable[[Any, Any], None]
 Handler = TypeVar("Handler", bound=FrameHandler)
 
 
@@ -50,6 +59,8 @@ class FrameSpec:
     endpoints: tuple[str, ...]
     handler: FrameHandler
     free: FreeCheck | None = None
+    admit: Admission | None = None
+    ordered: bool = True  # handled after the socket's earlier frames (False: at once)
 
     @property
     def summary(self) -> str:
@@ -61,14 +72,19 @@ class FrameRegistry:
         self._by_endpoint: dict[str, dict[str, FrameSpec]] = {endpoint: {} for endpoint in ENDPOINTS}
 
     def frame(
-        self, model: type[ClientFrame], *endpoints: str, free: FreeCheck | None = None
+        self,
+        model: type[ClientFrame],
+        *endpoints: str,
+        free: FreeCheck | None = None,
+        admit: Admission | None = None,
+        ordered: bool = True,
     ) -> Callable[[Handler], Handler]:
-        """Register the decorated function as the handler of `model`'s frame type on `endpoints`; `free`
-        says when a frame costs no budget (see FreeCheck)."""
+        """Register the decorated function as the handler of `model`'s frame type on `endpoints`; `free`,
+        `admit` and `ordered` as the module docstring says."""
         kind = frame_type_of(model)
 
         def register(handler: Handler) -> Handler:
-            spec = FrameSpec(kind, model, endpoints, handler, free)
+            spec = FrameSpec(kind, model, endpoints, handler, free, admit, ordered)
             for endpoint in endpoints:
                 accepted = self._by_endpoint[endpoint]
                 if kind in accepted:

@@ -12,6 +12,13 @@ it with 4002: services/accounts/revocation.py) and its expiry: SOCKET_TOKEN_GRAC
 node's sweep closes it with 4004 (services/realtime/hub.py), and a frame arriving after that is not
 handled, unless an `auth` frame renewed the token (`renew`): same user, a valid access token.
 
+Frames are rate-checked as they arrive, never later: `on_message` never makes Tornado wait. A frame whose
+handler waits for the store is awaited by one task, and the frames that arrive meanwhile queue behind it,
+after their rate checks, to be handled in arrival order (pings, `auth` and read receipts are handled at
+once). So when MongoDB stalls, what a client keeps sending at the documented rates waits and is handled
+once the store answers, never counted as a burst against it. The queue is bounded (MAX_WAITING_FRAMES,
+MAX_WAITING_CHARS): past it the node is not keeping up, and the socket is closed 1013 to come back later.
+
 A notifications socket opened with `?after=<notification id>` first receives what the user's notifications
 log kept after that id (`notifications_truncated` first when some of it is no longer kept), then live
 notifications, none missing and none twice (services/realtime/notifications_log.py).
@@ -24,7 +31,8 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Collection
+from collections import deque
+from collections.abc import Awaitable, Collection, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -36,7 +44,7 @@ from handlers import (
 )
 from handlers.base import set_common_headers
 from handlers.errors import BadFrame, report
-from handlers.protocol import REGISTRY, ClientFrame
+from handlers.protocol import REGISTRY, ClientFrame, FrameSpec
 from services.accounts.auth import AccessGrant, TokenError
 from services.core import errors
 from services.core.limits import TokenBucket
@@ -49,6 +57,7 @@ from services.realtime.close_codes import (
     CLOSE_POLICY,
     CLOSE_SERVER_ERROR,
     CLOSE_TOKEN_EXPIRED,
+    CLOSE_TRY_AGAIN_LATER,
 )
 from services.realtime.hub import LimitExceeded, Peer
 
@@ -63,10 +72,16 @@ STRIKE_WINDOW_S = 60.0
 # Seconds a socket closed for persistent abuse has to read its close frame before it is dropped.
 ABUSER_GRACE_S = 1.0
 MAX_REASON_CHARS = 100
+# Frames one socket may have queued behind one that waits for the store (handled in arrival order): more
+# than FRAME_BURST plus 30 s of FRAME_RATE at their defaults, so that a client sending at the documented
+# rates through a store stall of that length is queued, not cut off.
+MAX_WAITING_FRAMES = 1000
+MAX_WAITING_CHARS = 1024 * 1024
 # Notification ids are microseconds since the epoch plus a count (services/realtime/notifications_log.py).
 MAX_NOTIFICATION_ID_DIGITS = 17
 
 _cleanups: set[asyncio.Task[None]] = set()
+_frame_tasks: set[asyncio.Task[None]] = set()
 
 
 class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
@@ -80,6 +95,10 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         settings = services.settings
         self.frame_bucket = TokenBucket(settings.frame_rate, settings.frame_burst)
         self.strikes: list[float] = []
+        # Frames that arrived (rate-checked) while an earlier one waits for the store, with their sizes;
+        # None when nothing waits.
+        self.waiting_frames: deque[tuple[FrameSpec, ClientFrame, int]] | None = None
+        self.waiting_chars = 0
         self.init_peer(services.connections, settings.outbound_buffer_bytes)
 
     def set_default_headers(self) -> None:
@@ -264,9 +283,11 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
     # -- frames ------------------------------------------------------------------------------------
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
-        """Validate the frame against the registry and run its handler. Returns an awaitable only when
-        the handler has to wait (Tornado then reads the next frame after it), so most frames cost no Task.
-        No exception escapes: Tornado would drop the connection without a close frame."""
+        """Validate the frame against the registry, check its rates now, and run its handler, or queue
+        it behind a frame whose handler waits (see the module docstring). Returns None: never makes
+        Tornado wait (a subclass may, as the echo socket does), so
+        every frame is rate-checked when it arrives; a frame that does not wait costs no Task. No
+        exception escapes: Tornado would drop the connection without a close frame."""
         self.last_activity = time.monotonic()
         if self.closing or not self.registered:
             return None
@@ -285,17 +306,64 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
                 wait_s = self.frame_bucket.take()
                 if wait_s > 0:
                     raise errors.RateLimited("Too many frames", retry_after_s=wait_s)
+            if spec.admit is not None:
+                spec.admit(self, frame)
+            if spec.ordered and self.waiting_frames is not None:
+                self._queue(spec, frame, len(message))
+                return None
             pending = spec.handler(self, frame)
         except Exception as exc:
             self.answer_error(exc, frame)
             return None
-        return None if pending is None else self._finish(pending, frame)
+        if pending is None:
+            return None
+        if not spec.ordered or self.waiting_frames is not None:
+            # An unordered frame that waits (an `auth` renewal) does so beside the queue, not in it.
+            self._spawn(self._finish(pending, frame))
+        else:
+            self.waiting_frames = deque()
+            self._spawn(self._handle_in_order(pending, frame))
+        return None
+
+    def _queue(self, spec: FrameSpec, frame: ClientFrame, size: int) -> None:
+        """Keep a frame, already rate-checked, until the ones before it are handled. The queue is bounded:
+        past it the node is not keeping up (a store that does not answer), and the client is told to come
+        back later (1013), not that it misbehaved."""
+        assert self.waiting_frames is not None
+        if len(self.waiting_frames) >= MAX_WAITING_FRAMES or self.waiting_chars + size > MAX_WAITING_CHARS:
+            self.shut(CLOSE_TRY_AGAIN_LATER, "server busy")
+            return
+        self.waiting_frames.append((spec, frame, size))
+        self.waiting_chars += size
+
+    async def _handle_in_order(self, pending: Awaitable[None], frame: ClientFrame) -> None:
+        """Await a frame's handler, then handle the frames that queued meanwhile, in arrival order."""
+        try:
+            await self._finish(pending, frame)
+            while self.waiting_frames and not self.closing:
+                spec, frame, size = self.waiting_frames.popleft()
+                self.waiting_chars -= size
+                try:
+                    pending_next = spec.handler(self, frame)
+                    if pending_next is not None:
+                        await pending_next
+                except Exception as exc:
+                    self.answer_error(exc, frame)
+        finally:
+            self.waiting_frames = None
+            self.waiting_chars = 0
 
     async def _finish(self, pending: Awaitable[None], frame: ClientFrame) -> None:
         try:
             await pending
         except Exception as exc:
             self.answer_error(exc, frame)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        # The loop keeps only weak references to tasks: hold each until it is done.
+        _frame_tasks.add(task)
+        task.add_done_callback(_frame_tasks.discard)
 
     def answer_error(self, exc: Exception, frame: ClientFrame) -> None:
         """Answer a refused frame with an `error` frame (the socket stays open), or close the socket

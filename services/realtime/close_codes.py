@@ -43,8 +43,8 @@ CLOSE_CODES: dict[int, CloseCode] = {
         CloseCode(CLOSE_SERVER_ERROR, "unexpected server error or storage unavailable", True),
         CloseCode(
             CLOSE_TRY_AGAIN_LATER,
-            "try again later: a slow consumer (the socket owed its reader more than the output bound), or the node "
-            "is full; reconnect with backoff and resume",
+            "try again later: a slow consumer (the socket owed its reader more than the output bound), the node "
+            "is full, or too many frames wait on a store that does not answer; reconnect with backoff and resume",
             True,
         ),
         CloseCode(CLOSE_NO_TOKEN, "no token in the URL", False),

@@ -1,0 +1,114 @@
+"""Rates are checked when frames arrive: a client that keeps sending at the documented rates while MongoDB
+stalls is never refused for a burst it did not send, nor closed 1008, when the frames that waited are
+handled together once the store answers again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from handlers import sockets
+from services.storage.embedded import EmbeddedMongo
+from tests.support import make_conversation, ws_connect
+
+# One message a second at most, none ahead (burst 1): frames handled together would be refused at once.
+STRICT = {
+    "message_rate": 1.0,
+    "message_burst": 1,
+    "frame_rate": 2.0,
+    "frame_burst": 2,
+    "rate_strikes_to_close": 3,
+    "mongodb_timeout_ms": 1000,
+}
+SEND_EVERY_S = 1.25  # within the rate
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EmbeddedMongo]:
+    """A store of this test's own, which it stalls (SIGSTOP) and resumes: the session's must not stall."""
+    server = EmbeddedMongo(tmp_path / "mongo")
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+@pytest.fixture
+def mongo_url(store: EmbeddedMongo) -> str:
+    return store.url
+
+
+@pytest.mark.parametrize("settings_overrides", [STRICT], indirect=True)
+async def test_sends_at_the_documented_rate_through_a_store_stall_are_never_rate_limited(api, services, store):
+    alice, bob = await api.user("alice"), await api.user("bob")
+    cid = await make_conversation(services, alice.id, bob.id)
+    ws = await ws_connect(api, f"/ws/conversations/{cid}/?token={alice.access}")
+    await ws.send({"type": "message", "content": "before", "client_id": "c0"})
+    assert (await ws.recv_type("message"))["message"]["client_id"] == "c0"
+
+    assert store.process is not None
+    pid = store.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for n in range(1, 6):  # 6 s of sending at the documented rate, all while the store is stalled
+            await asyncio.sleep(SEND_EVERY_S)
+            await ws.send({"type": "message", "content": f"during {n}", "client_id": f"c{n}"})
+        await asyncio.sleep(1.0)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await asyncio.sleep(SEND_EVERY_S)
+    await ws.send({"type": "message", "content": "after", "client_id": "c6"})
+
+    # Every send is answered, stored (echoed) or refused because the store was away; none for its rate.
+    answered: dict[str, str] = {}
+    while len(answered) < 6:
+        frame = await ws.recv(timeout=30)
+        assert frame is not None, f"closed {ws.close_code} with {answered}"
+        if frame["type"] == "message":
+            answered[frame["message"]["client_id"]] = "stored"
+        elif frame["type"] == "error":
+            assert frame["code"] != "rate_limited", frame
+            answered[frame["client_id"]] = frame["code"]
+    assert set(answered) == {f"c{n}" for n in range(1, 7)}
+    assert answered["c6"] == "stored", answered
+    assert set(answered.values()) <= {"stored", "unavailable"}, answered
+    # Handled in the order they were sent: what was stored has ids in that order.
+    stored = [
+        m["client_id"]
+        for m in (await api.get(f"/api/conversations/{cid}/messages/", token=alice.access)).body["results"]
+    ]
+    assert stored == sorted(stored, key=lambda c: int(c[1:])) and stored[-1] == "c6", stored
+    assert ws.close_code is None
+
+
+@pytest.mark.parametrize("settings_overrides", [{"mongodb_timeout_ms": 1000}], indirect=True)
+async def test_frames_waiting_on_a_stalled_store_are_bounded_and_the_client_told_to_come_back(
+    api, services, store, monkeypatch
+):
+    monkeypatch.setattr(sockets, "MAX_WAITING_FRAMES", 3)
+    alice, bob = await api.user("alice"), await api.user("bob")
+    cid = await make_conversation(services, alice.id, bob.id)
+    ws = await ws_connect(api, f"/ws/conversations/{cid}/?token={alice.access}")
+    await ws.recv_type("status")
+    assert store.process is not None
+    os.kill(store.process.pid, signal.SIGSTOP)
+    try:
+        # One waits for the store, three queue behind it; pings are answered meanwhile, not queued.
+        for n in range(4):
+            await ws.send({"type": "message", "content": f"m{n}", "client_id": f"c{n}"})
+        await ws.send({"type": "ping"})
+        assert await ws.recv_type("pong") == {"type": "pong"}
+        await ws.send({"type": "message", "content": "one too many"})
+        code, reason = await ws.closed(timeout=10)
+    finally:
+        os.kill(store.process.pid, signal.SIGCONT)
+    # Retryable: the node is not keeping up, the client did nothing wrong.
+    assert (code, reason) == (1013, "server busy")
