@@ -85,6 +85,7 @@ class DemoServer:
             "MONGODB_URL": mongo_url,
             "MONGODB_DATABASE": self.database,
             "JWT_SECRET": TEST_SECRET,
+            "MONGODB_TIMEOUT_MS": "3000",  # as tests/support.py make_settings: a loaded machine
             "PUBLIC_URL": self.base,
             # Access tokens shorter than the tests, so the pages' scheduled refresh has to work.
             "ACCESS_TOKEN_TTL": "12",

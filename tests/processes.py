@@ -32,6 +32,7 @@ def node_env(mongo_url: str, **settings: str) -> dict[str, str]:
         "MONGODB_DATABASE": "t_" + uuid.uuid4().hex[:16],
         "JWT_SECRET": TEST_SECRET,
         "LOG_FORMAT": "text",
+        "MONGODB_TIMEOUT_MS": "3000",  # as tests/support.py make_settings: a loaded machine
         **settings,
     }
 

@@ -38,6 +38,9 @@ def make_settings(tmp_path: Path, port: int, **overrides: Any) -> Settings:
         "mongodb_database": "t_" + uuid.uuid4().hex[:16],
         "jwt_secret": TEST_SECRET,
         "hash_concurrency": 2,
+        # A loaded test machine may hold a store call for more than the production default; tests of
+        # what a timeout does set their own.
+        "mongodb_timeout_ms": 3000,
     }
     values.update(overrides)
     return Settings(**values)

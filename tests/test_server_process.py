@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "process test password"
-# What "fails fast" means for a client: the store's operation budget (MONGODB_TIMEOUT_MS + 1 s)
+# What "fails fast" means for a client: the store's operation budget (MONGODB_TIMEOUT_MS, 3 s in tests)
 # plus slack on a busy box.
 FAST_S = 4.5
 

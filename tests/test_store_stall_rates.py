@@ -112,3 +112,37 @@ async def test_frames_waiting_on_a_stalled_store_are_bounded_and_the_client_told
         os.kill(store.process.pid, signal.SIGCONT)
     # Retryable: the node is not keeping up, the client did nothing wrong.
     assert (code, reason) == (1013, "server busy")
+
+
+TIMEOUT_MS = 1500
+
+
+@pytest.mark.parametrize("settings_overrides", [{"mongodb_timeout_ms": TIMEOUT_MS}], indirect=True)
+async def test_a_stalled_store_fails_rest_calls_and_sends_after_mongodb_timeout_ms(api, services, store):
+    alice, bob = await api.user("alice"), await api.user("bob")
+    cid = await make_conversation(services, alice.id, bob.id)
+    ws = await ws_connect(api, f"/ws/conversations/{cid}/?token={alice.access}")
+    await ws.recv_type("status")
+    assert store.process is not None
+    os.kill(store.process.pid, signal.SIGSTOP)
+    waits: dict[str, float] = {}
+    try:
+        loop = asyncio.get_running_loop()
+        for name, path in (("history", f"/api/conversations/{cid}/messages/"), ("profile", "/api/users/me/")):
+            started = loop.time()
+            assert (await api.get(path, token=alice.access)).status == 503
+            waits[name] = loop.time() - started
+        started = loop.time()
+        sent = await api.post(f"/api/conversations/{cid}/messages/", {"content": "rest"}, token=alice.access)
+        assert sent.status == 503 and sent.body["error"]["code"] == "unavailable"
+        waits["rest send"] = loop.time() - started
+        started = loop.time()
+        await ws.send({"type": "message", "content": "socket", "client_id": "s1"})
+        refused = await ws.recv_type("error", timeout=30)
+        assert refused["code"] == "unavailable" and refused["client_id"] == "s1"
+        waits["socket send"] = loop.time() - started
+    finally:
+        os.kill(store.process.pid, signal.SIGCONT)
+    # The setting is the whole budget of a call (it used to be the setting plus a second), with slack for
+    # a loaded machine well below that second.
+    assert all(TIMEOUT_MS / 1000 - 0.1 < s < TIMEOUT_MS / 1000 + 0.7 for s in waits.values()), waits

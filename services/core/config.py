@@ -43,7 +43,10 @@ class Settings:
     mongodb_url: str = _knob("", "MONGODB_URL", "MongoDB URL; empty starts the embedded MongoDB-compatible server")
     mongodb_database: str = _knob("chat", "MONGODB_DATABASE", "Database name")
     mongodb_timeout_ms: int = _knob(
-        2000, "MONGODB_TIMEOUT_MS", "Server-selection and connect timeout: calls fail fast with 503 `unavailable`"
+        2000,
+        "MONGODB_TIMEOUT_MS",
+        "Longest one MongoDB call may take, server selection, connecting and retries included: past it the "
+        "request fails with 503 `unavailable` (a frame with an `unavailable` error)",
     )
     redis_url: str = _knob("", "REDIS_URL", "Redis URL; empty runs a single node with an in-process bus and presence")
     single_node: bool = _knob(

@@ -85,9 +85,10 @@ class Store:
             url,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
-            # Every operation, retries included, gives up after this: a store that accepts connections
-            # and then stalls answers 503 quickly instead of holding requests for the socket timeout.
-            timeoutMS=timeout_ms + 1000,
+            # Every operation, server selection and retries included, gives up after this: a store that is
+            # down, or accepts connections and then stalls, answers 503 after MONGODB_TIMEOUT_MS instead of
+            # holding requests for the socket timeout.
+            timeoutMS=timeout_ms,
             tz_aware=True,
             appname="chat-server",
         )
