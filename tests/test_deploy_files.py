@@ -91,3 +91,22 @@ def test_env_sample_trusts_nginx_on_the_same_machine() -> None:
     text = (DEPLOY / "chat.env.sample").read_text()
     assert re.search(r"^TRUSTED_PROXIES=127\.0\.0\.1$", text, re.MULTILINE), "TRUSTED_PROXIES must be set"
     assert re.search(r"^HOST=127\.0\.0\.1$", text, re.MULTILINE), "nodes must listen where only nginx reaches"
+
+
+def test_nginx_is_given_the_file_limit_its_workers_ask_for() -> None:
+    """`worker_rlimit_nofile` only raises the soft limit up to the hard one: the systemd drop-in and the
+    compose file must grant at least that much, or every worker logs an alert and runs short."""
+    wanted = {int(n) for n in re.findall(r"^worker_rlimit_nofile (\d+);", (DEPLOY / "nginx.conf").read_text(), re.M)}
+    compose_nginx = (DEPLOY / "nginx-compose.conf").read_text()
+    wanted |= {int(n) for n in re.findall(r"^worker_rlimit_nofile (\d+);", compose_nginx, re.M)}
+    [limit] = wanted
+    drop_in = (DEPLOY / "nginx-limits.conf").read_text()
+    assert (
+        re.search(r"^\[Service\]$", drop_in, re.M)
+        and int(re.findall(r"^LimitNOFILE=(\d+)$", drop_in, re.M)[0]) >= limit
+    )
+    assert "nginx.service.d/limits.conf" in OPERATIONS.read_text()
+    import yaml
+
+    nofile = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["nginx"]["ulimits"]["nofile"]
+    assert min(nofile["soft"], nofile["hard"]) >= limit
