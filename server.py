@@ -20,6 +20,7 @@ import tornado.web
 from handlers import make_app
 from handlers.base import PROBE_PATHS
 from handlers.http_server import make_http_server
+from handlers.metrics import make_metrics_app
 from services.core import errors, logs
 from services.core.config import SettingError, Settings
 from services.core.container import Services, build_services
@@ -126,6 +127,7 @@ class Node:
         self.embedded: EmbeddedMongo | None = None
         self.services: Services | None = None
         self.http: tornado.httpserver.HTTPServer | None = None
+        self.metrics_http: tornado.httpserver.HTTPServer | None = None
         self.stopping = asyncio.Event()
         self.systemd = Notifier()
         self._readiness: asyncio.Task[None] | None = None
@@ -143,6 +145,10 @@ class Node:
         self.http = make_http_server(app, settings, file_limit)
         self.http.listen(settings.port, settings.host)
         log.info("listening on http://%s:%d", settings.host, settings.port)
+        if settings.metrics_port:
+            self.metrics_http = tornado.httpserver.HTTPServer(make_metrics_app(self.services, log_function=log_request))
+            self.metrics_http.listen(settings.metrics_port, settings.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
         self._readiness = asyncio.get_running_loop().create_task(self.systemd.ready_when(self.services.store_prepared))
         self.systemd.start_watchdog()
 
@@ -168,6 +174,10 @@ class Node:
             await self.services.close()
         if self.http is not None:
             await self.http.close_all_connections()
+        if self.metrics_http is not None:
+            # Last: a scrape can still see the drain.
+            self.metrics_http.stop()
+            await self.metrics_http.close_all_connections()
 
 
 async def run(settings: Settings) -> None:

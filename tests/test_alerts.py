@@ -56,7 +56,8 @@ def test_promtool_accepts_the_rules() -> None:
         pytest.skip(message)
     checked = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 7 rules found" in checked.stdout
+    rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+    assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
 
 
 async def test_every_metric_the_rules_and_the_dashboard_name_is_exported(api, services) -> None:

@@ -34,6 +34,18 @@ class Settings:
     host: str = _knob("127.0.0.1", "HOST", "Interface to listen on")
     port: int = _knob(8888, "PORT", "TCP port to listen on")
     data_dir: str = _knob("./data", "DATA_DIR", "Directory for media, the embedded database and dev secrets")
+    metrics_port: int = _knob(
+        0, "METRICS_PORT", "Port of a second listener that serves only /metrics (0: none; /metrics is on PORT too)"
+    )
+    metrics_host: str = _knob(
+        "127.0.0.1",
+        "METRICS_HOST",
+        "Interface of the METRICS_PORT listener: a private address lets a central Prometheus scrape "
+        "(in production, anything but loopback requires METRICS_TOKEN)",
+    )
+    metrics_token: str = _knob(
+        "", "METRICS_TOKEN", "When set, /metrics answers only requests with `Authorization: Bearer <token>`"
+    )
     environment: str = _knob(
         "development",
         "ENVIRONMENT",
@@ -306,6 +318,7 @@ class Settings:
         if self.jwt_secret and len(self.jwt_secret) < 32:
             raise ValueError("JWT_SECRET must be at least 32 characters")
         self._require_shared_backends()
+        self._protect_metrics()
         if self.environment == "production" and self.enable_echo_route:
             raise ValueError("ENABLE_ECHO_ROUTE is for conformance runs and is refused when ENVIRONMENT=production")
         for f in dataclasses.fields(self):
@@ -336,6 +349,16 @@ class Settings:
                     "(embedded MongoDB when MONGODB_URL is empty, in-process bus and presence when REDIS_URL is)",
                     setting=name,
                 )
+
+    def _protect_metrics(self) -> None:
+        """Metrics tell who is connected and how the node fares: a listener anyone on the network can read
+        must ask for a token."""
+        loopback = self.metrics_host in ("127.0.0.1", "::1", "localhost")
+        if self.environment == "production" and self.metrics_port and not loopback and not self.metrics_token:
+            raise SettingError(
+                "METRICS_TOKEN is required when METRICS_HOST is not a loopback address in production",
+                setting="METRICS_TOKEN",
+            )
 
     def _validate_push(self) -> None:
         from services.push.delivery import check_push_settings

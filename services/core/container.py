@@ -20,6 +20,7 @@ from services.chat.notifications import NotificationFeed
 from services.chat.presence import PresenceAnnouncer, PresenceService
 from services.chat.service import ChatService
 from services.core import errors
+from services.core.background import BackgroundTask
 from services.core.config import Settings
 from services.core.limits import RateLimiter
 from services.core.metrics import Metrics
@@ -39,6 +40,8 @@ from services.realtime.typing_indicators import TypingTracker
 from services.storage.store import STORE_DOWN_ERRORS, Store
 
 log = logging.getLogger("chat.services")
+# How often a node checks that MongoDB and Redis answer, for `chat_backend_up`.
+BACKEND_PROBE_INTERVAL_S = 5.0
 
 
 def public_base(settings: Settings) -> str:
@@ -96,6 +99,7 @@ class Services:
     store_prepared: asyncio.Event = field(default_factory=asyncio.Event)
     catch_ups: set[asyncio.Task[None]] = field(default_factory=set)
     _store_preparation: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _backend_probe: BackgroundTask | None = field(default=None, init=False, repr=False)
 
     def check_message_rate(self, user_id: int) -> None:
         """Messages per user, shared by socket and REST sends on this node."""
@@ -107,16 +111,33 @@ class Services:
     async def readiness(self) -> dict[str, bool]:
         """What a readiness probe reports, within the time a load balancer waits for it."""
         checks: dict[str, bool] = {"accepting": not self.shutting_down}
+        reachable = await self.probe_backends()
+        checks["mongodb"] = reachable["mongodb"] and self.store_prepared.is_set()
+        if "redis" in reachable:
+            checks["redis"] = reachable["redis"]
+        return checks
+
+    async def probe_backends(self) -> dict[str, bool]:
+        """Whether MongoDB, and Redis when configured, answer now; `chat_backend_up` reports the same."""
+        reachable: dict[str, bool] = {}
         try:
             await self.store.ping(timeout_s=max(0.1, self.settings.mongodb_timeout_ms / 1000))
-            checks["mongodb"] = self.store_prepared.is_set()
+            reachable["mongodb"] = True
         except pymongo.errors.PyMongoError as exc:
-            log.warning("readiness check failed: %s", exc)
+            log.warning("MongoDB did not answer a probe: %s", exc)
             self.metrics.backend_errors.labels(backend="mongodb").inc()
-            checks["mongodb"] = False
+            reachable["mongodb"] = False
         if self.settings.redis_url:
-            checks["redis"] = self.bus.healthy
-        return checks
+            reachable["redis"] = self.bus.healthy
+        for backend, up in reachable.items():
+            self.metrics.backend_up.labels(backend=backend).set(1 if up else 0)
+        return reachable
+
+    async def _probe_backends_forever(self) -> None:
+        # Between scrapes too: a gauge that is only set when someone asks /readyz would go stale.
+        while True:
+            await self.probe_backends()
+            await asyncio.sleep(BACKEND_PROBE_INTERVAL_S)
 
     async def fill_gaps(self, conversation_id: int, peers: list[Peer]) -> None:
         """Deliver, from MongoDB, the messages that peers are missing before the ones they parked."""
@@ -245,6 +266,8 @@ class Services:
         self.media.start()
         # Account deletions a node left unfinished when it died (services/accounts/deletion.py).
         self.deletion_worker.start()
+        self._backend_probe = BackgroundTask(self._probe_backends_forever, "backend-probe")
+        self._backend_probe.start()
 
     async def close(self) -> None:
         """Close sockets with 1001, finish queued writes, then release the clients."""
@@ -252,6 +275,8 @@ class Services:
         if self._store_preparation is not None:
             self._store_preparation.cancel()
             await asyncio.gather(self._store_preparation, return_exceptions=True)
+        if self._backend_probe is not None:
+            await self._backend_probe.close()
         await self.connections.close_all(1001, "server shutting down")
         await self.chat.close()
         await self.events.notifications.close()

@@ -163,6 +163,13 @@ class Metrics:
         self.backend_errors = Counter(
             "chat_backend_errors", "Errors reaching MongoDB or Redis", ["backend"], registry=r
         )
+        # Set by the node's backend probe (services/core/container.py), every few seconds and on /readyz.
+        self.backend_up = Gauge(
+            "chat_backend_up",
+            "Whether MongoDB, or Redis when configured, answered this node's last probe (1) or not (0)",
+            ["backend"],
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "chat_event_loop_lag_seconds",
             "How late the event loop ran a 1 s timer",
