@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
@@ -41,6 +42,20 @@ def mongo_url(session_dir: Path) -> Iterator[str]:
     try:
         yield server.url
     finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_store(tmp_path: Path) -> Iterator[EmbeddedMongo]:
+    """An embedded store of the test's own, for tests that stall it (SIGSTOP) or stop it: the session's
+    must not be disturbed. A module uses it with `def mongo_url(own_store): return own_store.url`."""
+    server = EmbeddedMongo(tmp_path / "own-mongo")
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            os.kill(server.process.pid, signal.SIGCONT)  # a test that failed while the store was stopped
         server.stop()
 
 

@@ -8,8 +8,6 @@ import asyncio
 import os
 import re
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,33 +35,21 @@ async def test_backend_up_reports_mongodb_and_redis(cluster_factory):
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[EmbeddedMongo]:
-    server = EmbeddedMongo(tmp_path / "mongo")  # its own: this test stalls it
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
-
-
-@pytest.fixture
-def mongo_url(store: EmbeddedMongo) -> str:
-    return store.url
+def mongo_url(own_store: EmbeddedMongo) -> str:
+    return own_store.url
 
 
 @pytest.mark.parametrize("settings_overrides", [{"mongodb_timeout_ms": 500}], indirect=True)
-async def test_backend_up_drops_to_zero_while_mongodb_does_not_answer(api, services, store):
+async def test_backend_up_drops_to_zero_while_mongodb_does_not_answer(api, services, own_store):
     await services.probe_backends()
     assert backend_up((await api.get("/metrics")).body.decode()) == {"mongodb": 1.0}  # no Redis configured: no series
-    assert store.process is not None
-    os.kill(store.process.pid, signal.SIGSTOP)
+    assert own_store.process is not None
+    os.kill(own_store.process.pid, signal.SIGSTOP)
     try:
         assert (await services.probe_backends())["mongodb"] is False
         assert backend_up((await api.get("/metrics")).body.decode()) == {"mongodb": 0.0}
     finally:
-        os.kill(store.process.pid, signal.SIGCONT)
+        os.kill(own_store.process.pid, signal.SIGCONT)
     await wait_for_async_true(services)
 
 

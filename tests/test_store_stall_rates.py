@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
 from handlers import sockets
 from services.storage.embedded import EmbeddedMongo
-from tests.support import make_conversation, ws_connect
+from tests.support import ApiClient, TestUser, WsClient, make_conversation, ws_connect
 
 # One message a second at most, none ahead (burst 1): frames handled together would be refused at once.
 STRICT = {
@@ -29,33 +28,20 @@ SEND_EVERY_S = 1.25  # within the rate
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[EmbeddedMongo]:
-    """A store of this test's own, which it stalls (SIGSTOP) and resumes: the session's must not stall."""
-    server = EmbeddedMongo(tmp_path / "mongo")
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
-
-
-@pytest.fixture
-def mongo_url(store: EmbeddedMongo) -> str:
-    return store.url
+def mongo_url(own_store: EmbeddedMongo) -> str:
+    return own_store.url
 
 
 @pytest.mark.parametrize("settings_overrides", [STRICT], indirect=True)
-async def test_sends_at_the_documented_rate_through_a_store_stall_are_never_rate_limited(api, services, store):
+async def test_sends_at_the_documented_rate_through_a_store_stall_are_never_rate_limited(api, services, own_store):
     alice, bob = await api.user("alice"), await api.user("bob")
     cid = await make_conversation(services, alice.id, bob.id)
     ws = await ws_connect(api, f"/ws/conversations/{cid}/?token={alice.access}")
     await ws.send({"type": "message", "content": "before", "client_id": "c0"})
     assert (await ws.recv_type("message"))["message"]["client_id"] == "c0"
 
-    assert store.process is not None
-    pid = store.process.pid
+    assert own_store.process is not None
+    pid = own_store.process.pid
     os.kill(pid, signal.SIGSTOP)
     try:
         for n in range(1, 6):  # 6 s of sending at the documented rate, all while the store is stalled
@@ -91,15 +77,12 @@ async def test_sends_at_the_documented_rate_through_a_store_stall_are_never_rate
 
 @pytest.mark.parametrize("settings_overrides", [{"mongodb_timeout_ms": 1000}], indirect=True)
 async def test_frames_waiting_on_a_stalled_store_are_bounded_and_the_client_told_to_come_back(
-    api, services, store, monkeypatch
+    api, services, own_store, monkeypatch
 ):
     monkeypatch.setattr(sockets, "MAX_WAITING_FRAMES", 3)
-    alice, bob = await api.user("alice"), await api.user("bob")
-    cid = await make_conversation(services, alice.id, bob.id)
-    ws = await ws_connect(api, f"/ws/conversations/{cid}/?token={alice.access}")
-    await ws.recv_type("status")
-    assert store.process is not None
-    os.kill(store.process.pid, signal.SIGSTOP)
+    _alice, _cid, ws = await alice_in_a_conversation(api, services)
+    assert own_store.process is not None
+    os.kill(own_store.process.pid, signal.SIGSTOP)
     try:
         # One waits for the store, three queue behind it; pings are answered meanwhile, not queued.
         for n in range(4):
@@ -109,7 +92,7 @@ async def test_frames_waiting_on_a_stalled_store_are_bounded_and_the_client_told
         await ws.send({"type": "message", "content": "one too many"})
         code, reason = await ws.closed(timeout=10)
     finally:
-        os.kill(store.process.pid, signal.SIGCONT)
+        os.kill(own_store.process.pid, signal.SIGCONT)
     # Retryable: the node is not keeping up, the client did nothing wrong.
     assert (code, reason) == (1013, "server busy")
 
@@ -117,14 +100,20 @@ async def test_frames_waiting_on_a_stalled_store_are_bounded_and_the_client_told
 TIMEOUT_MS = 1500
 
 
-@pytest.mark.parametrize("settings_overrides", [{"mongodb_timeout_ms": TIMEOUT_MS}], indirect=True)
-async def test_a_stalled_store_fails_rest_calls_and_sends_after_mongodb_timeout_ms(api, services, store):
+async def alice_in_a_conversation(api: ApiClient, services: Any) -> tuple[TestUser, int, WsClient]:
+    """Alice, her conversation with Bob, and her socket on it (past its first `status` frame)."""
     alice, bob = await api.user("alice"), await api.user("bob")
     cid = await make_conversation(services, alice.id, bob.id)
     ws = await ws_connect(api, f"/ws/conversations/{cid}/?token={alice.access}")
     await ws.recv_type("status")
-    assert store.process is not None
-    os.kill(store.process.pid, signal.SIGSTOP)
+    return alice, cid, ws
+
+
+@pytest.mark.parametrize("settings_overrides", [{"mongodb_timeout_ms": TIMEOUT_MS}], indirect=True)
+async def test_a_stalled_store_fails_rest_calls_and_sends_after_mongodb_timeout_ms(api, services, own_store):
+    alice, cid, ws = await alice_in_a_conversation(api, services)
+    assert own_store.process is not None
+    os.kill(own_store.process.pid, signal.SIGSTOP)
     waits: dict[str, float] = {}
     try:
         loop = asyncio.get_running_loop()
@@ -142,7 +131,7 @@ async def test_a_stalled_store_fails_rest_calls_and_sends_after_mongodb_timeout_
         assert refused["code"] == "unavailable" and refused["client_id"] == "s1"
         waits["socket send"] = loop.time() - started
     finally:
-        os.kill(store.process.pid, signal.SIGCONT)
+        os.kill(own_store.process.pid, signal.SIGCONT)
     # The setting is the whole budget of a call (it used to be the setting plus a second), with slack for
     # a loaded machine well below that second.
     assert all(TIMEOUT_MS / 1000 - 0.1 < s < TIMEOUT_MS / 1000 + 0.7 for s in waits.values()), waits
