@@ -1,7 +1,9 @@
 // The REST side of the protocol: JSON in and out, `Authorization: Bearer <access>`, and the token pair.
 //
-// Tokens live in this object only (never in localStorage): a reload signs the user out, and a script
-// injected into the page later cannot find them lying around.
+// The access token lives in this object only (never in localStorage). The refresh token never reaches
+// the page's scripts at all: the server keeps it in an HttpOnly, SameSite=Strict cookie scoped to
+// /api/token/refresh/ (sign-in with `cookie: true`), so a reload or a return through Back signs the user
+// in again without a password (`resume`), and a script injected into the page cannot take the session.
 //
 // Access tokens are short-lived JWTs. Rather than waiting for a 401, the client reads the token's own
 // lifetime (`exp - iat`) and refreshes a little before it runs out. It counts from the moment the token
@@ -36,6 +38,27 @@ export function decodeJwt(token) {
   return JSON.parse(new TextDecoder().decode(bytes));
 }
 
+// Set while this browser holds a session cookie (a flag, no secret): a page that never signed in does not
+// ask the server to resume a session it has not got.
+const SESSION_HINT = "chat-session";
+
+function hintSession(on) {
+  try {
+    if (on) localStorage.setItem(SESSION_HINT, "1");
+    else localStorage.removeItem(SESSION_HINT);
+  } catch {
+    // Storage refused (a privacy mode): a reload then asks the server, which answers 400 without a cookie.
+  }
+}
+
+function sessionHinted() {
+  try {
+    return localStorage.getItem(SESSION_HINT) !== null;
+  } catch {
+    return true;
+  }
+}
+
 // Refresh when a quarter of the lifetime is left, but never earlier than a minute before the end.
 const REFRESH_MARGIN_MAX_S = 60;
 // A scheduled refresh that could not reach the server is tried again after this long.
@@ -45,7 +68,7 @@ export class Api {
   /** `onSignedOut(reason)` is called when the session cannot be kept (refresh refused). */
   constructor({ onSignedOut = () => {} } = {}) {
     this.onSignedOut = onSignedOut;
-    this.tokens = null; // {access, refresh, userId, expiresAt (ms, local clock)}
+    this.tokens = null; // {access, refresh (null: in the session cookie), userId, expiresAt (ms, local clock)}
     this.refreshTimer = null;
     this.refreshing = null;
   }
@@ -64,7 +87,7 @@ export class Api {
     const claims = decodeJwt(access);
     const lifetimeS = Math.max(1, claims.exp - claims.iat);
     const received = Date.now();
-    this.tokens = { access, refresh, userId: claims.user_id, expiresAt: received + lifetimeS * 1000 };
+    this.tokens = { access, refresh: refresh || null, userId: claims.user_id, expiresAt: received + lifetimeS * 1000 };
     const marginS = Math.min(REFRESH_MARGIN_MAX_S, lifetimeS / 4);
     this.#scheduleRefresh((lifetimeS - marginS) * 1000);
   }
@@ -82,21 +105,22 @@ export class Api {
   clearTokens() {
     clearTimeout(this.refreshTimer);
     this.tokens = null;
+    hintSession(false);
   }
 
-  /** POST /api/token/refresh/ {refresh} -> {access, refresh}. The old refresh token is spent. */
+  /** POST /api/token/refresh/ -> a new access token (and the cookie rotated). The old refresh token is spent. */
   refresh() {
     if (!this.tokens) return Promise.reject(new ApiError(401, null));
     if (!this.refreshing) {
-      const refreshToken = this.tokens.refresh;
-      this.refreshing = this.#fetchJson("POST", "/api/token/refresh/", { json: { refresh: refreshToken } })
+      const session = this.tokens;
+      this.refreshing = this.#rotate(session.refresh)
         .then((pair) => {
-          if (this.tokens && this.tokens.refresh === refreshToken) this.setTokens(pair);
+          if (this.tokens === session) this.setTokens(pair);
           return this.tokens.access;
         })
         .catch((error) => {
           // 401: the refresh token expired or was revoked. Anything else (server restarting) may pass.
-          if (error.status === 401 && this.tokens && this.tokens.refresh === refreshToken) {
+          if (error.status === 401 && this.tokens === session) {
             this.clearTokens();
             this.onSignedOut("Your session expired. Please sign in again.");
           }
@@ -107,6 +131,36 @@ export class Api {
         });
     }
     return this.refreshing;
+  }
+
+  /**
+   * One rotation, with the token held here or else the session cookie. Every tab of the site shares the
+   * cookie, and a refresh token works once (a reuse revokes the session): cookie rotations are taken one
+   * tab at a time (Web Locks), so that each tab sends the cookie the previous rotation left.
+   */
+  #rotate(refreshToken) {
+    const call = () =>
+      this.#fetchJson("POST", "/api/token/refresh/", { json: refreshToken ? { refresh: refreshToken } : {} });
+    if (!refreshToken && navigator.locks) return navigator.locks.request("chat-session-refresh", call);
+    return call();
+  }
+
+  /** Sign in again from the session cookie of an earlier visit; false when there is none (or it ended). */
+  async resume() {
+    if (!sessionHinted()) return false;
+    try {
+      this.setTokens(await this.#rotate(null));
+      return true;
+    } catch (error) {
+      if (error.status !== 400 && error.status !== 401) throw error;
+      hintSession(false); // no cookie, or a session that ended
+      return false;
+    }
+  }
+
+  /** DELETE /api/token/refresh/: end the session on the server (its refresh tokens) and clear the cookie. */
+  endSession() {
+    return this.#fetchJson("DELETE", "/api/token/refresh/", { json: {} }).catch(() => {});
   }
 
   /**
@@ -129,8 +183,10 @@ export class Api {
   }
 
   async signIn(username, password) {
-    const pair = await this.#fetchJson("POST", "/api/token/", { json: { username, password } });
+    // The refresh token goes into the session cookie; the answer carries the access token only.
+    const pair = await this.#fetchJson("POST", "/api/token/", { json: { username, password, cookie: true } });
     this.setTokens(pair);
+    hintSession(true);
     return pair;
   }
 

@@ -223,6 +223,8 @@ async function startSession() {
 }
 
 function signOut(reason) {
+  // Asked for (a reason means the server ended the session already): the server forgets it too.
+  if (!reason && api.signedIn) api.endSession();
   closeChat();
   if (state.notifications) state.notifications.stop();
   state.notifications = null;
@@ -243,6 +245,12 @@ function signOut(reason) {
   document.title = "Spark · Chat & Matching demo";
   if (reason) toast({ title: "Signed out", text: reason, kind: "error" });
   $("#signin-username").focus();
+}
+
+function retrySocketsNow() {
+  for (const socket of [state.notifications, state.chat && state.chat.socket]) {
+    if (socket) socket.retryNow();
+  }
 }
 
 function renderMe() {
@@ -283,6 +291,7 @@ function renderConnection() {
   }
   box.dataset.state = status;
   if (text.textContent !== label) text.textContent = label;
+  $("#connection-retry").hidden = status !== "reconnecting";
   // While a retry is pending, count down.
   if (status === "reconnecting" && !connectionTicker) {
     connectionTicker = setInterval(renderConnection, 500);
@@ -327,6 +336,8 @@ function reloadLists() {
 }
 
 // A replayed notification older than this updates the lists without a toast: news, not an alert.
+// Arrivals within this long of each other are marked read with one receipt.
+const READ_RECEIPT_DELAY_MS = 250;
 const STALE_NOTIFICATION_MS = 30_000;
 
 /**
@@ -1053,6 +1064,7 @@ class Chat {
     this.loadingOlder = false;
     this.theirsUpTo = 0; // highest id of a message from them
     this.readSent = 0; // highest id we reported read
+    this.readTimer = null; // a pending markRead of a burst of arrivals
     this.readByThemUpTo = 0; // highest of our ids they have read
     this.typingSent = false;
     this.typingSentAt = 0;
@@ -1105,6 +1117,7 @@ class Chat {
   }
 
   close() {
+    clearTimeout(this.readTimer);
     this.stopTyping();
     this.stopEditing();
     closeMenu();
@@ -1159,7 +1172,7 @@ class Chat {
     }
     if (message.sender_id !== this.ownId) {
       this.showTheirTyping(false);
-      this.markRead();
+      this.markReadSoon();
     }
     if (message.sender_id === this.ownId || this.nearBottom()) this.scrollToBottom();
     else $("#jump-latest").hidden = false;
@@ -1207,6 +1220,7 @@ class Chat {
     // The socket's state on the panel: "open" once frames flow (tests wait for it before typing).
     $("#panel-chat").dataset.socket = s.status;
     renderConnection();
+    this.renderHeader();
     const banner = $("#chat-banner");
     if (s.status === "waiting") {
       banner.hidden = false;
@@ -1508,6 +1522,19 @@ class Chat {
   }
 
   /**
+   * Mark read once a burst of arrivals (a resumed socket's backlog, a flurry of messages) has settled:
+   * read state is a high-water mark, so one receipt for the newest says it all, where one per message
+   * would spend the socket's frame budget for nothing.
+   */
+  markReadSoon() {
+    if (this.readTimer !== null) return;
+    this.readTimer = setTimeout(() => {
+      this.readTimer = null;
+      this.markRead();
+    }, READ_RECEIPT_DELAY_MS);
+  }
+
+  /**
    * Tell the server we read their newest message (`{"type": "read_receipt", "message_id": N}` marks
    * everything up to N). Only while the page is actually visible.
    */
@@ -1639,8 +1666,10 @@ class Chat {
     $("#chat-name").textContent = nameOf(user);
     $("#chat-profile").setAttribute("aria-label", `View ${nameOf(user)}’s profile`);
     const presence = $("#chat-presence");
-    // Presence is shared only within an open conversation: once closed, say nothing.
-    const status = this.closed ? "unknown" : user.status || "unknown";
+    // Presence is shared only within an open conversation: once closed, say nothing. While our own
+    // socket is down we cannot know either: "Online" from before the cut could be long false.
+    const live = Boolean(this.socket) && this.socket.state.status === "open";
+    const status = this.closed || !live ? "unknown" : user.status || "unknown";
     presence.dataset.status = status;
     let text = "";
     if (status === "online") text = "Online";
@@ -1961,7 +1990,24 @@ function setup() {
   setupChat();
   for (const item of $$(".nav-item")) item.addEventListener("click", () => showPanel(item.dataset.panel));
   $("#sign-out").addEventListener("click", () => signOut());
+  $("#connection-retry").addEventListener("click", retrySocketsNow);
+  // Back online: reconnect now rather than when the backoff timer says.
+  window.addEventListener("online", retrySocketsNow);
   renderConnection();
+  resumeSession();
+}
+
+/** A reload, or a return through Back: the session cookie of the earlier visit signs the user in again. */
+async function resumeSession() {
+  const view = $("#auth-view");
+  view.setAttribute("aria-busy", "true");
+  try {
+    if (await api.resume()) await startSession();
+  } catch (error) {
+    reportError(error);
+  } finally {
+    view.removeAttribute("aria-busy");
+  }
 }
 
 setup();

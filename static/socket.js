@@ -85,6 +85,13 @@ export class ReconnectingSocket {
     this.#setState({ status: "stopped" });
   }
 
+  /** Try at once instead of waiting out the backoff (the browser came back online, or the user asked). */
+  retryNow() {
+    if (this.stopped || this.state.status !== "waiting") return;
+    clearTimeout(this.timer);
+    this.#connect();
+  }
+
   get isOpen() {
     return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
   }

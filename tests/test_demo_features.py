@@ -421,9 +421,8 @@ def test_edits_and_unsends_reach_the_other_person_live_and_after_a_reload(
         dismiss_toasts(bob)
         screenshot(bob, "screenshot-unsent-phone", tmp_path)
 
-    # Reload: history says it as it now is.
+    # Reload: still signed in (the session cookie), and history says it as it now is.
     bob.reload()
-    sign_in(bob, bob_name)
     expect(bob.locator("#match-list .match", has_text="Alice")).to_have_count(1)
     expect(bob.locator("#match-list .match .match-preview")).to_have_text("Meet at the north gate")
     open_conversation(bob, "Alice", expect)
@@ -627,7 +626,6 @@ def test_reports_from_a_card_and_from_a_conversation_block_at_once(
     dora_token = server.token(f"dora_{carol_name[6:]}")
     server.match(dora_token, bob_token)
     bob.reload()
-    sign_in(bob, bob_name)
     with viewport(bob, PHONE):
         open_conversation(bob, "Dora", expect)
         expect(bob.locator(".chat-header").get_by_role("button", name="Report")).to_have_count(0)
@@ -798,3 +796,121 @@ def test_the_sidebar_follows_matches_ended_live_and_made_while_the_socket_was_cu
 
 def listing(data: Any) -> list[Any]:
     return list(data["results"] if isinstance(data, dict) else data)
+
+
+# -- the session across reloads ----------------------------------------------------------------------------
+
+
+def matched_pair(server: DemoServer) -> tuple[str, str, str, str, int]:
+    """Alice and Bob, matched over REST: their usernames, their access tokens and their conversation."""
+    alice_name, bob_name, _ = names()
+    alice_token, bob_token = alice_and_bob(server, alice_name, bob_name)
+    return alice_name, bob_name, alice_token, bob_token, server.match(alice_token, bob_token)
+
+
+def test_a_reload_or_a_second_tab_keeps_the_session_and_signing_out_ends_it(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    _alice_name, bob_name, _alice_token, _bob_token, _cid = matched_pair(server)
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    # The refresh token is out of the scripts' reach: not in the page's cookies, nor in its storage.
+    assert "refresh" not in bob.evaluate("document.cookie")
+    assert all("." not in str(v) for v in bob.evaluate("Object.values(localStorage)")), "no token in storage"
+
+    bob.reload()
+    expect(bob.locator("#connection")).to_have_attribute("data-state", "online")
+    expect(bob.locator("#auth-view")).to_be_hidden()
+    expect(bob.locator("#match-list .match", has_text="Alice")).to_have_count(1)
+    # Away and back through the history: still signed in.
+    bob.goto("about:blank")
+    bob.go_back()
+    expect(bob.locator("#connection")).to_have_attribute("data-state", "online")
+    # A second tab of the same browser shares the session.
+    second = bob.context.new_page()
+    watch(second, problems)
+    second.goto(server.base)
+    expect(second.locator("#connection")).to_have_attribute("data-state", "online")
+    expect(second.locator("#match-list .match", has_text="Alice")).to_have_count(1)
+    second.close()
+
+    # Signing out ends the session on the server: a reload shows the sign-in form, and stays there.
+    bob.locator("#sign-out").click()
+    expect(bob.locator("#auth-view")).to_be_visible()
+    bob.reload()
+    expect(bob.locator("#signin-form")).to_be_visible()
+    time.sleep(1.0)
+    expect(bob.locator("#auth-view")).to_be_visible()
+    assert not unexpected(problems), problems
+
+
+def test_a_burst_of_messages_is_marked_read_with_a_receipt_or_two(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    _alice_name, bob_name, alice_token, bob_token, cid = matched_pair(server)
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    receipts: list[int] = []
+
+    def on_socket(ws: Any) -> None:
+        def sent(payload: Any) -> None:
+            frame = json.loads(payload) if isinstance(payload, str) else {}
+            if frame.get("type") == "read_receipt":
+                receipts.append(int(frame["message_id"]))
+
+        ws.on("framesent", sent)
+
+    bob.on("websocket", on_socket)
+    open_conversation(bob, "Alice", expect)
+    ids = [
+        server.call("POST", f"/api/conversations/{cid}/messages/", {"content": f"n{n}"}, alice_token)["id"]
+        for n in range(40)
+    ]
+    expect(bob.locator("#messages .message.theirs")).to_have_count(40)
+    # Read up to the newest, said once or twice rather than forty times (the frame budget is 60 at once).
+    expect(bob.locator("#messages .message.theirs").last).to_contain_text("n39")
+    deadline = time.monotonic() + 10
+    while (not receipts or receipts[-1] != ids[-1]) and time.monotonic() < deadline:
+        bob.wait_for_timeout(100)
+    assert receipts and receipts[-1] == ids[-1], receipts
+    assert len(receipts) <= 8, receipts
+    # The server agrees: nothing unread for Bob.
+    [listed] = [c for c in listing(server.call("GET", "/api/conversations/", token=bob_token)) if c["id"] == cid]
+    assert listed["unread_count"] == 0, listed
+    expect(bob.locator(".toast", has_text="Too many")).to_have_count(0)
+    assert not unexpected(problems), problems
+
+
+def test_while_the_connection_is_down_presence_is_unknown_and_coming_back_online_reconnects_at_once(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    alice_name, bob_name, _alice_token, _bob_token, _cid = matched_pair(server)
+    alice = signed_in(browser, server, problems, alice_name, expect)
+    bob = open_page(browser, server, problems)
+    chats: list[tuple[Any, Any]] = []
+    bob.route_web_socket(re.compile("/ws/conversations/"), lambda ws: chats.append((ws, ws.connect_to_server())))
+    sign_in(bob, bob_name)
+    open_conversation(bob, "Alice", expect)
+    presence = bob.locator("#chat-presence")
+    expect(presence).to_have_attribute("data-status", "online")  # Alice's page is open
+
+    # Bob's network goes, and his chat socket with it: what he knew of Alice is no longer known.
+    bob.context.set_offline(True)
+    page_side, server_side = chats[-1]
+    server_side.close()
+    page_side.close(code=1006, reason="network gone")
+    expect(presence).to_have_attribute("data-status", "unknown")
+    retry = bob.get_by_role("button", name="Retry now")
+    expect(retry).to_be_visible()
+    # The attempts fail while offline and the waits grow; back online, the page does not wait them out.
+    expect(bob.locator("#connection-text")).to_have_text(re.compile(r"Reconnecting in ([4-9]|\d\d) s"), timeout=20_000)
+    bob.context.set_offline(False)
+    expect(bob.locator("#connection")).to_have_attribute("data-state", "online", timeout=2_500)
+    expect(presence).to_have_attribute("data-status", "online")
+    expect(retry).to_be_hidden()
+    assert alice.locator("#connection").get_attribute("data-state") == "online"
+    assert not unexpected(problems), problems

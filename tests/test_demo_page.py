@@ -32,7 +32,6 @@ from tests.demo_helpers import (
     require_playwright,
     running_server,
     say,
-    sign_in,
     upload_file,
     watch,
 )
@@ -178,10 +177,10 @@ def test_two_people_match_chat_and_survive_a_server_restart(sync_api: Any, serve
                 )
             expect(bob.locator("#messages .message.own", has_text="Trail note 32")).to_have_count(1)
 
+            # She comes back in a new tab: still signed in (the session cookie), no password asked.
             alice = alice_ctx.new_page()
             watch(alice, problems, refreshes)
             alice.goto(server.base + "/")
-            sign_in(alice, alice_name)
             expect(alice.locator("#connection")).to_have_attribute("data-state", "online")
             entry = alice.locator("#match-list .match", has_text="Bob")
             expect(entry.locator(".badge")).to_have_text("32")
