@@ -137,3 +137,21 @@ async def test_typing_in_one_conversation_is_not_shown_in_another(api, services)
     await b.send({"type": "typing", "is_typing": True})
     assert (await c.recv_type("typing"))["user_id"] == p.b.id
     assert typing_frames(await a.silent(0.3)) == []
+
+
+async def test_a_typing_frame_is_relayed_without_waiting_once_the_typists_name_is_known(api, services):
+    p = await pair(api, services)
+    ws_b = await join(api, p.cid, p.b)
+    # The first frame of a typist reads their name; from then on a typing frame is handled in the call
+    # that receives it: no Task, no wait on the store.
+    first = services.typing.update(p.cid, p.a.id, True)
+    assert first is None or asyncio.iscoroutine(first)
+    if first is not None:
+        await first
+    tasks_before = len(asyncio.all_tasks())
+    assert services.typing.update(p.cid, p.a.id, False) is None
+    assert services.typing.update(p.cid, p.a.id, True) is None
+    assert len(asyncio.all_tasks()) == tasks_before
+    relayed = typing_frames([await ws_b.recv_type("typing") for _ in range(3)])
+    assert [f["is_typing"] for f in relayed] == [True, False, True]
+    assert relayed[0]["username"] == p.a.username

@@ -375,6 +375,11 @@ class UserService:
             raise NotFound("User not found")
         return self.remember_summary(doc)
 
+    def cached_summary(self, user_id: int) -> dict[str, Any] | None:
+        """`summary` when it needs no store read; None otherwise."""
+        cached = self._summaries.get(user_id)
+        return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+
     def remember_summary(self, doc: Doc) -> dict[str, Any]:
         """Cache the summary of a user document read for another purpose (it needs `username` and
         `picture`), sparing the read `summary` would make."""

@@ -58,6 +58,22 @@ def decode(payload: bytes) -> tuple[dict[str, Any], bytes]:
     return orjson.loads(header), frame
 
 
+def conversation_header(
+    frame: dict[str, Any], exclude_user: int | None, seq: int | None, presence_version: int | None
+) -> dict[str, Any]:
+    header: dict[str, Any] = {"k": CONVERSATION}
+    if presence_version is not None:
+        header["pv"] = presence_version
+        header["pu"] = frame["user_id"]
+    if exclude_user is not None:
+        header["x"] = exclude_user
+    if seq is not None:
+        header["s"] = seq
+    if frame.get("type") == "typing":
+        header["d"] = True
+    return header
+
+
 class Publisher:
     def __init__(self, bus: Bus, notifications: NotificationLog | None = None) -> None:
         self.bus = bus
@@ -93,17 +109,13 @@ class Publisher:
         presence_version: int | None = None,
     ) -> None:
         """Send a frame to every socket open on a conversation (optionally not to one user's)."""
-        header: dict[str, Any] = {"k": CONVERSATION}
-        if presence_version is not None:
-            header["pv"] = presence_version
-            header["pu"] = frame["user_id"]
-        if exclude_user is not None:
-            header["x"] = exclude_user
-        if seq is not None:
-            header["s"] = seq
-        if frame.get("type") == "typing":
-            header["d"] = True
+        header = conversation_header(frame, exclude_user, seq, presence_version)
         await self.bus.publish(conversation_channel(conversation_id), encode(header, frame))
+
+    def to_conversation_nowait(self, conversation_id: int, frame: dict[str, Any], *, exclude_user: int | None) -> None:
+        """`to_conversation` without yielding to the loop: for a caller that must not wait (a typing frame)."""
+        header = conversation_header(frame, exclude_user, None, None)
+        self.bus.publish_nowait(conversation_channel(conversation_id), encode(header, frame))
 
     async def close_conversation(self, conversation_id: int) -> None:
         """Close every socket on the conversation with 4001 (unmatch or block), on every node."""

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from services.realtime.events import Publisher
@@ -23,6 +24,12 @@ class UserSummaries(Protocol):
     """Where a typing frame's username comes from (the accounts feature's UserService)."""
 
     async def summary(self, user_id: int) -> dict[str, Any]: ...
+
+    def cached_summary(self, user_id: int) -> dict[str, Any] | None: ...
+
+
+def typing_frame(user_id: int, username: str, is_typing: bool) -> dict[str, Any]:
+    return {"type": "typing", "user_id": user_id, "username": username, "is_typing": is_typing}
 
 
 class TypingTracker:
@@ -48,7 +55,9 @@ class TypingTracker:
     def is_typing(self, conversation_id: int, user_id: int) -> bool:
         return (conversation_id, user_id) in self._expires
 
-    async def update(self, conversation_id: int, user_id: int, is_typing: bool) -> None:
+    def update(self, conversation_id: int, user_id: int, is_typing: bool) -> Awaitable[None] | None:
+        """Record and relay a typing frame. Returns None when it is done (the typist's name was cached: the
+        usual case, and then the frame costs no Task and no wait), or an awaitable that reads the name."""
         key = (conversation_id, user_id)
         if is_typing:
             self.start()
@@ -56,7 +65,13 @@ class TypingTracker:
         elif self._expires.pop(key, None) is None:
             # Not typing as far as we know: still relay, a client may have missed our own expiry.
             pass
-        await self._publish(conversation_id, user_id, is_typing)
+        user = self._users.cached_summary(user_id)
+        if user is None:
+            return self._publish(conversation_id, user_id, is_typing)
+        self._events.to_conversation_nowait(
+            conversation_id, typing_frame(user_id, user["username"], is_typing), exclude_user=user_id
+        )
+        return None
 
     async def stop(self, conversation_id: int, user_id: int) -> None:
         """The typist sent a message or left: report them stopped if they were typing."""
@@ -72,7 +87,7 @@ class TypingTracker:
 
     async def _publish(self, conversation_id: int, user_id: int, is_typing: bool) -> None:
         user = await self._users.summary(user_id)
-        frame = {"type": "typing", "user_id": user_id, "username": user["username"], "is_typing": is_typing}
+        frame = typing_frame(user_id, user["username"], is_typing)
         await self._events.to_conversation(conversation_id, frame, exclude_user=user_id)
 
     async def _sweep_loop(self) -> None:
