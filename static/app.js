@@ -20,7 +20,7 @@ import { AccountPanel } from "./account.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
   $, $$, avatar, clearFormError, clockTime, closeMenu, confirmDialog, fillAvatar, h, menuOpenFor, nameOf, openMenu,
-  relativeTime, shortTime, showFormError, toast,
+  relativeTime, shortTime, showFormError, toast, dismissToast, toastShown,
 } from "./ui.js";
 
 const HISTORY_PAGE = 30; // messages per history request (the server allows up to 100)
@@ -391,6 +391,9 @@ function onConversationRead(read) {
   }
 }
 
+// Messages counted by the toast of their conversation still on screen, by toast key.
+const messageToastCounts = new Map();
+
 function onNewMessageNotification(message, stale = false) {
   // {id, conversation_id, sender: {id, username, profile_picture}, content, created_at}
   const chat = state.chat;
@@ -405,11 +408,16 @@ function onNewMessageNotification(message, stale = false) {
     loadMatches().catch(() => {});
   }
   if (watching || stale || message.deleted) return; // shown already, old news, or unsent since
+  // One toast per conversation: the next message replaces it and counts ("3 new messages from …").
+  const key = `conversation-${message.conversation_id}`;
+  const count = toastShown(key) ? (messageToastCounts.get(key) || 1) + 1 : 1;
+  messageToastCounts.set(key, count);
   withProfile(message.sender).then((sender) =>
     toast({
-      title: `New message from ${nameOf(sender)}`,
+      title: count > 1 ? `${count} new messages from ${nameOf(sender)}` : `New message from ${nameOf(sender)}`,
       text: message.content,
       kind: "message",
+      key,
       action: { label: "Open", run: () => openChat(message.conversation_id) },
     }),
   );
@@ -418,6 +426,7 @@ function onNewMessageNotification(message, stale = false) {
 function onNewMatch(match, stale = false) {
   // {id, user: {id, username, profile_picture}, created_at, conversation_id?}
   const user = remember(match.user);
+  dismissToast(`like-${user.id}`); // "liked you" is old news once it is a match
   state.candidates = state.candidates.filter((c) => userOf(c).id !== user.id);
   state.likes = state.likes.filter((l) => userOf(l).id !== user.id);
   renderLikes();
@@ -448,6 +457,7 @@ async function onNewLike(liker, stale = false) {
     title: `${nameOf(user)} liked you`,
     text: "Like them back to start talking.",
     kind: "like",
+    key: `like-${user.id}`,
     action: { label: "See", run: () => showPanel("likes") },
   });
 }

@@ -107,15 +107,20 @@ export function shortTime(iso) {
  * A toast in the polite live region: {title, text, kind: "info"|"like"|"match"|"message"|"error",
  * action: {label, run}}. It leaves by itself, later when the pointer or focus is on it.
  */
-export function toast({ title, text = "", kind = "info", action = null, timeoutMs = 6000 }) {
+/**
+ * A toast. With a `key`, it replaces the toast of that key still on screen (a conversation's messages
+ * make one toast that counts them, not a stack); `dismissToast(key)` takes it away.
+ */
+export function toast({ title, text = "", kind = "info", action = null, timeoutMs = 6000, key = null }) {
   const region = $("#toasts");
+  if (key !== null) dismissToast(key, { now: true });
   const close = () => {
     item.classList.add("leaving");
     setTimeout(() => item.remove(), 200);
   };
   const item = h(
     "div",
-    { class: `toast toast-${kind}`, dataset: { kind } },
+    { class: `toast toast-${kind}`, dataset: key !== null ? { kind, key } : { kind } },
     h("div", { class: "toast-body" }, h("strong", { class: "toast-title" }, title), text ? h("span", { class: "toast-text" }, text) : null),
     action
       ? h("button", { type: "button", class: "button button-small toast-action", onclick: () => { close(); action.run(); } }, action.label)
@@ -136,6 +141,24 @@ export function toast({ title, text = "", kind = "info", action = null, timeoutM
   // Keep the stack short.
   while (region.children.length > 4) region.firstElementChild.remove();
   return item;
+}
+
+/** Take the toast of `key` off the screen, if it is there (`now`: without the leaving animation). */
+export function dismissToast(key, { now = false } = {}) {
+  for (const item of $$("#toasts .toast")) {
+    if (item.dataset.key === key) {
+      if (now) item.remove();
+      else {
+        item.classList.add("leaving");
+        setTimeout(() => item.remove(), 200);
+      }
+    }
+  }
+}
+
+/** Whether the toast of `key` is on screen. */
+export function toastShown(key) {
+  return $$("#toasts .toast").some((item) => item.dataset.key === key && !item.classList.contains("leaving"));
 }
 
 /** A modal yes/no question in the page's <dialog>; resolves true on confirm. */

@@ -914,3 +914,32 @@ def test_while_the_connection_is_down_presence_is_unknown_and_coming_back_online
     expect(retry).to_be_hidden()
     assert alice.locator("#connection").get_attribute("data-state") == "online"
     assert not unexpected(problems), problems
+
+
+def test_toasts_group_a_conversations_messages_and_a_like_gives_way_to_the_match(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    _alice_name, bob_name, alice_token, bob_token, cid = matched_pair(server)
+    carol_name = f"carol_{uuid.uuid4().hex[:6]}"
+    carol_token = server.register(
+        carol_name, display_name="Carol", gender="woman", interested_in=["man"], birthdate="1995-05-05"
+    )
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    for text in ("one", "two", "three"):
+        server.call("POST", f"/api/conversations/{cid}/messages/", {"content": text}, alice_token)
+    # One toast for the conversation, counting, with the newest text; not three stacked.
+    toasts = bob.locator(".toast-message")
+    expect(toasts).to_have_count(1)
+    expect(toasts).to_contain_text("3 new messages from Alice")
+    expect(toasts).to_contain_text("three")
+
+    bob_id = server.call("GET", "/api/users/me/", token=bob_token)["id"]
+    carol_id = server.call("GET", "/api/users/me/", token=carol_token)["id"]
+    server.call("POST", "/api/likes/", {"user_id": bob_id}, carol_token)
+    expect(bob.locator(".toast", has_text="Carol liked you")).to_be_visible()
+    server.call("POST", "/api/likes/", {"user_id": carol_id}, bob_token)
+    expect(bob.locator(".toast", has_text="a match!")).to_be_visible()
+    expect(bob.locator(".toast", has_text="liked you")).to_have_count(0)
+    assert not unexpected(problems), problems
