@@ -179,23 +179,59 @@ export function showFormError(form, error) {
   clearFormError(form);
   const box = $(".form-error", form);
   const fields = (error && error.fields) || {};
-  const messages = [];
+  const unplaced = [];
   for (const [name, message] of Object.entries(fields)) {
     const input = form.elements.namedItem(name.split(".")[0]);
-    if (input && input.setAttribute) {
+    const text = friendlyFieldText(String(message));
+    if (input && input.setAttribute && input.id) {
+      // Beside the field, and read out with it.
+      const note = h("p", { class: "field-error", id: `${input.id}-error` }, text);
+      (input.closest("label") || input).after(note);
       input.setAttribute("aria-invalid", "true");
+      // Read out after the field's own hint, which stays.
+      const hint = input.getAttribute("aria-describedby");
+      if (hint) input.dataset.hint = hint;
+      input.setAttribute("aria-describedby", hint ? `${hint} ${note.id}` : note.id);
+    } else {
+      unplaced.push(`${name.replace(/_/g, " ")}: ${text}`);
     }
-    messages.push(`${name.replace(/_/g, " ")}: ${message}`);
   }
-  box.textContent = messages.length ? messages.join(" · ") : (error && error.message) || "Something went wrong.";
+  const placed = Object.keys(fields).length - unplaced.length;
+  if (unplaced.length) box.textContent = unplaced.join(" · ");
+  else if (placed) box.textContent = placed === 1 ? "Check the field marked above." : "Check the fields marked above.";
+  else box.textContent = (error && error.message) || "Something went wrong.";
   box.hidden = false;
+  const first = $("[aria-invalid=true]", form);
+  if (first) first.focus();
+}
+
+/** The server's per-field texts (pydantic's wording) said for a person. */
+export function friendlyFieldText(message) {
+  const required = /^(Field required|String should have at least 1 character)/.exec(message);
+  if (required) return "This is required.";
+  const atLeast = /at least (\d+) character/.exec(message);
+  if (atLeast) return `Too short: at least ${atLeast[1]} characters.`;
+  const atMost = /at most (\d+) character/.exec(message);
+  if (atMost) return `Too long: at most ${atMost[1]} characters.`;
+  if (/needs a visible character/.test(message)) return "Use at least one visible character.";
+  const age = /you must be at least (\d+)/.exec(message);
+  if (age) return `You must be ${age[1]} or older to use Spark.`;
+  if (/valid date/.test(message)) return "Enter a date.";
+  if (/^Input should be/.test(message)) return "Choose one of the options.";
+  return message;
 }
 
 export function clearFormError(form) {
   const box = $(".form-error", form);
   box.hidden = true;
   box.textContent = "";
-  for (const el of $$("[aria-invalid]", form)) el.removeAttribute("aria-invalid");
+  for (const el of $$("[aria-invalid]", form)) {
+    el.removeAttribute("aria-invalid");
+    if (el.dataset.hint) el.setAttribute("aria-describedby", el.dataset.hint);
+    else el.removeAttribute("aria-describedby");
+    delete el.dataset.hint;
+  }
+  for (const note of $$(".field-error", form)) note.remove();
 }
 
 // -- menus ---------------------------------------------------------------------------------------------

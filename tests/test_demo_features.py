@@ -943,3 +943,29 @@ def test_toasts_group_a_conversations_messages_and_a_like_gives_way_to_the_match
     expect(bob.locator(".toast", has_text="a match!")).to_be_visible()
     expect(bob.locator(".toast", has_text="liked you")).to_have_count(0)
     assert not unexpected(problems), problems
+
+
+def test_a_refused_field_is_said_beside_it_in_words_for_a_person(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    page = open_page(browser, server, problems)
+    username = f"erin_{uuid.uuid4().hex[:6]}"
+    # A birth date of a fourteen-year-old passes the browser's checks; the server refuses it.
+    register(page, username, "Erin", "woman", "man", "2012-04-05", "")
+    form = page.locator("#register-form")
+    field = form.get_by_label("Birth date")
+    note = form.locator("#reg-birthdate-error")
+    expect(note).to_have_text("You must be 18 or older to use Spark.")
+    expect(field).to_have_attribute("aria-invalid", "true")
+    expect(field).to_have_attribute("aria-describedby", "reg-birthdate-error")
+    expect(field).to_be_focused()
+    expect(form.locator(".form-error")).to_have_text("Check the field marked above.")
+    expect(form).not_to_contain_text("you must be at least")  # not the server's words
+
+    field.fill("1993-04-05")
+    form.get_by_role("button", name="Create account").click()
+    expect(page.locator("#connection")).to_have_attribute("data-state", "online")
+    expect(page.locator(".field-error")).to_have_count(0)
+    assert not unexpected(problems, 400), problems
