@@ -216,8 +216,11 @@ async function startSession() {
   renderMe();
   connectNotifications();
   pushToggle.start().catch(() => {});
-  showPanel("discover");
+  // The view the URL names (a reload comes back to it), Discover otherwise.
+  const view = viewOfHash(location.hash);
+  showPanel(view.panel === "chat" ? "discover" : view.panel, { record: view.panel !== "chat" });
   await Promise.all([loadMatches(), loadLikes()].map((p) => p.catch((e) => reportError(e))));
+  if (view.panel === "chat") await showView(view);
   clearInterval(state.presenceTimer);
   state.presenceTimer = setInterval(refreshPresence, PRESENCE_POLL_MS);
 }
@@ -243,6 +246,8 @@ function signOut(reason) {
   renderMatches();
   renderConnection();
   document.title = "Spark · Chat & Matching demo";
+  // The next person to sign in here starts from Discover, not from this one's conversation.
+  history.replaceState(null, "", location.pathname + location.search);
   if (reason) toast({ title: "Signed out", text: reason, kind: "error" });
   $("#signin-username").focus();
 }
@@ -410,17 +415,27 @@ function onNewMessageNotification(message, stale = false) {
   if (watching || stale || message.deleted) return; // shown already, old news, or unsent since
   // One toast per conversation: the next message replaces it and counts ("3 new messages from …").
   const key = `conversation-${message.conversation_id}`;
-  const count = toastShown(key) ? (messageToastCounts.get(key) || 1) + 1 : 1;
-  messageToastCounts.set(key, count);
-  withProfile(message.sender).then((sender) =>
+  // Counted on while its toast is on screen, or about to be (the sender's profile is still loading).
+  let counter = messageToastCounts.get(key);
+  if (!counter || (counter.pending === 0 && !toastShown(key))) {
+    counter = { count: 0, pending: 0 };
+    messageToastCounts.set(key, counter);
+  }
+  counter.count += 1;
+  counter.pending += 1;
+  const count = counter.count;
+  // A profile that cannot be read leaves the name the notification carries.
+  withProfile(message.sender).catch(() => message.sender).then((sender) => {
+    counter.pending -= 1;
+    if (counter.count !== count) return; // a later message of this conversation shows the count
     toast({
       title: count > 1 ? `${count} new messages from ${nameOf(sender)}` : `New message from ${nameOf(sender)}`,
       text: message.content,
       kind: "message",
       key,
       action: { label: "Open", run: () => openChat(message.conversation_id) },
-    }),
-  );
+    });
+  });
 }
 
 function onNewMatch(match, stale = false) {
@@ -466,7 +481,8 @@ async function onNewLike(liker, stale = false) {
 // Panels
 // =====================================================================================================
 
-function showPanel(name) {
+/** Show a panel; `record`: as a new entry of the browser's history (see "Views and the history"). */
+function showPanel(name, { record = true } = {}) {
   if (name !== "chat") closeChat();
   state.panel = name;
   for (const panel of $$(".panel")) panel.hidden = panel.id !== `panel-${name}`;
@@ -485,7 +501,50 @@ function showPanel(name) {
   }
   if (name === "discover" && !state.discoverLoaded) loadCandidates();
   renderMatches();
+  if (record) recordView(name);
 }
+
+// =====================================================================================================
+// Views and the history: each panel and each open conversation is an entry of the browser's history
+// (#discover, #likes, #profile, #settings, #chat/<id>), so Back and Forward move inside the app, and a
+// reload comes back to the view it left.
+// =====================================================================================================
+
+const PANELS = new Set(["discover", "likes", "profile", "settings"]);
+
+function viewHash(name) {
+  return name === "chat" && state.chat ? `#chat/${state.chat.id}` : `#${name}`;
+}
+
+/** The view a URL's hash names, `{panel, conversation}`; Discover when it names none. */
+function viewOfHash(hash) {
+  const chat = /^#chat\/(\d+)$/.exec(hash);
+  if (chat) return { panel: "chat", conversation: Number(chat[1]) };
+  const name = hash.slice(1);
+  return { panel: PANELS.has(name) ? name : "discover", conversation: null };
+}
+
+function recordView(name) {
+  const hash = viewHash(name);
+  if (location.hash === hash) return;
+  // The first view after signing in replaces the entry: Back does not lead to a sign-in form.
+  if (!location.hash) history.replaceState({ view: hash }, "", hash);
+  else history.pushState({ view: hash }, "", hash);
+}
+
+/** Show the view a hash names without adding to the history (Back, Forward, a reload). */
+async function showView(view) {
+  if (view.panel === "chat" && view.conversation !== null) {
+    await openChat(view.conversation, { record: false });
+    if (!state.chat || state.chat.id !== view.conversation) showPanel("discover", { record: false });
+  } else {
+    showPanel(view.panel, { record: false });
+  }
+}
+
+window.addEventListener("popstate", () => {
+  if (api.signedIn) showView(viewOfHash(location.hash));
+});
 
 // =====================================================================================================
 // Discover: one candidate at a time
@@ -1766,7 +1825,7 @@ class Chat {
   }
 }
 
-async function openChat(conversationId) {
+async function openChat(conversationId, { record = true } = {}) {
   let entry = state.matches.get(conversationId);
   if (!entry) {
     await loadMatches();
@@ -1774,13 +1833,13 @@ async function openChat(conversationId) {
     if (!entry) return;
   }
   if (state.chat && state.chat.id === conversationId) {
-    showPanel("chat");
+    showPanel("chat", { record });
     return;
   }
   closeChat();
   const chat = new Chat(entry);
   state.chat = chat;
-  showPanel("chat");
+  showPanel("chat", { record });
   renderConnection();
   try {
     await chat.open();

@@ -969,3 +969,37 @@ def test_a_refused_field_is_said_beside_it_in_words_for_a_person(
     expect(page.locator("#connection")).to_have_attribute("data-state", "online")
     expect(page.locator(".field-error")).to_have_count(0)
     assert not unexpected(problems, 400), problems
+
+
+def test_back_and_forward_move_between_the_apps_views_and_a_reload_returns_to_the_view(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    _alice_name, bob_name, _alice_token, _bob_token, cid = matched_pair(server)
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    expect(bob).to_have_url(re.compile("#discover$"))
+    bob.get_by_role("button", name="Liked you").click()
+    expect(bob).to_have_url(re.compile("#likes$"))
+    open_conversation(bob, "Alice", expect)
+    expect(bob).to_have_url(re.compile(f"#chat/{cid}$"))
+
+    bob.go_back()
+    expect(bob.locator("#panel-likes")).to_be_visible()
+    expect(bob.locator("#panel-chat")).to_be_hidden()
+    bob.go_back()
+    expect(bob.locator("#panel-discover")).to_be_visible()
+    bob.go_forward()
+    expect(bob.locator("#panel-likes")).to_be_visible()
+    bob.go_forward()
+    expect(bob.locator("#chat-name")).to_have_text("Alice")
+    expect(bob.locator("#panel-chat")).to_have_attribute("data-socket", "open")
+
+    # A reload comes back to the conversation, still signed in.
+    bob.reload()
+    expect(bob.locator("#chat-name")).to_have_text("Alice")
+    expect(bob.locator("#panel-chat")).to_have_attribute("data-socket", "open")
+    # Signing out forgets the view: the next person starts from Discover.
+    bob.locator("#sign-out").click()
+    expect(bob).not_to_have_url(re.compile("#"))
+    assert not unexpected(problems), problems
