@@ -1003,3 +1003,30 @@ def test_back_and_forward_move_between_the_apps_views_and_a_reload_returns_to_th
     bob.locator("#sign-out").click()
     expect(bob).not_to_have_url(re.compile("#"))
     assert not unexpected(problems), problems
+
+
+def test_on_a_phone_a_toast_never_covers_the_conversations_header(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    _alice_name, bob_name, _alice_token, bob_token, _cid = matched_pair(server)
+    carol_name = f"carol_{uuid.uuid4().hex[:6]}"
+    carol_token = server.register(
+        carol_name, display_name="Carol", gender="woman", interested_in=["man"], birthdate="1995-05-05"
+    )
+    carol_cid = server.match(carol_token, bob_token)
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    with viewport(bob, PHONE):
+        open_conversation(bob, "Alice", expect)
+        server.call("POST", f"/api/conversations/{carol_cid}/messages/", {"content": "Are you there?"}, carol_token)
+        toast = bob.locator(".toast", has_text="New message from Carol")
+        expect(toast).to_be_visible()
+        header = bob.locator(".chat-header").bounding_box()
+        shown = toast.bounding_box()
+        assert header is not None and shown is not None
+        assert shown["y"] >= header["y"] + header["height"], (shown, header)
+        # Back and the header's menu answer a tap while the toast is up.
+        bob.get_by_role("button", name="More actions").click()
+        expect(bob.get_by_role("menu", name="More actions")).to_be_visible()
+    assert not unexpected(problems), problems
