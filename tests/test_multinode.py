@@ -107,6 +107,7 @@ async def test_two_nodes_sending_into_one_conversation_get_dense_unique_ids(clus
     n1, n2, a, b, cid, _watcher = await alice_watching_bob(cluster_factory)
     for node in (n1, n2):
         node.services.message_limiter.rate = node.services.message_limiter.burst = 1000
+        node.services.message_budget.rate = node.services.message_budget.burst = 1000  # the cluster-wide one
 
     async def send(api, token, label):
         answers = []

@@ -98,7 +98,11 @@ class Settings:
     )
     max_frame_bytes: int = _knob(64 * 1024, "MAX_FRAME_BYTES", "Largest WebSocket frame accepted (larger: close 1009)")
     max_content_chars: int = _knob(4000, "MAX_CONTENT_CHARS", "Longest message text, in characters")
-    message_rate: float = _knob(5.0, "MESSAGE_RATE", "Messages per second per user, sustained (socket and REST sends)")
+    message_rate: float = _knob(
+        5.0,
+        "MESSAGE_RATE",
+        "Messages per second per user, sustained (socket and REST sends; with Redis, across all nodes)",
+    )
     message_burst: int = _knob(20, "MESSAGE_BURST", "Messages a user may send at once before MESSAGE_RATE applies")
     message_edit_window_s: float = _knob(
         900.0, "MESSAGE_EDIT_WINDOW", "Seconds a sender may edit a message after sending it (unsend has no time limit)"

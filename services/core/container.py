@@ -33,7 +33,7 @@ from services.push.service import PushService
 from services.realtime.backends import build_backends
 from services.realtime.bus import Bus
 from services.realtime.close_codes import CLOSE_BAD_TOKEN
-from services.realtime.counters import RateCounters
+from services.realtime.counters import RateCounters, SharedBudget
 from services.realtime.events import Publisher
 from services.realtime.hub import Connections, Peer
 from services.realtime.typing_indicators import TypingTracker
@@ -84,6 +84,8 @@ class Services:
     presence: PresenceService
     connections: Connections
     message_limiter: RateLimiter
+    # With Redis: the same budget across every node (services/realtime/counters.py SharedBudget).
+    message_budget: SharedBudget | None
     metrics: Metrics
     push: PushService
     rates: RateCounters
@@ -102,8 +104,13 @@ class Services:
     _backend_probe: BackgroundTask | None = field(default=None, init=False, repr=False)
 
     def check_message_rate(self, user_id: int) -> None:
-        """Messages per user, shared by socket and REST sends on this node."""
-        wait_s = self.message_limiter.take(user_id)
+        """Messages per user, shared by socket and REST sends, and by every node when Redis is configured."""
+        # A debt to the cluster-wide budget first: it must not cost a token of this node's bucket too.
+        wait_s = self.message_budget.refused_for(user_id) if self.message_budget is not None else 0.0
+        if wait_s <= 0:
+            wait_s = self.message_limiter.take(user_id)
+            if wait_s <= 0 and self.message_budget is not None:
+                self.message_budget.spent(user_id)
         if wait_s > 0:
             self.metrics.rate_limited.labels(scope="messages").inc()
             raise errors.RateLimited("Too many messages; slow down", retry_after_s=wait_s)
@@ -284,6 +291,8 @@ class Services:
         await self.media.close()
         await self.deletion_worker.close()
         await self.typing.close()
+        if self.message_budget is not None:
+            await self.message_budget.close()
         await self.presence.close()
         await self.bus.close()
         await self.store.close()
@@ -373,6 +382,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         presence=presence,
         connections=connections,
         message_limiter=RateLimiter(settings.message_rate, settings.message_burst),
+        message_budget=backends.message_budget,
         metrics=metrics,
         push=push,
         rates=backends.rates,

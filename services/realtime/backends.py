@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from services.core.config import Settings
 from services.realtime.bus import Bus, InProcessBus, RedisBus
-from services.realtime.counters import LocalRateCounters, RateCounters, RedisRateCounters
+from services.realtime.counters import LocalRateCounters, RateCounters, RedisRateCounters, SharedBudget
 from services.realtime.notifications_log import LocalNotificationLog, NotificationLog, RedisNotificationLog
 from services.realtime.presence import PresenceStore, RedisPresenceStore
 
@@ -33,6 +33,8 @@ class Backends:
     rates: RateCounters
     # Numbers and keeps each user's notifications for sockets that resume: in memory, or in Redis.
     notifications: NotificationLog
+    # Messages per user, one budget for the whole cluster (None: each node's own limiter is the budget).
+    message_budget: SharedBudget | None = None
     # A Redis client for counters every node shares (the sign-in throttle); None when this node counts alone.
     shared_counters: Any | None = None
     # Called when the bus lost events and is back (the node catches its sockets up from MongoDB), and on
@@ -74,6 +76,9 @@ def build_backends(settings: Settings) -> Backends:
         bus=bus,
         presence=presence,
         rates=RedisRateCounters(bus.redis, settings.redis_prefix),
+        message_budget=SharedBudget(
+            bus.redis, settings.redis_prefix, "messages", settings.message_rate, settings.message_burst
+        ),
         notifications=RedisNotificationLog(
             bus, bus.redis, settings.redis_prefix, settings.notification_retention_s, settings.notification_max_per_user
         ),

@@ -9,6 +9,7 @@ without Redis, or while Redis cannot be reached, each node counts alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -121,3 +122,112 @@ async def check_rate(counters: RateCounters, rate: Rate, key: str | int) -> None
     wait_s = await counters.take(rate, str(key))
     if wait_s > 0:
         raise RateLimited(f"Too many {rate.what}; retry in {max(1, round(wait_s))} s", retry_after_s=wait_s)
+
+
+# KEYS[1] a user's shared token bucket (a hash: tokens, at ms); ARGV: rate per s, burst, tokens spent, key
+# lifetime ms. Returns the tokens left as a string (a float: below 0 is a debt). Redis's own clock.
+_SPEND = """
+local now = redis.call('TIME')
+local now_ms = now[1] * 1000 + now[2] / 1000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now_ms
+tokens = math.min(burst, tokens + (now_ms - at) / 1000 * rate) - tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now_ms))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return tostring(tokens)
+"""
+
+
+class SharedBudget:
+    """A per-user rate (messages) shared by every node, without a Redis round trip per action.
+
+    Each node decides on its own, at once (the caller's local token bucket, then `refused_for`), and
+    counts what it let through (`spent`). Every FLUSH_S one pipeline takes those counts from each user's
+    shared bucket in Redis (one script call per user, each on one key, so it runs on a Redis Cluster
+    too). A bucket that went below zero is a debt: the user is refused on this node until the debt is
+    paid back at the budget's rate. So over time a user gets the budget once, whatever nodes they use;
+    within one flush interval the nodes together may let through up to their local bursts before the
+    debt is known, and the debt then makes the user wait that much longer. While Redis is away each
+    node's local bucket is the only limit, as on a single node."""
+
+    FLUSH_S = 0.1
+
+    def __init__(self, redis_client: Any, prefix: str, name: str, rate: float, burst: int) -> None:
+        self._redis = redis_client
+        self._prefix = f"{prefix}budget:{name}:"
+        self.rate = rate
+        self.burst = burst
+        self._script = redis_client.register_script(_SPEND)
+        self._pending: dict[int, int] = {}
+        self._refused_until: dict[int, float] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def refused_for(self, user_id: int) -> float:
+        """Seconds the user still owes the shared budget (0: nothing)."""
+        until = self._refused_until.get(user_id)
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._refused_until[user_id]
+            return 0.0
+        return left
+
+    def spent(self, user_id: int) -> None:
+        """The user was let through once on this node: counted against the shared bucket at the next flush."""
+        self._pending[user_id] = self._pending.get(user_id, 0) + 1
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop(), name="shared-budget")
+
+    async def _flush_loop(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self.FLUSH_S)
+            batch, self._pending = self._pending, {}
+            await self._flush(batch)
+
+    async def _flush(self, batch: dict[int, int]) -> None:
+        lifetime_ms = max(1000, round(self.burst / max(self.rate, 0.001) * 1000) + 1000)
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            for user_id, count in batch.items():
+                pipe.evalsha(self._script.sha, 1, f"{self._prefix}{user_id}", self.rate, self.burst, count, lifetime_ms)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+                return
+            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+                try:
+                    await self._redis.script_load(_SPEND)
+                except REDIS_ERRORS as exc:
+                    self._failed(exc)
+                    return
+                continue
+            break
+        self._failing = False
+        now = time.monotonic()
+        for user_id, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                continue
+            tokens = float(result)
+            if tokens < 0 and self.rate > 0:
+                self._refused_until[user_id] = now + -tokens / self.rate
+        if len(self._refused_until) > MAX_LOCAL_KEYS:
+            self._refused_until = {k: v for k, v in self._refused_until.items() if v > now}
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "shared message budget not counted while Redis is unavailable (%s): each node limits alone", exc
+            )
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
