@@ -355,7 +355,12 @@ async def refresh(api: ApiClient, token: Any) -> Response:
     return await api.post("/api/token/refresh/", {"refresh": token})
 
 
-async def test_refresh_rotates_and_the_old_token_stops_working(api):
+# Theft detection itself: no grace for a retry, every reuse revokes (REFRESH_REUSE_GRACE has its own tests).
+STRICT_REUSE = pytest.mark.parametrize("settings_overrides", [{"refresh_reuse_grace_s": 0}], indirect=True)
+
+
+@STRICT_REUSE
+async def test_refresh_rotates_and_the_old_token_stops_working(api, settings_overrides):
     user = await api.user("rot")
     r = await refresh(api, user.refresh)
     assert r.status == 200 and set(r.body) == {"access", "refresh"}
@@ -370,7 +375,8 @@ async def test_refresh_rotates_and_the_old_token_stops_working(api):
     assert_error(await refresh(api, r2.body["refresh"]), 401, "token_revoked")
 
 
-async def test_reusing_a_rotated_token_revokes_the_whole_family(api):
+@STRICT_REUSE
+async def test_reusing_a_rotated_token_revokes_the_whole_family(api, settings_overrides):
     user = await api.user("reuse")
     rotated = await refresh(api, user.refresh)
     assert rotated.status == 200
@@ -384,12 +390,35 @@ async def test_reusing_a_rotated_token_revokes_the_whole_family(api):
     assert (await refresh(api, again.body["refresh"])).status == 200
 
 
-async def test_revoking_one_family_leaves_other_sign_ins_alone(api):
+@STRICT_REUSE
+async def test_revoking_one_family_leaves_other_sign_ins_alone(api, settings_overrides):
     user = await api.user("fam")
     phone = await login(api, user.username)
     assert (await refresh(api, user.refresh)).status == 200
     assert_error(await refresh(api, user.refresh), 401, "token_revoked")
     assert (await refresh(api, phone.body["refresh"])).status == 200
+
+
+async def test_a_token_reused_within_the_grace_is_taken_as_a_retry_once_then_as_a_theft(api):
+    user = await api.user("grace")
+    lost = await refresh(api, user.refresh)  # its answer never reached the page (a reload)
+    assert lost.status == 200
+    retried = await refresh(api, user.refresh)
+    assert retried.status == 200 and retried.body["refresh"] not in (user.refresh, lost.body["refresh"])
+    assert (await refresh(api, retried.body["refresh"])).status == 200
+    # Once only: the same token a third time is a theft, and the whole family ends.
+    assert_error(await refresh(api, user.refresh), 401, "token_revoked")
+    assert_error(await refresh(api, lost.body["refresh"]), 401, "token_revoked")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"refresh_reuse_grace_s": 0.5}], indirect=True)
+async def test_a_token_reused_after_the_grace_revokes_its_family(api, settings_overrides):
+    user = await api.user("late")
+    rotated = await refresh(api, user.refresh)
+    assert rotated.status == 200
+    await asyncio.sleep(0.8)
+    assert_error(await refresh(api, user.refresh), 401, "token_revoked")
+    assert_error(await refresh(api, rotated.body["refresh"]), 401, "token_revoked")
 
 
 async def test_a_rotation_racing_a_revocation_hands_out_nothing(api, services):

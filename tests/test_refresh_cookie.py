@@ -27,7 +27,8 @@ TRUSTED = "https://app.example"
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {"allowed_origins": f"{TRUSTED}, *"}
+    # Every reuse revokes here (no REFRESH_REUSE_GRACE): the tests reuse spent cookies on purpose.
+    return {"allowed_origins": f"{TRUSTED}, *", "refresh_reuse_grace_s": 0}
 
 
 @pytest.fixture(scope="module")

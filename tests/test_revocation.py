@@ -279,7 +279,7 @@ async def test_password_changes_are_throttled_with_sign_ins(cluster_factory, doc
 
 
 async def test_a_reused_refresh_token_closes_the_sockets_of_its_account(cluster_factory):
-    n1, n2 = await cluster_factory(2)
+    n1, n2 = await cluster_factory(2, refresh_reuse_grace_s=0)  # every reuse a theft
     alice, bob = await n1.api.user("alice"), await n1.api.user("bob")
     cid = await make_conversation(n1.services, alice.id, bob.id)
     phone = await sign_in(n2.api, alice)

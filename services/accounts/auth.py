@@ -100,7 +100,12 @@ class PasswordHasher:
 
 
 class TokenService:
-    def __init__(self, store: Store, secret: str, *, access_ttl_s: int, refresh_ttl_s: int) -> None:
+    def __init__(
+        self, store: Store, secret: str, *, access_ttl_s: int, refresh_ttl_s: int, reuse_grace_s: float = 0.0
+    ) -> None:
+        # A refresh token used again within this many seconds of its rotation is taken, once, as a retry
+        # whose answer was lost (a page reloaded while its refresh was in flight), not as a theft.
+        self.reuse_grace_s = reuse_grace_s
         self._store = store
         self._secret = secret
         self.access_ttl_s = access_ttl_s
@@ -224,6 +229,9 @@ class TokenService:
             return_document=ReturnDocument.BEFORE,
         )
         if record is None:
+            retried = await self._retry_within_grace(jti, claims)
+            if retried is not None:
+                return retried
             known = await self._store.refresh_tokens.find_one({"_id": jti})
             if known is not None:
                 # A rotated token came back: whoever holds the family now may be an attacker. End it.
@@ -233,6 +241,23 @@ class TokenService:
             raise TokenError("Refresh token already used or revoked", code="token_revoked")
         if record["user_id"] != claims["user_id"]:
             raise TokenError("Token invalid")
+        return await self.issue(int(record["user_id"]), family=record["family"])
+
+    async def _retry_within_grace(self, jti: str, claims: dict[str, Any]) -> TokenPair | None:
+        """A new pair of the same family for a token rotated less than `reuse_grace_s` ago whose family is
+        intact, once per token; None otherwise (the caller then treats the reuse as a theft). The pair
+        the lost answer carried stays valid too: the family has one more branch, for a few seconds' risk."""
+        if self.reuse_grace_s <= 0:
+            return None
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.reuse_grace_s)
+        record = await self._store.refresh_tokens.find_one_and_update(
+            {"_id": jti, "used": True, "revoked": False, "used_at": {"$gte": since}, "retried": {"$ne": True}},
+            {"$set": {"retried": True}},
+        )
+        if record is None or record["user_id"] != claims["user_id"]:
+            return None
+        if await self._store.refresh_tokens.find_one({"family": record["family"], "revoked": True}, {"_id": 1}):
+            return None
         return await self.issue(int(record["user_id"]), family=record["family"])
 
     async def end_session(self, refresh_token: str) -> None:

@@ -77,6 +77,12 @@ class Settings:
     )
     access_token_ttl_s: int = _knob(15 * 60, "ACCESS_TOKEN_TTL", "Access token lifetime, seconds")
     refresh_token_ttl_s: int = _knob(7 * 24 * 3600, "REFRESH_TOKEN_TTL", "Refresh token lifetime, seconds")
+    refresh_reuse_grace_s: float = _knob(
+        10.0,
+        "REFRESH_REUSE_GRACE",
+        "Seconds after its rotation a refresh token may be used once more as a lost answer's retry (a page "
+        "reloaded mid-refresh) instead of revoking its session; 0: any reuse revokes",
+    )
     socket_token_grace_s: float = _knob(
         30.0,
         "SOCKET_TOKEN_GRACE",

@@ -313,6 +313,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         jwt_secret(settings),
         access_ttl_s=settings.access_token_ttl_s,
         refresh_ttl_s=settings.refresh_token_ttl_s,
+        reuse_grace_s=settings.refresh_reuse_grace_s,
     )
     media = MediaStore(Path(settings.data_dir) / "media", public_base(settings), settings.max_upload_bytes)
     users = UserService(store, hasher, tokens, media, min_age=settings.min_age)
