@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+log = logging.getLogger("chat.services")
+
+# How long `close` waits for a cancelled task: a cancellation swallowed somewhere below (a driver that
+# retries on any exception) must not hold a node's shutdown, or a test's teardown, for ever.
+CLOSE_WAIT_S = 5.0
 
 
 class BackgroundTask:
@@ -19,7 +26,14 @@ class BackgroundTask:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=self._name)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        for _ in range(2):
+            task.cancel()
+            done, _pending = await asyncio.wait({task}, timeout=CLOSE_WAIT_S / 2)
+            if done:
+                if not task.cancelled():
+                    task.exception()  # retrieved, so that asyncio does not warn it never was
+                return
+        log.warning("background task %s did not stop when cancelled; left behind", self._name)

@@ -142,7 +142,7 @@ class Services:
 
     async def _probe_backends_forever(self) -> None:
         # Between scrapes too: a gauge that is only set when someone asks /readyz would go stale.
-        while True:
+        while not self.shutting_down:
             await self.probe_backends()
             await asyncio.sleep(BACKEND_PROBE_INTERVAL_S)
 
