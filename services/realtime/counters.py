@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import redis.exceptions
 
 from services.core.errors import RateLimited
+from services.realtime.scripts import evalsha_pipeline
 
 log = logging.getLogger("chat.limits")
 
@@ -191,23 +192,15 @@ class SharedBudget:
 
     async def _flush(self, batch: dict[int, int]) -> None:
         lifetime_ms = max(1000, round(self.burst / max(self.rate, 0.001) * 1000) + 1000)
-        for attempt in (1, 2):
-            pipe = self._redis.pipeline(transaction=False)
-            for user_id, count in batch.items():
-                pipe.evalsha(self._script.sha, 1, f"{self._prefix}{user_id}", self.rate, self.burst, count, lifetime_ms)
-            try:
-                results = await pipe.execute(raise_on_error=False)
-            except REDIS_ERRORS as exc:
-                self._failed(exc)
-                return
-            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-                try:
-                    await self._redis.script_load(_SPEND)
-                except REDIS_ERRORS as exc:
-                    self._failed(exc)
-                    return
-                continue
-            break
+        calls = [
+            (f"{self._prefix}{user_id}", [self.rate, self.burst, count, lifetime_ms])
+            for user_id, count in batch.items()
+        ]
+        try:
+            results = await evalsha_pipeline(self._redis, self._script, calls)
+        except REDIS_ERRORS as exc:
+            self._failed(exc)
+            return
         self._failing = False
         now = time.monotonic()
         for user_id, result in zip(batch, results, strict=True):

@@ -49,6 +49,7 @@ import redis.exceptions
 from services.core import errors
 from services.realtime.bus import Bus, user_channel
 from services.realtime.events import NOTIFICATION, encode
+from services.realtime.scripts import evalsha_pipeline
 
 log = logging.getLogger("chat.notifications")
 
@@ -260,30 +261,21 @@ class RedisNotificationLog(NotificationLog):
         """One pipeline of script calls; False when some failed (those are delivered here without an id)."""
         lifetime_ms = round((self.retention_s + HEAD_KEEP_S) * 1000)
         retention_ms = round(self.retention_s * 1000)
-        for attempt in (1, 2):
-            pipe = self._redis.pipeline(transaction=False)
-            for user_id, header, notification, kept in batch:
-                channel = self._prefix + user_channel(user_id)
-                args = [self.max_per_user, retention_ms, lifetime_ms, channel, header, notification, kept]
-                pipe.evalsha(self._append_script.sha, 1, self._key(user_id), *args)
-            try:
-                async with asyncio.timeout(self.TIMEOUT_S):
-                    results = await pipe.execute(raise_on_error=False)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                return self._failed(batch, exc)
-            if attempt == 1 and results and isinstance(results[0], redis.exceptions.NoScriptError):
-                # A Redis that restarted or flushed its scripts ran none of them (all are the same script).
-                try:
-                    await self._redis.script_load(_APPEND)
-                except REDIS_ERRORS as exc:
-                    return self._failed(batch, exc)
-                continue
-            failed = [item for item, result in zip(batch, results, strict=True) if isinstance(result, Exception)]
-            if failed:
-                return self._failed(failed, next(r for r in results if isinstance(r, Exception)))
-            break
+        calls = []
+        for user_id, header, notification, kept in batch:
+            channel = self._prefix + user_channel(user_id)
+            args = [self.max_per_user, retention_ms, lifetime_ms, channel, header, notification, kept]
+            calls.append((self._key(user_id), args))
+        try:
+            async with asyncio.timeout(self.TIMEOUT_S):
+                results = await evalsha_pipeline(self._redis, self._append_script, calls)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failed(batch, exc)
+        failed = [item for item, result in zip(batch, results, strict=True) if isinstance(result, Exception)]
+        if failed:
+            return self._failed(failed, next(r for r in results if isinstance(r, Exception)))
         if self._failing:
             self._failing = False
             log.warning("notifications are logged and published again")
