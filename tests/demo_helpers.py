@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pymongo
-import pytest
 
 from services.storage.embedded import free_port
+from tests.processes import unavailable
 from tests.support import TEST_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,9 +59,7 @@ def require_playwright() -> Any:
     elif not os.path.exists(CHROMIUM):
         missing = f"{CHROMIUM} is not installed (make test installs it)"
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+        unavailable(missing)
     from playwright import sync_api
 
     return sync_api

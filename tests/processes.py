@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -21,6 +22,13 @@ from services.storage.embedded import free_port, wait_for_port
 from tests.support import TEST_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def unavailable(message: str) -> NoReturn:
+    """A tool missing here: a skip on a developer's machine, a failure on CI, where `make test` installs it."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def node_env(mongo_url: str, **settings: str) -> dict[str, str]:
@@ -127,10 +135,7 @@ class RedisProcess:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            message = "redis-server is not installed (make test installs it)"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
+            unavailable("redis-server is not installed (make test installs it)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [

@@ -753,16 +753,25 @@ def test_discover_moves_on_from_someone_who_blocked_you_meanwhile(
 # -- the sidebar follows the notifications socket ----------------------------------------------------------
 
 
+def register_carol(server: DemoServer) -> str:
+    """Carol, a woman interested in men (so Bob's kind), registered over REST: her access token."""
+    return server.register(
+        f"carol_{uuid.uuid4().hex[:6]}",
+        display_name="Carol",
+        gender="woman",
+        interested_in=["man"],
+        birthdate="1995-05-05",
+    )
+
+
 def test_the_sidebar_follows_matches_ended_live_and_made_while_the_socket_was_cut(
     sync_api: Any, server: DemoServer, browser: Any
 ) -> None:
     expect = sync_api.expect
-    alice_name, bob_name, carol_name = names()
+    alice_name, bob_name, _ = names()
     problems: list[str] = []
     alice_token, bob_token = alice_and_bob(server, alice_name, bob_name)
-    carol_token = server.register(
-        carol_name, display_name="Carol", gender="woman", interested_in=["man"], birthdate="1995-05-05"
-    )
+    carol_token = register_carol(server)
     server.match(alice_token, bob_token)
     bob_id = server.call("GET", "/api/users/me/", token=bob_token)["id"]
     carol_id = server.call("GET", "/api/users/me/", token=carol_token)["id"]
@@ -922,10 +931,7 @@ def test_toasts_group_a_conversations_messages_and_a_like_gives_way_to_the_match
     expect = sync_api.expect
     problems: list[str] = []
     _alice_name, bob_name, alice_token, bob_token, cid = matched_pair(server)
-    carol_name = f"carol_{uuid.uuid4().hex[:6]}"
-    carol_token = server.register(
-        carol_name, display_name="Carol", gender="woman", interested_in=["man"], birthdate="1995-05-05"
-    )
+    carol_token = register_carol(server)
     bob = signed_in(browser, server, problems, bob_name, expect)
     for text in ("one", "two", "three"):
         server.call("POST", f"/api/conversations/{cid}/messages/", {"content": text}, alice_token)
@@ -1011,10 +1017,7 @@ def test_on_a_phone_a_toast_never_covers_the_conversations_header(
     expect = sync_api.expect
     problems: list[str] = []
     _alice_name, bob_name, _alice_token, bob_token, _cid = matched_pair(server)
-    carol_name = f"carol_{uuid.uuid4().hex[:6]}"
-    carol_token = server.register(
-        carol_name, display_name="Carol", gender="woman", interested_in=["man"], birthdate="1995-05-05"
-    )
+    carol_token = register_carol(server)
     carol_cid = server.match(carol_token, bob_token)
     bob = signed_in(browser, server, problems, bob_name, expect)
     with viewport(bob, PHONE):

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from tests.processes import ROOT, ServerProcess, node_env
+from tests.processes import ROOT, ServerProcess, node_env, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +34,6 @@ ARTILLERY_DIR = ROOT / "bench" / "artillery"
 ARTILLERY = ARTILLERY_DIR / "node_modules" / ".bin" / "artillery"
 PAIRS = 4
 ROUNDS = 12
-
-
-def unavailable(message: str) -> None:
-    """A tool missing here: a skip on a developer's machine, a failure on CI, where `make test` installs it."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 class Node:

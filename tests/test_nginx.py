@@ -35,7 +35,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from services.core.config import Settings
 from services.storage.embedded import free_port, wait_for_port
-from tests.processes import RedisProcess, ServerProcess, node_env
+from tests.processes import RedisProcess, ServerProcess, node_env, unavailable
 from tests.support import PASSWORD, ApiClient, PortClient, ws_connect
 from tests.ws_helpers import PNG
 
@@ -49,10 +49,7 @@ def nginx_binary() -> str:
     for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    message = "nginx is not installed (make test installs the Debian package)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable("nginx is not installed (make test installs the Debian package)")
 
 
 def nginx_conf(workdir: Path, port: int, node_ports: list[int], dead_port: int, spare_port: int) -> str:
