@@ -7,7 +7,7 @@ DATA_DIR ?= ./data
 # Two workers, one per core: each gets its own embedded MongoDB and Redis. `make test PYTEST_ARGS=` runs serially.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install run test lint typecheck check services bench-tools clean conformance
+.PHONY: install run test lint typecheck check services bench-tools a11y-tools clean conformance
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,13 @@ run: install
 services:
 	@bash scripts/ensure-system-packages.sh
 
+# `npm ci` in $(1) (its package.json and package-lock.json), into its node_modules; $(2): what cannot run without npm.
+define npm-ci
+	@if command -v npm >/dev/null; then \
+		cd $(1) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: $(2)"; fi
+endef
+
 # Artillery (npm) for tests/test_load_tools.py, into bench/artillery/node_modules (git-ignored). Artillery
 # 2.0.21 is the last release that runs on Node.js 20; no install scripts run (they fetch browsers).
 ARTILLERY_STAMP := bench/artillery/node_modules/.installed
@@ -31,11 +38,17 @@ ARTILLERY_STAMP := bench/artillery/node_modules/.installed
 bench-tools: $(ARTILLERY_STAMP)
 
 $(ARTILLERY_STAMP): bench/artillery/package.json bench/artillery/package-lock.json
-	@if command -v npm >/dev/null; then \
-		cd bench/artillery && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
-	else echo "npm not found: the Artillery test of tests/test_load_tools.py will not run"; fi
+	$(call npm-ci,bench/artillery,the Artillery test of tests/test_load_tools.py will not run)
 
-test: install services bench-tools
+# axe-core (npm) for tests/test_demo_a11y.py, into tests/a11y/node_modules (git-ignored), as above.
+AXE_STAMP := tests/a11y/node_modules/.installed
+
+a11y-tools: $(AXE_STAMP)
+
+$(AXE_STAMP): tests/a11y/package.json tests/a11y/package-lock.json
+	$(call npm-ci,tests/a11y,tests/test_demo_a11y.py will not run)
+
+test: install services bench-tools a11y-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -31,6 +31,20 @@ def unavailable(message: str) -> NoReturn:
     pytest.skip(message)
 
 
+def ensure_npm_tool(target: str, installed: Path, what: str) -> None:
+    """`make test` installs the npm tools the tests use (the Makefile's `target`); run alone, a test that
+    needs `installed` (a file of the tool) runs the same target."""
+    if installed.exists():
+        return
+    make = shutil.which("make")
+    if shutil.which("npm") is None or make is None:
+        unavailable(f"npm (or make) is not installed: {what} comes from npm, which make test runs")
+    assert make is not None
+    done = subprocess.run([make, "--no-print-directory", target], cwd=ROOT, capture_output=True, text=True)
+    if not installed.exists():
+        pytest.fail(f"could not install {what}:\n{done.stdout}\n{done.stderr}")
+
+
 def node_env(mongo_url: str, **settings: str) -> dict[str, str]:
     """The environment of a `server.py` node under test: the test run's MongoDB with a database of its
     own (read it back from MONGODB_DATABASE), the test secret, text logs, then `settings` by their

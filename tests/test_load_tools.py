@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from tests.processes import ROOT, ServerProcess, node_env, unavailable
+from tests.processes import ROOT, ServerProcess, ensure_npm_tool, node_env, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -104,16 +103,7 @@ def run_with_a_restart(node: Node, command: list[str], cwd: Path, env: dict[str,
 
 
 def ensure_artillery() -> None:
-    """`make test` installs Artillery (the `bench-tools` target); run alone, this test does it the same way."""
-    if ARTILLERY.exists():
-        return
-    make = shutil.which("make")
-    if shutil.which("npm") is None or make is None:
-        unavailable("npm (or make) is not installed: Artillery comes from npm, which make test runs")
-    assert make is not None
-    installed = subprocess.run([make, "--no-print-directory", "bench-tools"], cwd=ROOT, capture_output=True, text=True)
-    if not ARTILLERY.exists():
-        pytest.fail(f"could not install Artillery:\n{installed.stdout}\n{installed.stderr}")
+    ensure_npm_tool("bench-tools", ARTILLERY, "Artillery")
 
 
 def test_the_artillery_scenario_plays_resumes_and_rides_out_a_restart(node, tmp_path):
