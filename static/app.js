@@ -136,7 +136,7 @@ function setupAuthForms() {
       const on = key === which;
       tabs[key].setAttribute("aria-selected", String(on));
       tabs[key].tabIndex = on ? 0 : -1;
-      forms[key].hidden = !on;
+      $(`#${key}-panel`).hidden = !on;
     }
   };
   tabs.signin.addEventListener("click", () => select("signin"));
@@ -909,14 +909,13 @@ function renderMatches() {
       const preview = last ? previewOf(last) : "New match: say hi!";
       const muted = isMuted(entry.conversationId);
       const unread = entry.unread > 0 ? h("span", { class: "badge", "aria-hidden": "true" }, String(entry.unread)) : null;
-      const spoken = [
-        nameOf(user),
+      // Said after the name, not in place of what the button shows (its name has to contain its text).
+      const states = [
         status === "online" ? "online" : null,
         muted ? "muted" : null,
         entry.unread ? `${entry.unread} unread` : null,
-      ]
-        .filter(Boolean)
-        .join(", ");
+      ].filter(Boolean);
+      const spoken = states.length ? `, ${states.join(", ")}` : "";
       const open = state.chat && state.chat.id === entry.conversationId;
       return h(
         "li",
@@ -927,7 +926,6 @@ function renderMatches() {
             type: "button",
             class: `match${entry.unread ? " has-unread" : ""}`,
             "aria-current": open ? "true" : null,
-            "aria-label": spoken,
             dataset: { conversationId: entry.conversationId, userId: user.id, status, muted: String(muted) },
             onclick: () => openChat(entry.conversationId),
           },
@@ -935,7 +933,13 @@ function renderMatches() {
           h(
             "span",
             { class: "match-text" },
-            h("span", { class: "match-name" }, h("span", { class: "match-name-text" }, nameOf(user)), muted ? mutedIcon() : null),
+            h(
+              "span",
+              { class: "match-name" },
+              h("span", { class: "match-name-text" }, nameOf(user)),
+              spoken ? h("span", { class: "visually-hidden" }, spoken) : null,
+              muted ? mutedIcon() : null,
+            ),
             h("span", { class: "match-preview" }, preview),
           ),
           h("span", { class: "match-meta" }, h("span", { class: "match-time" }, shortTime(last ? last.created_at : entry.updatedAt)), unread),

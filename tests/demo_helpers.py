@@ -65,6 +65,18 @@ def require_playwright() -> Any:
     return sync_api
 
 
+@contextlib.contextmanager
+def launched_chromium(sync_api: Any) -> Iterator[Any]:
+    """Chromium launched through Playwright (and `expect` given the tests' timeout); closed afterwards."""
+    sync_api.expect.set_options(timeout=TIMEOUT_MS)
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
 class DemoServer:
     """`python server.py` on a fixed port, restartable on the same port and database.
 

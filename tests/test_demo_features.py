@@ -20,14 +20,12 @@ from typing import Any
 import pytest
 
 from tests.demo_helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     DESKTOP,
     PASSWORD,
     PHONE,
-    TIMEOUT_MS,
     DemoServer,
     dismiss_toasts,
+    launched_chromium,
     portrait_png,
     register,
     require_playwright,
@@ -67,13 +65,8 @@ def server(tmp_path: Path, mongo_url: str, server_settings: dict[str, str]) -> I
 
 @pytest.fixture
 def browser(sync_api: Any) -> Iterator[Any]:
-    sync_api.expect.set_options(timeout=TIMEOUT_MS)
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with launched_chromium(sync_api) as chromium:
+        yield chromium
 
 
 def names() -> tuple[str, str, str]:
