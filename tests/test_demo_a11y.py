@@ -188,6 +188,11 @@ def test_every_view_has_no_serious_accessibility_violation(
             expect(page.locator("#profile-dialog")).to_be_visible()
             audit("likes, someone's profile")
             close_dialog(page, expect)
+        if name == "settings":
+            page.get_by_role("button", name="Delete my account…").click()
+            expect(page.locator("#delete-dialog")).to_be_visible()
+            audit("settings, deleting the account")
+            close_dialog(page, expect)
 
     # A conversation: messages of both, read marks, then one the server refused ("Not sent").
     open_conversation(page, "Alice", expect)
@@ -214,14 +219,15 @@ def test_every_view_has_no_serious_accessibility_violation(
     expect(page.locator("#profile-dialog")).to_be_visible()
     audit("conversation, their profile")
     close_dialog(page, expect)
-    if size == "phone":
-        page.get_by_role("button", name="More actions").click()
-        page.get_by_role("menuitem", name="Report").click()
-    else:
-        page.locator("#report").click()
-    expect(page.locator("#report-dialog")).to_be_visible()
-    audit("conversation, the report dialog")
-    close_dialog(page, expect)
+    for action, dialog in (("Unmatch", "#confirm"), ("Report", "#report-dialog")):
+        if size == "phone":  # the header's "⋯" menu holds them
+            page.get_by_role("button", name="More actions").click()
+            page.get_by_role("menuitem", name=action).click()
+        else:
+            page.locator(".chat-header").get_by_role("button", name=action, exact=True).click()
+        expect(page.locator(dialog)).to_be_visible()
+        audit(f"conversation, {action.lower()}")
+        close_dialog(page, expect)
     report = audit.report()
     page.context.close()
 
