@@ -17,6 +17,7 @@ import { PushToggle } from "./push.js";
 import { ReportDialog } from "./report.js";
 import { SettingsPanel } from "./settings.js";
 import { AccountPanel } from "./account.js";
+import { MatchMoment } from "./match_moment.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
   $, $$, avatar, clearFormError, clockTime, closeMenu, confirmDialog, fillAvatar, h, menuOpenFor, nameOf, openMenu,
@@ -45,6 +46,7 @@ let photoEditor = null; // the profile's photos (photos.js), made in setup()
 let settingsPanel = null; // notification preferences and blocked people (settings.js), made in setup()
 let accountPanel = null; // download my data, delete my account (account.js), made in setup()
 let reportDialog = null; // "Report …" (report.js), made in setup()
+let matchMoment = null; // "It’s a match!" (match_moment.js), made in setup()
 
 const state = {
   me: null, // own profile (GET /api/users/me/)
@@ -58,7 +60,7 @@ const state = {
   notifications: null, // the notifications ReconnectingSocket
   lastNotificationId: null, // the newest notification id seen: a reconnect resumes after it (`?after=`)
   presenceTimer: null,
-  toastedMatches: new Set(),
+  announcedMatches: new Set(),
   mutes: new Map(), // conversation id -> {muted, muted_until}: the user's own mutes (nobody else sees them)
 };
 
@@ -240,6 +242,7 @@ function signOut(reason) {
     mutes: new Map(),
   });
   closeProfileDialog();
+  matchMoment.reset();
   $("#app-view").hidden = true;
   $("#me").hidden = true;
   $("#auth-view").hidden = false;
@@ -452,16 +455,23 @@ function onNewMatch(match, stale = false) {
 }
 
 function announceMatch(matchId, user) {
-  if (state.toastedMatches.has(matchId)) return; // the like's answer and the notification both say it
-  state.toastedMatches.add(matchId);
+  if (state.announcedMatches.has(matchId)) return; // the like's answer and the notification both say it
+  state.announcedMatches.add(matchId);
   const entry = [...state.matches.values()].find((m) => m.user.id === user.id);
-  toast({
-    title: "It’s a match!",
-    text: `You and ${nameOf(person(user.id))} like each other.`,
-    kind: "match",
-    timeoutMs: 8000,
-    action: entry ? { label: "Say hi", run: () => openChat(entry.conversationId) } : null,
-  });
+  matchMoment.show({ matchId, me: state.me, user: person(user.id), conversationId: entry ? entry.conversationId : null });
+}
+
+/** "Say hi" of a match: its conversation, ready to write in. */
+async function sayHi(conversationId) {
+  await openChat(conversationId);
+  if (state.chat && state.chat.id === conversationId && !state.chat.closed) $("#composer-input").focus();
+}
+
+/** Where the focus goes after a match's dialog when what had it is gone (the card that was liked). */
+function focusAfterMatch() {
+  if (state.panel === "discover") focusDiscover("like");
+  else if (state.panel === "chat") $("#composer-input").focus();
+  else $(`.nav-item[data-panel="${state.panel}"]`)?.focus();
 }
 
 async function onNewLike(liker, stale = false) {
@@ -662,17 +672,18 @@ async function decide(user, kind) {
   const fromDiscover = $("#discover-stage").contains(document.activeElement);
   for (const b of $$("#discover-stage button, #likes-list button")) b.disabled = true;
   try {
+    let match = null;
     if (kind === "like") {
       const result = await api.post("/api/likes/", { user_id: user.id });
-      if (result && result.match) {
-        await loadMatches();
-        announceMatch(result.match.id, user);
-      }
+      match = result && result.match;
+      if (match) await loadMatches();
     } else {
       await api.post("/api/passes/", { user_id: user.id });
     }
     await moveOnFrom(user);
     if (fromDiscover) focusDiscover(kind);
+    // After moving on: the match's dialog gives the focus back to the next card.
+    if (match) announceMatch(match.id, user);
   } catch (error) {
     if (error.status === 404) {
       // They blocked you, deleted their account or were banned since the card was shown: the server
@@ -2046,6 +2057,7 @@ function setup() {
     },
   });
   reportDialog = new ReportDialog(api);
+  matchMoment = new MatchMoment($("#match-moment"), { onSayHi: sayHi, fallbackFocus: focusAfterMatch });
   $("#profile-report").addEventListener("click", () => {
     const userId = profileShown;
     if (userId !== null) reportUser(person(userId));

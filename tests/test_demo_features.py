@@ -114,6 +114,27 @@ def open_conversation(page: Any, other: str, expect: Any) -> None:
     expect(page.locator("#chat-presence")).not_to_have_attribute("data-status", "unknown")
 
 
+MATCH = re.compile("^It\u2019s a match!$")
+
+
+def match_moment(page: Any, other: str, expect: Any) -> Any:
+    """The "It's a match!" dialog of the match with `other`, on screen."""
+    moment = page.get_by_role("dialog", name=MATCH)
+    expect(moment).to_contain_text(f"You and {other} like each other.")
+    return moment
+
+
+def settle(locator: Any) -> None:
+    """Wait until the element's animations are over (a screenshot of a dialog that just opened)."""
+    locator.evaluate("el => Promise.all(el.getAnimations({subtree: true}).map(a => a.finished))")
+
+
+def say_hi(page: Any, other: str, expect: Any) -> None:
+    """ "Say hi" in the dialog of the match with `other`: their conversation opens."""
+    match_moment(page, other, expect).get_by_role("button", name="Say hi").click()
+    expect(page.locator("#chat-name")).to_have_text(other)
+
+
 def message_actions(page: Any, text: str) -> Any:
     """Open the "⋯" menu of the own message that says `text`; the menu."""
     bubble = page.locator("#messages .message.own", has_text=text)
@@ -220,7 +241,8 @@ def test_photos_are_uploaded_reordered_and_seen_by_the_other_person(
     card.get_by_role("button", name="Like Alice").click()
     bob_id = server.call("GET", "/api/users/me/", token=bob_token)["id"]
     server.call("POST", "/api/likes/", {"user_id": bob_id}, token)
-    bob.locator("#match-list .match", has_text="Alice").click()
+    say_hi(bob, "Alice", expect)
+    match_moment(alice, "Bob", expect).get_by_role("button", name="Keep browsing").click()
     expect(bob.locator("#chat-avatar img")).to_have_attribute("src", newest_first["thumbnails"]["128"])
     profile_button = bob.locator("#chat-profile")
     expect(profile_button).to_have_attribute("aria-label", re.compile(r"^View Alice.s profile$"))
@@ -334,7 +356,7 @@ def test_a_rate_limit_says_slow_down_with_the_wait(
     alice.get_by_role("button", name="Liked you").click()
     alice.locator("#likes-list .person").get_by_role("button", name="Like back").click()
     expect(alice.locator("#match-list .match")).to_have_count(1)
-    alice.locator("#match-list .match").click()
+    say_hi(alice, "Bob", expect)
     for text in ("One", "Two", "Three"):
         alice.locator("#composer-input").fill(text)
         alice.locator("#composer-input").press("Enter")
@@ -753,11 +775,12 @@ def test_discover_moves_on_from_someone_who_blocked_you_meanwhile(
 # -- the sidebar follows the notifications socket ----------------------------------------------------------
 
 
-def register_carol(server: DemoServer) -> str:
-    """Carol, a woman interested in men (so Bob's kind), registered over REST: her access token."""
+def register_carol(server: DemoServer, name: str = "Carol") -> str:
+    """Carol (or another `name`), a woman interested in men (so Bob's kind), registered over REST: her
+    access token."""
     return server.register(
-        f"carol_{uuid.uuid4().hex[:6]}",
-        display_name="Carol",
+        f"{name.lower()}_{uuid.uuid4().hex[:6]}",
+        display_name=name,
         gender="woman",
         interested_in=["man"],
         birthdate="1995-05-05",
@@ -798,7 +821,7 @@ def test_the_sidebar_follows_matches_ended_live_and_made_while_the_socket_was_cu
     page_side.close(code=1013, reason="cut by the test")
     server.call("POST", "/api/likes/", {"user_id": bob_id}, carol_token)
     expect(bob.locator("#match-list .match", has_text="Carol")).to_have_count(1)
-    expect(bob.locator(".toast", has_text="a match!")).to_be_visible()
+    expect(match_moment(bob, "Carol", expect)).to_be_visible()
     assert len(sockets) == 2 and re.search(r"[?&]after=\d+", sockets[1][0].url), [s[0].url for s in sockets]
     assert not unexpected(problems), problems
 
@@ -946,8 +969,70 @@ def test_toasts_group_a_conversations_messages_and_a_like_gives_way_to_the_match
     server.call("POST", "/api/likes/", {"user_id": bob_id}, carol_token)
     expect(bob.locator(".toast", has_text="Carol liked you")).to_be_visible()
     server.call("POST", "/api/likes/", {"user_id": carol_id}, bob_token)
-    expect(bob.locator(".toast", has_text="a match!")).to_be_visible()
+    expect(match_moment(bob, "Carol", expect)).to_be_visible()
     expect(bob.locator(".toast", has_text="liked you")).to_have_count(0)
+    assert not unexpected(problems), problems
+
+
+def test_a_match_is_a_moment_of_its_own_one_at_a_time_with_say_hi_and_keep_browsing(
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    alice_name, bob_name, _ = names()
+    alice_token, bob_token = alice_and_bob(server, alice_name, bob_name)
+    carol_token, dora_token = register_carol(server), register_carol(server, "Dora")
+    ids = {token: server.call("GET", "/api/users/me/", token=token)["id"] for token in (bob_token, carol_token)}
+    dora_id = server.call("GET", "/api/users/me/", token=dora_token)["id"]
+    for other in (ids[carol_token], dora_id):
+        server.call("POST", "/api/likes/", {"user_id": other}, bob_token)
+    server.call("POST", "/api/likes/", {"user_id": ids[bob_token]}, alice_token)
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    liked_you = bob.get_by_role("button", name="Liked you")
+    liked_you.focus()
+
+    # Carol and Dora like Bob back at once: one dialog, then the next, never two on top of each other.
+    for token in (carol_token, dora_token):
+        server.call("POST", "/api/likes/", {"user_id": ids[bob_token]}, token)
+    moment = match_moment(bob, "Carol", expect)
+    expect(moment.locator("#match-moment-more")).to_have_text("1 more new match")
+    expect(bob.locator("dialog[open]")).to_have_count(1)
+    expect(moment.locator(".avatar-initials")).to_have_text(["B", "C"])  # both of them
+    expect(bob.locator(".toast", has_text="match")).to_have_count(0)  # no toast that would vanish
+    say = moment.get_by_role("button", name="Say hi")
+    keep = moment.get_by_role("button", name="Keep browsing")
+    # The focus starts on Say hi and stays in the dialog.
+    expect(say).to_be_focused()
+    bob.keyboard.press("Tab")
+    expect(keep).to_be_focused()
+    bob.keyboard.press("Tab")
+    expect(say).to_be_focused()
+    bob.keyboard.press("Shift+Tab")
+    expect(keep).to_be_focused()
+    settle(moment)
+    screenshot(bob, "screenshot-match-moment", tmp_path)
+    # Escape closes it, and Dora's takes its place; Keep browsing gives the focus back where it was.
+    bob.keyboard.press("Escape")
+    match_moment(bob, "Dora", expect)
+    expect(moment.locator("#match-moment-more")).to_be_hidden()
+    expect(say).to_be_focused()
+    keep.click()
+    expect(moment).to_be_hidden()
+    expect(liked_you).to_be_focused()
+    expect(bob.locator("#match-list .match")).to_have_count(2)
+
+    # On a phone, the like that makes the match: Say hi opens the conversation, ready to write in.
+    with viewport(bob, PHONE):
+        liked_you.click()
+        bob.locator("#likes-list .person", has_text="Alice").get_by_role("button", name="Like back").click()
+        match_moment(bob, "Alice", expect)
+        expect(bob.locator("dialog[open]")).to_have_count(1)  # the like and its notification: one
+        settle(moment)
+        screenshot(bob, "screenshot-match-moment-phone", tmp_path)
+        say.click()
+        expect(bob.locator("#chat-name")).to_have_text("Alice")
+        expect(bob.locator("#composer-input")).to_be_focused()
+        expect(moment).to_be_hidden()
     assert not unexpected(problems), problems
 
 
