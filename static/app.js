@@ -18,6 +18,7 @@ import { ReportDialog } from "./report.js";
 import { SettingsPanel } from "./settings.js";
 import { AccountPanel } from "./account.js";
 import { MatchMoment } from "./match_moment.js";
+import { renderChatsBadge } from "./tabs.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
   $, $$, avatar, clearFormError, clockTime, closeMenu, confirmDialog, fillAvatar, h, menuOpenFor, nameOf, openMenu,
@@ -500,7 +501,7 @@ function showPanel(name, { record = true } = {}) {
     if (item.dataset.panel === name) item.setAttribute("aria-current", "page");
     else item.removeAttribute("aria-current");
   }
-  $("#app-view").dataset.view = name === "chat" ? "chat" : "list";
+  $("#app-view").dataset.view = name === "chat" || name === "chats" ? name : "list";
   if (name === "profile") {
     fillProfileForm();
     photoEditor.load();
@@ -516,11 +517,11 @@ function showPanel(name, { record = true } = {}) {
 
 // =====================================================================================================
 // Views and the history: each panel and each open conversation is an entry of the browser's history
-// (#discover, #likes, #profile, #settings, #chat/<id>), so Back and Forward move inside the app, and a
+// (#discover, #chats, #likes, #profile, #settings, #chat/<id>), so Back and Forward move inside the app, and a
 // reload comes back to the view it left.
 // =====================================================================================================
 
-const PANELS = new Set(["discover", "likes", "profile", "settings"]);
+const PANELS = new Set(["discover", "chats", "likes", "profile", "settings"]);
 
 function viewHash(name) {
   return name === "chat" && state.chat ? `#chat/${state.chat.id}` : `#${name}`;
@@ -957,6 +958,7 @@ function renderMatches() {
   $("#match-empty").hidden = entries.length > 0;
   const unread = entries.reduce((sum, e) => sum + e.unread, 0);
   document.title = `${unread ? `(${unread}) ` : ""}Spark · Chat & Matching demo`;
+  renderChatsBadge(unread);
 }
 
 /** A list line for a message: its text, "Attachment", or that it was unsent. */
@@ -1912,7 +1914,7 @@ function setupChat() {
   $("#chat-name").addEventListener("click", () => state.chat && openProfile(state.chat.other.id));
   $("#chat-scroll").addEventListener("scroll", () => state.chat && state.chat.onScroll(), { passive: true });
   $("#jump-latest").addEventListener("click", () => state.chat && state.chat.scrollToBottom());
-  $("#chat-back").addEventListener("click", () => showPanel("discover"));
+  $("#chat-back").addEventListener("click", () => showPanel("chats"));
   $("#unmatch").addEventListener("click", () => endMatch("unmatch"));
   $("#block").addEventListener("click", () => endMatch("block"));
   $("#report").addEventListener("click", () => state.chat && reportUser(state.chat.other, { chat: state.chat }));

@@ -107,7 +107,12 @@ def signed_in(browser: Any, server: DemoServer, problems: list[str], username: s
 
 
 def open_conversation(page: Any, other: str, expect: Any) -> None:
-    """Open the conversation with `other` and wait until its socket is open."""
+    """Open the conversation with `other` and wait until its socket is open. On a phone the matches are
+    the Chats tab's view: a tap on the tab first."""
+    expect(page.locator("#app-view")).to_be_visible()  # signed in (after a reload, once the session resumed)
+    chats_tab = page.locator(".nav-item[data-panel=chats]")
+    if chats_tab.is_visible():
+        chats_tab.click()
     page.locator("#match-list .match", has_text=other).click()
     expect(page.locator("#chat-name")).to_have_text(other)
     expect(page.locator("#panel-chat")).to_have_attribute("data-socket", "open")
@@ -1033,6 +1038,93 @@ def test_a_match_is_a_moment_of_its_own_one_at_a_time_with_say_hi_and_keep_brows
         expect(bob.locator("#chat-name")).to_have_text("Alice")
         expect(bob.locator("#composer-input")).to_be_focused()
         expect(moment).to_be_hidden()
+    assert not unexpected(problems), problems
+
+
+def test_on_a_phone_the_matches_are_one_tap_away_in_a_tab_bar(
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    _alice_name, bob_name, alice_token, bob_token, cid = matched_pair(server)
+    carol_token = register_carol(server)
+    carol_cid = server.match(carol_token, bob_token)
+    for text in ("Hi Bob", "Free on Friday?"):
+        server.call("POST", f"/api/conversations/{cid}/messages/", {"content": text}, alice_token)
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    tabs = bob.get_by_role("navigation", name="Sections")
+    chats = tabs.get_by_role("button", name="Chats")
+    matches = bob.locator("#match-list .match")
+    with viewport(bob, PHONE):
+        # Discover has the screen; the matches are not under the card but behind a tab at the bottom.
+        expect(bob.locator("#panel-discover")).to_be_visible()
+        expect(bob.locator("#match-list")).to_be_hidden()
+        expect(tabs.get_by_role("button", name="Discover")).to_have_attribute("aria-current", "page")
+        bar = tabs.bounding_box()
+        assert bar is not None and abs(bar["y"] + bar["height"] - PHONE["height"]) < 1, bar
+        expect(chats.locator(".badge")).to_have_text("2")
+        expect(chats).to_have_accessible_name(re.compile(r"^Chats 2 unread\s*$"))
+        # One tap.
+        chats.click()
+        expect(bob).to_have_url(re.compile("#chats$"))
+        expect(chats).to_have_attribute("aria-current", "page")
+        expect(matches).to_have_count(2)
+        expect(matches.first).to_be_in_viewport()
+        dismiss_toasts(bob)
+        screenshot(bob, "screenshot-chats-phone", tmp_path)
+        # A conversation has the whole screen; Back returns to the list, its messages read.
+        matches.filter(has_text="Alice").click()
+        expect(bob.locator("#chat-name")).to_have_text("Alice")
+        expect(tabs).to_be_hidden()
+        bob.get_by_role("button", name="Back to matches").click()
+        expect(bob).to_have_url(re.compile("#chats$"))
+        expect(chats.locator(".badge")).to_be_hidden()
+        server.call("POST", f"/api/conversations/{carol_cid}/messages/", {"content": "Hey"}, carol_token)
+        expect(chats.locator(".badge")).to_have_text("1")
+        # The keyboard: Tab from tab to tab, Enter opens one.
+        tabs.get_by_role("button", name="Discover").focus()
+        bob.keyboard.press("Tab")
+        expect(chats).to_be_focused()
+        bob.keyboard.press("Tab")
+        liked = tabs.get_by_role("button", name="Liked you")
+        expect(liked).to_be_focused()
+        bob.keyboard.press("Enter")
+        expect(bob.locator("#panel-likes")).to_be_visible()
+        expect(liked).to_have_attribute("aria-current", "page")
+        expect(chats).not_to_have_attribute("aria-current", "page")
+        bob.go_back()
+        expect(matches).to_have_count(2)
+
+        # Unmatch and Block, in the header's menu, each ask first: Cancel leaves the match as it was.
+        open_conversation(bob, "Alice", expect)
+        for action in ("Unmatch", "Block"):
+            bob.get_by_role("button", name="More actions").click()
+            bob.get_by_role("menu", name="More actions").get_by_role("menuitem", name=action).click()
+            confirm = bob.get_by_role("dialog", name=f"{action} Alice?")
+            expect(confirm.get_by_role("button", name=action)).to_be_visible()
+            confirm.get_by_role("button", name="Cancel").click()
+            expect(confirm).to_be_hidden()
+        expect(bob.locator("#composer-input")).to_be_enabled()
+        assert len(listing(server.call("GET", "/api/matches/", token=bob_token))) == 2
+
+    # 360 px wide: the top bar and the tabs fit, nothing scrolls sideways.
+    with viewport(bob, {"width": 360, "height": 740}):
+        bob.get_by_role("button", name="Back to matches").click()
+        assert bob.evaluate("document.documentElement.scrollWidth") <= 360
+        for control in (
+            bob.locator("#sign-out"),
+            bob.locator("#connection"),
+            tabs.get_by_role("button", name="Settings"),
+        ):
+            box = control.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360, box
+
+    # A desktop keeps its sidebar: the sections on top, the matches under them, no Chats tab.
+    expect(chats).to_be_hidden()
+    expect(matches).to_have_count(2)
+    expect(matches.first).to_be_visible()
+    nav = tabs.bounding_box()
+    assert nav is not None and nav["y"] < 200, nav
     assert not unexpected(problems), problems
 
 
