@@ -17,6 +17,8 @@ import { PushToggle } from "./push.js";
 import { ReportDialog } from "./report.js";
 import { SettingsPanel } from "./settings.js";
 import { AccountPanel } from "./account.js";
+import { MatchMoment } from "./match_moment.js";
+import { renderChatsBadge } from "./tabs.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
   $, $$, avatar, clearFormError, clockTime, closeMenu, confirmDialog, fillAvatar, h, menuOpenFor, nameOf, openMenu,
@@ -45,6 +47,7 @@ let photoEditor = null; // the profile's photos (photos.js), made in setup()
 let settingsPanel = null; // notification preferences and blocked people (settings.js), made in setup()
 let accountPanel = null; // download my data, delete my account (account.js), made in setup()
 let reportDialog = null; // "Report …" (report.js), made in setup()
+let matchMoment = null; // "It’s a match!" (match_moment.js), made in setup()
 
 const state = {
   me: null, // own profile (GET /api/users/me/)
@@ -58,7 +61,7 @@ const state = {
   notifications: null, // the notifications ReconnectingSocket
   lastNotificationId: null, // the newest notification id seen: a reconnect resumes after it (`?after=`)
   presenceTimer: null,
-  toastedMatches: new Set(),
+  announcedMatches: new Set(),
   mutes: new Map(), // conversation id -> {muted, muted_until}: the user's own mutes (nobody else sees them)
 };
 
@@ -240,6 +243,7 @@ function signOut(reason) {
     mutes: new Map(),
   });
   closeProfileDialog();
+  matchMoment.reset();
   $("#app-view").hidden = true;
   $("#me").hidden = true;
   $("#auth-view").hidden = false;
@@ -452,16 +456,23 @@ function onNewMatch(match, stale = false) {
 }
 
 function announceMatch(matchId, user) {
-  if (state.toastedMatches.has(matchId)) return; // the like's answer and the notification both say it
-  state.toastedMatches.add(matchId);
+  if (state.announcedMatches.has(matchId)) return; // the like's answer and the notification both say it
+  state.announcedMatches.add(matchId);
   const entry = [...state.matches.values()].find((m) => m.user.id === user.id);
-  toast({
-    title: "It’s a match!",
-    text: `You and ${nameOf(person(user.id))} like each other.`,
-    kind: "match",
-    timeoutMs: 8000,
-    action: entry ? { label: "Say hi", run: () => openChat(entry.conversationId) } : null,
-  });
+  matchMoment.show({ matchId, me: state.me, user: person(user.id), conversationId: entry ? entry.conversationId : null });
+}
+
+/** "Say hi" of a match: its conversation, ready to write in. */
+async function sayHi(conversationId) {
+  await openChat(conversationId);
+  if (state.chat && state.chat.id === conversationId && !state.chat.closed) $("#composer-input").focus();
+}
+
+/** Where the focus goes after a match's dialog when what had it is gone (the card that was liked). */
+function focusAfterMatch() {
+  if (state.panel === "discover") focusDiscover("like");
+  else if (state.panel === "chat") $("#composer-input").focus();
+  else $(`.nav-item[data-panel="${state.panel}"]`)?.focus();
 }
 
 async function onNewLike(liker, stale = false) {
@@ -490,7 +501,7 @@ function showPanel(name, { record = true } = {}) {
     if (item.dataset.panel === name) item.setAttribute("aria-current", "page");
     else item.removeAttribute("aria-current");
   }
-  $("#app-view").dataset.view = name === "chat" ? "chat" : "list";
+  $("#app-view").dataset.view = name === "chat" || name === "chats" ? name : "list";
   if (name === "profile") {
     fillProfileForm();
     photoEditor.load();
@@ -506,11 +517,11 @@ function showPanel(name, { record = true } = {}) {
 
 // =====================================================================================================
 // Views and the history: each panel and each open conversation is an entry of the browser's history
-// (#discover, #likes, #profile, #settings, #chat/<id>), so Back and Forward move inside the app, and a
+// (#discover, #chats, #likes, #profile, #settings, #chat/<id>), so Back and Forward move inside the app, and a
 // reload comes back to the view it left.
 // =====================================================================================================
 
-const PANELS = new Set(["discover", "likes", "profile", "settings"]);
+const PANELS = new Set(["discover", "chats", "likes", "profile", "settings"]);
 
 function viewHash(name) {
   return name === "chat" && state.chat ? `#chat/${state.chat.id}` : `#${name}`;
@@ -662,17 +673,18 @@ async function decide(user, kind) {
   const fromDiscover = $("#discover-stage").contains(document.activeElement);
   for (const b of $$("#discover-stage button, #likes-list button")) b.disabled = true;
   try {
+    let match = null;
     if (kind === "like") {
       const result = await api.post("/api/likes/", { user_id: user.id });
-      if (result && result.match) {
-        await loadMatches();
-        announceMatch(result.match.id, user);
-      }
+      match = result && result.match;
+      if (match) await loadMatches();
     } else {
       await api.post("/api/passes/", { user_id: user.id });
     }
     await moveOnFrom(user);
     if (fromDiscover) focusDiscover(kind);
+    // After moving on: the match's dialog gives the focus back to the next card.
+    if (match) announceMatch(match.id, user);
   } catch (error) {
     if (error.status === 404) {
       // They blocked you, deleted their account or were banned since the card was shown: the server
@@ -950,6 +962,7 @@ function renderMatches() {
   $("#match-empty").hidden = entries.length > 0;
   const unread = entries.reduce((sum, e) => sum + e.unread, 0);
   document.title = `${unread ? `(${unread}) ` : ""}Spark · Chat & Matching demo`;
+  renderChatsBadge(unread);
 }
 
 /** A list line for a message: its text, "Attachment", or that it was unsent. */
@@ -1905,7 +1918,7 @@ function setupChat() {
   $("#chat-name").addEventListener("click", () => state.chat && openProfile(state.chat.other.id));
   $("#chat-scroll").addEventListener("scroll", () => state.chat && state.chat.onScroll(), { passive: true });
   $("#jump-latest").addEventListener("click", () => state.chat && state.chat.scrollToBottom());
-  $("#chat-back").addEventListener("click", () => showPanel("discover"));
+  $("#chat-back").addEventListener("click", () => showPanel("chats"));
   $("#unmatch").addEventListener("click", () => endMatch("unmatch"));
   $("#block").addEventListener("click", () => endMatch("block"));
   $("#report").addEventListener("click", () => state.chat && reportUser(state.chat.other, { chat: state.chat }));
@@ -2050,6 +2063,7 @@ function setup() {
     },
   });
   reportDialog = new ReportDialog(api);
+  matchMoment = new MatchMoment($("#match-moment"), { onSayHi: sayHi, fallbackFocus: focusAfterMatch });
   $("#profile-report").addEventListener("click", () => {
     const userId = profileShown;
     if (userId !== null) reportUser(person(userId));

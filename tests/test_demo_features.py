@@ -100,11 +100,37 @@ def signed_in(browser: Any, server: DemoServer, problems: list[str], username: s
 
 
 def open_conversation(page: Any, other: str, expect: Any) -> None:
-    """Open the conversation with `other` and wait until its socket is open."""
+    """Open the conversation with `other` and wait until its socket is open. On a phone the matches are
+    the Chats tab's view: a tap on the tab first."""
+    expect(page.locator("#app-view")).to_be_visible()  # signed in (after a reload, once the session resumed)
+    chats_tab = page.locator(".nav-item[data-panel=chats]")
+    if chats_tab.is_visible():
+        chats_tab.click()
     page.locator("#match-list .match", has_text=other).click()
     expect(page.locator("#chat-name")).to_have_text(other)
     expect(page.locator("#panel-chat")).to_have_attribute("data-socket", "open")
     expect(page.locator("#chat-presence")).not_to_have_attribute("data-status", "unknown")
+
+
+MATCH = re.compile("^It\u2019s a match!$")
+
+
+def match_moment(page: Any, other: str, expect: Any) -> Any:
+    """The "It's a match!" dialog of the match with `other`, on screen."""
+    moment = page.get_by_role("dialog", name=MATCH)
+    expect(moment).to_contain_text(f"You and {other} like each other.")
+    return moment
+
+
+def settle(locator: Any) -> None:
+    """Wait until the element's animations are over (a screenshot of a dialog that just opened)."""
+    locator.evaluate("el => Promise.all(el.getAnimations({subtree: true}).map(a => a.finished))")
+
+
+def say_hi(page: Any, other: str, expect: Any) -> None:
+    """ "Say hi" in the dialog of the match with `other`: their conversation opens."""
+    match_moment(page, other, expect).get_by_role("button", name="Say hi").click()
+    expect(page.locator("#chat-name")).to_have_text(other)
 
 
 def message_actions(page: Any, text: str) -> Any:
@@ -213,7 +239,8 @@ def test_photos_are_uploaded_reordered_and_seen_by_the_other_person(
     card.get_by_role("button", name="Like Alice").click()
     bob_id = server.call("GET", "/api/users/me/", token=bob_token)["id"]
     server.call("POST", "/api/likes/", {"user_id": bob_id}, token)
-    bob.locator("#match-list .match", has_text="Alice").click()
+    say_hi(bob, "Alice", expect)
+    match_moment(alice, "Bob", expect).get_by_role("button", name="Keep browsing").click()
     expect(bob.locator("#chat-avatar img")).to_have_attribute("src", newest_first["thumbnails"]["128"])
     profile_button = bob.locator("#chat-profile")
     expect(profile_button).to_have_attribute("aria-label", re.compile(r"^View Alice.s profile$"))
@@ -327,7 +354,7 @@ def test_a_rate_limit_says_slow_down_with_the_wait(
     alice.get_by_role("button", name="Liked you").click()
     alice.locator("#likes-list .person").get_by_role("button", name="Like back").click()
     expect(alice.locator("#match-list .match")).to_have_count(1)
-    alice.locator("#match-list .match").click()
+    say_hi(alice, "Bob", expect)
     for text in ("One", "Two", "Three"):
         alice.locator("#composer-input").fill(text)
         alice.locator("#composer-input").press("Enter")
@@ -746,11 +773,12 @@ def test_discover_moves_on_from_someone_who_blocked_you_meanwhile(
 # -- the sidebar follows the notifications socket ----------------------------------------------------------
 
 
-def register_carol(server: DemoServer) -> str:
-    """Carol, a woman interested in men (so Bob's kind), registered over REST: her access token."""
+def register_carol(server: DemoServer, name: str = "Carol") -> str:
+    """Carol (or another `name`), a woman interested in men (so Bob's kind), registered over REST: her
+    access token."""
     return server.register(
-        f"carol_{uuid.uuid4().hex[:6]}",
-        display_name="Carol",
+        f"{name.lower()}_{uuid.uuid4().hex[:6]}",
+        display_name=name,
         gender="woman",
         interested_in=["man"],
         birthdate="1995-05-05",
@@ -791,7 +819,7 @@ def test_the_sidebar_follows_matches_ended_live_and_made_while_the_socket_was_cu
     page_side.close(code=1013, reason="cut by the test")
     server.call("POST", "/api/likes/", {"user_id": bob_id}, carol_token)
     expect(bob.locator("#match-list .match", has_text="Carol")).to_have_count(1)
-    expect(bob.locator(".toast", has_text="a match!")).to_be_visible()
+    expect(match_moment(bob, "Carol", expect)).to_be_visible()
     assert len(sockets) == 2 and re.search(r"[?&]after=\d+", sockets[1][0].url), [s[0].url for s in sockets]
     assert not unexpected(problems), problems
 
@@ -939,8 +967,157 @@ def test_toasts_group_a_conversations_messages_and_a_like_gives_way_to_the_match
     server.call("POST", "/api/likes/", {"user_id": bob_id}, carol_token)
     expect(bob.locator(".toast", has_text="Carol liked you")).to_be_visible()
     server.call("POST", "/api/likes/", {"user_id": carol_id}, bob_token)
-    expect(bob.locator(".toast", has_text="a match!")).to_be_visible()
+    expect(match_moment(bob, "Carol", expect)).to_be_visible()
     expect(bob.locator(".toast", has_text="liked you")).to_have_count(0)
+    assert not unexpected(problems), problems
+
+
+def test_a_match_is_a_moment_of_its_own_one_at_a_time_with_say_hi_and_keep_browsing(
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    alice_name, bob_name, _ = names()
+    alice_token, bob_token = alice_and_bob(server, alice_name, bob_name)
+    carol_token, dora_token = register_carol(server), register_carol(server, "Dora")
+    ids = {token: server.call("GET", "/api/users/me/", token=token)["id"] for token in (bob_token, carol_token)}
+    dora_id = server.call("GET", "/api/users/me/", token=dora_token)["id"]
+    for other in (ids[carol_token], dora_id):
+        server.call("POST", "/api/likes/", {"user_id": other}, bob_token)
+    server.call("POST", "/api/likes/", {"user_id": ids[bob_token]}, alice_token)
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    liked_you = bob.get_by_role("button", name="Liked you")
+    liked_you.focus()
+
+    # Carol and Dora like Bob back at once: one dialog, then the next, never two on top of each other.
+    for token in (carol_token, dora_token):
+        server.call("POST", "/api/likes/", {"user_id": ids[bob_token]}, token)
+    moment = match_moment(bob, "Carol", expect)
+    expect(moment.locator("#match-moment-more")).to_have_text("1 more new match")
+    expect(bob.locator("dialog[open]")).to_have_count(1)
+    expect(moment.locator(".avatar-initials")).to_have_text(["B", "C"])  # both of them
+    expect(bob.locator(".toast", has_text="match")).to_have_count(0)  # no toast that would vanish
+    say = moment.get_by_role("button", name="Say hi")
+    keep = moment.get_by_role("button", name="Keep browsing")
+    # The focus starts on Say hi and stays in the dialog.
+    expect(say).to_be_focused()
+    bob.keyboard.press("Tab")
+    expect(keep).to_be_focused()
+    bob.keyboard.press("Tab")
+    expect(say).to_be_focused()
+    bob.keyboard.press("Shift+Tab")
+    expect(keep).to_be_focused()
+    settle(moment)
+    screenshot(bob, "screenshot-match-moment", tmp_path)
+    # Escape closes it, and Dora's takes its place; Keep browsing gives the focus back where it was.
+    bob.keyboard.press("Escape")
+    match_moment(bob, "Dora", expect)
+    expect(moment.locator("#match-moment-more")).to_be_hidden()
+    expect(say).to_be_focused()
+    keep.click()
+    expect(moment).to_be_hidden()
+    expect(liked_you).to_be_focused()
+    expect(bob.locator("#match-list .match")).to_have_count(2)
+
+    # On a phone, the like that makes the match: Say hi opens the conversation, ready to write in.
+    with viewport(bob, PHONE):
+        liked_you.click()
+        bob.locator("#likes-list .person", has_text="Alice").get_by_role("button", name="Like back").click()
+        match_moment(bob, "Alice", expect)
+        expect(bob.locator("dialog[open]")).to_have_count(1)  # the like and its notification: one
+        settle(moment)
+        screenshot(bob, "screenshot-match-moment-phone", tmp_path)
+        say.click()
+        expect(bob.locator("#chat-name")).to_have_text("Alice")
+        expect(bob.locator("#composer-input")).to_be_focused()
+        expect(moment).to_be_hidden()
+    assert not unexpected(problems), problems
+
+
+def test_on_a_phone_the_matches_are_one_tap_away_in_a_tab_bar(
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    _alice_name, bob_name, alice_token, bob_token, cid = matched_pair(server)
+    carol_token = register_carol(server)
+    carol_cid = server.match(carol_token, bob_token)
+    for text in ("Hi Bob", "Free on Friday?"):
+        server.call("POST", f"/api/conversations/{cid}/messages/", {"content": text}, alice_token)
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    tabs = bob.get_by_role("navigation", name="Sections")
+    chats = tabs.get_by_role("button", name="Chats")
+    matches = bob.locator("#match-list .match")
+    with viewport(bob, PHONE):
+        # Discover has the screen; the matches are not under the card but behind a tab at the bottom.
+        expect(bob.locator("#panel-discover")).to_be_visible()
+        expect(bob.locator("#match-list")).to_be_hidden()
+        expect(tabs.get_by_role("button", name="Discover")).to_have_attribute("aria-current", "page")
+        bar = tabs.bounding_box()
+        assert bar is not None and abs(bar["y"] + bar["height"] - PHONE["height"]) < 1, bar
+        expect(chats.locator(".badge")).to_have_text("2")
+        expect(chats).to_have_accessible_name(re.compile(r"^Chats 2 unread\s*$"))
+        # One tap.
+        chats.click()
+        expect(bob).to_have_url(re.compile("#chats$"))
+        expect(chats).to_have_attribute("aria-current", "page")
+        expect(matches).to_have_count(2)
+        expect(matches.first).to_be_in_viewport()
+        dismiss_toasts(bob)
+        screenshot(bob, "screenshot-chats-phone", tmp_path)
+        # A conversation has the whole screen; Back returns to the list, its messages read.
+        matches.filter(has_text="Alice").click()
+        expect(bob.locator("#chat-name")).to_have_text("Alice")
+        expect(tabs).to_be_hidden()
+        bob.get_by_role("button", name="Back to matches").click()
+        expect(bob).to_have_url(re.compile("#chats$"))
+        expect(chats.locator(".badge")).to_be_hidden()
+        server.call("POST", f"/api/conversations/{carol_cid}/messages/", {"content": "Hey"}, carol_token)
+        expect(chats.locator(".badge")).to_have_text("1")
+        # The keyboard: Tab from tab to tab, Enter opens one.
+        tabs.get_by_role("button", name="Discover").focus()
+        bob.keyboard.press("Tab")
+        expect(chats).to_be_focused()
+        bob.keyboard.press("Tab")
+        liked = tabs.get_by_role("button", name="Liked you")
+        expect(liked).to_be_focused()
+        bob.keyboard.press("Enter")
+        expect(bob.locator("#panel-likes")).to_be_visible()
+        expect(liked).to_have_attribute("aria-current", "page")
+        expect(chats).not_to_have_attribute("aria-current", "page")
+        bob.go_back()
+        expect(matches).to_have_count(2)
+
+        # Unmatch and Block, in the header's menu, each ask first: Cancel leaves the match as it was.
+        open_conversation(bob, "Alice", expect)
+        for action in ("Unmatch", "Block"):
+            bob.get_by_role("button", name="More actions").click()
+            bob.get_by_role("menu", name="More actions").get_by_role("menuitem", name=action).click()
+            confirm = bob.get_by_role("dialog", name=f"{action} Alice?")
+            expect(confirm.get_by_role("button", name=action)).to_be_visible()
+            confirm.get_by_role("button", name="Cancel").click()
+            expect(confirm).to_be_hidden()
+        expect(bob.locator("#composer-input")).to_be_enabled()
+        assert len(listing(server.call("GET", "/api/matches/", token=bob_token))) == 2
+
+    # 360 px wide: the top bar and the tabs fit, nothing scrolls sideways.
+    with viewport(bob, {"width": 360, "height": 740}):
+        bob.get_by_role("button", name="Back to matches").click()
+        assert bob.evaluate("document.documentElement.scrollWidth") <= 360
+        for control in (
+            bob.locator("#sign-out"),
+            bob.locator("#connection"),
+            tabs.get_by_role("button", name="Settings"),
+        ):
+            box = control.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360, box
+
+    # A desktop keeps its sidebar: the sections on top, the matches under them, no Chats tab.
+    expect(chats).to_be_hidden()
+    expect(matches).to_have_count(2)
+    expect(matches.first).to_be_visible()
+    nav = tabs.bounding_box()
+    assert nav is not None and nav["y"] < 200, nav
     assert not unexpected(problems), problems
 
 

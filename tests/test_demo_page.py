@@ -100,12 +100,13 @@ def test_two_people_match_chat_and_survive_a_server_restart(sync_api: Any, serve
             liked = alice.locator("#likes-list .person", has_text="Bob")
             expect(liked).to_contain_text("Weekend climber")
             liked.get_by_role("button", name="Like back").click()
-            expect(alice.locator(".toast-match", has_text="You and Bob like each other")).to_be_visible()
-            expect(bob.locator(".toast-match", has_text="You and Alice like each other")).to_be_visible()
+            # Both are told at once, each in a dialog whose "Say hi" opens the conversation.
+            for page, other in ((alice, "Bob"), (bob, "Alice")):
+                moment = page.get_by_role("dialog", name="It\u2019s a match!")
+                expect(moment).to_contain_text(f"You and {other} like each other.")
+                moment.get_by_role("button", name="Say hi").click()
 
             # -- the conversation: presence, typing, messages both ways, read marks -------------------
-            alice.locator("#match-list .match", has_text="Bob").click()
-            bob.locator("#match-list .match", has_text="Alice").click()
             for page, other in ((alice, "Bob"), (bob, "Alice")):
                 expect(page.locator("#chat-name")).to_have_text(other)
                 # Typing before the conversation's socket is open is not sent: wait for it.
