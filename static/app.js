@@ -17,6 +17,7 @@ import { PushToggle } from "./push.js";
 import { ReportDialog } from "./report.js";
 import { SettingsPanel } from "./settings.js";
 import { AccountPanel } from "./account.js";
+import { ComposerExtras, attachmentView } from "./composer.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
   $, $$, avatar, clearFormError, clockTime, closeMenu, confirmDialog, fillAvatar, h, menuOpenFor, nameOf, openMenu,
@@ -45,6 +46,7 @@ let photoEditor = null; // the profile's photos (photos.js), made in setup()
 let settingsPanel = null; // notification preferences and blocked people (settings.js), made in setup()
 let accountPanel = null; // download my data, delete my account (account.js), made in setup()
 let reportDialog = null; // "Report …" (report.js), made in setup()
+let composerExtras = null; // the composer's counter and attachments (composer.js), made in setupChat()
 
 const state = {
   me: null, // own profile (GET /api/users/me/)
@@ -1280,7 +1282,7 @@ class Chat {
     // Messages sent but never echoed (the socket dropped first) go again with the same client_id: the
     // server stores a client_id once, so a message that did get through is not duplicated.
     for (const [clientId, item] of this.pending) {
-      if (!item.failed) this.socket.send({ type: "message", content: item.content, client_id: clientId });
+      if (!item.failed) this.socket.send(messageFrame(item.content, item.attachment, clientId));
     }
     this.markRead();
   }
@@ -1386,11 +1388,7 @@ class Chat {
           { class: "bubble" },
           who,
           message.content ? h("p", { class: "text" }, message.content) : null,
-          attachment
-            ? attachment.content_type.startsWith("image/")
-              ? h("img", { class: "attachment-image", src: attachment.url, alt: "Image attachment" })
-              : h("a", { class: "attachment", href: attachment.url, target: "_blank", rel: "noopener" }, "Attachment")
-            : null,
+          attachment ? attachmentView(attachment) : null,
           h(
             "span",
             { class: "meta" },
@@ -1509,6 +1507,7 @@ class Chat {
     $("#editing-original").textContent = item.message.content;
     $("#editing-bar").hidden = false;
     $("#send").textContent = "Save";
+    composerExtras.setEditing(true);
     input.focus();
     input.setSelectionRange(input.value.length, input.value.length);
   }
@@ -1525,6 +1524,7 @@ class Chat {
     input.value = this.draft;
     autosize(input);
     this.draft = "";
+    composerExtras.setEditing(false);
   }
 
   /** PATCH …/messages/<id>/ {content}: within MESSAGE_EDIT_WINDOW of sending; the frame updates the bubble. */
@@ -1629,22 +1629,31 @@ class Chat {
 
   // -- sending ------------------------------------------------------------------------------------
 
-  send(content) {
+  /** Send `content` and/or `attachment` (a stored upload, composer.js). */
+  send(content, attachment = null) {
     const clientId = newClientId();
     const el = h(
       "li",
       { class: "message own pending", dataset: { clientId } },
-      h("div", { class: "bubble" }, h("p", { class: "text" }, content), h("span", { class: "meta" }, h("span", { class: "sending" }, "Sending…"))),
+      h(
+        "div",
+        { class: "bubble" },
+        content ? h("p", { class: "text" }, content) : null,
+        attachment ? attachmentView(attachment) : null,
+        h("span", { class: "meta" }, h("span", { class: "sending" }, "Sending…")),
+      ),
     );
     this.list.append(el);
-    this.pending.set(clientId, { content, el, failed: false });
+    this.pending.set(clientId, { content, attachment, el, failed: false });
     this.scrollToBottom();
     this.stopTyping();
     // `{"type": "message", "content": ..., "client_id": ...}`: the server echoes the stored message to
     // every socket of the conversation, ours included, and that echo replaces the pending bubble.
-    if (this.socket && this.socket.send({ type: "message", content, client_id: clientId })) return;
+    const frame = messageFrame(content, attachment, clientId);
+    if (this.socket && this.socket.send(frame)) return;
     // No socket right now: REST sends the same message (and broadcasts it the same way).
-    api.post(`/api/conversations/${this.id}/messages/`, { content, client_id: clientId }).then(
+    const { type: _type, ...body } = frame;
+    api.post(`/api/conversations/${this.id}/messages/`, body).then(
       (message) => {
         if (state.chat === this) this.onMessage(message);
       },
@@ -1673,7 +1682,7 @@ class Chat {
       retry.addEventListener("click", () => {
         item.el.remove();
         this.pending.delete(clientId);
-        this.send(item.content);
+        this.send(item.content, item.attachment);
       });
       meta.replaceChildren(retry);
     };
@@ -1748,7 +1757,7 @@ class Chat {
 
   setComposerEnabled(enabled) {
     $("#composer-input").disabled = !enabled;
-    $("#send").disabled = !enabled;
+    composerExtras.setEnabled(enabled); // Send, and the attach button
     $("#unmatch").disabled = !enabled;
     $("#block").disabled = !enabled;
     $("#mute").disabled = !enabled;
@@ -1837,6 +1846,7 @@ async function openChat(conversationId, { record = true } = {}) {
     return;
   }
   closeChat();
+  composerExtras.reset();
   const chat = new Chat(entry);
   state.chat = chat;
   showPanel("chat", { record });
@@ -1859,19 +1869,24 @@ function closeChat() {
 function setupChat() {
   const input = $("#composer-input");
   const form = $("#composer");
+  composerExtras = new ComposerExtras({ api, conversation: () => (state.chat ? state.chat.id : null) });
   const submit = () => {
-    const content = input.value.trim();
     const chat = state.chat;
     if (!chat || chat.closed) return;
+    // Over the length limit, or a file still uploading or refused: nothing goes (the composer says why).
+    const ready = composerExtras.ready();
+    if (!ready) return;
+    const { content, attachment } = ready;
     if (chat.editing !== null) {
       if (content) chat.saveEdit(content);
       else chat.unsend(chat.editing); // emptied: the only way to say nothing is to unsend
       return;
     }
-    if (!content) return;
-    chat.send(content);
+    if (!content && !attachment) return;
+    chat.send(content, attachment);
     input.value = "";
     autosize(input);
+    composerExtras.clear();
   };
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -1926,6 +1941,13 @@ function setupChat() {
   });
   // "Last seen 3 min ago" ages.
   setInterval(() => state.chat && state.chat.renderHeader(), 30_000);
+}
+
+/** A `message` frame; its REST twin is the same fields without `type`. */
+function messageFrame(content, attachment, clientId) {
+  const frame = { type: "message", content, client_id: clientId };
+  if (attachment) frame.attachment_id = attachment.id;
+  return frame;
 }
 
 /** One line by default; taller once the text wraps or has a line break. */

@@ -1,0 +1,151 @@
+"""The demo page's composer and sign-up in a real browser (Chromium through Playwright, against
+`server.py`): attachments (picked, uploaded with progress, refused in plain words, shown to the other
+person as a preview or a file chip), the character counter at the server's message limit, a location
+from the browser or a city picked by hand, an honest birth date field, and Discover taking in people who
+signed up meanwhile.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import test_demo_features as features
+from tests.demo_helpers import (
+    DemoServer,
+    portrait_png,
+    unexpected,
+    upload_file,
+)
+from tests.test_demo_features import matched_pair, open_conversation, signed_in
+
+# The demo tests' fixtures, under their names: a Chromium, a server with `server_settings` on top.
+sync_api, server_settings, server, browser = (
+    features.sync_api,
+    features.server_settings,
+    features.server,
+    features.browser,
+)
+
+pytestmark = pytest.mark.slow
+
+HOSTILE_NAME = '<img src=x onerror="window.pwned=1">quarterly report.pdf'
+PDF = b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n"
+
+
+def chip(page: Any) -> Any:
+    return page.locator("#composer-file")
+
+
+def alice_in_conversation(server: DemoServer, browser: Any, problems: list[str], expect: Any) -> tuple[Any, Any]:
+    """Alice and Bob matched over REST; Alice's page with the conversation open; the pair's details."""
+    pair = matched_pair(server)
+    alice = signed_in(browser, server, problems, pair[0], expect)
+    open_conversation(alice, "Bob", expect)
+    return alice, pair
+
+
+def test_files_are_attached_refused_in_plain_words_and_shown_by_type(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    alice, (_, bob_name, *_) = alice_in_conversation(server, browser, problems, expect)
+    bob = signed_in(browser, server, problems, bob_name, expect)
+    open_conversation(bob, "Alice", expect)
+    send = alice.locator("#send")
+
+    # Refused before anything is sent: too large, a type the server does not take. Send waits meanwhile.
+    with alice.expect_file_chooser() as chooser:
+        alice.get_by_role("button", name="Attach a file").click()
+    chooser.value.set_files(upload_file("holiday.pdf", PDF + b"\0" * (5 * 1024 * 1024), "application/pdf"))
+    expect(chip(alice)).to_have_attribute("data-state", "error")
+    expect(chip(alice)).to_contain_text("That file is too large: send one under 5 MB.")
+    expect(send).to_be_disabled()
+    alice.get_by_role("button", name="Remove holiday.pdf").click()
+    expect(chip(alice)).to_be_hidden()
+    expect(send).to_be_enabled()
+    program = upload_file("setup.exe", b"MZ\x90\0" * 20, "application/x-msdownload")
+    alice.locator("#attach-input").set_input_files(program)
+    expect(chip(alice)).to_contain_text("That type of file cannot be sent")
+    # Refused by the server (bytes that are not the image they claim to be): its code, said for a person.
+    alice.locator("#attach-input").set_input_files(upload_file("photo.png", b"not a picture at all", "image/png"))
+    expect(chip(alice)).to_have_attribute("data-state", "error")
+    expect(chip(alice)).to_contain_text("That type of file cannot be sent")
+    expect(alice.locator("#messages .message")).to_have_count(0)
+
+    # A PDF with a hostile name: uploaded, then sent with a line of text.
+    alice.locator("#attach-input").set_input_files(upload_file(HOSTILE_NAME, PDF, "application/pdf"))
+    expect(chip(alice)).to_have_attribute("data-state", "ready")
+    expect(chip(alice).locator(".file-chip-name")).to_have_text(HOSTILE_NAME)
+    expect(chip(alice)).to_contain_text(f"PDF document · {len(PDF)} bytes")
+    alice.locator("#composer-input").fill("The report")
+    alice.locator("#composer-input").press("Enter")
+    expect(chip(alice)).to_be_hidden()
+
+    # Bob sees a chip with the name as text, the type and the size, that downloads the file.
+    received = bob.locator("#messages .message.theirs", has_text="The report")
+    file_chip = received.locator("a.file-chip")
+    expect(file_chip.locator(".file-chip-name")).to_have_text(HOSTILE_NAME)
+    expect(file_chip.locator(".file-chip-meta")).to_have_text(f"PDF document · {len(PDF)} bytes")
+    assert file_chip.get_attribute("download") == HOSTILE_NAME
+    assert "/media/" in (file_chip.get_attribute("href") or "")
+    assert received.locator("img").count() == 0 and bob.evaluate("window.pwned") is None
+    assert alice.evaluate("window.pwned") is None
+    with bob.expect_download() as download:
+        file_chip.click()
+    assert download.value.suggested_filename.endswith("quarterly report.pdf")
+    assert Path(download.value.path()).read_bytes() == PDF
+
+    # A photo alone, no text: Alice sees its preview while it uploads; Bob an image.
+    alice.locator("#attach-input").set_input_files(upload_file("beach.png", portrait_png(), "image/png"))
+    expect(chip(alice).locator("img.composer-file-preview")).to_be_visible()
+    expect(chip(alice)).to_have_attribute("data-state", "ready")
+    send.click()
+    image = bob.locator("#messages .message.theirs img.attachment-image")
+    expect(image).to_have_count(1)
+    expect(image).to_have_attribute("alt", "Image: beach.png")
+    bob.wait_for_function("document.querySelector('#messages img.attachment-image').naturalWidth > 0")
+
+    # A reload shows the same from history.
+    bob.reload()
+    open_conversation(bob, "Alice", expect)
+    expect(bob.locator("#messages a.file-chip .file-chip-name")).to_have_text(HOSTILE_NAME)
+    expect(bob.locator("#messages img.attachment-image")).to_have_count(1)
+    assert not unexpected(problems, 400, 413), problems
+
+
+def test_the_counter_shows_the_servers_limit_and_a_long_paste_is_kept_but_not_sent(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    alice, (*_, bob_token, cid) = alice_in_conversation(server, browser, problems, expect)
+    box, counter, send = alice.locator("#composer-input"), alice.locator("#composer-count"), alice.locator("#send")
+
+    box.fill("x" * 3000)
+    expect(counter).to_be_hidden()  # far from the limit: nothing to say
+    box.fill("x" * 3500)
+    expect(counter).to_have_text("3,500 / 4,000")
+    # A paste over the limit stays whole in the box: the counter says by how much, and Send waits.
+    box.fill("y" * 4100)
+    expect(counter).to_have_text("4,100 / 4,000: 100 too many")
+    assert alice.evaluate("document.querySelector('#composer-input').value.length") == 4100
+    expect(send).to_be_disabled()
+    expect(box).to_have_attribute("aria-invalid", "true")
+    box.press("Enter")
+    expect(alice.locator("#messages .message")).to_have_count(0)
+    assert len(box.input_value()) == 4100
+
+    # Characters are counted as the server counts them: 4,000 emoji are 4,000 characters, and go.
+    box.fill("😀" * 4000)
+    expect(counter).to_have_text("4,000 / 4,000")
+    expect(send).to_be_enabled()
+    box.press("Enter")
+    expect(alice.locator("#messages .message.own:not(.pending)")).to_have_count(1)
+    expect(counter).to_be_hidden()
+    history = server.call("GET", f"/api/conversations/{cid}/messages/", token=bob_token)["results"]
+    assert [m["content"] for m in history] == ["😀" * 4000]
+    assert not unexpected(problems), problems
