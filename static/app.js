@@ -18,6 +18,7 @@ import { ReportDialog } from "./report.js";
 import { SettingsPanel } from "./settings.js";
 import { AccountPanel } from "./account.js";
 import { ComposerExtras, attachmentView } from "./composer.js";
+import { chosenLocation, cityLocation, currentPosition, fillCities } from "./location.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
   $, $$, avatar, clearFormError, clockTime, closeMenu, confirmDialog, fillAvatar, h, menuOpenFor, nameOf, openMenu,
@@ -26,6 +27,11 @@ import {
 
 const HISTORY_PAGE = 30; // messages per history request (the server allows up to 100)
 const DISCOVER_BATCH = 10;
+// People who sign up (or widen their preferences) while the deck is being gone through are taken in by
+// reading the first page again: when this few cards are left, and on coming back to Discover (or to the
+// page) after this long. One request each time, never two at once (DISCOVER_PER_10_MIN is 60).
+const DISCOVER_TOP_UP_AT = 2;
+const DISCOVER_STALE_MS = 2 * 60_000;
 const PRESENCE_POLL_MS = 30_000; // online dots of matches whose conversation is not open
 const TYPING_IDLE_MS = 3000; // stop "typing" after this much silence in the composer
 const TYPING_REPEAT_MS = 3000; // the server forgets a silent typist after a few seconds: say it again
@@ -55,6 +61,9 @@ const state = {
   likes: [],
   candidates: [],
   discoverLoaded: false,
+  discoverReadAt: 0, // when the first page of Discover was last read (Date.now())
+  decided: new Set(), // ids liked or passed in this session: a read in flight meanwhile may still list them
+  toppingUp: false,
   panel: "discover",
   chat: null, // the open Chat, if any
   notifications: null, // the notifications ReconnectingSocket
@@ -141,6 +150,7 @@ function setupAuthForms() {
       forms[key].hidden = !on;
     }
   };
+  fillCities($("#reg-location-cities"));
   tabs.signin.addEventListener("click", () => select("signin"));
   tabs.register.addEventListener("click", () => select("register"));
   for (const tab of Object.values(tabs)) {
@@ -189,9 +199,14 @@ function setupAuthForms() {
     if (bio) fields.bio = bio;
     await busy(form, async () => {
       try {
+        // The browser's position is asked before the account exists: a refusal is said beside the field.
+        const location = await chosenLocation(form.elements.location);
         await api.register(fields); // POST /api/register/, then POST /api/token/
+        // Before the session starts, so that the first Discover already has distances.
+        const unsaved = location ? await api.patch("/api/users/me/", { location }).then(() => null, (e) => e) : null;
         form.reset();
         await startSession();
+        if (unsaved) reportError(unsaved, "Location not saved: set it in your profile");
       } catch (error) {
         formError(form, error.code === "username_taken" ? { message: "That username is taken." } : error);
       }
@@ -239,7 +254,7 @@ function signOut(reason) {
   api.clearTokens();
   Object.assign(state, {
     me: null, people: new Map(), matches: new Map(), likes: [], candidates: [], discoverLoaded: false,
-    mutes: new Map(),
+    discoverReadAt: 0, decided: new Set(), mutes: new Map(),
   });
   closeProfileDialog();
   $("#app-view").hidden = true;
@@ -502,6 +517,7 @@ function showPanel(name, { record = true } = {}) {
     accountPanel.reset();
   }
   if (name === "discover" && !state.discoverLoaded) loadCandidates();
+  else if (name === "discover") topUpIfStale();
   renderMatches();
   if (record) recordView(name);
 }
@@ -561,6 +577,7 @@ async function loadCandidates() {
     const data = await api.get(`/api/discover/?limit=${DISCOVER_BATCH}`);
     state.candidates = listOf(data);
     state.discoverLoaded = true;
+    state.discoverReadAt = Date.now();
     for (const c of state.candidates) remember(userOf(c));
     renderDiscover();
   } catch (error) {
@@ -568,6 +585,36 @@ async function loadCandidates() {
     state.candidates = [];
     renderDiscoverRefusal(error);
   }
+}
+
+/**
+ * Read the first page again and take in whoever is not in the deck yet (newest first: people who signed
+ * up meanwhile). They come right after the card on screen, which stays where it is. A failure is let
+ * go: the deck goes on as it was, and the next top-up or "Look again" asks again.
+ */
+async function topUpCandidates() {
+  if (state.toppingUp || !state.discoverLoaded || !api.signedIn) return;
+  state.toppingUp = true;
+  try {
+    const data = await api.get(`/api/discover/?limit=${DISCOVER_BATCH}`);
+    state.discoverReadAt = Date.now();
+    const known = new Set(state.candidates.map((c) => userOf(c).id));
+    const fresh = listOf(data).filter((c) => !known.has(userOf(c).id) && !state.decided.has(userOf(c).id));
+    if (!fresh.length) return;
+    for (const c of fresh) remember(userOf(c));
+    const [current, ...rest] = state.candidates;
+    state.candidates = current ? [current, ...fresh, ...rest] : fresh;
+    if (!current && state.panel === "discover") renderDiscover();
+  } catch {
+    // Nothing to say: this read was extra.
+  } finally {
+    state.toppingUp = false;
+  }
+}
+
+/** Back on Discover (or on the page) after a while: look for people who are new since. */
+function topUpIfStale() {
+  if (state.discoverLoaded && Date.now() - state.discoverReadAt > DISCOVER_STALE_MS) topUpCandidates();
 }
 
 function renderDiscoverRefusal(error) {
@@ -619,6 +666,10 @@ function renderDiscover() {
         { class: "card empty-card" },
         h("p", { class: "empty-title" }, "That’s everyone for now"),
         h("p", { class: "empty" }, "New people appear as they sign up. Check your profile’s preferences, or look again."),
+        // The server's age filter (docs/matching.md): without a birth date one fits nobody's age range.
+        state.me && !state.me.birthdate
+          ? h("p", { class: "empty no-birthdate" }, "Without a birth date in your profile, you see only people who set no age range, and only they see you.")
+          : null,
         h("button", { type: "button", class: "button button-secondary", onclick: () => loadCandidates() }, "Look again"),
       ),
     );
@@ -699,11 +750,16 @@ function focusDiscover(kind) {
 
 /** Take `user` off Discover and Liked you, and show who comes next. */
 async function moveOnFrom(user) {
+  state.decided.add(user.id);
   state.candidates = state.candidates.filter((c) => userOf(c).id !== user.id);
   state.likes = state.likes.filter((l) => userOf(l).id !== user.id);
   renderLikes();
-  if (state.candidates.length === 0) await loadCandidates();
-  else renderDiscover();
+  if (state.candidates.length === 0) {
+    await loadCandidates();
+    return;
+  }
+  renderDiscover();
+  if (state.candidates.length <= DISCOVER_TOP_UP_AT) topUpCandidates();
 }
 
 // =====================================================================================================
@@ -1040,25 +1096,27 @@ async function shareLocation(location) {
   }
 }
 
-function useMyLocation() {
+async function useMyLocation() {
   const status = $("#location-status");
-  if (!("geolocation" in navigator)) {
-    controlStatus(status, null, "This browser cannot tell where you are.");
+  controlStatus(status, null, "Finding where you are…");
+  let location;
+  try {
+    location = await currentPosition();
+  } catch (failure) {
+    controlStatus(status, null, failure.message);
     return;
   }
-  controlStatus(status, null, "Finding where you are…");
-  navigator.geolocation.getCurrentPosition(
-    (position) => shareLocation({ lat: position.coords.latitude, lon: position.coords.longitude }),
-    (failure) =>
-      controlStatus(
-        status,
-        null,
-        failure.code === failure.PERMISSION_DENIED
-          ? "Location is blocked for this page: allow it in the browser to share it."
-          : "Your position could not be found. Try again in a moment.",
-      ),
-    { maximumAge: 600_000, timeout: 15_000 },
-  );
+  await shareLocation(location);
+}
+
+/** A city picked by hand (location.js) in place of the browser's position. */
+async function useCity() {
+  const location = cityLocation($("#location-city").value);
+  if (!location) {
+    controlStatus($("#location-status"), null, "Choose a city first.");
+    return;
+  }
+  await shareLocation(location);
 }
 
 function setupProfile() {
@@ -1099,6 +1157,8 @@ function setupProfile() {
     },
   });
   $("#location-use").addEventListener("click", useMyLocation);
+  fillCities($("#location-city"));
+  $("#location-city-use").addEventListener("click", useCity);
   $("#location-clear").addEventListener("click", () => shareLocation(null));
 }
 
@@ -1938,6 +1998,7 @@ function setupChat() {
   });
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && state.chat) state.chat.markRead();
+    if (document.visibilityState === "visible" && state.panel === "discover") topUpIfStale();
   });
   // "Last seen 3 min ago" ages.
   setInterval(() => state.chat && state.chat.renderHeader(), 30_000);

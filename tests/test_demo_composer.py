@@ -7,6 +7,8 @@ signed up meanwhile.
 
 from __future__ import annotations
 
+import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,12 @@ from tests import test_demo_features as features
 from tests.demo_helpers import (
     DemoServer,
     portrait_png,
+    register,
+    sign_in,
     unexpected,
     upload_file,
 )
-from tests.test_demo_features import matched_pair, open_conversation, signed_in
+from tests.test_demo_features import PARIS, matched_pair, open_conversation, open_page, signed_in
 
 # The demo tests' fixtures, under their names: a Chromium, a server with `server_settings` on top.
 sync_api, server_settings, server, browser = (
@@ -148,4 +152,134 @@ def test_the_counter_shows_the_servers_limit_and_a_long_paste_is_kept_but_not_se
     expect(counter).to_be_hidden()
     history = server.call("GET", f"/api/conversations/{cid}/messages/", token=bob_token)["results"]
     assert [m["content"] for m in history] == ["😀" * 4000]
+    assert not unexpected(problems), problems
+
+
+# -- location and birth date at sign-up ----------------------------------------------------------------
+
+
+def candidate(page: Any, name: str) -> Any:
+    return page.locator("#discover-stage .candidate", has=page.locator(".candidate-name", has_text=name))
+
+
+def test_a_location_from_the_browser_or_a_city_picked_by_hand_gives_distances(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    suffix = uuid.uuid4().hex[:6]
+
+    # Alice signs up with the browser's position; Bob, without one, with a city picked by hand.
+    alice = open_page(browser, server, problems, geolocation=PARIS, permissions=["geolocation"])
+    register(alice, f"alice_{suffix}", "Alice", "woman", "man", "1994-03-12", "", location="here")
+    expect(alice.locator("#connection")).to_have_attribute("data-state", "online")
+    bob = open_page(browser, server, problems)
+    bob_form = bob.locator("#register-form")
+    bob.get_by_role("tab", name="Create account").click()
+    expect(bob_form.get_by_label("Location").locator("option")).to_contain_text(
+        ["Not now", "Use my current location", "Paris"]
+    )
+    register(bob, f"bob_{suffix}", "Bob", "man", "woman", "1992-08-30", "", location="Paris")
+    expect(bob.locator("#connection")).to_have_attribute("data-state", "online")
+
+    # Each stored a coarse point near where they said, before Discover was first read: distances show.
+    alice_token, bob_token = server.token(f"alice_{suffix}"), server.token(f"bob_{suffix}")
+    for token in (alice_token, bob_token):
+        place = server.call("GET", "/api/users/me/", token=token)["location"]
+        assert abs(place["lat"] - PARIS["latitude"]) < 0.1 and abs(place["lon"] - PARIS["longitude"]) < 0.1, place
+    expect(candidate(bob, "Alice").locator(".candidate-meta")).to_have_text(re.compile(r"Woman · within \d+ km"))
+    alice.reload()
+    expect(candidate(alice, "Bob").locator(".candidate-meta")).to_have_text(re.compile(r"Man · within \d+ km"))
+
+    # In the profile, a city picked by hand moves her to Lyon.
+    alice.get_by_role("button", name="Profile").click()
+    expect(alice.locator("#location-state")).to_contain_text("Shared, approximately.")
+    alice.get_by_label("Or pick a city").select_option("Lyon")
+    alice.get_by_role("button", name="Use this city").click()
+    expect(alice.locator(".toast", has_text="Location saved")).to_be_visible()
+    place = server.call("GET", "/api/users/me/", token=alice_token)["location"]
+    assert abs(place["lat"] - 45.764) < 0.1 and abs(place["lon"] - 4.8357) < 0.1, place
+    # Some 400 km away, she is past Discover's default radius (100 km) for Bob now.
+    bob.reload()
+    expect(bob.locator("#discover-stage")).to_contain_text("everyone for now")
+    assert candidate(bob, "Alice").count() == 0
+    assert not unexpected(problems), problems
+
+
+def test_the_birth_date_is_optional_and_the_page_says_what_leaving_it_out_does(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    suffix = uuid.uuid4().hex[:6]
+    # Bob wants someone 25 to 40; Frank sets no age range.
+    bob = server.register(
+        f"bob_{suffix}", display_name="Bob", gender="man", interested_in=["woman"], birthdate="1992-08-30"
+    )
+    server.call("PATCH", "/api/users/me/", {"age_min": 25, "age_max": 40}, bob)
+    server.register(
+        f"frank_{suffix}", display_name="Frank", gender="man", interested_in=["woman"], birthdate="1990-01-01"
+    )
+
+    dana = open_page(browser, server, problems)
+    dana.get_by_role("tab", name="Create account").click()
+    field = dana.locator("#reg-birthdate")
+    expect(dana.locator("label[for=reg-birthdate]")).to_have_text("Birth date (optional)")
+    assert field.get_attribute("required") is None
+    note = "Without it, people who set an age range do not see you, and you see only people who set none."
+    expect(field).to_have_accessible_description(note)
+    register(dana, f"dana_{suffix}", "Dana", "woman", "man", "", "")
+    expect(dana.locator("#connection")).to_have_attribute("data-state", "online")
+    assert server.call("GET", "/api/users/me/", token=server.token(f"dana_{suffix}"))["birthdate"] is None
+
+    # As said: Frank (no age range) is shown, Bob (an age range) is not; past Frank, the page says why.
+    expect(candidate(dana, "Frank")).to_be_visible()
+    dana.get_by_role("button", name="Pass on Frank").click()
+    expect(dana.locator("#discover-stage")).to_contain_text("everyone for now")
+    expect(dana.locator("#discover-stage .no-birthdate")).to_be_visible()
+    assert candidate(dana, "Bob").count() == 0
+    dana.get_by_role("button", name="Profile").click()
+    expect(dana.locator("#p-birthdate")).to_have_accessible_description(note)
+    assert not unexpected(problems), problems
+
+
+# -- Discover takes in people who signed up meanwhile ----------------------------------------------------
+
+
+def test_discover_takes_in_new_sign_ups_before_the_deck_runs_out_and_after_a_while_away(
+    sync_api: Any, server: DemoServer, browser: Any
+) -> None:
+    expect = sync_api.expect
+    problems: list[str] = []
+    suffix = uuid.uuid4().hex[:6]
+
+    def woman(name: str) -> None:
+        server.register(f"{name.lower()}_{suffix}", display_name=name, gender="woman", interested_in=["man"])
+
+    for name in ("Carol", "Cleo", "Cora"):
+        woman(name)
+    server.register(f"bob_{suffix}", display_name="Bob", gender="man", interested_in=["woman"])
+    bob = open_page(browser, server, problems)
+    bob.clock.install()
+    bob.reload()
+    sign_in(bob, f"bob_{suffix}")
+    expect(candidate(bob, "Cora")).to_be_visible()  # newest first: Cora, Cleo, Carol
+
+    # Dana signs up while Bob looks: she comes in before the deck runs out, right after the card shown.
+    woman("Dana")
+    bob.get_by_role("button", name="Pass on Cora").click()
+    expect(candidate(bob, "Cleo")).to_be_visible()
+    bob.get_by_role("button", name="Pass on Cleo").click()
+    expect(candidate(bob, "Dana")).to_be_visible()
+
+    # Erin signs up while Bob is in his profile; he comes back a few minutes later: she is there next.
+    bob.get_by_role("button", name="Profile").click()
+    woman("Erin")
+    bob.clock.fast_forward("03:00")
+    bob.get_by_role("button", name="Discover").click()
+    expect(candidate(bob, "Dana")).to_be_visible()
+    bob.get_by_role("button", name="Pass on Dana").click()
+    expect(candidate(bob, "Erin")).to_be_visible()
+    bob.get_by_role("button", name="Pass on Erin").click()
+    expect(candidate(bob, "Carol")).to_be_visible()
     assert not unexpected(problems), problems
