@@ -17,7 +17,7 @@ import { PushToggle } from "./push.js";
 import { ReportDialog } from "./report.js";
 import { SettingsPanel } from "./settings.js";
 import { AccountPanel } from "./account.js";
-import { ComposerExtras, attachmentView } from "./composer.js";
+import { ComposerExtras, attachmentLabel, attachmentView } from "./composer.js";
 import { chosenLocation, cityLocation, currentPosition, fillCities } from "./location.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
@@ -447,7 +447,7 @@ function onNewMessageNotification(message, stale = false) {
     if (counter.count !== count) return; // a later message of this conversation shows the count
     toast({
       title: count > 1 ? `${count} new messages from ${nameOf(sender)}` : `New message from ${nameOf(sender)}`,
-      text: message.content,
+      text: textOf(message),
       kind: "message",
       key,
       action: { label: "Open", run: () => openChat(message.conversation_id) },
@@ -596,6 +596,8 @@ async function topUpCandidates() {
   if (state.toppingUp || !state.discoverLoaded || !api.signedIn) return;
   state.toppingUp = true;
   try {
+    // Often the first call after a while away (a laptop that slept): renew a token that ran out first.
+    await api.freshAccessToken();
     const data = await api.get(`/api/discover/?limit=${DISCOVER_BATCH}`);
     state.discoverReadAt = Date.now();
     const known = new Set(state.candidates.map((c) => userOf(c).id));
@@ -1006,11 +1008,15 @@ function renderMatches() {
   document.title = `${unread ? `(${unread}) ` : ""}Spark · Chat & Matching demo`;
 }
 
-/** A list line for a message: its text, "Attachment", or that it was unsent. */
+/** A list line for a message: its text, its attachment ("Photo", "File: <its name>"), or that it was unsent. */
 function previewOf(message) {
   const own = message.sender_id === state.me.id;
   if (message.deleted) return own ? "You unsent a message" : "Message unsent";
-  return `${own ? "You: " : ""}${message.content || (message.attachment ? "Attachment" : "")}`;
+  return `${own ? "You: " : ""}${textOf(message)}`;
+}
+
+function textOf(message) {
+  return message.content || (message.attachment ? attachmentLabel(message.attachment) : "");
 }
 
 /** The crossed-out bell beside the name of a muted conversation. */

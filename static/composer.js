@@ -11,7 +11,7 @@
 // Names of files (ours, and other people's) are only ever written as text, never as markup.
 
 import { ApiError, parseRetryAfter } from "./api.js";
-import { countDown, friendlyText, isRateLimited, retryAfterMs, stopCountDown } from "./friendly.js";
+import { countDown, friendlyText, isRateLimited, retryAfterMs } from "./friendly.js";
 import { $, h, imageWithFallback, thumbnailOf } from "./ui.js";
 
 export const MAX_MESSAGE_CHARS = 4000; // MAX_CONTENT_CHARS's default; a server set lower says message_too_long
@@ -61,6 +61,12 @@ export function sizeText(bytes) {
   if (bytes < 1024) return `${bytes} bytes`;
   if (bytes < 1024 * 1024) return `${Math.max(1, Math.round(bytes / 1024))} KB`;
   return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+}
+
+/** An attachment in one line (the list of matches, a toast): "Photo", or "File: <its name>". */
+export function attachmentLabel(attachment) {
+  if ((attachment.content_type || "").startsWith("image/")) return "Photo";
+  return `File: ${attachment.name || typeName(attachment.content_type)}`;
 }
 
 function typeName(contentType) {
@@ -114,12 +120,16 @@ export function attachmentView(attachment) {
   );
 }
 
-/** A file's bytes POSTed with upload progress (fetch has none): the stored attachment, or an ApiError. */
-function uploadFile(api, path, file, onProgress) {
+/**
+ * A file's bytes POSTed with upload progress (fetch has none): the stored attachment, or an ApiError.
+ * `request.abort()` stops it.
+ */
+function uploadFile(api, path, file, request, onProgress) {
   return api.freshAccessToken().then(
     (token) =>
       new Promise((resolve, reject) => {
         const xhr = new XMLHttpRequest();
+        request.abort = () => xhr.abort();
         xhr.open("POST", path);
         xhr.setRequestHeader("Authorization", `Bearer ${token}`);
         xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
@@ -225,8 +235,13 @@ export class ComposerExtras {
   }
 
   clear() {
-    if (this.file && this.file.preview) URL.revokeObjectURL(this.file.preview);
-    if (this.file && this.file.request) this.file.request.cancelled = true;
+    const entry = this.file;
+    if (entry) {
+      if (entry.preview) URL.revokeObjectURL(entry.preview);
+      entry.request.cancelled = true;
+      entry.request.abort();
+      entry.request.stopCountDown();
+    }
     this.file = null;
     this.renderFile();
     this.update();
@@ -236,10 +251,10 @@ export class ComposerExtras {
     const conversationId = this.conversation();
     if (conversationId === null) return;
     this.clear();
-    const entry = { file, attachment: null, error: null, progress: 0, request: { cancelled: false } };
+    const request = { cancelled: false, abort: () => {}, stopCountDown: () => {} };
+    const entry = { file, attachment: null, error: null, progress: 0, request };
     if (file.type.startsWith("image/")) entry.preview = URL.createObjectURL(file);
     this.file = entry;
-    const request = entry.request;
     if (file.size > MAX_ATTACHMENT_BYTES) {
       entry.error = UPLOAD_ERRORS.file_too_large;
     } else if (file.size === 0) {
@@ -252,7 +267,7 @@ export class ComposerExtras {
     if (entry.error) return;
     const path = `/api/conversations/${conversationId}/attachments/?name=${encodeURIComponent(file.name)}`;
     try {
-      const attachment = await uploadFile(this.api, path, file, (share) => {
+      const attachment = await uploadFile(this.api, path, file, request, (share) => {
         if (request.cancelled) return;
         entry.progress = share;
         this.renderProgress();
@@ -270,7 +285,6 @@ export class ComposerExtras {
   /** The chip of the file picked: its preview or type, its name and size, progress or what went wrong. */
   renderFile() {
     const entry = this.file;
-    stopCountDown(this.chip);
     if (!entry) {
       this.chip.hidden = true;
       this.chip.replaceChildren();
@@ -300,7 +314,8 @@ export class ComposerExtras {
     this.chip.hidden = false;
     this.chip.dataset.state = entry.error ? "error" : entry.attachment ? "ready" : "uploading";
     if (entry.error && isRateLimited(entry.error)) {
-      countDown(status, retryAfterMs(entry.error), { onDone: () => this.pick(file) });
+      // "Slow down — try again in N s", then it is tried again by itself.
+      entry.request.stopCountDown = countDown(status, retryAfterMs(entry.error), { onDone: () => this.pick(file) });
     } else if (entry.error) {
       status.textContent = typeof entry.error === "string" ? entry.error : uploadErrorText(entry.error);
     } else if (entry.attachment) {

@@ -16,12 +16,15 @@ import pytest
 
 from tests import test_demo_features as features
 from tests.demo_helpers import (
+    PHONE,
     DemoServer,
     portrait_png,
     register,
+    screenshot,
     sign_in,
     unexpected,
     upload_file,
+    viewport,
 )
 from tests.test_demo_features import PARIS, matched_pair, open_conversation, open_page, signed_in
 
@@ -52,7 +55,7 @@ def alice_in_conversation(server: DemoServer, browser: Any, problems: list[str],
 
 
 def test_files_are_attached_refused_in_plain_words_and_shown_by_type(
-    sync_api: Any, server: DemoServer, browser: Any
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
 ) -> None:
     expect = sync_api.expect
     problems: list[str] = []
@@ -110,6 +113,7 @@ def test_files_are_attached_refused_in_plain_words_and_shown_by_type(
     send.click()
     image = bob.locator("#messages .message.theirs img.attachment-image")
     expect(image).to_have_count(1)
+    expect(alice.locator("#match-list .match", has_text="Bob")).to_contain_text("You: Photo")
     expect(image).to_have_attribute("alt", "Image: beach.png")
     bob.wait_for_function("document.querySelector('#messages img.attachment-image').naturalWidth > 0")
 
@@ -118,11 +122,13 @@ def test_files_are_attached_refused_in_plain_words_and_shown_by_type(
     open_conversation(bob, "Alice", expect)
     expect(bob.locator("#messages a.file-chip .file-chip-name")).to_have_text(HOSTILE_NAME)
     expect(bob.locator("#messages img.attachment-image")).to_have_count(1)
+    bob.wait_for_function("document.querySelector('#messages img.attachment-image').naturalWidth > 0")
+    screenshot(bob, "screenshot-attachments", tmp_path)
     assert not unexpected(problems, 400, 413), problems
 
 
 def test_the_counter_shows_the_servers_limit_and_a_long_paste_is_kept_but_not_sent(
-    sync_api: Any, server: DemoServer, browser: Any
+    sync_api: Any, server: DemoServer, browser: Any, tmp_path: Path
 ) -> None:
     expect = sync_api.expect
     problems: list[str] = []
@@ -142,6 +148,8 @@ def test_the_counter_shows_the_servers_limit_and_a_long_paste_is_kept_but_not_se
     box.press("Enter")
     expect(alice.locator("#messages .message")).to_have_count(0)
     assert len(box.input_value()) == 4100
+    with viewport(alice, PHONE):
+        screenshot(alice, "screenshot-counter-phone", tmp_path)
 
     # Characters are counted as the server counts them: 4,000 emoji are 4,000 characters, and go.
     box.fill("😀" * 4000)
