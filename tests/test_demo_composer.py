@@ -16,6 +16,7 @@ import pytest
 
 from tests import test_demo_features as features
 from tests.demo_helpers import (
+    PASSWORD,
     PHONE,
     DemoServer,
     portrait_png,
@@ -181,13 +182,19 @@ def test_a_location_from_the_browser_or_a_city_picked_by_hand_gives_distances(
     alice = open_page(browser, server, problems, geolocation=PARIS, permissions=["geolocation"])
     register(alice, f"alice_{suffix}", "Alice", "woman", "man", "1994-03-12", "", location="here")
     expect(alice.locator("#connection")).to_have_attribute("data-state", "online")
+    # Bob's browser does not let the page know where he is: that is said beside the field, and no account
+    # is made; he picks a city instead.
     bob = open_page(browser, server, problems)
     bob_form = bob.locator("#register-form")
-    bob.get_by_role("tab", name="Create account").click()
+    register(bob, f"bob_{suffix}", "Bob", "man", "woman", "1992-08-30", "", location="here")
+    expect(bob_form.locator("#reg-location-error")).to_have_text(re.compile("^Location is blocked for this page"))
+    expect(bob_form.get_by_label("Location")).to_be_focused()
+    assert server.request("POST", "/api/token/", {"username": f"bob_{suffix}", "password": PASSWORD})[0] == 401
     expect(bob_form.get_by_label("Location").locator("option")).to_contain_text(
         ["Not now", "Use my current location", "Paris"]
     )
-    register(bob, f"bob_{suffix}", "Bob", "man", "woman", "1992-08-30", "", location="Paris")
+    bob_form.get_by_label("Location").select_option("Paris")
+    bob_form.get_by_role("button", name="Create account").click()
     expect(bob.locator("#connection")).to_have_attribute("data-state", "online")
 
     # Each stored a coarse point near where they said, before Discover was first read: distances show.
