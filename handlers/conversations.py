@@ -7,10 +7,11 @@ from typing import Annotated
 from pydantic import Field, StrictStr
 
 from handlers.base import BaseHandler
-from handlers.contract import Reply, Tag, Upload, int_query, operation
+from handlers.contract import Query, Reply, Tag, Upload, int_query, operation
 from handlers.responses import Attachment, Conversation, Message, MessagePage, ReadAnswer
 from handlers.schemas import ReadBody, SendMessageBody, Strict
 from services.core import errors
+from services.core.text import MAX_FILE_NAME_CHARS
 from services.media.content import ATTACHMENT_TYPES
 
 MAX_PAGE = 100
@@ -202,6 +203,14 @@ class AttachmentHandler(BaseHandler):
             "only when declared `text/plain` and valid UTF-8.",
         ),
         responses={201: Reply("Stored.", Attachment)},
+        query=(
+            Query(
+                "name",
+                "The file's name, to show to the people of the conversation: its last path part is kept, "
+                f"without control or invisible characters, at most {MAX_FILE_NAME_CHARS} characters.",
+                {"type": "string", "maxLength": 1000},
+            ),
+        ),
         errors=(503,),
         notes={
             400: "`empty_file` or `unsupported_media_type`.",
@@ -213,7 +222,8 @@ class AttachmentHandler(BaseHandler):
         user_id = self.require_user()
         data = self.body_bytes(self.services.settings.max_upload_bytes)
         declared = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower() or None
-        attachment = await self.services.chat.add_attachment(int(conversation_id), user_id, data, declared)
+        name = self.get_query_argument("name", "")[:1000] or None
+        attachment = await self.services.chat.add_attachment(int(conversation_id), user_id, data, declared, name)
         self.send_json(attachment, status=201)
 
 

@@ -18,6 +18,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from handlers.schemas import DeviceKind, Gender, Location
+from services.core.text import MAX_FILE_NAME_CHARS
 from services.media.content import ATTACHMENT_TYPES
 from services.moderation.queue import ReportStatus, ResolutionAction
 from services.moderation.reports import ReportReason
@@ -181,6 +182,9 @@ class Attachment(Answer):
     url: Url
     content_type: AttachmentType
     size: Annotated[int, Field(ge=1)]
+    name: Annotated[str, Field(min_length=1, max_length=MAX_FILE_NAME_CHARS)] = ABSENT
+    """The file's name as the uploader gave it (`?name=` of the upload), cleaned; absent when none was given.
+    Text to show, never markup or a path."""
 
 
 class Message(Answer):

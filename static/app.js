@@ -19,6 +19,8 @@ import { SettingsPanel } from "./settings.js";
 import { AccountPanel } from "./account.js";
 import { MatchMoment } from "./match_moment.js";
 import { renderChatsBadge } from "./tabs.js";
+import { ComposerExtras, attachmentLabel, attachmentView } from "./composer.js";
+import { chosenLocation, cityLocation, currentPosition, fillCities } from "./location.js";
 import { CLOSE_REASONS, ReconnectingSocket, socketUrl } from "./socket.js";
 import {
   $, $$, avatar, clearFormError, clockTime, closeMenu, confirmDialog, fillAvatar, h, menuOpenFor, nameOf, openMenu,
@@ -27,6 +29,11 @@ import {
 
 const HISTORY_PAGE = 30; // messages per history request (the server allows up to 100)
 const DISCOVER_BATCH = 10;
+// People who sign up (or widen their preferences) while the deck is being gone through are taken in by
+// reading the first page again: when this few cards are left, and on coming back to Discover (or to the
+// page) after this long. One request each time, never two at once (DISCOVER_PER_10_MIN is 60).
+const DISCOVER_TOP_UP_AT = 2;
+const DISCOVER_STALE_MS = 2 * 60_000;
 const PRESENCE_POLL_MS = 30_000; // online dots of matches whose conversation is not open
 const TYPING_IDLE_MS = 3000; // stop "typing" after this much silence in the composer
 const TYPING_REPEAT_MS = 3000; // the server forgets a silent typist after a few seconds: say it again
@@ -48,6 +55,7 @@ let settingsPanel = null; // notification preferences and blocked people (settin
 let accountPanel = null; // download my data, delete my account (account.js), made in setup()
 let reportDialog = null; // "Report …" (report.js), made in setup()
 let matchMoment = null; // "It’s a match!" (match_moment.js), made in setup()
+let composerExtras = null; // the composer's counter and attachments (composer.js), made in setupChat()
 
 const state = {
   me: null, // own profile (GET /api/users/me/)
@@ -56,6 +64,9 @@ const state = {
   likes: [],
   candidates: [],
   discoverLoaded: false,
+  discoverReadAt: 0, // when the first page of Discover was last read (Date.now())
+  decided: new Set(), // ids liked or passed in this session: a read in flight meanwhile may still list them
+  toppingUp: false,
   panel: "discover",
   chat: null, // the open Chat, if any
   notifications: null, // the notifications ReconnectingSocket
@@ -142,6 +153,7 @@ function setupAuthForms() {
       $(`#${key}-panel`).hidden = !on;
     }
   };
+  fillCities($("#reg-location-cities"));
   tabs.signin.addEventListener("click", () => select("signin"));
   tabs.register.addEventListener("click", () => select("register"));
   for (const tab of Object.values(tabs)) {
@@ -190,9 +202,14 @@ function setupAuthForms() {
     if (bio) fields.bio = bio;
     await busy(form, async () => {
       try {
+        // The browser's position is asked before the account exists: a refusal is said beside the field.
+        const location = await chosenLocation(form.elements.location);
         await api.register(fields); // POST /api/register/, then POST /api/token/
+        // Before the session starts, so that the first Discover already has distances.
+        const unsaved = location ? await api.patch("/api/users/me/", { location }).then(() => null, (e) => e) : null;
         form.reset();
         await startSession();
+        if (unsaved) reportError(unsaved, "Location not saved: set it in your profile");
       } catch (error) {
         formError(form, error.code === "username_taken" ? { message: "That username is taken." } : error);
       }
@@ -240,7 +257,7 @@ function signOut(reason) {
   api.clearTokens();
   Object.assign(state, {
     me: null, people: new Map(), matches: new Map(), likes: [], candidates: [], discoverLoaded: false,
-    mutes: new Map(),
+    discoverReadAt: 0, decided: new Set(), mutes: new Map(),
   });
   closeProfileDialog();
   matchMoment.reset();
@@ -434,7 +451,7 @@ function onNewMessageNotification(message, stale = false) {
     if (counter.count !== count) return; // a later message of this conversation shows the count
     toast({
       title: count > 1 ? `${count} new messages from ${nameOf(sender)}` : `New message from ${nameOf(sender)}`,
-      text: message.content,
+      text: textOf(message),
       kind: "message",
       key,
       action: { label: "Open", run: () => openChat(message.conversation_id) },
@@ -511,6 +528,7 @@ function showPanel(name, { record = true } = {}) {
     accountPanel.reset();
   }
   if (name === "discover" && !state.discoverLoaded) loadCandidates();
+  else if (name === "discover") topUpIfStale();
   renderMatches();
   if (record) recordView(name);
 }
@@ -570,6 +588,7 @@ async function loadCandidates() {
     const data = await api.get(`/api/discover/?limit=${DISCOVER_BATCH}`);
     state.candidates = listOf(data);
     state.discoverLoaded = true;
+    state.discoverReadAt = Date.now();
     for (const c of state.candidates) remember(userOf(c));
     renderDiscover();
   } catch (error) {
@@ -577,6 +596,38 @@ async function loadCandidates() {
     state.candidates = [];
     renderDiscoverRefusal(error);
   }
+}
+
+/**
+ * Read the first page again and take in whoever is not in the deck yet (newest first: people who signed
+ * up meanwhile). They come right after the card on screen, which stays where it is. A failure is let
+ * go: the deck goes on as it was, and the next top-up or "Look again" asks again.
+ */
+async function topUpCandidates() {
+  if (state.toppingUp || !state.discoverLoaded || !api.signedIn) return;
+  state.toppingUp = true;
+  try {
+    // Often the first call after a while away (a laptop that slept): renew a token that ran out first.
+    await api.freshAccessToken();
+    const data = await api.get(`/api/discover/?limit=${DISCOVER_BATCH}`);
+    state.discoverReadAt = Date.now();
+    const known = new Set(state.candidates.map((c) => userOf(c).id));
+    const fresh = listOf(data).filter((c) => !known.has(userOf(c).id) && !state.decided.has(userOf(c).id));
+    if (!fresh.length) return;
+    for (const c of fresh) remember(userOf(c));
+    const [current, ...rest] = state.candidates;
+    state.candidates = current ? [current, ...fresh, ...rest] : fresh;
+    if (!current && state.panel === "discover") renderDiscover();
+  } catch {
+    // Nothing to say: this read was extra.
+  } finally {
+    state.toppingUp = false;
+  }
+}
+
+/** Back on Discover (or on the page) after a while: look for people who are new since. */
+function topUpIfStale() {
+  if (state.discoverLoaded && Date.now() - state.discoverReadAt > DISCOVER_STALE_MS) topUpCandidates();
 }
 
 function renderDiscoverRefusal(error) {
@@ -628,6 +679,10 @@ function renderDiscover() {
         { class: "card empty-card" },
         h("p", { class: "empty-title" }, "That’s everyone for now"),
         h("p", { class: "empty" }, "New people appear as they sign up. Check your profile’s preferences, or look again."),
+        // The server's age filter (docs/matching.md): without a birth date one fits nobody's age range.
+        state.me && !state.me.birthdate
+          ? h("p", { class: "empty no-birthdate" }, "Without a birth date in your profile, you see only people who set no age range, and only they see you.")
+          : null,
         h("button", { type: "button", class: "button button-secondary", onclick: () => loadCandidates() }, "Look again"),
       ),
     );
@@ -709,11 +764,16 @@ function focusDiscover(kind) {
 
 /** Take `user` off Discover and Liked you, and show who comes next. */
 async function moveOnFrom(user) {
+  state.decided.add(user.id);
   state.candidates = state.candidates.filter((c) => userOf(c).id !== user.id);
   state.likes = state.likes.filter((l) => userOf(l).id !== user.id);
   renderLikes();
-  if (state.candidates.length === 0) await loadCandidates();
-  else renderDiscover();
+  if (state.candidates.length === 0) {
+    await loadCandidates();
+    return;
+  }
+  renderDiscover();
+  if (state.candidates.length <= DISCOVER_TOP_UP_AT) topUpCandidates();
 }
 
 // =====================================================================================================
@@ -965,11 +1025,15 @@ function renderMatches() {
   renderChatsBadge(unread);
 }
 
-/** A list line for a message: its text, "Attachment", or that it was unsent. */
+/** A list line for a message: its text, its attachment ("Photo", "File: <its name>"), or that it was unsent. */
 function previewOf(message) {
   const own = message.sender_id === state.me.id;
   if (message.deleted) return own ? "You unsent a message" : "Message unsent";
-  return `${own ? "You: " : ""}${message.content || (message.attachment ? "Attachment" : "")}`;
+  return `${own ? "You: " : ""}${textOf(message)}`;
+}
+
+function textOf(message) {
+  return message.content || (message.attachment ? attachmentLabel(message.attachment) : "");
 }
 
 /** The crossed-out bell beside the name of a muted conversation. */
@@ -1055,25 +1119,27 @@ async function shareLocation(location) {
   }
 }
 
-function useMyLocation() {
+async function useMyLocation() {
   const status = $("#location-status");
-  if (!("geolocation" in navigator)) {
-    controlStatus(status, null, "This browser cannot tell where you are.");
+  controlStatus(status, null, "Finding where you are…");
+  let location;
+  try {
+    location = await currentPosition();
+  } catch (failure) {
+    controlStatus(status, null, failure.message);
     return;
   }
-  controlStatus(status, null, "Finding where you are…");
-  navigator.geolocation.getCurrentPosition(
-    (position) => shareLocation({ lat: position.coords.latitude, lon: position.coords.longitude }),
-    (failure) =>
-      controlStatus(
-        status,
-        null,
-        failure.code === failure.PERMISSION_DENIED
-          ? "Location is blocked for this page: allow it in the browser to share it."
-          : "Your position could not be found. Try again in a moment.",
-      ),
-    { maximumAge: 600_000, timeout: 15_000 },
-  );
+  await shareLocation(location);
+}
+
+/** A city picked by hand (location.js) in place of the browser's position. */
+async function useCity() {
+  const location = cityLocation($("#location-city").value);
+  if (!location) {
+    controlStatus($("#location-status"), null, "Choose a city first.");
+    return;
+  }
+  await shareLocation(location);
 }
 
 function setupProfile() {
@@ -1114,6 +1180,8 @@ function setupProfile() {
     },
   });
   $("#location-use").addEventListener("click", useMyLocation);
+  fillCities($("#location-city"));
+  $("#location-city-use").addEventListener("click", useCity);
   $("#location-clear").addEventListener("click", () => shareLocation(null));
 }
 
@@ -1297,7 +1365,7 @@ class Chat {
     // Messages sent but never echoed (the socket dropped first) go again with the same client_id: the
     // server stores a client_id once, so a message that did get through is not duplicated.
     for (const [clientId, item] of this.pending) {
-      if (!item.failed) this.socket.send({ type: "message", content: item.content, client_id: clientId });
+      if (!item.failed) this.socket.send(messageFrame(item.content, item.attachment, clientId));
     }
     this.markRead();
   }
@@ -1403,11 +1471,7 @@ class Chat {
           { class: "bubble" },
           who,
           message.content ? h("p", { class: "text" }, message.content) : null,
-          attachment
-            ? attachment.content_type.startsWith("image/")
-              ? h("img", { class: "attachment-image", src: attachment.url, alt: "Image attachment" })
-              : h("a", { class: "attachment", href: attachment.url, target: "_blank", rel: "noopener" }, "Attachment")
-            : null,
+          attachment ? attachmentView(attachment) : null,
           h(
             "span",
             { class: "meta" },
@@ -1526,6 +1590,7 @@ class Chat {
     $("#editing-original").textContent = item.message.content;
     $("#editing-bar").hidden = false;
     $("#send").textContent = "Save";
+    composerExtras.setEditing(true);
     input.focus();
     input.setSelectionRange(input.value.length, input.value.length);
   }
@@ -1542,6 +1607,7 @@ class Chat {
     input.value = this.draft;
     autosize(input);
     this.draft = "";
+    composerExtras.setEditing(false);
   }
 
   /** PATCH …/messages/<id>/ {content}: within MESSAGE_EDIT_WINDOW of sending; the frame updates the bubble. */
@@ -1646,22 +1712,31 @@ class Chat {
 
   // -- sending ------------------------------------------------------------------------------------
 
-  send(content) {
+  /** Send `content` and/or `attachment` (a stored upload, composer.js). */
+  send(content, attachment = null) {
     const clientId = newClientId();
     const el = h(
       "li",
       { class: "message own pending", dataset: { clientId } },
-      h("div", { class: "bubble" }, h("p", { class: "text" }, content), h("span", { class: "meta" }, h("span", { class: "sending" }, "Sending…"))),
+      h(
+        "div",
+        { class: "bubble" },
+        content ? h("p", { class: "text" }, content) : null,
+        attachment ? attachmentView(attachment) : null,
+        h("span", { class: "meta" }, h("span", { class: "sending" }, "Sending…")),
+      ),
     );
     this.list.append(el);
-    this.pending.set(clientId, { content, el, failed: false });
+    this.pending.set(clientId, { content, attachment, el, failed: false });
     this.scrollToBottom();
     this.stopTyping();
     // `{"type": "message", "content": ..., "client_id": ...}`: the server echoes the stored message to
     // every socket of the conversation, ours included, and that echo replaces the pending bubble.
-    if (this.socket && this.socket.send({ type: "message", content, client_id: clientId })) return;
+    const frame = messageFrame(content, attachment, clientId);
+    if (this.socket && this.socket.send(frame)) return;
     // No socket right now: REST sends the same message (and broadcasts it the same way).
-    api.post(`/api/conversations/${this.id}/messages/`, { content, client_id: clientId }).then(
+    const { type: _type, ...body } = frame;
+    api.post(`/api/conversations/${this.id}/messages/`, body).then(
       (message) => {
         if (state.chat === this) this.onMessage(message);
       },
@@ -1690,7 +1765,7 @@ class Chat {
       retry.addEventListener("click", () => {
         item.el.remove();
         this.pending.delete(clientId);
-        this.send(item.content);
+        this.send(item.content, item.attachment);
       });
       meta.replaceChildren(retry);
     };
@@ -1765,7 +1840,7 @@ class Chat {
 
   setComposerEnabled(enabled) {
     $("#composer-input").disabled = !enabled;
-    $("#send").disabled = !enabled;
+    composerExtras.setEnabled(enabled); // Send, and the attach button
     $("#unmatch").disabled = !enabled;
     $("#block").disabled = !enabled;
     $("#mute").disabled = !enabled;
@@ -1854,6 +1929,7 @@ async function openChat(conversationId, { record = true } = {}) {
     return;
   }
   closeChat();
+  composerExtras.reset();
   const chat = new Chat(entry);
   state.chat = chat;
   showPanel("chat", { record });
@@ -1876,19 +1952,24 @@ function closeChat() {
 function setupChat() {
   const input = $("#composer-input");
   const form = $("#composer");
+  composerExtras = new ComposerExtras({ api, conversation: () => (state.chat ? state.chat.id : null) });
   const submit = () => {
-    const content = input.value.trim();
     const chat = state.chat;
     if (!chat || chat.closed) return;
+    // Over the length limit, or a file still uploading or refused: nothing goes (the composer says why).
+    const ready = composerExtras.ready();
+    if (!ready) return;
+    const { content, attachment } = ready;
     if (chat.editing !== null) {
       if (content) chat.saveEdit(content);
       else chat.unsend(chat.editing); // emptied: the only way to say nothing is to unsend
       return;
     }
-    if (!content) return;
-    chat.send(content);
+    if (!content && !attachment) return;
+    chat.send(content, attachment);
     input.value = "";
     autosize(input);
+    composerExtras.clear();
   };
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -1940,9 +2021,17 @@ function setupChat() {
   });
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && state.chat) state.chat.markRead();
+    if (document.visibilityState === "visible" && state.panel === "discover") topUpIfStale();
   });
   // "Last seen 3 min ago" ages.
   setInterval(() => state.chat && state.chat.renderHeader(), 30_000);
+}
+
+/** A `message` frame; its REST twin is the same fields without `type`. */
+function messageFrame(content, attachment, clientId) {
+  const frame = { type: "message", content, client_id: clientId };
+  if (attachment) frame.attachment_id = attachment.id;
+  return frame;
 }
 
 /** One line by default; taller once the text wraps or has a line break. */

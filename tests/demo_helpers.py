@@ -288,16 +288,23 @@ def unexpected(problems: list[str], *statuses: int) -> list[str]:
     return [p for p in problems if not ("Failed to load resource" in p and any(a in p for a in allowed))]
 
 
-def register(page: Any, username: str, name: str, gender: str, wants: str, birthdate: str, bio: str) -> None:
+def register(
+    page: Any, username: str, name: str, gender: str, wants: str, birthdate: str, bio: str, location: str = ""
+) -> None:
+    """Sign up through the page's form; an empty `birthdate` is left out, `location` is a choice of its
+    Location field ("here" or a city's name)."""
     page.get_by_role("tab", name="Create account").click()
     form = page.locator("#register-form")
     form.get_by_label("Username").fill(username)
     form.get_by_label("Password").fill(PASSWORD)
     form.get_by_label("Display name").fill(name)
-    form.get_by_label("Birth date").fill(birthdate)
+    if birthdate:
+        form.get_by_label("Birth date").fill(birthdate)
     form.get_by_label("I am").select_option(gender)
     for box in form.locator("input[name=interested_in]").all():
         box.set_checked(box.get_attribute("value") == wants)
+    if location:
+        form.get_by_label("Location").select_option(location)
     form.get_by_label("About you").fill(bio)
     form.get_by_role("button", name="Create account").click()
 

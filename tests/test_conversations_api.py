@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 
+from services.core.text import MAX_FILE_NAME_CHARS
 from tests.support import make_conversation
 from tests.ws_helpers import (
     ISO_Z,
@@ -299,6 +302,30 @@ async def test_plain_text_attachment_is_accepted_when_declared(api, services):
     p = await pair(api, services)
     got = await upload(api, p.cid, p.a, b"bonjour\n", "text/plain")
     assert got.status == 201 and got.body["content_type"] == "text/plain"
+
+
+async def test_an_attachments_name_is_kept_as_clean_text_of_its_last_path_part(api, services):
+    p = await pair(api, services)
+    b = await join(api, p.cid, p.b)
+    hostile = "C:\\Users\\me/../<img src=x onerror=alert(1)>\u202egpj.pdf\x00\n"
+    path = f"/api/conversations/{p.cid}/attachments/?name={quote(hostile)}"
+    got = await api.post(path, body=b"%PDF-1.4\n%%EOF\n", token=p.a.access, headers={"Content-Type": "application/pdf"})
+    assert got.status == 201, got.body
+    assert got.body["name"] == "<img src=x onerror=alert(1)> gpj.pdf"  # text for the page to show as text
+    sent = await send_rest(api, p.cid, p.a, "", attachment_id=got.body["id"])
+    assert sent.body["attachment"]["name"] == got.body["name"]
+    assert (await messages(b, 1))[0]["attachment"]["name"] == got.body["name"]
+    assert (await history(api, p.cid, p.b)).body["results"][0]["attachment"] == got.body
+
+    # A long name keeps its end (the extension); one with nothing visible is no name at all.
+    long_name = "a" * 500 + "-end.pdf"
+    path = f"/api/conversations/{p.cid}/attachments/?name={quote(long_name)}"
+    named = (await api.post(path, body=PNG, token=p.a.access, headers={"Content-Type": "image/png"})).body
+    assert len(named["name"]) == MAX_FILE_NAME_CHARS and named["name"].endswith("aaa-end.pdf"), named
+    for blank in ("", "%E2%80%8B", "dir/"):
+        path = f"/api/conversations/{p.cid}/attachments/?name={blank}"
+        unnamed = await api.post(path, body=PNG, token=p.a.access, headers={"Content-Type": "image/png"})
+        assert unnamed.status == 201 and "name" not in unnamed.body, (blank, unnamed.body)
 
 
 # -- authentication ------------------------------------------------------------------------------------

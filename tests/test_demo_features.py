@@ -1135,7 +1135,8 @@ def test_a_refused_field_is_said_beside_it_in_words_for_a_person(
     note = form.locator("#reg-birthdate-error")
     expect(note).to_have_text("You must be 18 or older to use Spark.")
     expect(field).to_have_attribute("aria-invalid", "true")
-    expect(field).to_have_attribute("aria-describedby", "reg-birthdate-error")
+    # Read out with the field: its hint, then the error.
+    expect(field).to_have_attribute("aria-describedby", "reg-birthdate-hint reg-birthdate-error")
     expect(field).to_be_focused()
     expect(form.locator(".form-error")).to_have_text("Check the field marked above.")
     expect(form).not_to_contain_text("you must be at least")  # not the server's words

@@ -28,7 +28,7 @@ from services.chat.views import ChatViews, utc_datetime
 from services.chat.writer import MessageWriter
 from services.core import errors
 from services.core.clock import now_iso
-from services.core.text import clean_multiline
+from services.core.text import clean_file_name, clean_multiline
 from services.media.content import ATTACHMENT_TYPES
 from services.media.store import MediaStore
 from services.push.preferences import muted_participants
@@ -401,11 +401,18 @@ class ChatService:
     # -- attachments -------------------------------------------------------------------------------
 
     async def add_attachment(
-        self, conversation_id: int, uploader_id: int, data: bytes, declared_type: str | None
+        self,
+        conversation_id: int,
+        uploader_id: int,
+        data: bytes,
+        declared_type: str | None,
+        name: str | None = None,
     ) -> dict[str, Any]:
         """Store a file to send with a message (`attachment_id`). Images are re-encoded, the uploader's rate
         and quota apply (services/media/store.py). It stays `sent: false` until a message carries it, and
-        is removed UNSENT_ATTACHMENT_TTL after its upload if none does (services/media/sweeper.py)."""
+        is removed UNSENT_ATTACHMENT_TTL after its upload if none does (services/media/sweeper.py).
+        `name` is the file's name as the uploader's device called it, kept as text (clean_file_name)."""
+        shown_name = clean_file_name(name) if name else None
         await self.member_conversation(conversation_id, uploader_id, require_open=True)
         stored = await self._media.accept(uploader_id, data, ATTACHMENT_TYPES, "attachments", declared_type)
         try:
@@ -414,6 +421,7 @@ class ChatService:
                 "conversation_id": conversation_id,
                 "uploader_id": uploader_id,
                 **stored.fields(),
+                **({"name": shown_name} if shown_name else {}),
                 "sent": False,
                 "created_at": dt.datetime.now(dt.UTC),
             }

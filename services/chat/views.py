@@ -109,12 +109,15 @@ class ChatViews:
         return message
 
     def attachment_object(self, doc: Doc) -> dict[str, Any]:
-        return {
+        attachment = {
             "id": int(doc["_id"]),
             "url": self._media.url(doc["path"]),
             "content_type": doc["content_type"],
             "size": int(doc["size"]),
         }
+        if doc.get("name"):
+            attachment["name"] = doc["name"]
+        return attachment
 
     async def describe_conversations(self, docs: list[Doc], user_id: int) -> list[dict[str, Any]]:
         """The conversation objects of the REST API, as `user_id` sees them (last message, unread count)."""

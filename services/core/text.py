@@ -53,5 +53,17 @@ def clean_line(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+MAX_FILE_NAME_CHARS = 120
+
+
+def clean_file_name(name: str) -> str | None:
+    """The name of an uploaded file as people see it: its last path part, one clean line, at most
+    MAX_FILE_NAME_CHARS (the end, with the extension, kept); None when nothing visible is left."""
+    name = clean_line(name.replace("\\", "/").rpartition("/")[2])
+    if len(name) > MAX_FILE_NAME_CHARS:
+        name = name[: MAX_FILE_NAME_CHARS - 21] + "…" + name[-20:]
+    return name if has_visible(name) else None
+
+
 def has_visible(text: str) -> bool:
     return any(unicodedata.category(char)[0] in "LNPS" for char in text)
