@@ -46,6 +46,7 @@ SHOTS = [
     ("discover", "desktop", True),
     ("likes", "desktop", False),
     ("likes", "phone", False),
+    ("chats", "phone", False),
     ("conversation", "desktop", False),
     ("conversation", "phone", False),
     ("conversation", "desktop", True),
@@ -104,8 +105,14 @@ def save(page: Any, name: str) -> None:
 
 def show(page: Any, view: str, expect: Any) -> None:
     """Bob's page on `view`, ready to be taken."""
-    if view == "conversation":
+    chats_tab = page.locator(".nav-item[data-panel=chats]")  # shown on a phone only
+    if view == "chats":
+        chats_tab.click()
+        expect(page.locator("#match-list .match").first).to_be_visible()
+    elif view == "conversation":
         if not page.locator("#panel-chat").is_visible():
+            if chats_tab.is_visible():
+                chats_tab.click()
             page.locator("#match-list .match", has_text="Alice").click()
         expect(page.locator("#panel-chat")).to_have_attribute("data-socket", "open")
         expect(page.locator("#messages .message").last).to_be_visible()
