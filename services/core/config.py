@@ -33,7 +33,9 @@ MAX_NOTIFICATIONS_KEPT = 10_000
 class Settings:
     host: str = _knob("127.0.0.1", "HOST", "Interface to listen on")
     port: int = _knob(8888, "PORT", "TCP port to listen on")
-    data_dir: str = _knob("./data", "DATA_DIR", "Directory for media, the embedded database and dev secrets")
+    data_dir: str = _knob(
+        "./data", "DATA_DIR", "Directory for the embedded database and dev secrets (media are in MongoDB)"
+    )
     metrics_port: int = _knob(
         0, "METRICS_PORT", "Port of a second listener that serves only /metrics (0: none; /metrics is on PORT too)"
     )
