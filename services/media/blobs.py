@@ -12,6 +12,10 @@ Reads do not use the driver's download stream: it asks for every chunk from the 
 end of the file in one cursor whose first batch may hold the whole file (up to 16 MiB), so a 100-byte
 range of a 5 MiB file would read 5 MiB. `read` asks for the chunks the range covers only, `READ_BATCH`
 at a time, so a download holds at most that many chunks in memory whatever the file's size.
+
+The embedded store (SecantusDB) answers that query from the `files_id_1_n_1` index (its plan: an index
+scan, then an in-memory sort of the chunks the range matched), and the files by `_id`. Writes go through
+the driver, one insert per chunk, after it checked with two `find_one` that the bucket's indexes exist.
 """
 
 from __future__ import annotations
