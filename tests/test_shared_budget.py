@@ -55,3 +55,19 @@ async def test_a_debt_made_on_one_node_is_paid_on_the_node_that_made_it(cluster_
     assert max(waits) > 2.0, waits  # the node whose flush found the debt refuses for it
     refused = await (n1 if waits[0] > waits[1] else n2).api.post(path, {"content": "y"}, token=alice.access)
     assert_error(refused, 429, "rate_limited")
+
+
+async def test_with_the_budget_not_shared_each_node_lets_through_its_own(cluster_factory):
+    n1, n2 = await cluster_factory(2, message_rate=0.01, message_burst=2, message_budget_shared=False)
+    assert n1.services.message_budget is None and n2.services.message_budget is None
+    alice = await n1.api.user("alice")
+    bob = await n1.api.user("bob")
+    cid = await make_conversation(n1.services, alice.id, bob.id)
+    path = f"/api/conversations/{cid}/messages/"
+    for node in (n1, n2):
+        for n in range(2):
+            assert (await node.api.post(path, {"content": f"x{n}"}, token=alice.access)).status == 201
+    await asyncio.sleep(0.3)  # a shared budget would have settled the debt by now
+    # Each node refuses only past its own burst: four sends went through, twice the one budget.
+    for node in (n1, n2):
+        assert_error(await node.api.post(path, {"content": "y"}, token=alice.access), 429, "rate_limited")

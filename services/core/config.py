@@ -112,6 +112,11 @@ class Settings:
         "Messages per second per user, sustained (socket and REST sends; with Redis, across all nodes)",
     )
     message_burst: int = _knob(20, "MESSAGE_BURST", "Messages a user may send at once before MESSAGE_RATE applies")
+    message_budget_shared: bool = _knob(
+        True,
+        "MESSAGE_BUDGET_SHARED",
+        "With Redis, one MESSAGE_RATE budget per user across all nodes; `false`: each node limits alone",
+    )
     message_edit_window_s: float = _knob(
         900.0, "MESSAGE_EDIT_WINDOW", "Seconds a sender may edit a message after sending it (unsend has no time limit)"
     )
