@@ -7,7 +7,7 @@ DATA_DIR ?= ./data
 # Two workers, one per core: each gets its own embedded MongoDB and Redis. `make test PYTEST_ARGS=` runs serially.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install run test lint typecheck check services bench-tools a11y-tools clean conformance
+.PHONY: install run test lint typecheck check services bench-tools a11y-tools clean conformance migrate-media
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 run: install
 	$(PY) server.py --port $(PORT) --data-dir $(DATA_DIR)
+
+# Uploaded files kept under $(DATA_DIR)/media (before media moved into MongoDB), copied into the database:
+# run it with the node's settings (MONGODB_URL...) on each node that has such a folder; it can run again.
+migrate-media: install
+	$(PY) server.py migrate-media --data-dir $(DATA_DIR)
 
 # System packages the tests use (real Redis, nginx, Chromium); installed when missing and root.
 services:

@@ -27,6 +27,7 @@ from services.core.container import Services, build_services
 from services.core.logs import redact
 from services.core.system import open_file_limit, socket_budget
 from services.core.systemd import Notifier
+from services.media.migrate import migrate_media
 from services.moderation.audit import AuditLog, command_line_actor
 from services.moderation.roles import set_moderator
 from services.realtime.backends import node_name
@@ -85,10 +86,13 @@ def limit_sockets_to_descriptors(settings: Settings) -> tuple[Settings, int]:
 
 # Operator commands besides serving: whether each grants (True) or revokes (False) the moderator role.
 ROLE_COMMANDS = {"grant-moderator": True, "revoke-moderator": False}
+MIGRATE_MEDIA = "migrate-media"
 COMMANDS_HELP = """commands:
   (none)                      serve
   grant-moderator USERNAME    give the account the moderator role (its next sign-in or refresh carries it)
   revoke-moderator USERNAME   take it back (refused at the account's next moderator request)
+  migrate-media               copy the uploaded files under DATA_DIR/media into the database (GridFS);
+                              skips what is there already, so it can run again
   Run them with the node's settings and --data-dir; they work while a node runs, on the embedded store too.
 """
 
@@ -100,7 +104,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=COMMANDS_HELP + "\nEnvironment variables (flags win over them):\n" + knobs,
     )
-    parser.add_argument("command", nargs="?", choices=sorted(ROLE_COMMANDS), help="an operator command (below)")
+    parser.add_argument(
+        "command", nargs="?", choices=sorted([*ROLE_COMMANDS, MIGRATE_MEDIA]), help="an operator command (below)"
+    )
     parser.add_argument("username", nargs="?", help="the account the command is about")
     parser.add_argument("--host", help="interface to listen on (HOST)")
     parser.add_argument("--port", type=int, help="TCP port (PORT)")
@@ -108,8 +114,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["json", "text"], help="(LOG_FORMAT)")
     args = parser.parse_intermixed_args(argv)
-    if args.command is not None and not args.username:
+    if args.command in ROLE_COMMANDS and not args.username:
         parser.error(f"{args.command} needs a USERNAME")
+    if args.command == MIGRATE_MEDIA and args.username is not None:
+        parser.error(f"{args.command} takes no USERNAME")
     if args.command is None and args.username is not None:
         parser.error(f"unknown command {args.username!r}")
     return args
@@ -231,6 +239,17 @@ async def change_moderator(settings: Settings, username: str, granted: bool) -> 
     return 0
 
 
+async def migrate_media_command(settings: Settings) -> int:
+    """`migrate-media`: the files a node kept under DATA_DIR/media, copied into the database."""
+    root = Path(settings.data_dir) / "media"
+    async with operator_store(settings) as store:
+        report = await migrate_media(store, root)
+    for path in report.skipped:
+        print(f"skipped {path}: not a name the server gives an upload", file=sys.stderr)
+    print(f"{root}: {report.summary()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -249,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ROLE_COMMANDS:
             return asyncio.run(change_moderator(settings, args.username, ROLE_COMMANDS[args.command]))
+        if args.command == MIGRATE_MEDIA:
+            return asyncio.run(migrate_media_command(settings))
         asyncio.run(run(settings))
     except Exception as exc:
         if not errors.backend_unavailable(exc):

@@ -45,8 +45,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def build(store: Store, workdir: Path) -> MatchingService:
-    media = MediaStore(workdir / "media", "http://localhost:8888", 1 << 20)
+def build(store: Store) -> MatchingService:
+    media = MediaStore(store, "http://localhost:8888", 1 << 20)
     tokens = TokenService(store, "bench-secret-" + "x" * 40, access_ttl_s=900, refresh_ttl_s=3600)
     users = UserService(store, PasswordHasher(1), tokens, media)
     return MatchingService(store, users, Publisher(InProcessBus()), Settings())
@@ -85,7 +85,7 @@ def line(kind: str, size: int, label: str, values: list[float], per_page: float 
     return text
 
 
-async def run_size(url: str, size: int, args: argparse.Namespace, workdir: Path) -> list[str]:
+async def run_size(url: str, size: int, args: argparse.Namespace) -> list[str]:
     database = f"bench_discover_{size}_{int(time.time())}"
     store = Store(url, database, timeout_ms=30_000)
     out: list[str] = []
@@ -103,7 +103,7 @@ async def run_size(url: str, size: int, args: argparse.Namespace, workdir: Path)
                 store, viewer, ids, rng, likes=args.history, passes=args.history // 2, blocks=args.history // 20
             )
         print(f"seeded {size} users in {seeded_s:.1f} s; history of {args.history} likes per viewer", flush=True)
-        matching = build(store, workdir)
+        matching = build(store)
         for kind, viewers, count in (("newest", placeless, args.viewers), ("nearest", located, args.nearest_viewers)):
             if kind not in args.kinds.split(","):
                 continue
@@ -141,7 +141,7 @@ async def main() -> None:
         try:
             results: list[str] = []
             for size in sizes:
-                results += await run_size(url, size, args, workdir)
+                results += await run_size(url, size, args)
         finally:
             if embedded is not None:
                 embedded.stop()

@@ -154,9 +154,13 @@ class Stack:
 
     # -- the servers -----------------------------------------------------------------------------------
 
-    def start_ours(self, name: str, mongodb_url: str, redis_url: str = "") -> Child:
+    def start_ours(
+        self, name: str, mongodb_url: str, redis_url: str = "", settings: dict[str, str] | None = None
+    ) -> Child:
+        """A node of ours; `settings` (environment variables) on top of the benchmark's."""
         port = free_port()
         env = {**BENCH_SERVER_ENV, "MONGODB_URL": mongodb_url, "REDIS_URL": redis_url, "NODE_ID": name}
+        env.update(settings or {})
         data_dir = self.workdir / name
         argv = [sys.executable, str(ROOT / "server.py"), "--port", str(port), "--data-dir", str(data_dir)]
         return self._spawn(name, argv, port, env=env, cwd=ROOT)

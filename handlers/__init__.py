@@ -54,7 +54,7 @@ def make_app(services: Services, **tornado_settings: Any) -> tornado.web.Applica
             rules.append((pattern, handler, {"services": services}))
     if settings.enable_echo_route:
         rules.extend((pattern, handler, {"services": services}) for pattern, handler in echo.routes)
-    rules.extend(media.make_routes(str(services.media.root)))
+    rules.extend(media.make_routes(services.media))
     rules.extend(static.make_routes())
     return tornado.web.Application(
         rules,

@@ -44,6 +44,7 @@ DEFAULT_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "too_large",
+    416: "range_not_satisfiable",
     429: "rate_limited",
     431: "headers_too_large",
     500: "internal_error",

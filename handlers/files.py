@@ -23,12 +23,23 @@ class FileHandler(tornado.web.StaticFileHandler):
         return super().validate_absolute_path(root, absolute_path)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        answer = report(exc, status_code)
-        # Extra headers meant for a file (caching, a sandbox) do not describe an error answer.
-        self.clear_header("Cache-Control")
-        self.set_header("Cache-Control", "no-store")
-        self.set_status(answer.status)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.finish(orjson.dumps(answer.envelope()))
+        write_file_error(self, status_code, **kwargs)
+
+
+def write_file_error(
+    handler: tornado.web.RequestHandler, status_code: int, headers: dict[str, str] | None = None, **kwargs: Any
+) -> None:
+    """The JSON envelope in place of a file (with `headers`): what `write_error` of a handler serving
+    files writes."""
+    exc = kwargs.get("exc_info", (None, None, None))[1]
+    answer = report(exc, status_code)
+    # Extra headers meant for a file (caching, a sandbox, a range) do not describe an error answer.
+    for name in ("Cache-Control", "ETag", "Last-Modified", "Accept-Ranges", "Content-Range", "Content-Length"):
+        handler.clear_header(name)
+    handler.set_header("Cache-Control", "no-store")
+    handler.set_status(answer.status)
+    handler.set_header("Content-Type", "application/json; charset=utf-8")
+    handler.set_header("X-Content-Type-Options", "nosniff")
+    for name, value in (headers or {}).items():
+        handler.set_header(name, value)
+    handler.finish(orjson.dumps(answer.envelope()))

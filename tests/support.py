@@ -324,3 +324,12 @@ async def make_conversation(services: Services, a: int, b: int) -> int:
     await store.matches.insert_one(match_document(match_id, a, b, conversation_id, created_at=now))
     await store.conversations.insert_one(conversation_document(conversation_id, (a, b), match_id, created_at=now))
     return conversation_id
+
+
+async def stored_media(services: Services, folder: str = "") -> set[str]:
+    """The paths of the uploaded files the database holds under `folder`: whole files and chunks left
+    behind by one that was not removed completely."""
+    store = services.store
+    files = {str(doc["_id"]) for doc in await store.media_files.find({}, {"_id": 1}).to_list(None)}
+    chunks = set(await store.media_chunks.distinct("files_id"))
+    return {path for path in files | {str(p) for p in chunks} if path.startswith(folder)}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import urllib.parse
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +15,16 @@ from services.chat.ids import message_key
 from services.core.config import Settings
 from services.core.limits import RateLimiter
 from services.core.text import clean_multiline
-from tests.support import ApiClient, TestUser, WsClient, assert_error, conforms, make_conversation, schema_validator
+from tests.support import (
+    ApiClient,
+    TestUser,
+    WsClient,
+    assert_error,
+    conforms,
+    make_conversation,
+    schema_validator,
+    stored_media,
+)
 from tests.ws_helpers import PNG, history, join, messages, notifications, pair, send_rest
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -147,8 +155,7 @@ async def test_unsend_reaches_every_socket_and_erases_the_message_from_the_store
     attachment = await services.store.attachments.find_one({"_id": upload.body["id"]})
     # The file and, for an image, the thumbnails beside it.
     named = [attachment["path"], *(attachment.get("thumbnails") or {}).values()]
-    media_files = [Path(services.settings.data_dir) / "media" / path for path in named]
-    assert all(f.exists() for f in media_files)
+    assert await stored_media(services) == set(named)
     photo = await sent(api, p.cid, p.a, "my secret photo", attachment_id=upload.body["id"], client_id="c-photo")
     await sent(api, p.cid, p.a, "my secret text")
     await sent(api, p.cid, p.b, "nice")
@@ -181,7 +188,7 @@ async def test_unsend_reaches_every_socket_and_erases_the_message_from_the_store
     everything = await services.store.messages.find({"conversation_id": p.cid}).to_list(None)
     assert "secret" not in repr(everything)
     assert await services.store.attachments.find_one({"_id": upload.body["id"]}) is None
-    assert not any(f.exists() for f in media_files)
+    assert await stored_media(services) == set()
     assert services.media.quota is not None and await services.media.quota.used(p.a.id) == 0
     media = await api.get(urllib.parse.urlsplit(upload.body["url"]).path)
     assert media.status == 404

@@ -10,7 +10,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "mongodb.md"
 
 def documented() -> dict[str, set[str]]:
     table: dict[str, set[str]] = {}
-    for collection, name in re.findall(r"^\| (\w+) \| `(\w+)` \|", DOC.read_text(), re.MULTILINE):
+    for collection, name in re.findall(r"^\| ([\w.]+) \| `(\w+)` \|", DOC.read_text(), re.MULTILINE):
         table.setdefault(collection, set()).add(name)
     return table
 

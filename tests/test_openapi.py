@@ -25,6 +25,7 @@ import handlers
 from handlers import contract, openapi, schemas
 from handlers.base import BaseHandler
 from handlers.errors import ErrorReport
+from handlers.media import MediaHandler
 from handlers.protocol import REGISTRY
 from handlers.responses import Error
 from handlers.schemas import RegisterBody
@@ -134,7 +135,7 @@ async def test_every_route_of_the_app_is_documented(app, document):
     for pattern, handler in _rules(app):
         if issubclass(handler, tornado.websocket.WebSocketHandler):
             assert _template(pattern) in sockets, f"WebSocket {pattern} is not in x-websockets"
-        elif issubclass(handler, tornado.web.StaticFileHandler):
+        elif issubclass(handler, tornado.web.StaticFileHandler | MediaHandler):
             continue  # serves files (media, the demo page, the docs' own assets), not the API
         else:
             missing += [

@@ -11,7 +11,6 @@ import struct
 import threading
 import time
 import zlib
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +18,16 @@ import pytest
 from PIL import Image, ImageCms
 
 from services.media.cleanup import remove_user_files
-from tests.support import ApiClient, Response, TestUser, assert_error, conforms, make_conversation, seed_user
+from tests.support import (
+    ApiClient,
+    Response,
+    TestUser,
+    assert_error,
+    conforms,
+    make_conversation,
+    seed_user,
+    stored_media,
+)
 from tests.ws_helpers import join, messages, send_rest
 
 PHOTOS = "/api/users/me/photos/"
@@ -103,11 +111,6 @@ async def upload_attachment(
     return await api.post(
         f"/api/conversations/{cid}/attachments/", body=data, token=user.access, headers={"Content-Type": kind}
     )
-
-
-def media_files(services: Any, folder: str) -> set[str]:
-    root = Path(services.settings.data_dir) / "media" / folder
-    return {p.name for p in root.iterdir()} if root.exists() else set()
 
 
 async def used_bytes(services: Any, user_id: int) -> int:
@@ -223,7 +226,7 @@ async def test_bombs_and_malformed_images_are_400_and_store_nothing(api, service
     ):
         assert_error(r, 400, code)
     assert (await api.get(PHOTOS, token=user.access)).body == []
-    assert media_files(services, "profile_pictures") == set() and media_files(services, "attachments") == set()
+    assert await stored_media(services) == set()
     assert await used_bytes(services, user.id) == 0
 
 
@@ -241,7 +244,7 @@ async def test_at_most_six_photos_and_the_seventh_is_refused(api, services):
     listed = (await api.get(PHOTOS, token=user.access)).body
     assert [p["id"] for p in listed] == ids
     # What is refused leaves nothing behind: six photos, three files each.
-    assert len(media_files(services, "profile_pictures")) == 18
+    assert len(await stored_media(services, "profile_pictures/")) == 18
 
 
 async def test_reorder_changes_the_picture_in_rest_public_profiles_and_frames(api, services):
@@ -284,7 +287,7 @@ async def test_deleting_photos_removes_their_files_and_moves_the_picture(api, se
     assert_error(await api.delete(f"{PHOTOS}{photos[0]['id']}/", token=user.access), 404, "photo_not_found")
     assert (await api.delete(f"{PHOTOS}{photos[1]['id']}/", token=user.access)).status == 204
     assert (await api.get(ME, token=user.access)).body["profile_picture"] is None
-    assert media_files(services, "profile_pictures") == set()
+    assert await stored_media(services, "profile_pictures/") == set()
     assert await used_bytes(services, user.id) == 0
 
 
@@ -300,9 +303,7 @@ async def test_put_picture_replaces_the_first_photo_and_keeps_the_others(api, se
 
 
 async def test_a_picture_from_before_photo_lists_becomes_the_first_photo(api, services):
-    media = Path(services.settings.data_dir) / "media" / "profile_pictures"
-    media.mkdir(parents=True, exist_ok=True)
-    (media / "old.png").write_bytes(png_bytes())
+    await services.media.files.put("profile_pictures/old.png", png_bytes(), "image/png", None)
     user = await seed_user(services, "legacy", picture="profile_pictures/old.png")
     viewer = await seed_user(services, "legacy")
     assert (await api.get(f"/api/users/{user.id}/", token=viewer.access)).body["photos"] == [

@@ -18,7 +18,7 @@ from PIL import Image
 
 from services.matching.location import LocationPrivacy, distance_m, snap
 from services.storage.documents import relation_document
-from tests.support import assert_error
+from tests.support import assert_error, stored_media
 
 ME = "/api/users/me/"
 PICTURE = "/api/users/me/picture/"
@@ -355,9 +355,8 @@ async def test_a_new_picture_replaces_the_old_file(api, services):
     pixel = decoded((await raw_get(api, second)).body).convert("RGB").getpixel((0, 0))
     assert isinstance(pixel, tuple) and all(abs(a - b) <= 8 for a, b in zip(pixel, (4, 5, 6), strict=True))
     # Only the second picture's files are left: the image and its two thumbnails.
-    stored = {p.name for p in (Path(services.settings.data_dir) / "media" / "profile_pictures").iterdir()}
-    name = urlsplit(second).path.rsplit("/", 1)[1].removesuffix(".jpg")
-    assert stored == {f"{name}.jpg", f"{name}.128.jpg", f"{name}.512.jpg"}
+    name = urlsplit(second).path.removeprefix("/media/").removesuffix(".jpg")
+    assert await stored_media(services) == {f"{name}.jpg", f"{name}.128.jpg", f"{name}.512.jpg"}
 
 
 @pytest.mark.parametrize(

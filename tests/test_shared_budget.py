@@ -39,19 +39,34 @@ async def test_sending_through_two_nodes_gets_one_budget_not_two(cluster_factory
     assert stored + refused == SENDS
 
 
-async def test_a_debt_made_on_one_node_is_paid_on_the_node_that_made_it(cluster_factory):
-    n1, n2 = await cluster_factory(2, message_rate=0.5, message_burst=2)
+async def two_sends_through_each_node(cluster_factory, **settings):
+    """Two nodes; Alice sends two messages through each at once, all accepted by each node's own bucket.
+    (the nodes, Alice, the messages path)."""
+    n1, n2 = await cluster_factory(2, **settings)
     alice = await n1.api.user("alice")
     bob = await n1.api.user("bob")
     cid = await make_conversation(n1.services, alice.id, bob.id)
     path = f"/api/conversations/{cid}/messages/"
-    # Two on each node at once: each node's own bucket lets them through; together they spent twice the
-    # burst, a debt of two sends at 0.5/s.
     for node in (n1, n2):
         for n in range(2):
             assert (await node.api.post(path, {"content": f"x{n}"}, token=alice.access)).status == 201
+    return n1, n2, alice, path
+
+
+async def test_a_debt_made_on_one_node_is_paid_on_the_node_that_made_it(cluster_factory):
+    # Together the nodes spent twice the burst: a debt of two sends at 0.5/s.
+    n1, n2, alice, path = await two_sends_through_each_node(cluster_factory, message_rate=0.5, message_burst=2)
     await asyncio.sleep(3 * n1.services.message_budget.FLUSH_S)
     waits = [node.services.message_budget.refused_for(alice.id) for node in (n1, n2)]
     assert max(waits) > 2.0, waits  # the node whose flush found the debt refuses for it
     refused = await (n1 if waits[0] > waits[1] else n2).api.post(path, {"content": "y"}, token=alice.access)
     assert_error(refused, 429, "rate_limited")
+
+
+async def test_with_the_budget_not_shared_each_node_lets_through_its_own(cluster_factory):
+    settings = {"message_rate": 0.01, "message_burst": 2, "message_budget_shared": False}
+    n1, n2, alice, path = await two_sends_through_each_node(cluster_factory, **settings)
+    assert n1.services.message_budget is None and n2.services.message_budget is None
+    # Four sends went through, twice the one budget; each node refuses only past its own burst.
+    for node in (n1, n2):
+        assert_error(await node.api.post(path, {"content": "y"}, token=alice.access), 429, "rate_limited")

@@ -3,7 +3,8 @@
 The archive is a ZIP of JSON files and the original photos (README.txt in it says what each file is). It
 is produced as a stream of entries, each a stream of byte chunks, so that the handler can compress and
 send it piece by piece: nothing holds the whole archive, and a conversation's messages are read in
-batches of `BATCH` (the biggest piece in memory is one batch, or one photo file).
+batches of `BATCH` (the biggest piece in memory is one batch; photos are read a few GridFS chunks at a
+time, services/media/blobs.py).
 
 What is in it: the profile and settings as stored (location included), devices without their push
 secrets, likes sent, passes, blocks, matches, the reports the user filed (not reports about them: those
@@ -15,13 +16,14 @@ through services.rates like the other budgets).
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+from gridfs.errors import CorruptGridFile
 
 from services.accounts.users import UserService, point_of
 from services.chat.ids import MAX_SEQ, message_key
@@ -33,7 +35,6 @@ from services.realtime.counters import Rate, RateCounters, check_rate
 from services.storage.store import Doc, Store
 
 BATCH = 500
-FILE_CHUNK = 256 * 1024
 DAY_S = 86400.0
 
 README = """This archive holds what the service stores about your account.
@@ -195,12 +196,12 @@ class AccountExport:
             else {"url": self._media.url(attachment.get("path")), "content_type": attachment.get("content_type")},
         }
 
-    async def _file(self, relative_path: str) -> AsyncIterator[bytes]:
-        """A stored file, read off the loop in chunks; a file gone meanwhile is an empty entry."""
-        target = (self._media.root / relative_path).resolve()
-        if not target.is_relative_to(self._media.root.resolve()) or not target.is_file():
+    async def _file(self, path: str) -> AsyncIterator[bytes]:
+        """A stored file, read from the database chunk by chunk; a file deleted before it is read is an
+        empty entry, one deleted while it is read ends where its chunks did."""
+        blob = await self._media.files.find(path)
+        if blob is None:
             return
-        loop = asyncio.get_running_loop()
-        with open(target, "rb") as source:  # noqa: ASYNC230 - reads go to the executor below
-            while chunk := await loop.run_in_executor(None, source.read, FILE_CHUNK):
+        with contextlib.suppress(CorruptGridFile):
+            async for chunk in self._media.files.read(blob):
                 yield chunk

@@ -33,7 +33,9 @@ MAX_NOTIFICATIONS_KEPT = 10_000
 class Settings:
     host: str = _knob("127.0.0.1", "HOST", "Interface to listen on")
     port: int = _knob(8888, "PORT", "TCP port to listen on")
-    data_dir: str = _knob("./data", "DATA_DIR", "Directory for media, the embedded database and dev secrets")
+    data_dir: str = _knob(
+        "./data", "DATA_DIR", "Directory for the embedded database and dev secrets (media are in MongoDB)"
+    )
     metrics_port: int = _knob(
         0, "METRICS_PORT", "Port of a second listener that serves only /metrics (0: none; /metrics is on PORT too)"
     )
@@ -110,6 +112,11 @@ class Settings:
         "Messages per second per user, sustained (socket and REST sends; with Redis, across all nodes)",
     )
     message_burst: int = _knob(20, "MESSAGE_BURST", "Messages a user may send at once before MESSAGE_RATE applies")
+    message_budget_shared: bool = _knob(
+        True,
+        "MESSAGE_BUDGET_SHARED",
+        "With Redis, one MESSAGE_RATE budget per user across all nodes; `false`: each node limits alone",
+    )
     message_edit_window_s: float = _knob(
         900.0, "MESSAGE_EDIT_WINDOW", "Seconds a sender may edit a message after sending it (unsend has no time limit)"
     )

@@ -315,7 +315,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         refresh_ttl_s=settings.refresh_token_ttl_s,
         reuse_grace_s=settings.refresh_reuse_grace_s,
     )
-    media = MediaStore(Path(settings.data_dir) / "media", public_base(settings), settings.max_upload_bytes)
+    media = MediaStore(store, public_base(settings), settings.max_upload_bytes)
     users = UserService(store, hasher, tokens, media, min_age=settings.min_age)
     users.locations = LocationPrivacy.from_settings(settings)
     backends = build_backends(settings)

@@ -5,6 +5,13 @@ from __future__ import annotations
 
 IMAGE_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 ATTACHMENT_TYPES = {**IMAGE_TYPES, "image/gif": "gif", "application/pdf": "pdf", "text/plain": "txt"}
+# A stored file's name ends with the extension of its verified type: the type back from a name.
+TYPE_BY_EXTENSION = {extension: content_type for content_type, extension in ATTACHMENT_TYPES.items()}
+
+
+def type_of_path(path: str) -> str | None:
+    """The type a stored file's extension stands for (`a/x.128.jpg` -> image/jpeg), or None."""
+    return TYPE_BY_EXTENSION.get(path.rpartition(".")[2].lower())
 
 
 def sniff_content_type(data: bytes) -> str | None:

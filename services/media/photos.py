@@ -18,14 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 from services.core.errors import Conflict, NotFound
-from services.media.content import ATTACHMENT_TYPES, IMAGE_TYPES
+from services.media.content import IMAGE_TYPES, type_of_path
 from services.media.store import MediaStore, StoredFile
 from services.storage.store import Doc, Store
 
 # The folder photos are written to: the one profile pictures always had, so their URLs keep their shape.
 PHOTO_FOLDER = "profile_pictures"
 MAX_ATTEMPTS = 5
-_TYPE_BY_EXTENSION = {extension: content_type for content_type, extension in ATTACHMENT_TYPES.items()}
 Change = Callable[[list[Doc]], list[Doc]]
 
 
@@ -42,8 +41,7 @@ def photos_in(doc: Doc) -> list[Doc]:
 
 
 def _legacy_entry(photo_id: int, path: str) -> Doc:
-    extension = path.rpartition(".")[2].lower()
-    return {"id": photo_id, "path": path, "content_type": _TYPE_BY_EXTENSION.get(extension, "image/jpeg")}
+    return {"id": photo_id, "path": path, "content_type": type_of_path(path) or "image/jpeg"}
 
 
 class ProfilePhotos:

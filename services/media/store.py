@@ -1,29 +1,27 @@
-"""Files uploaded by users (profile photos, message attachments): accepted, kept on disk, removed.
+"""Files uploaded by users (profile photos, message attachments): accepted, stored in MongoDB, removed.
 
 An upload is accepted in this order: its size and its type, read from its bytes (content.py); the user's
 upload rate (`UPLOADS_PER_HOUR`, cluster-wide with Redis); an image is decoded and encoded again, which
 strips its metadata and bounds its size (images.py); the user's storage quota (quota.py); then the files
-are written under DATA_DIR/media with random names (not guessable from ids) and served read-only at
-/media/ (handlers/media.py). An image's thumbnails sit beside it: `x.jpg` has `x.128.jpg` and `x.512.jpg`
-(`thumbnail_path`). Unsent attachments are swept (sweeper.py); `remove_user_files` (cleanup.py) removes
-everything of one user.
+are stored in the database's GridFS bucket under random names (not guessable from ids) (blobs.py), so
+that every node serves every file, and served read-only at /media/ (handlers/media.py). An image's
+thumbnails are files of their own: `x.jpg` has `x.128.jpg` and `x.512.jpg` (`thumbnail_path`). Unsent
+attachments are swept (sweeper.py); `remove_user_files` (cleanup.py) removes everything of one user.
 
-`MediaStore(root, public_base, max_bytes)` alone re-encodes with the default limits and counts nothing;
+`MediaStore(store, public_base, max_bytes)` alone re-encodes with the default limits and counts nothing;
 the container then calls `connect` with the node's settings, store and rate counters, and `start`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 from services.core.config import Settings
 from services.core.errors import Invalid, TooLarge
+from services.media.blobs import MediaFiles
 from services.media.content import ATTACHMENT_TYPES, looks_like_text, sniff_content_type
 from services.media.images import ImagePipeline, ProcessedImage
 from services.media.policy import MediaPolicy
@@ -75,8 +73,8 @@ def thumbnail_path(path: str, side: int) -> str:
 
 
 class MediaStore:
-    def __init__(self, root: str | Path, public_base: str, max_bytes: int, policy: MediaPolicy | None = None) -> None:
-        self.root = Path(root)
+    def __init__(self, store: Store, public_base: str, max_bytes: int, policy: MediaPolicy | None = None) -> None:
+        self.files = MediaFiles(store)
         self.public_base = public_base.rstrip("/")
         self.max_bytes = max_bytes
         self.policy = policy or MediaPolicy()
@@ -165,8 +163,8 @@ class MediaStore:
             await self.quota.reserve(user_id, stored_bytes)
         try:
             if image is not None:
-                return await self._write_image(folder, image)
-            path = await self.save(folder, data, content_type)
+                return await self._write_image(user_id, folder, image)
+            path = await self.save(user_id, folder, data, content_type)
             return StoredFile(path, content_type, len(data), len(data))
         except BaseException:
             if self.quota is not None:
@@ -186,43 +184,31 @@ class MediaStore:
 
     # -- files ----------------------------------------------------------------------------------------
 
-    async def _write_image(self, folder: str, image: ProcessedImage) -> StoredFile:
-        path = f"{folder}/{secrets.token_urlsafe(16)}.{ATTACHMENT_TYPES[image.content_type]}"
+    async def _write_image(self, user_id: int, folder: str, image: ProcessedImage) -> StoredFile:
+        path = _new_path(folder, image.content_type)
         files = {path: image.data} | {thumbnail_path(path, side): data for side, data in image.thumbnails.items()}
-        loop = asyncio.get_running_loop()
         try:
-            for relative, data in files.items():
-                await loop.run_in_executor(None, _write_file, self.root / relative, data)
+            for name, data in files.items():
+                await self.files.put(name, data, image.content_type, user_id)
         except BaseException:
-            for relative in files:
-                await self.delete(relative)
+            for name in files:
+                await self.delete(name)
             raise
         thumbnails = {side: thumbnail_path(path, side) for side in image.thumbnails}
         return StoredFile(
             path, image.content_type, len(image.data), image.total_bytes, thumbnails, image.width, image.height
         )
 
-    async def save(self, folder: str, data: bytes, content_type: str) -> str:
-        """Write the bytes under a random name and return the path relative to the media root."""
-        extension = ATTACHMENT_TYPES[content_type]
-        relative = f"{folder}/{secrets.token_urlsafe(16)}.{extension}"
-        target = self.root / relative
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, _write_file, target, data)
-        return relative
+    async def save(self, user_id: int, folder: str, data: bytes, content_type: str) -> str:
+        """Store the bytes under a random name in `folder`; the path their URL and documents name."""
+        path = _new_path(folder, content_type)
+        await self.files.put(path, data, content_type, user_id)
+        return path
 
-    async def delete(self, relative_path: str) -> None:
+    async def delete(self, path: str) -> None:
         """Remove a stored file; a file already gone is not an error."""
-        target = (self.root / relative_path).resolve()
-        # Paths come from our own documents, but a corrupted one must never reach outside the media root.
-        if not target.is_relative_to(self.root.resolve()):
-            return
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, partial(target.unlink, missing_ok=True))
+        await self.files.delete(path)
 
 
-def _write_file(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(target)
+def _new_path(folder: str, content_type: str) -> str:
+    return f"{folder}/{secrets.token_urlsafe(16)}.{ATTACHMENT_TYPES[content_type]}"

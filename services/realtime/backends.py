@@ -78,7 +78,9 @@ def build_backends(settings: Settings) -> Backends:
         rates=RedisRateCounters(bus.redis, settings.redis_prefix),
         message_budget=SharedBudget(
             bus.redis, settings.redis_prefix, "messages", settings.message_rate, settings.message_burst
-        ),
+        )
+        if settings.message_budget_shared
+        else None,
         notifications=RedisNotificationLog(
             bus, bus.redis, settings.redis_prefix, settings.notification_retention_s, settings.notification_max_per_user
         ),

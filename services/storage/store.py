@@ -35,6 +35,9 @@ STORE_DOWN_ERRORS: tuple[type[BaseException], ...] = (
 
 Doc = dict[str, Any]
 
+# The GridFS bucket of uploaded files (services/media/blobs.py): collections `media.files`, `media.chunks`.
+MEDIA_BUCKET = "media"
+
 
 async def reserve_block(counters: AsyncCollection[Doc], sequence: str, count: int) -> int:
     """The last of `count` consecutive ids of `sequence`, reserved with one `$inc` of its counter.
@@ -110,6 +113,9 @@ class Store:
         # services/moderation: reports with the messages copied into them, and every moderator action.
         self.reports = self.db["reports"]
         self.audit_log = self.db["audit_log"]
+        # The bytes of uploaded files, a GridFS bucket (services/media/blobs.py).
+        self.media_files = self.db[f"{MEDIA_BUCKET}.files"]
+        self.media_chunks = self.db[f"{MEDIA_BUCKET}.chunks"]
         self._allocators: dict[str, IdAllocator] = {}
         self._id_block_size = id_block_size
 
@@ -184,6 +190,20 @@ class Store:
                     name="client_id_unique",
                     partialFilterExpression={"client_id": {"$type": "string"}},
                 ),
+            ],
+            self.attachments: [
+                # A user's attachments, when their account is deleted (services/media/cleanup.py).
+                IndexModel([("uploader_id", ASCENDING)], name="by_uploader"),
+                # The sweep of attachments never sent, oldest first (services/media/sweeper.py).
+                IndexModel([("sent", ASCENDING), ("created_at", ASCENDING)], name="unsent"),
+            ],
+            # GridFS's own indexes, under the names and keys the driver gives them when it creates them on
+            # the first upload: chunks are read by file and number, files by `_id` (the path).
+            self.media_files: [
+                IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)], name="filename_1_uploadDate_1"),
+            ],
+            self.media_chunks: [
+                IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True, name="files_id_1_n_1"),
             ],
             # services/push/service.py: a push endpoint or webhook URL belongs to one user at a time.
             self.push_devices: [
