@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from services.storage.batch import Coalescer
 from services.storage.store import Doc, Store
 
 SEQ_BITS = 32
@@ -61,6 +62,12 @@ class StoredIds:
         # message is numbered from here (see MessageWriter). Learnt from its own inserts, the bus and
         # the store.
         self.last_seq: dict[int, int] = {}
+        # The first window of `newest` of every conversation asked at one moment, as one query.
+        self._newest_reads: Coalescer[int, Doc] = Coalescer(self._read_keys)
+
+    async def _read_keys(self, keys: list[int]) -> dict[int, Doc]:
+        docs = self._store.messages.find({"_id": {"$in": keys}}, {"seq": 1, "sealed": 1}, batch_size=len(keys))
+        return {int(d["_id"]): d async for d in docs}
 
     def observe_seq(self, conversation_id: int, seq: int) -> None:
         """A message with this id is stored (this node's insert, or another node's seen on the bus)."""
@@ -81,8 +88,15 @@ class StoredIds:
         known = await self.known_stored(conversation_id, known)
         newest: Doc | None = {"seq": known} if known > 0 else None
         window = NEWEST_WINDOW
+        first_window = True
         while known < MAX_SEQ:
-            found = await self.by_seq(conversation_id, known + 1, known + window, {"seq": 1, "sealed": 1})
+            if first_window:
+                # Usually the only window: shared with the other conversations looked up at this moment.
+                first_window = False
+                keys = [message_key(conversation_id, seq) for seq in range(known + 1, min(known + window, MAX_SEQ) + 1)]
+                found = list((await self._newest_reads.get_many(keys)).values())
+            else:
+                found = await self.by_seq(conversation_id, known + 1, known + window, {"seq": 1, "sealed": 1})
             if not found:
                 return newest
             newest = max(found, key=lambda d: int(d["seq"]))
