@@ -32,6 +32,8 @@ SEALED = -1  # in StoredIds.last_seq: the conversation is closed, no id is free
 # What a lifecycle event did to its message (the `event` field of its document).
 EDITED = "edited"
 DELETED = "deleted"
+# What `StoredIds.conversations` reads of a conversation: membership, the stored ids, read pointers.
+CONVERSATION_FIELDS = {"participants": 1, "status": 1, "last_seq": 1, "read_seq": 1}
 
 
 def message_key(conversation_id: int, seq: int) -> int:
@@ -64,6 +66,15 @@ class StoredIds:
         self.last_seq: dict[int, int] = {}
         # The first window of `newest` of every conversation asked at one moment, as one query.
         self._newest_reads: Coalescer[int, Doc] = Coalescer(self._read_keys)
+        # Conversation documents by id (CONVERSATION_FIELDS), read now: those asked for at one moment
+        # (sockets opening or resuming together) as one query.
+        self.conversations: Coalescer[int, Doc] = Coalescer(self._read_conversations)
+
+    async def _read_conversations(self, conversation_ids: list[int]) -> dict[int, Doc]:
+        docs = self._store.conversations.find(
+            {"_id": {"$in": conversation_ids}}, CONVERSATION_FIELDS, batch_size=len(conversation_ids)
+        )
+        return {int(d["_id"]): d async for d in docs}
 
     async def _read_keys(self, keys: list[int]) -> dict[int, Doc]:
         docs = self._store.messages.find({"_id": {"$in": keys}}, {"seq": 1, "sealed": 1}, batch_size=len(keys))
@@ -109,8 +120,12 @@ class StoredIds:
         """An id known stored in the conversation (0 if none): the higher of its `last_seq` (read here
         unless the caller just read it) and this node's own knowledge."""
         if last_seq is None:
-            conv = await self._store.conversations.find_one({"_id": conversation_id}, {"last_seq": 1})
+            conv = await self.conversations.get(conversation_id)
             last_seq = int((conv or {}).get("last_seq", 0))
+        return self.known_here(conversation_id, last_seq)
+
+    def known_here(self, conversation_id: int, last_seq: int = 0) -> int:
+        """`known_stored` from what this node knows and a `last_seq` just read, reading nothing."""
         return max(last_seq, self.last_seq.get(conversation_id, 0))
 
     async def by_seq(

@@ -17,6 +17,8 @@ import logging
 from collections.abc import Collection
 from typing import Any, NamedTuple
 
+from pymongo import UpdateOne
+
 from services.accounts.users import UserService
 from services.chat.service import ChatService
 from services.core.clock import iso
@@ -59,6 +61,9 @@ class PresenceAnnouncer:
         self._events = events
         self._users = users
         self._open_conversations: Coalescer[int, dict[int, OpenConversation]] = Coalescer(self._read_open_conversations)
+        # last_seen of the users who went offline at one moment (a storm of reconnects), as one write.
+        self._last_seen: dict[int, dt.datetime] = {}
+        self._last_seen_writes: Coalescer[int, None] = Coalescer(self._write_last_seen)
 
     async def on_transition(self, transition: Transition) -> None:
         """Publish a transition to every open conversation of the user; record last_seen when offline.
@@ -68,8 +73,9 @@ class PresenceAnnouncer:
         before, spare reading them again."""
         user_id, at = transition.user_id, transition.at
         if not transition.online:
+            self._last_seen[user_id] = at
             try:
-                await self._store.users.update_one({"_id": user_id}, {"$set": {"last_seen": at}})
+                await self._last_seen_writes.get(user_id)
             except STORE_DOWN_ERRORS:
                 log.warning("could not record last_seen of user %d", user_id)
         conversations = transition.conversations
@@ -85,6 +91,11 @@ class PresenceAnnouncer:
             await self._events.to_conversation(
                 conversation_id, frame, exclude_user=user_id, presence_version=transition.version
             )
+
+    async def _write_last_seen(self, user_ids: list[int]) -> dict[int, None]:
+        writes = [UpdateOne({"_id": u}, {"$set": {"last_seen": self._last_seen.pop(u)}}) for u in user_ids]
+        await self._store.users.bulk_write(writes, ordered=False)
+        return {}
 
     async def on_node_stopped(self, user_ids: Collection[int], at: dt.datetime) -> None:
         """Record when the users of a stopping single node were seen (their sockets are closed already:

@@ -33,7 +33,6 @@ from services.media.content import ATTACHMENT_TYPES
 from services.media.store import MediaStore
 from services.push.preferences import muted_participants
 from services.realtime.events import Publisher, conversation_read_notification
-from services.storage.batch import Coalescer
 from services.storage.store import Doc, Store
 
 CONVERSATION_CACHE_TTL_S = 10.0
@@ -69,8 +68,6 @@ class ChatService:
         self._media = media
         self.max_content_chars = max_content_chars
         self._conversations: dict[int, tuple[float, Conversation]] = {}
-        # Reads of conversations by id: those of one moment (a connect storm) leave as one query.
-        self._reads: Coalescer[int, Doc] = Coalescer(self._read_conversations)
         self.metadata = ConversationMetadata(store.conversations, interval_s=metadata_interval_s)
         self.ids = StoredIds(store)
         self.writer = MessageWriter(store, self.ids, self.metadata, self.forget_conversation)
@@ -94,7 +91,8 @@ class ChatService:
         cached = self._conversations.get(conversation_id)
         if cached is not None and cached[0] > now and not fresh:
             return cached[1]
-        doc = await self._reads.get(conversation_id)
+        # Read now, with the other conversations asked for at this moment (StoredIds.conversations).
+        doc = await self.ids.conversations.get(conversation_id)
         if doc is None:
             return None
         conv = Conversation(
@@ -107,14 +105,6 @@ class ChatService:
             self._conversations.clear()
         self._conversations[conversation_id] = (now + CONVERSATION_CACHE_TTL_S, conv)
         return conv
-
-    async def _read_conversations(self, conversation_ids: list[int]) -> dict[int, Doc]:
-        docs = self._store.conversations.find(
-            {"_id": {"$in": conversation_ids}},
-            {"participants": 1, "status": 1, "last_seq": 1},
-            batch_size=len(conversation_ids),
-        )
-        return {int(d["_id"]): d async for d in docs}
 
     def forget_conversation(self, conversation_id: int) -> None:
         self._conversations.pop(conversation_id, None)
