@@ -32,8 +32,8 @@ SEALED = -1  # in StoredIds.last_seq: the conversation is closed, no id is free
 # What a lifecycle event did to its message (the `event` field of its document).
 EDITED = "edited"
 DELETED = "deleted"
-# What `StoredIds.conversations` reads of a conversation: membership, the stored ids, read pointers.
-CONVERSATION_FIELDS = {"participants": 1, "status": 1, "last_seq": 1, "read_seq": 1}
+# What `StoredIds.conversations` reads of a conversation: membership, the stored ids, read pointers, mutes.
+CONVERSATION_FIELDS = {"participants": 1, "status": 1, "last_seq": 1, "read_seq": 1, "mutes": 1}
 
 
 def message_key(conversation_id: int, seq: int) -> int:
@@ -66,6 +66,7 @@ class StoredIds:
         self.last_seq: dict[int, int] = {}
         # The first window of `newest` of every conversation asked at one moment, as one query.
         self._newest_reads: Coalescer[int, Doc] = Coalescer(self._read_keys)
+        self._message_reads: Coalescer[int, Doc] = Coalescer(self._read_messages)
         # Conversation documents by id (CONVERSATION_FIELDS), read now: those asked for at one moment
         # (sockets opening or resuming together) as one query.
         self.conversations: Coalescer[int, Doc] = Coalescer(self._read_conversations)
@@ -77,7 +78,10 @@ class StoredIds:
         return {int(d["_id"]): d async for d in docs}
 
     async def _read_keys(self, keys: list[int]) -> dict[int, Doc]:
-        docs = self._store.messages.find({"_id": {"$in": keys}}, {"seq": 1, "sealed": 1}, batch_size=len(keys))
+        return await self._read_messages(keys, {"seq": 1, "sealed": 1})
+
+    async def _read_messages(self, keys: list[int], projection: Doc | None = None) -> dict[int, Doc]:
+        docs = self._store.messages.find({"_id": {"$in": keys}}, projection, batch_size=len(keys))
         return {int(d["_id"]): d async for d in docs}
 
     def observe_seq(self, conversation_id: int, seq: int) -> None:
@@ -136,6 +140,9 @@ class StoredIds:
         if first > last:
             return []
         keys = [message_key(conversation_id, seq) for seq in range(first, last + 1)]
+        if projection is None and not filters:
+            # Whole documents (backlogs of sockets resuming together): one query for the moment's readers.
+            return list((await self._message_reads.get_many(keys)).values())
         return await self._store.messages.find({"_id": {"$in": keys}, **filters}, projection).to_list(None)
 
     async def at(self, conversation_id: int, seqs: Iterable[int]) -> dict[int, Doc]:

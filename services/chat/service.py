@@ -179,7 +179,7 @@ class ChatService:
         recipients = conv.others(sender_id) if conv else []
         # A participant who muted the conversation gets no notification of it, so no push either; the
         # message still reached their conversation sockets above and counts as unread.
-        muted = await muted_participants(self._store, conversation_id, recipients)
+        muted = await muted_participants(self._store, conversation_id, recipients, self.ids.conversations.get)
         for other in recipients:
             if other not in muted:
                 await self._events.notify(other, notification)
