@@ -708,6 +708,10 @@ async def scenario_connect_storm(target: Target, pairs: list[Pair], args: argpar
         "connects_per_s": round(len(opened) / elapsed, 1),
         **latency_summary(latencies),
         **cpu,
+        # What one connect costs the server, whatever the load generator's own pace.
+        "server_cpu_ms_per_connect": None
+        if cpu["server_cpu_pct"] is None or not opened
+        else round(cpu["server_cpu_pct"] * 10 * elapsed / len(opened), 3),
     }
 
 

@@ -99,7 +99,12 @@ PLANS = [
         "connect-storm",
         ("--sockets", "1000"),
         ("ours", "ceiling", "peer"),
-        (Metric("connects_per_s", "connects/s"), P50, P99),
+        (
+            Metric("connects_per_s", "connects/s"),
+            P50,
+            P99,
+            Metric("server_cpu_ms_per_connect", "server CPU ms per connect"),
+        ),
         sockets=1000,
     ),
     Plan(
@@ -279,6 +284,10 @@ def target_checks(results: Results) -> list[tuple[str, str, bool | None]]:
     check("idle: RSS growth per socket ≤ 2x the ceiling's", m, lambda v: v <= 2, shown)
     c = results.ratio("connect-storm", "ours", "ceiling", "connects_per_s")
     check("connect-storm: connects/s ≥ 0.5x the ceiling", c, lambda v: v >= 0.5, f"{c or 0:.2f}x")
+    c = results.ratio("connect-storm", "ours", "ceiling", "server_cpu_ms_per_connect")
+    check("connect-storm: server CPU per connect ≤ 2x the ceiling's", c, lambda v: v <= 2, f"{c or 0:.2f}x")
+    c = results.ratio("reconnect-storm", "ours", "ceiling", "reconnects_per_s")
+    check("reconnect-storm: reconnects/s ≥ 0.5x the ceiling", c, lambda v: v >= 0.5, f"{c or 0:.2f}x")
     for target in ("ours", "ours-2"):
         runs = results.runs.get(("reconnect-storm", target), [])
         if runs:

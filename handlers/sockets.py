@@ -448,15 +448,7 @@ class ConversationSocket(BaseSocket):
         if user_id is None:
             return
         self.conversation_id = conversation_id
-        after_text = self.get_query_argument("after", None)
-        after: int | None = None
-        bad_after = False
-        if after_text not in (None, ""):
-            try:
-                after = int(after_text)  # type: ignore[arg-type]
-                bad_after = after < 0
-            except ValueError:
-                bad_after = True
+        after, bad_after = self._after_argument()
         chat = self.services.chat
         # The account and the membership are read at once; the refusals keep their order (a deleted
         # account, then a bad `after`, then a stranger or a closed conversation).
@@ -485,10 +477,28 @@ class ConversationSocket(BaseSocket):
         for other in others:
             self.push_json(await self.services.presence.current_frame(other))
         if after is not None:
-            # An `after` beyond the last stored message (a client's bug, a restored backup) would hold
-            # back every new message until the ids caught up with it: resume from what exists instead.
+            await self._resume(conversation_id, after, last_seq)
+
+    def _after_argument(self) -> tuple[int | None, bool]:
+        """(`?after=` as a message id or None when absent, whether it was given but is no message id)."""
+        text = self.get_query_argument("after", None)
+        if text is None or text == "":
+            return None, False
+        try:
+            after = int(text)
+        except ValueError:
+            return None, True
+        return after, after < 0
+
+    async def _resume(self, conversation_id: int, after: int, last_seq: int) -> None:
+        """Send what was stored after `after`. An `after` beyond the last stored message (a client's bug, a
+        restored backup) would hold back every new message until the ids caught up with it: the socket
+        resumes from what exists instead. An id this node already knows stored needs no look-up (a
+        reconnect usually has one)."""
+        chat = self.services.chat
+        if after > chat.ids.known_here(conversation_id, last_seq):
             after = min(after, await chat.last_stored_seq(conversation_id, last_seq))
-            await self._send_backlog(conversation_id, after)
+        await self._send_backlog(conversation_id, after)
 
     async def _membership(
         self, conversation_id: int, user_id: int

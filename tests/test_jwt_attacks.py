@@ -161,3 +161,94 @@ async def test_a_forged_refresh_token_cannot_mint_access(api, services):
     }.items():
         r = await api.post("/api/token/refresh/", {"refresh": forged})
         assert r.status == 401 and "access" not in r.body, (name, r.body)
+
+
+SECRET = "s" * 40
+
+
+def variants(secret: str) -> dict[str, str]:
+    """Tokens signed with the real secret, each off from what the server issues in one way (or not at all)."""
+    key = secret.encode()
+    now = int(time.time())
+    ours = {"alg": "HS256", "typ": "JWT"}
+    good = jwt.encode(claims(7), secret, algorithm="HS256")
+    head, body, signature = good.split(".")
+    return {
+        "as issued": good,
+        "as issued, with a role and a generation": jwt.encode(
+            claims(7, role="admin", gen=3), secret, algorithm="HS256"
+        ),
+        "header keys in another order": hmac_token(claims(7), key, {"typ": "JWT", "alg": "HS256"}),
+        "header with a kid": hmac_token(claims(7), key, {**ours, "kid": "k"}),
+        "header with crit": hmac_token(claims(7), key, {**ours, "crit": ["exp"]}),
+        "not before in the future": hmac_token(claims(7, nbf=now + 3600), key),
+        "not before in the past": hmac_token(claims(7, nbf=now - 10), key),
+        "an audience": hmac_token(claims(7, aud="other"), key),
+        "a subject that is not a string": hmac_token(claims(7, sub=5), key),
+        "an issuer": hmac_token(claims(7, iss="elsewhere"), key),
+        "exp a float": hmac_token(claims(7, exp=now + 600.5), key),
+        "exp a string": hmac_token(claims(7, exp=str(now + 600)), key),
+        "exp true": hmac_token(claims(7, exp=True), key),
+        "exp null": hmac_token(claims(7, exp=None), key),
+        "exp just inside the leeway": hmac_token(claims(7, exp=now - LEEWAY_S + 2), key),
+        "exp past the leeway": hmac_token(claims(7, exp=now - LEEWAY_S - 2), key),
+        "iat in the future": hmac_token(claims(7, iat=now + LEEWAY_S + 30), key),
+        "iat a string": hmac_token(claims(7, iat=str(now)), key),
+        "no jti": hmac_token({k: v for k, v in claims(7).items() if k != "jti"}, key),
+        "jti a number": hmac_token(claims(7, jti=5), key),
+        "user_id true": hmac_token({**claims(7), "user_id": True}, key),
+        "user_id a string": hmac_token({**claims(7), "user_id": "7"}, key),
+        "a refresh token": hmac_token(claims(7, token_type="refresh"), key),
+        "payload a list": signed(head, b"[1]", key),
+        "payload not json": signed(head, b"{", key),
+        "signature changed": f"{head}.{body}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BA'}",
+        "signature padded": f"{good}==",
+        "signature empty": f"{head}.{body}.",
+        "body padded": f"{head}.{body}=.{signature}",
+        "body with a character outside base64url": f"{head}.{body[:-1]}+.{signature}",
+        "a fourth segment": f"{good}.x",
+        "two segments": f"{head}.{body}",
+    }
+
+
+def signed(head: str, payload: bytes, key: bytes) -> str:
+    body = b64(payload)
+    return f"{head}.{body}.{b64(hmac.new(key, f'{head}.{body}'.encode(), hashlib.sha256).digest())}"
+
+
+def outcome(tokens: Any, token: str) -> Any:
+    from services.accounts.auth import TokenError
+
+    try:
+        return tokens.decode(token, "access")["user_id"]
+    except TokenError as exc:
+        return type(exc).__name__, exc.code
+
+
+@pytest.mark.parametrize("name", list(variants(SECRET)))
+def test_tokens_shaped_as_issued_are_decided_as_pyjwt_decides_them(name):
+    """A token shaped exactly as the server issues them skips PyJWT's generic parsing; every token is
+    accepted or refused, with the same code, as when PyJWT decodes it in full."""
+    from services.accounts.auth import TokenService
+
+    token = variants(SECRET)[name]
+    tokens = TokenService(None, SECRET, access_ttl_s=600, refresh_ttl_s=600)  # type: ignore[arg-type]
+    fast = outcome(tokens, token)
+    tokens._issued_header = "never"  # every token through PyJWT
+    assert fast == outcome(tokens, token)
+
+
+def test_a_token_as_issued_is_decoded_without_pyjwt(monkeypatch):
+    from services.accounts.auth import TokenService
+
+    tokens = TokenService(None, SECRET, access_ttl_s=600, refresh_ttl_s=600)  # type: ignore[arg-type]
+    token = jwt.encode(claims(7, gen=2), SECRET, algorithm="HS256")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise jwt.InvalidTokenError("PyJWT was asked")
+
+    monkeypatch.setattr(jwt, "decode", refuse)
+    grant = tokens.verify_access(token)
+    assert (grant.user_id, grant.generation) == (7, 2)
+    with pytest.raises(Exception, match="Token invalid"):
+        tokens.verify_access(jwt.encode(claims(7, nbf=int(time.time()) - 5), SECRET, algorithm="HS256"))

@@ -174,3 +174,41 @@ async def test_what_a_dying_node_stored_but_never_published_reaches_the_others_w
 
     arrived = await reader.recv_type("message", timeout=10)
     assert (arrived["message"]["id"], arrived["message"]["content"]) == (2, "last words")
+
+
+async def test_a_block_on_another_node_refuses_every_socket_opening_here_together(cluster_factory):
+    """Sockets opening on node 1 at the same moment share their store reads: when node 2 has just closed
+    their conversation (a block), every one of them is refused 4001, first sockets of their users and
+    not, though node 1 has the conversation cached as open and heard no close."""
+    n1, n2 = await cluster_factory(2, **FAST)
+    a = await n1.api.user("alice")
+    b = await n1.api.user("bob")
+    cid = await make_conversation(n1.services, a.id, b.id)
+    sent = await n1.api.post(f"/api/conversations/{cid}/messages/", {"content": "hi"}, token=b.access)
+    assert sent.status == 201  # node 1 has the conversation cached as open, and both accounts as alive
+    await ws_connect(n1.api, f"/ws/notifications/?token={a.access}")  # Alice's next socket is not her first
+    assert (await n2.api.post("/api/blocks/", {"user_id": b.id}, token=a.access)).status == 201
+    paths = [f"/ws/conversations/{cid}/?token={u.access}{after}" for u in (a, b, a, b) for after in ("", "&after=1")]
+    sockets = await asyncio.gather(*(ws_connect(n1.api, path) for path in paths))
+    assert [(await ws.closed())[0] for ws in sockets] == [4001] * len(paths)
+
+
+async def test_a_ban_on_another_node_refuses_the_account_here_at_once(cluster_factory):
+    """Node 1 knows Bob's account as alive (his socket there just opened, and his REST request); a ban
+    answered by node 2 closes that socket 4002 and refuses his next ones on node 1 with 4002 at once."""
+    from tests.test_moderation import make_moderator
+
+    n1, n2 = await cluster_factory(2, **FAST)
+    a = await n1.api.user("alice")
+    b = await n1.api.user("bob")
+    cid = await make_conversation(n1.services, a.id, b.id)
+    moderator = await make_moderator(n2.api, n2.services)
+    open_socket = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={b.access}")
+    await open_socket.recv_type("status")
+    assert (await n1.api.get("/api/users/me/", token=b.access)).status == 200
+    banned = await n2.api.post(f"/api/moderation/users/{b.id}/ban/", {"reason": "scam"}, token=moderator.access)
+    assert banned.status == 200, banned.body
+    assert (await open_socket.closed())[0] == 4002
+    for path in (f"/ws/conversations/{cid}/?token={b.access}", f"/ws/notifications/?token={b.access}"):
+        assert (await (await ws_connect(n1.api, path)).closed())[0] == 4002, path
+    assert (await n1.api.get("/api/users/me/", token=b.access)).status == 401

@@ -9,6 +9,10 @@ ACCOUNT_CACHE_TTL_S, not one per request, and the revocation check costs no read
 A revocation reaches every node on the bus, and each drops the user's entry (`forget`), so the next
 check reads the account again; a read that was in flight when its entry was forgotten is answered but
 not cached, since it may predate the revocation.
+
+The reads themselves are batched: the accounts asked for in one loop iteration (a connect storm's
+sockets, each checking its account) leave as one `$in` query (services/storage/batch.py), which other
+readers of a user's document by id share too (`read`).
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from services.storage.batch import Coalescer
 from services.storage.store import Doc, Store
 
 ACCOUNT_CACHE_TTL_S = 30.0
 ACCOUNT_CACHE_MAX = 100_000
+# What `read` brings of a user: liveness, the summary (username, picture) and presence's last_seen.
+ACCOUNT_FIELDS = {"deleted": 1, "username": 1, "picture": 1, "token_generation": 1, "last_seen": 1}
 
 
 class AccountLiveness:
@@ -35,6 +42,16 @@ class AccountLiveness:
         # blip) costs one read, not one per socket; a reconnect storm of 2,000 sockets otherwise queued
         # 2,000 reads behind MongoDB's connection pool and refused most sockets with 1011.
         self._pending: dict[int, asyncio.Future[tuple[bool, int]]] = {}
+        self.reads: Coalescer[int, Doc] = Coalescer(self._read_many)
+
+    async def _read_many(self, user_ids: list[int]) -> dict[int, Doc]:
+        docs = self._store.users.find({"_id": {"$in": user_ids}}, ACCOUNT_FIELDS, batch_size=len(user_ids))
+        return {int(d["_id"]): d async for d in docs}
+
+    async def read(self, user_id: int) -> Doc | None:
+        """The user's document (ACCOUNT_FIELDS), read from the store now, in one query with the other
+        reads of this moment; None when there is no such document."""
+        return await self.reads.get(user_id)
 
     async def exists(self, user_id: int) -> bool:
         """Whether the account is there and not deleted."""
@@ -71,9 +88,7 @@ class AccountLiveness:
         try:
             # A socket that opens next announces the user's presence by username, which would otherwise
             # cost a second read of the same document.
-            doc = await self._store.users.find_one(
-                {"_id": user_id}, {"deleted": 1, "username": 1, "picture": 1, "token_generation": 1}
-            )
+            doc = await self.read(user_id)
         except Exception as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it, and nobody waiting is no error

@@ -370,7 +370,7 @@ class UserService:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
-        doc = await self._store.users.find_one({"_id": user_id}, {"username": 1, "picture": 1})
+        doc = await self.liveness.read(user_id)
         if doc is None:
             raise NotFound("User not found")
         return self.remember_summary(doc)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from services.storage.batch import Coalescer
 from services.storage.store import Doc, Store
 
 SEQ_BITS = 32
@@ -31,6 +32,8 @@ SEALED = -1  # in StoredIds.last_seq: the conversation is closed, no id is free
 # What a lifecycle event did to its message (the `event` field of its document).
 EDITED = "edited"
 DELETED = "deleted"
+# What `StoredIds.conversations` reads of a conversation: membership, the stored ids, read pointers, mutes.
+CONVERSATION_FIELDS = {"participants": 1, "status": 1, "last_seq": 1, "read_seq": 1, "mutes": 1}
 
 
 def message_key(conversation_id: int, seq: int) -> int:
@@ -61,6 +64,25 @@ class StoredIds:
         # message is numbered from here (see MessageWriter). Learnt from its own inserts, the bus and
         # the store.
         self.last_seq: dict[int, int] = {}
+        # The first window of `newest` of every conversation asked at one moment, as one query.
+        self._newest_reads: Coalescer[int, Doc] = Coalescer(self._read_keys)
+        self._message_reads: Coalescer[int, Doc] = Coalescer(self._read_messages)
+        # Conversation documents by id (CONVERSATION_FIELDS), read now: those asked for at one moment
+        # (sockets opening or resuming together) as one query.
+        self.conversations: Coalescer[int, Doc] = Coalescer(self._read_conversations)
+
+    async def _read_conversations(self, conversation_ids: list[int]) -> dict[int, Doc]:
+        docs = self._store.conversations.find(
+            {"_id": {"$in": conversation_ids}}, CONVERSATION_FIELDS, batch_size=len(conversation_ids)
+        )
+        return {int(d["_id"]): d async for d in docs}
+
+    async def _read_keys(self, keys: list[int]) -> dict[int, Doc]:
+        return await self._read_messages(keys, {"seq": 1, "sealed": 1})
+
+    async def _read_messages(self, keys: list[int], projection: Doc | None = None) -> dict[int, Doc]:
+        docs = self._store.messages.find({"_id": {"$in": keys}}, projection, batch_size=len(keys))
+        return {int(d["_id"]): d async for d in docs}
 
     def observe_seq(self, conversation_id: int, seq: int) -> None:
         """A message with this id is stored (this node's insert, or another node's seen on the bus)."""
@@ -81,8 +103,15 @@ class StoredIds:
         known = await self.known_stored(conversation_id, known)
         newest: Doc | None = {"seq": known} if known > 0 else None
         window = NEWEST_WINDOW
+        first_window = True
         while known < MAX_SEQ:
-            found = await self.by_seq(conversation_id, known + 1, known + window, {"seq": 1, "sealed": 1})
+            if first_window:
+                # Usually the only window: shared with the other conversations looked up at this moment.
+                first_window = False
+                keys = [message_key(conversation_id, seq) for seq in range(known + 1, min(known + window, MAX_SEQ) + 1)]
+                found = list((await self._newest_reads.get_many(keys)).values())
+            else:
+                found = await self.by_seq(conversation_id, known + 1, known + window, {"seq": 1, "sealed": 1})
             if not found:
                 return newest
             newest = max(found, key=lambda d: int(d["seq"]))
@@ -95,8 +124,12 @@ class StoredIds:
         """An id known stored in the conversation (0 if none): the higher of its `last_seq` (read here
         unless the caller just read it) and this node's own knowledge."""
         if last_seq is None:
-            conv = await self._store.conversations.find_one({"_id": conversation_id}, {"last_seq": 1})
+            conv = await self.conversations.get(conversation_id)
             last_seq = int((conv or {}).get("last_seq", 0))
+        return self.known_here(conversation_id, last_seq)
+
+    def known_here(self, conversation_id: int, last_seq: int = 0) -> int:
+        """`known_stored` from what this node knows and a `last_seq` just read, reading nothing."""
         return max(last_seq, self.last_seq.get(conversation_id, 0))
 
     async def by_seq(
@@ -107,6 +140,9 @@ class StoredIds:
         if first > last:
             return []
         keys = [message_key(conversation_id, seq) for seq in range(first, last + 1)]
+        if projection is None and not filters:
+            # Whole documents (backlogs of sockets resuming together): one query for the moment's readers.
+            return list((await self._message_reads.get_many(keys)).values())
         return await self._store.messages.find({"_id": {"$in": keys}, **filters}, projection).to_list(None)
 
     async def at(self, conversation_id: int, seqs: Iterable[int]) -> dict[int, Doc]:

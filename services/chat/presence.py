@@ -17,12 +17,15 @@ import logging
 from collections.abc import Collection
 from typing import Any, NamedTuple
 
+from pymongo import UpdateOne
+
 from services.accounts.users import UserService
 from services.chat.service import ChatService
 from services.core.clock import iso
 from services.core.errors import NotFound
 from services.realtime.events import Publisher
 from services.realtime.presence import PresenceStore, Transition
+from services.storage.batch import Coalescer
 from services.storage.store import STORE_DOWN_ERRORS, Doc, Store
 
 log = logging.getLogger("chat.presence")
@@ -57,6 +60,10 @@ class PresenceAnnouncer:
         self._chat = chat
         self._events = events
         self._users = users
+        self._open_conversations: Coalescer[int, dict[int, OpenConversation]] = Coalescer(self._read_open_conversations)
+        # last_seen of the users who went offline at one moment (a storm of reconnects), as one write.
+        self._last_seen: dict[int, dt.datetime] = {}
+        self._last_seen_writes: Coalescer[int, None] = Coalescer(self._write_last_seen)
 
     async def on_transition(self, transition: Transition) -> None:
         """Publish a transition to every open conversation of the user; record last_seen when offline.
@@ -66,15 +73,16 @@ class PresenceAnnouncer:
         before, spare reading them again."""
         user_id, at = transition.user_id, transition.at
         if not transition.online:
+            self._last_seen[user_id] = at
             try:
-                await self._store.users.update_one({"_id": user_id}, {"$set": {"last_seen": at}})
+                await self._last_seen_writes.get(user_id)
             except STORE_DOWN_ERRORS:
                 log.warning("could not record last_seen of user %d", user_id)
         conversations = transition.conversations
         try:
             user = await self._users.summary(user_id)
             if conversations is None:
-                conversations = await self._chat.open_conversation_ids(user_id)
+                conversations = list(await self.open_conversations(user_id))
         except STORE_DOWN_ERRORS:
             log.warning("could not announce presence of user %d: store unavailable", user_id)
             return
@@ -83,6 +91,11 @@ class PresenceAnnouncer:
             await self._events.to_conversation(
                 conversation_id, frame, exclude_user=user_id, presence_version=transition.version
             )
+
+    async def _write_last_seen(self, user_ids: list[int]) -> dict[int, None]:
+        writes = [UpdateOne({"_id": u}, {"$set": {"last_seen": self._last_seen.pop(u)}}) for u in user_ids]
+        await self._store.users.bulk_write(writes, ordered=False)
+        return {}
 
     async def on_node_stopped(self, user_ids: Collection[int], at: dt.datetime) -> None:
         """Record when the users of a stopping single node were seen (their sockets are closed already:
@@ -93,14 +106,22 @@ class PresenceAnnouncer:
             log.warning("could not record last_seen of %d users at shutdown", len(user_ids))
 
     async def open_conversations(self, user_id: int) -> dict[int, OpenConversation]:
-        """The user's open conversations, read from the store, not a cache."""
+        """The user's open conversations, read from the store now, not a cache: the users asked for in one
+        loop iteration share one query (services/storage/batch.py)."""
+        return await self._open_conversations.get(user_id) or {}
+
+    async def _read_open_conversations(self, user_ids: list[int]) -> dict[int, dict[int, OpenConversation]]:
+        wanted = set(user_ids)
+        found: dict[int, dict[int, OpenConversation]] = {}
         docs = self._store.conversations.find(
-            {"participants": user_id, "status": "open"}, {"participants": 1, "last_seq": 1}
+            {"participants": {"$in": user_ids}, "status": "open"}, {"participants": 1, "last_seq": 1}, batch_size=1000
         )
-        return {
-            int(d["_id"]): OpenConversation(tuple(int(p) for p in d["participants"]), int(d.get("last_seq", 0)))
-            async for d in docs
-        }
+        async for d in docs:
+            conversation = OpenConversation(tuple(int(p) for p in d["participants"]), int(d.get("last_seq", 0)))
+            for participant in conversation.participants:
+                if participant in wanted:
+                    found.setdefault(participant, {})[int(d["_id"])] = conversation
+        return found
 
     async def current_frame(self, user_id: int) -> dict[str, Any]:
         """The seed's `status` frame for the user as things stand (sent to a socket that joins)."""
@@ -111,7 +132,7 @@ class PresenceAnnouncer:
         else:
             # Read after the online check, so that a user who left in between is not shown with the
             # last_seen of an earlier visit; the summary is in the same document.
-            doc = await self._store.users.find_one({"_id": user_id}, {"username": 1, "picture": 1, "last_seen": 1})
+            doc = await self._users.liveness.read(user_id)
             if doc is None:
                 raise NotFound("User not found")
             user = self._users.remember_summary(doc)

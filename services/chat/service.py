@@ -91,9 +91,8 @@ class ChatService:
         cached = self._conversations.get(conversation_id)
         if cached is not None and cached[0] > now and not fresh:
             return cached[1]
-        doc = await self._store.conversations.find_one(
-            {"_id": conversation_id}, {"participants": 1, "status": 1, "last_seq": 1}
-        )
+        # Read now, with the other conversations asked for at this moment (StoredIds.conversations).
+        doc = await self.ids.conversations.get(conversation_id)
         if doc is None:
             return None
         conv = Conversation(
@@ -118,10 +117,6 @@ class ChatService:
         if conv is None or user_id not in conv.participants or (require_open and not conv.is_open):
             raise errors.NotFound("Conversation not found", code="conversation_not_found")
         return conv
-
-    async def open_conversation_ids(self, user_id: int) -> list[int]:
-        docs = self._store.conversations.find({"participants": user_id, "status": "open"}, {"_id": 1})
-        return [int(d["_id"]) async for d in docs]
 
     # -- sending -----------------------------------------------------------------------------------
 
@@ -184,7 +179,7 @@ class ChatService:
         recipients = conv.others(sender_id) if conv else []
         # A participant who muted the conversation gets no notification of it, so no push either; the
         # message still reached their conversation sockets above and counts as unread.
-        muted = await muted_participants(self._store, conversation_id, recipients)
+        muted = await muted_participants(self._store, conversation_id, recipients, self.ids.conversations.get)
         for other in recipients:
             if other not in muted:
                 await self._events.notify(other, notification)

@@ -47,7 +47,7 @@ class ChatViews:
 
     async def read_pointers(self, conversation_id: int) -> dict[int, int]:
         """How far each participant has read (user id -> message id)."""
-        doc = await self._store.conversations.find_one({"_id": conversation_id}, {"read_seq": 1})
+        doc = await self._ids.conversations.get(conversation_id)
         return {int(k): int(v) for k, v in ((doc or {}).get("read_seq") or {}).items()}
 
     async def lifecycle_frames(

@@ -21,7 +21,14 @@ _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asc
 
 def redact(uri: str) -> str:
     """The URI with credential values masked."""
-    return _SECRET_QUERY.sub(r"\1[redacted]", uri)
+    if "=" not in uri:
+        return uri
+    # A function, not a template: a template is expanded by the re module's Python code on every match.
+    return _SECRET_QUERY.sub(_masked, uri)
+
+
+def _masked(match: re.Match[str]) -> str:
+    return match.group(1) + "[redacted]"
 
 
 class JsonFormatter(logging.Formatter):

@@ -8,8 +8,9 @@ Two choices with two reaches:
   unread. A mute is kept in the conversation document under `mutes.<user id>` (a `conversation_mute`,
   services/storage/documents.py), so what already reads that document reads the mute with it: the push
   worker before each message push, the conversation views (`mute_view`). The publisher of a new message
-  reads it on purpose (`muted_participants`): one point read per message, never cached, so that a mute
-  answered on one node holds for the next message stored on any node.
+  reads it on purpose (`muted_participants`): read for every message, never cached (the messages stored at
+  one moment share one query), so that a mute answered on one node holds for the next message stored on
+  any node.
 - **Push preferences** (per user: messages, matches, likes, message previews) decide what is pushed to
   the user's devices. The notifications socket is the app open on screen, which chooses what to show:
   it still receives every notification that is not muted. Preferences are read by the push worker when
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,8 +95,15 @@ def mute_view(conversation: Doc | None, user_id: int, now: dt.datetime | None = 
     return {"muted": mute is not None, "muted_until": iso(mute.until) if mute is not None else None}
 
 
-async def muted_participants(store: Store, conversation_id: int, user_ids: Sequence[int]) -> set[int]:
-    """Which of these participants have the conversation muted now: one point read of its `mutes`.
+async def muted_participants(
+    store: Store,
+    conversation_id: int,
+    user_ids: Sequence[int],
+    read: Callable[[int], Awaitable[Doc | None]] | None = None,
+) -> set[int]:
+    """Which of these participants have the conversation muted now: one point read of its `mutes`, by
+    `read` when given (a read of the conversation document, with its `mutes`, made now: the chat's
+    shares one query among the messages of one moment).
 
     When the store cannot answer, nobody counts as muted: the message is already stored and published,
     and a notification too many is better than one lost."""
@@ -103,7 +111,10 @@ async def muted_participants(store: Store, conversation_id: int, user_ids: Seque
         return set()
     projection = {f"mutes.{user_id}": 1 for user_id in user_ids}
     try:
-        doc = await store.conversations.find_one({"_id": conversation_id}, projection)
+        if read is not None:
+            doc = await read(conversation_id)
+        else:
+            doc = await store.conversations.find_one({"_id": conversation_id}, projection)
     except STORE_DOWN_ERRORS:
         log.warning("could not read the mutes of conversation %d: store unavailable", conversation_id)
         return set()

@@ -1,0 +1,94 @@
+"""Point lookups of one moment sent as one query (services/storage/batch.py): who shares a query, what each
+caller gets back, failures and cancellations, and that nothing is answered from an earlier query."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.storage.batch import Coalescer
+
+
+class Table:
+    """A fake store: values by key, and every query it was sent (each can be held until released)."""
+
+    def __init__(self, values: dict[int, str]) -> None:
+        self.values = values
+        self.queries: list[list[int]] = []
+        self.gate: asyncio.Event | None = None
+        self.fail_next: Exception | None = None
+
+    async def fetch(self, keys: list[int]) -> dict[int, str]:
+        self.queries.append(keys)
+        answer = {k: self.values[k] for k in keys if k in self.values}  # read when sent
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        return answer
+
+
+async def test_lookups_of_one_loop_iteration_share_one_query_and_each_caller_gets_its_own_answer():
+    table = Table({1: "a", 2: "b", 3: "c"})
+    batch = Coalescer(table.fetch)
+    answers = await asyncio.gather(batch.get(1), batch.get(2), batch.get(1), batch.get(9), batch.get_many([3, 2, 8]))
+    assert list(answers) == ["a", "b", "a", None, {3: "c", 2: "b"}]
+    assert table.queries == [[1, 2, 9, 3, 8]]  # each key once
+    assert batch.queries == 1
+
+
+async def test_keys_asked_while_a_query_is_in_flight_wait_for_the_next_one_and_see_later_writes():
+    table = Table({1: "old"})
+    table.gate = asyncio.Event()
+    batch = Coalescer(table.fetch)
+    first = asyncio.ensure_future(batch.get(1))
+    await asyncio.sleep(0.01)
+    assert table.queries == [[1]]
+    # Written after the first query left: a caller asking now must not be answered from it.
+    table.values[1] = "new"
+    later = [asyncio.ensure_future(batch.get(k)) for k in (1, 2)]
+    await asyncio.sleep(0.01)
+    assert table.queries == [[1]]  # one query in flight at a time
+    table.gate.set()
+    assert await first == "old"
+    assert [await f for f in later] == ["new", None]
+    assert table.queries == [[1], [1, 2]]
+
+
+async def test_a_failed_query_fails_its_callers_only_and_the_next_one_is_sent():
+    table = Table({1: "a"})
+    table.gate = asyncio.Event()
+    table.fail_next = ConnectionError("store away")
+    batch = Coalescer(table.fetch)
+    failing = [asyncio.ensure_future(batch.get(k)) for k in (1, 2)]
+    await asyncio.sleep(0.01)
+    after = asyncio.ensure_future(batch.get(1))
+    table.gate.set()
+    for future in failing:
+        with pytest.raises(ConnectionError):
+            await future
+    assert await after == "a"
+
+
+async def test_a_cancelled_caller_leaves_the_others_their_answer():
+    table = Table({1: "a", 2: "b"})
+    table.gate = asyncio.Event()
+    batch = Coalescer(table.fetch)
+    gone = asyncio.ensure_future(batch.get(1))
+    stays = asyncio.ensure_future(batch.get(2))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    table.gate.set()
+    assert await stays == "b"
+    assert gone.cancelled()
+
+
+async def test_a_query_holds_at_most_max_keys():
+    table = Table({k: str(k) for k in range(10)})
+    batch = Coalescer(table.fetch, max_keys=4)
+    answers = await asyncio.gather(*(batch.get(k) for k in range(10)), batch.get_many(list(range(6))))
+    assert answers[:10] == [str(k) for k in range(10)]
+    assert answers[10] == {k: str(k) for k in range(6)}
+    assert [len(q) for q in table.queries] == [4, 4, 2, 6]  # a caller's keys are never split
