@@ -21,12 +21,13 @@ from services.realtime.bus import RedisBus, conversation_channel, user_channel
 from services.realtime.counters import Rate, RedisRateCounters, SharedBudget
 from services.realtime.redis_cluster import ClusterBus, detect_cluster
 from tests.conftest import node_factory
-from tests.processes import RedisClusterProcess, RedisProcess
-from tests.support import ApiClient, make_conversation, ws_connect
+from tests.processes import RedisClusterProcess, RedisProcess, ServerProcess, insert_conversation, node_env
+from tests.support import ApiClient, PortClient, make_conversation, ws_connect
 from tests.test_abuse_limits import test_nodes_share_the_sign_up_budget_through_redis  # noqa: F401
 
 # The same tests, on the cluster (pytest collects them here too, with this module's `cluster_factory`).
 from tests.test_cluster_faults import all_message_ids
+from tests.test_crash_restart_presence import joined, next_status
 from tests.test_limits import test_failures_are_shared_by_nodes_through_redis  # noqa: F401
 from tests.test_multinode import (  # noqa: F401
     test_a_late_status_announcement_never_overrides_a_newer_one,
@@ -239,6 +240,38 @@ async def test_a_master_restarted_under_traffic(cluster_factory, healthy_cluster
 
     await traffic_through_a_fault(cluster_factory, restart)
     await asyncio.to_thread(healthy_cluster.wait_until_ok)
+
+
+async def test_a_server_node_killed_and_restarted_on_the_cluster(
+    healthy_cluster: RedisClusterProcess, mongo_url: str, tmp_path: Path
+):
+    # `server.py` as deployed: REDIS_URL names one node of the cluster, nothing else says it is one.
+    env = node_env(mongo_url, REDIS_URL=healthy_cluster.url, PRESENCE_TTL="120", HEARTBEAT_INTERVAL="1")
+    started: list[ServerProcess] = []
+
+    def start(name: str) -> ApiClient:
+        node = ServerProcess(tmp_path / name, {**env, "NODE_ID": name}).start()
+        started.append(node)
+        return ApiClient(PortClient(node.port))
+
+    try:
+        api1, api2 = start("n1"), start("n2")
+        alice, bob = await api1.user("alice"), await api1.user("bob")
+        cid = await insert_conversation(mongo_url, env["MONGODB_DATABASE"], alice.id, bob.id, 700_000 + bob.id)
+        watcher = await joined(api1, cid, alice.access)
+        await joined(api2, cid, bob.access)
+        assert (await next_status(watcher, bob.id, timeout=5))["status"] == "online"
+        started[1].kill()
+        api2 = start("n2")  # under the same NODE_ID: it reclaims what its dead run left on the cluster
+        assert (await next_status(watcher, bob.id, timeout=5))["status"] == "offline"
+        ws_bob = await joined(api2, cid, bob.access)
+        assert (await next_status(watcher, bob.id, timeout=5))["status"] == "online"
+        await ws_bob.send({"type": "message", "content": "back"})
+        assert (await watcher.recv_type("message"))["message"]["content"] == "back"
+        assert "REDIS_URL names a Redis Cluster" in started[2].log()
+    finally:
+        for node in started:
+            node.stop()
 
 
 async def test_a_single_redis_keeps_its_own_bus(cluster_factory_single):
