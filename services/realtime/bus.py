@@ -3,7 +3,9 @@
 Channels are named `conv:<id>` (everything said in a conversation) and `user:<id>` (notifications and
 control events for one user). A node subscribes only to the channels its local sockets need, and every
 node's subscriber hands what arrives to one callback (services/realtime/hub.py), which fans it out to
-local sockets. `InProcessBus` is the single-node implementation; the Redis one shares the interface.
+local sockets. `InProcessBus` is the single-node implementation; the Redis one shares the interface, and
+so does the Redis Cluster one (services/realtime/redis_cluster.py `ClusterBus`, sharded pub/sub). A channel
+may have any name: the Redis buses prefix it, and on a cluster it lives on the shard of its own name.
 
 What a publish means, on either bus: the event is handed to this node's own subscriber on the next loop
 iteration (never inside the publisher's call stack) when the channel is subscribed here, and it is on its

@@ -127,6 +127,7 @@ class ClusterBus(RedisBus):
         # Channels wanted but not subscribed anywhere now (their shard was lost, or Redis was away).
         self._homeless: set[str] = set()
         self._rehoming: asyncio.Task[None] | None = None
+        self._disconnecting: set[asyncio.Task[None]] = set()
         self.on_publish_restored: list[Callable[[], None]] = []
 
     def _wire(self, channel: str) -> bytes:
@@ -294,7 +295,10 @@ class ClusterBus(RedisBus):
         self._publisher._initialize = True
         lost = list(shard.channels)
         shard.channels.clear()
-        asyncio.get_running_loop().create_task(shard.conn.disconnect())
+        closing = asyncio.get_running_loop().create_task(shard.conn.disconnect())
+        # The loop keeps only weak references to tasks: held until the connection is closed.
+        self._disconnecting.add(closing)
+        closing.add_done_callback(self._disconnecting.discard)
         self._lost(lost)
 
     def _lost(self, channels: list[str]) -> None:
