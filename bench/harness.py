@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,29 @@ class Stack:
         argv += ["--dir", str(self.workdir)]
         self._spawn(name, argv, port)
         return f"redis://127.0.0.1:{port}/0"
+
+    def start_redis_cluster(self, name: str, masters: int = 3) -> tuple[str, list[Child]]:
+        """A Redis Cluster of `masters` masters without replicas; (the URL of its first node, its nodes)."""
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError("redis-server and redis-cli are not installed")
+        nodes = []
+        for i in range(masters):
+            port, bus_port = free_port(), free_port()
+            workdir = self.workdir / f"{name}{i}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            argv += ["--dir", str(workdir), "--cluster-enabled", "yes", "--cluster-port", str(bus_port)]
+            nodes.append(self._spawn(f"{name}{i}", argv, port))
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+        subprocess.run(create, check=True, stdout=subprocess.DEVNULL, timeout=60)
+        for _ in range(100):
+            info = subprocess.run([cli, "-p", str(nodes[0].port), "cluster", "info"], capture_output=True, check=False)
+            if b"cluster_state:ok" in info.stdout:
+                break
+            time.sleep(0.1)
+        return f"redis://127.0.0.1:{nodes[0].port}/0", nodes
 
     # -- the servers -----------------------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ Scenarios (`--scenarios a,b,...`):
 - `soak`: paced ping-pong at `--rate` deliveries/s in all (typing and messages alternating, or one of
   them: `--soak-kind`) for `--duration` s, sampling the server's RSS every `--sample-every` s.
 
-Two nodes: give `--url` twice; participant A of every pair connects to the first, B to the second.
+Two nodes: give `--url` twice; participant A of every pair connects to the first, B to the second. More
+nodes (`--url` N times, N even): the pairs' A and B go to different nodes, spread over all of them.
 
 Readiness (`--kind`): a socket of this server (`ours`) counts as connected when its first frame arrives
 (the other participant's status, sent once the JWT and the membership were checked: Tornado completes
@@ -255,8 +256,9 @@ class Target:
     label: str
 
     def url(self, side: int, pair: Pair, after: int | None = None) -> str:
-        """Participant `side` (0 = A, 1 = B) of `pair`; with two nodes, A goes to the first, B to the second."""
-        base = self.urls[side % len(self.urls)].rstrip("/")
+        """Participant `side` (0 = A, 1 = B) of `pair`; with two nodes, A goes to the first, B to the second;
+        with more, the pairs' A and B are spread over them, never on the same node."""
+        base = self.urls[(2 * pair.conversation_id + side) % len(self.urls)].rstrip("/")
         query = f"?token={pair.tokens[side]}"
         if after is not None:
             query += f"&after={after}"
@@ -1028,7 +1030,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.shuffle:
         random.Random(args.shuffle).shuffle(pairs)
     procs = ProcStats(args.server_pid or [])
-    label = args.label or args.kind + ("-2nodes" if len(args.url) > 1 else "")
+    label = args.label or args.kind + (f"-{len(args.url)}nodes" if len(args.url) > 1 else "")
     target = Target(args.url, args.kind, procs, label)
     for name in args.scenarios.split(","):
         name = name.strip()

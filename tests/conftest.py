@@ -139,6 +139,11 @@ def cluster_factory(
     io_loop: tornado.ioloop.IOLoop, tmp_path: Path, mongo_url: str, redis_server: RedisProcess
 ) -> Iterator[Any]:
     """Builds N nodes sharing one database and one real Redis (each with its own prefix per test)."""
+    yield from node_factory(io_loop, tmp_path, mongo_url, redis_server.url)
+
+
+def node_factory(io_loop: tornado.ioloop.IOLoop, tmp_path: Path, mongo_url: str, redis_url: str) -> Iterator[Any]:
+    """The body of `cluster_factory`, for any REDIS_URL (a single Redis, or a node of a Redis Cluster)."""
     import tornado.httpserver
     import tornado.testing
 
@@ -154,7 +159,7 @@ def cluster_factory(
                 tmp_path / f"node{len(created)}",
                 port,
                 mongodb_database=database,
-                redis_url=redis_server.url,
+                redis_url=redis_url,
                 redis_prefix=prefix,
                 node_id=f"node{len(created)}",
                 **overrides,

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -221,3 +222,127 @@ def process_cluster(workdir: Path, mongo_url: str, **settings: str) -> Iterator[
         yield cluster
     finally:
         cluster.stop()
+
+
+class RedisClusterProcess:
+    """A throwaway Redis Cluster on loopback: six `redis-server --cluster-enabled yes` processes, made
+    three masters with a replica each by `redis-cli --cluster create`, without persistence and with a
+    short node timeout, so that a killed master's replica takes over within a couple of seconds."""
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self, workdir: Path, size: int = 6) -> None:
+        self.workdir = workdir
+        self.ports = [free_port() for _ in range(size)]
+        self.bus_ports = [free_port() for _ in range(size)]
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """Any one node names the cluster."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            unavailable("redis-server and redis-cli are not installed (make test installs them)")
+        for port in self.ports:
+            self.start_node(port)
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        self.wait_until_ok()
+
+    def start_node(self, port: int) -> None:
+        """Start (or start again, with the cluster configuration it saved) the node on `port`."""
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        workdir = self.workdir / str(port)
+        workdir.mkdir(parents=True, exist_ok=True)
+        bus_port = self.bus_ports[self.ports.index(port)]
+        self.processes[port] = subprocess.Popen(
+            [
+                *(binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+                *("--dir", str(workdir), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                *("--cluster-node-timeout", str(self.NODE_TIMEOUT_MS), "--cluster-port", str(bus_port)),
+                # A replica that never finished its first sync cannot take over: no wait before it starts.
+                *("--repl-diskless-sync-delay", "0"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(port, timeout_s=10, process=self.processes[port])
+
+    def cli(self, port: int, *args: str) -> str:
+        cli = shutil.which("redis-cli")
+        assert cli is not None
+        done = subprocess.run([cli, "-p", str(port), *args], capture_output=True, timeout=10, check=False)
+        return done.stdout.decode(errors="replace")
+
+    def masters(self) -> list[int]:
+        """Ports of the live masters that hold slots, as a live node sees them."""
+        live = [p for p, proc in self.processes.items() if proc.poll() is None]
+        ports = []
+        for line in self.cli(live[0], "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" in fields[2] and "fail" not in fields[2] and len(fields) > 8:
+                ports.append(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        return sorted(ports)
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that holds `key`'s slot now."""
+        slot = int(self.cli(self.ports[0], "cluster", "keyslot", key).strip())
+        for line in self.cli(self.ports[0], "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for spec in fields[8:]:
+                low, _, high = spec.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    return int(fields[1].split("@")[0].rsplit(":", 1)[1])
+        raise LookupError(f"no master holds slot {slot}")
+
+    def wait_until_ok(self, timeout_s: float = 30.0) -> None:
+        """Until every live node says the cluster is ok (all slots served) and agrees on three masters, and
+        every replica is in sync with its master (only then can it take over from it)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            live = [p for p, proc in self.processes.items() if proc.poll() is None]
+            if (
+                all("cluster_state:ok" in self.cli(p, "cluster", "info") for p in live)
+                and len(self.masters()) == 3
+                and all(self.in_sync(p) for p in live)
+            ):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not become ok")
+
+    def in_sync(self, port: int) -> bool:
+        """A master, or a replica whose link to its master is up."""
+        info = self.cli(port, "info", "replication")
+        return "role:master" in info or "master_link_status:up" in info
+
+    def kill(self, port: int) -> None:
+        process = self.processes[port]
+        process.kill()
+        process.wait(10)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)

@@ -15,6 +15,9 @@ import secrets
 import time
 from typing import Any
 
+from services.realtime.redis_cluster import is_cluster
+from services.realtime.scripts import evalsha_pipeline
+
 log = logging.getLogger("chat.limits")
 
 
@@ -223,7 +226,10 @@ class LoginThrottle:
             token,
         ]
         try:
-            wait_ms = await self._script(keys=keys, args=args)
+            if is_cluster(self._redis):
+                wait_ms = await self._attempt_per_key(keys, args)
+            else:
+                wait_ms = await self._script(keys=keys, args=args)
         except Exception as exc:  # any Redis trouble: fall back to this node's memory
             self._redis_down(exc)
             return None
@@ -231,6 +237,29 @@ class LoginThrottle:
             log.info("sign-in throttling is shared through Redis again")
             self._redis_failing = False
         return max(0.0, float(wait_ms) / 1000.0)
+
+    async def _attempt_per_key(self, keys: list[str], args: list[Any]) -> float:
+        """The script once per key, both calls in one pipeline, on a Redis Cluster (an account's key and an
+        address's key lie in different slots). Each call checks and books its own key; when one refuses,
+        the booking the other made is taken back. Until then a concurrent attempt may see that booking:
+        it is refused a little early, never let through more."""
+        now, window, account_limit, address_limit, token = args
+        calls: list[tuple[str | list[str], list[Any]]] = [
+            (keys[0], [now, window, account_limit, 0, token]),
+            (keys[1], [now, window, address_limit, 0, token]),
+        ]
+        results = await evalsha_pipeline(self._redis, self._script, calls)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        waits = [float(result) for result in results]
+        if max(waits) > 0:
+            pipe = self._redis.pipeline(transaction=False)
+            for key, wait in zip(keys, waits, strict=True):
+                if wait == 0:
+                    pipe.zrem(key, token)
+            await pipe.execute()
+        return max(waits)
 
     def _redis_down(self, exc: Exception) -> None:
         if not self._redis_failing:

@@ -62,7 +62,11 @@ class Settings:
         "Longest one MongoDB call may take, server selection, connecting and retries included: past it the "
         "request fails with 503 `unavailable` (a frame with an `unavailable` error)",
     )
-    redis_url: str = _knob("", "REDIS_URL", "Redis URL; empty runs a single node with an in-process bus and presence")
+    redis_url: str = _knob(
+        "",
+        "REDIS_URL",
+        "Redis URL (a Redis, or any node of a Redis Cluster); empty runs a single node with an in-process bus",
+    )
     single_node: bool = _knob(
         False,
         "SINGLE_NODE",

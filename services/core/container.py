@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pymongo.errors
 
@@ -199,10 +201,7 @@ class Services:
         for conversation_id, peers in list(self.connections.by_conversation.items()):
             waiting = [p for p in peers if p.last_message_id is not None]
             if waiting:
-                task = asyncio.get_running_loop().create_task(self.catch_up(conversation_id, waiting))
-                # The loop keeps only weak references to tasks: hold each until it is done.
-                self.catch_ups.add(task)
-                task.add_done_callback(self.catch_ups.discard)
+                self.background(self.catch_up(conversation_id, waiting))
 
     async def catch_up(self, conversation_id: int, peers: list[Peer]) -> None:
         try:
@@ -219,7 +218,11 @@ class Services:
         """After the bus lost events (Redis away), a revocation published meanwhile may have missed this
         node: forget every account it cached, and check each local socket's token against the store again."""
         self.users.liveness.forget()
-        task = asyncio.get_running_loop().create_task(self._recheck_tokens())
+        self.background(self._recheck_tokens())
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task of its own, held until it is done (the loop keeps only weak references)."""
+        task = asyncio.get_running_loop().create_task(work)
         self.catch_ups.add(task)
         task.add_done_callback(self.catch_ups.discard)
 
@@ -318,7 +321,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     media = MediaStore(store, public_base(settings), settings.max_upload_bytes)
     users = UserService(store, hasher, tokens, media, min_age=settings.min_age)
     users.locations = LocationPrivacy.from_settings(settings)
-    backends = build_backends(settings)
+    backends = await build_backends(settings)
     bus = backends.bus
     users.login_throttle = LoginThrottle(
         settings.login_failures_per_account,
@@ -403,6 +406,9 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     backends.presence.on_node_swept = events.node_lost
     connections.on_node_lost.append(services.catch_up_all)
     backends.on_reconnect.append(services.recheck_tokens)
+    # This node's publishes failed for a while (a shard's failover): other nodes' sockets may miss what it
+    # stored meanwhile, so every node is asked to catch its sockets up, as after a node's death.
+    backends.on_publish_restored.append(lambda: services.background(events.node_lost("publishing restored")))
     backends.on_error.append(lambda: metrics.backend_errors.labels(backend="redis").inc())
     await services.start()
     return services

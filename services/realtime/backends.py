@@ -3,12 +3,14 @@
 With no REDIS_URL the node runs alone: an in-process bus, presence counted in this process, sign-in
 failures counted in this process. A `redis://`, `rediss://` or `unix://` URL makes it one node of a
 cluster: the bus, presence, rate budgets, the sign-in counters and the notifications log are shared through
-that Redis. This is the one
+that Redis. The URL may name a single Redis or any node of a Redis Cluster: the node asks Redis which it is
+when it starts (services/realtime/redis_cluster.py) and builds its clients for that. This is the one
 place that knows which backend is which; everyone else uses the interfaces.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -21,6 +23,9 @@ from services.realtime.bus import Bus, InProcessBus, RedisBus
 from services.realtime.counters import LocalRateCounters, RateCounters, RedisRateCounters, SharedBudget
 from services.realtime.notifications_log import LocalNotificationLog, NotificationLog, RedisNotificationLog
 from services.realtime.presence import PresenceStore, RedisPresenceStore
+from services.realtime.redis_cluster import DETECT_DEADLINE_S, ClusterBus, detect_cluster
+
+log = logging.getLogger("chat.backends")
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
@@ -41,6 +46,9 @@ class Backends:
     # every failed bus command (counted as backend errors). An in-process bus never calls them.
     on_reconnect: list[Callable[[], None]] = field(default_factory=list)
     on_error: list[Callable[[], None]] = field(default_factory=list)
+    # Called when this node publishes again after publishes failed, on a Redis Cluster (where other nodes'
+    # subscribers may have resubscribed before those publishes failed, and not caught them up).
+    on_publish_restored: list[Callable[[], None]] = field(default_factory=list)
 
 
 def node_name(settings: Settings) -> str:
@@ -59,12 +67,26 @@ def uses_redis(redis_url: str) -> bool:
     return True
 
 
-def build_backends(settings: Settings) -> Backends:
+async def build_backends(settings: Settings) -> Backends:
     if not uses_redis(settings.redis_url):
         bus: Bus = InProcessBus()
         notifications = LocalNotificationLog(bus, settings.notification_retention_s, settings.notification_max_per_user)
         return Backends(bus=bus, presence=PresenceStore(), rates=LocalRateCounters(), notifications=notifications)
-    bus = RedisBus(settings.redis_url, settings.redis_prefix)
+    cluster = await detect_cluster(settings.redis_url)
+    if cluster is None:
+        log.error(
+            "Redis did not answer within %.0f s: this node assumes a single Redis; restart it once Redis "
+            "answers if REDIS_URL names a Redis Cluster",
+            DETECT_DEADLINE_S,
+        )
+    if cluster:
+        log.info("REDIS_URL names a Redis Cluster: sharded pub/sub, one subscriber connection per shard")
+        cluster_bus = ClusterBus(settings.redis_url, settings.redis_prefix)
+        bus = cluster_bus
+        publish_restored = cluster_bus.on_publish_restored
+    else:
+        bus = RedisBus(settings.redis_url, settings.redis_prefix)
+        publish_restored = []
     presence = RedisPresenceStore(
         bus.redis,
         node_id=node_name(settings),
@@ -87,4 +109,5 @@ def build_backends(settings: Settings) -> Backends:
         shared_counters=bus.redis,
         on_reconnect=bus.on_reconnect,
         on_error=bus.on_error,
+        on_publish_restored=publish_restored,
     )

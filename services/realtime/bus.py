@@ -3,7 +3,9 @@
 Channels are named `conv:<id>` (everything said in a conversation) and `user:<id>` (notifications and
 control events for one user). A node subscribes only to the channels its local sockets need, and every
 node's subscriber hands what arrives to one callback (services/realtime/hub.py), which fans it out to
-local sockets. `InProcessBus` is the single-node implementation; the Redis one shares the interface.
+local sockets. `InProcessBus` is the single-node implementation; the Redis one shares the interface, and
+so does the Redis Cluster one (services/realtime/redis_cluster.py `ClusterBus`, sharded pub/sub). A channel
+may have any name: the Redis buses prefix it, and on a cluster it lives on the shard of its own name.
 
 What a publish means, on either bus: the event is handed to this node's own subscriber on the next loop
 iteration (never inside the publisher's call stack) when the channel is subscribed here, and it is on its
@@ -157,13 +159,13 @@ class RedisBus(Bus):
         from redis.backoff import NoBackoff
 
         self._aioredis = aioredis
-        self.redis = aioredis.from_url(
+        self.redis: Any = aioredis.from_url(
             url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=0, decode_responses=False
         )
         # Its own client so that a pipeline is sent at most once (the default client retries) and the
         # publishes of this node leave on one connection, in order. One deadline per pipeline
         # (PUBLISH_TIMEOUT_S) instead of a socket timeout, which redis-py arms for every reply.
-        self._publisher = aioredis.from_url(
+        self._publisher: Any = aioredis.from_url(
             url,
             socket_connect_timeout=2,
             socket_timeout=None,
@@ -171,6 +173,10 @@ class RedisBus(Bus):
             decode_responses=False,
             retry=Retry(NoBackoff(), 0),
         )
+        self._setup(prefix)
+
+    def _setup(self, prefix: str) -> None:
+        """The state every Redis bus shares, whatever its clients."""
         self.prefix = prefix
         self._prefix_bytes = prefix.encode()
         self.node_tag = b"@" + secrets.token_hex(8).encode() + b" "
@@ -271,14 +277,18 @@ class RedisBus(Bus):
             if self._dropping and not outbox:
                 self._dropping = False
                 log.warning("Redis publish queue drained; %d events dropped so far", self.publish_dropped)
-            pipe = self._publisher.pipeline(transaction=False)
-            for wire, data in batch:
-                pipe.publish(wire, data)
-            if await self._attempt(pipe.execute(), len(batch)):
+            if await self._attempt(self._send_batch(batch), len(batch)):
                 backoff = self.MIN_BACKOFF_S
             else:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.MAX_BACKOFF_S)
+
+    async def _send_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
+        """One pipeline of PUBLISH commands (a Redis Cluster bus sends SPUBLISH instead)."""
+        pipe = self._publisher.pipeline(transaction=False)
+        for wire, data in batch:
+            pipe.publish(wire, data)
+        await pipe.execute()
 
     async def _attempt(self, command: Awaitable[Any], events: int) -> bool:
         """Run one publisher command (a pipeline of `events` PUBLISHes, or a probe); False if it failed."""
@@ -302,7 +312,12 @@ class RedisBus(Bus):
         if self._publish_down:
             self._publish_down = False
             log.warning("Redis publishing works again")
+            self._publishing_restored()
         return True
+
+    def _publishing_restored(self) -> None:
+        """A command went through after some failed (a single Redis has nothing more to do: its
+        subscribers all lost their connection with it, and catch up when they are back)."""
 
     # -- subscribing -------------------------------------------------------------------------------
 

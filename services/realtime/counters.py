@@ -15,18 +15,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import redis.exceptions
-
 from services.core.errors import RateLimited
+from services.realtime.redis_cluster import UNAVAILABLE_ERRORS
 from services.realtime.scripts import evalsha_pipeline
 
 log = logging.getLogger("chat.limits")
 
-REDIS_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-)
+REDIS_ERRORS = UNAVAILABLE_ERRORS
 MAX_LOCAL_KEYS = 100_000
 # After Redis fails, rates are counted locally for this long before Redis is tried again: a check must
 # not wait for a connection timeout on every request while Redis is away.

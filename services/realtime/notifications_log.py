@@ -49,6 +49,7 @@ import redis.exceptions
 from services.core import errors
 from services.realtime.bus import Bus, user_channel
 from services.realtime.events import NOTIFICATION, encode
+from services.realtime.redis_cluster import is_cluster, user_tag
 from services.realtime.scripts import evalsha_pipeline
 
 log = logging.getLogger("chat.notifications")
@@ -177,6 +178,10 @@ redis.call('PUBLISH', ARGV[4],
 return sid
 """
 
+# The same on a Redis Cluster, where the user's channel is a shard channel in the slot of their log.
+_APPEND_SHARDED = _APPEND.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+assert _APPEND_SHARDED != _APPEND
+
 # KEYS[1] the user's log; ARGV[1] the id to read after. Returns {now ms, newest entry, entries after the id
 # (from the oldest kept when that is later)...}, or {} when nothing is kept.
 _SINCE = """
@@ -215,7 +220,10 @@ class RedisNotificationLog(NotificationLog):
         self._bus = bus
         self._redis = client
         self._prefix = prefix
-        self._append_script = client.register_script(_APPEND)
+        # On a Redis Cluster the user's log and channel share the user's hash tag, so that one script on one
+        # slot appends and publishes, with SPUBLISH (services/realtime/redis_cluster.py).
+        self._cluster = is_cluster(client)
+        self._append_script = client.register_script(_APPEND_SHARDED if self._cluster else _APPEND)
         self._since_script = client.register_script(_SINCE)
         self._queue: deque[tuple[int, bytes, bytes, bytes]] = deque()
         self._ready = asyncio.Event()
@@ -226,7 +234,15 @@ class RedisNotificationLog(NotificationLog):
         self.failures = 0
 
     def _key(self, user_id: int) -> str:
+        if self._cluster:
+            return f"{self._prefix}notifications:{user_tag(user_id)}"
         return f"{self._prefix}notifications:{user_id}"
+
+    def _channel(self, user_id: int) -> str:
+        """The user's channel as Redis knows it (as the bus names it on the wire)."""
+        if self._cluster:
+            return self._prefix + user_tag(user_id)
+        return self._prefix + user_channel(user_id)
 
     def append(self, user_id: int, notification: dict[str, Any], kept: dict[str, Any]) -> None:
         if len(self._queue) >= self.MAX_QUEUED:
@@ -263,7 +279,7 @@ class RedisNotificationLog(NotificationLog):
         retention_ms = round(self.retention_s * 1000)
         calls = []
         for user_id, header, notification, kept in batch:
-            channel = self._prefix + user_channel(user_id)
+            channel = self._channel(user_id)
             args = [self.max_per_user, retention_ms, lifetime_ms, channel, header, notification, kept]
             calls.append((self._key(user_id), args))
         try:

@@ -31,15 +31,12 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import redis.exceptions
+from services.realtime.redis_cluster import UNAVAILABLE_ERRORS, is_cluster, user_tag
+from services.realtime.scripts import evalsha_pipeline
 
 log = logging.getLogger("chat.presence")
 
-REDIS_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-)
+REDIS_ERRORS = UNAVAILABLE_ERRORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +165,13 @@ _VERSION = "local now = redis.call('TIME') local version = now[1] * 1000000 + no
 # until which that node vouches for the user (refreshed by the node's heartbeat). A user is online while
 # some member's score lies in the future. Scripts make every transition atomic, so that exactly one node
 # reports each online and each offline, however the connections race across nodes.
+#
+# On a single Redis the connect and disconnect scripts also add the user to (remove them from) the node's
+# user set, KEYS[2]. On a Redis Cluster that set lives in another slot than `online:{user:<id>}`, so the
+# scripts get one key and the node writes its set with a plain command: added before the script runs and
+# removed after it, so that the set always holds at least the users the node vouches for, and a sweep of
+# the node finds them all (one more is harmless: its disconnect changes nothing). The heartbeat script
+# takes the keys of one slot per call on a cluster.
 
 _CONNECT = (
     _VERSION
@@ -175,7 +179,7 @@ _CONNECT = (
 local live = redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[5])
+if KEYS[2] then redis.call('SADD', KEYS[2], ARGV[5]) end
 return {live, version}
 """
 )
@@ -186,7 +190,7 @@ _DISCONNECT = (
     _VERSION
     + """
 local removed = redis.call('ZREM', KEYS[1], ARGV[2])
-redis.call('SREM', KEYS[2], ARGV[3])
+if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[3]) end
 if removed == 1 and redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') == 0 then
   return version
 end
@@ -243,6 +247,7 @@ class RedisPresenceStore(PresenceStore):
         self._connect = redis.register_script(_CONNECT)
         self._disconnect = redis.register_script(_DISCONNECT)
         self._heartbeat_script = redis.register_script(_HEARTBEAT)
+        self._cluster = is_cluster(redis)
         self._loop: asyncio.Task[None] | None = None
         # Users whose last local socket closed while Redis was away: their entry is removed (and their
         # offline announced) once Redis is back.
@@ -253,7 +258,41 @@ class RedisPresenceStore(PresenceStore):
         self.sweeps = 0
 
     def _online_key(self, user_id: int) -> str:
+        if self._cluster:
+            return f"{self.prefix}online:{user_tag(user_id)}"
         return f"{self.prefix}online:{user_id}"
+
+    async def _run_connect(self, user_id: int, args: list[Any]) -> Any:
+        if not self._cluster:
+            return await self._connect(keys=[self._online_key(user_id), self._node_users_key], args=args)
+        await self.redis.sadd(self._node_users_key, user_id)
+        return await self._connect(keys=[self._online_key(user_id)], args=args)
+
+    async def _run_disconnect(self, user_id: int, users_key: str, node: str, now: float) -> int:
+        """Withdraw `node`'s entry for the user: the transition's version when that made them offline, else 0."""
+        args = [now, node, user_id]
+        if not self._cluster:
+            return int(await self._disconnect(keys=[self._online_key(user_id), users_key], args=args))
+        version = await self._disconnect(keys=[self._online_key(user_id)], args=args)
+        await self.redis.srem(users_key, user_id)
+        return int(version)
+
+    async def _vouch(self, user_ids: list[int], now: float) -> list[Any]:
+        """The heartbeat script over `user_ids`: [user, version, ...] of those who were offline meanwhile."""
+        tail = [int(self.ttl_s * 4) + 60, now, now + self.ttl_s, self.incarnation]
+        if not self._cluster:
+            back = await self._heartbeat_script(keys=[self._online_key(u) for u in user_ids], args=[*user_ids, *tail])
+            return list(back or [])
+        by_slot: dict[int, list[int]] = {}
+        for user_id in user_ids:
+            by_slot.setdefault(self.redis.keyslot(self._online_key(user_id)), []).append(user_id)
+        calls = [([self._online_key(u) for u in users], [*users, *tail]) for users in by_slot.values()]
+        out: list[Any] = []
+        for result in await evalsha_pipeline(self.redis, self._heartbeat_script, calls):
+            if isinstance(result, Exception):
+                raise result
+            out.extend(result or [])
+        return out
 
     @property
     def _node_users_key(self) -> str:
@@ -296,9 +335,8 @@ class RedisPresenceStore(PresenceStore):
         self._unsynced_offline.discard(user_id)
         now = self._now()
         try:
-            live_before, version = await self._connect(
-                keys=[self._online_key(user_id), self._node_users_key],
-                args=[now, now + self.ttl_s, self.incarnation, int(self.ttl_s * 4) + 60, user_id],
+            live_before, version = await self._run_connect(
+                user_id, [now, now + self.ttl_s, self.incarnation, int(self.ttl_s * 4) + 60, user_id]
             )
         except REDIS_ERRORS:
             log.warning("presence of user %d not shared: Redis unavailable", user_id)
@@ -311,10 +349,7 @@ class RedisPresenceStore(PresenceStore):
 
     async def _offline_here(self, user_id: int) -> None:
         try:
-            version = await self._disconnect(
-                keys=[self._online_key(user_id), self._node_users_key],
-                args=[self._now(), self.incarnation, user_id],
-            )
+            version = await self._run_disconnect(user_id, self._node_users_key, self.incarnation, self._now())
         except REDIS_ERRORS:
             self._unsynced_offline.add(user_id)
             return
@@ -350,9 +385,7 @@ class RedisPresenceStore(PresenceStore):
             if user_id in self.local_counts:
                 self._unsynced_offline.discard(user_id)
                 continue
-            version = await self._disconnect(
-                keys=[self._online_key(user_id), self._node_users_key], args=[now, self.incarnation, user_id]
-            )
+            version = await self._run_disconnect(user_id, self._node_users_key, self.incarnation, now)
             self._unsynced_offline.discard(user_id)
             if int(version):
                 await self._report(user_id, online=False, version=int(version))
@@ -363,11 +396,7 @@ class RedisPresenceStore(PresenceStore):
             await pipe.execute()
         for start in range(0, len(user_ids), HEARTBEAT_CHUNK):
             chunk = user_ids[start : start + HEARTBEAT_CHUNK]
-            back = await self._heartbeat_script(
-                keys=[self._online_key(u) for u in chunk],
-                args=[*chunk, int(self.ttl_s * 4) + 60, now, now + self.ttl_s, self.incarnation],
-            )
-            back = back or []
+            back = await self._vouch(chunk, now)
             for user_id, version in zip(back[::2], back[1::2], strict=True):
                 await self._report(int(user_id), online=True, version=int(version))
 
@@ -418,7 +447,7 @@ class RedisPresenceStore(PresenceStore):
         members = await self.redis.smembers(users_key)
         for raw_user in members:
             user_id = int(raw_user)
-            version = await self._disconnect(keys=[self._online_key(user_id), users_key], args=[now, node, user_id])
+            version = await self._run_disconnect(user_id, users_key, node, now)
             if int(version):
                 await self._report(user_id, online=False, version=int(version))
         await self.redis.delete(users_key)
