@@ -165,7 +165,7 @@ def ping(socket: BaseSocket, frame: PingFrame) -> None:
 
 
 @REGISTRY.frame(AuthFrame, "conversation", "notifications", ordered=False)
-def auth(socket: BaseSocket, frame: AuthFrame) -> Awaitable[None]:
+def auth(socket: BaseSocket, frame: AuthFrame) -> Awaitable[None] | None:
     """Renew the socket's access token; no answer.
 
     The token must be a valid access token of the socket's user: another user's token, a refresh token,

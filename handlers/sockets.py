@@ -202,17 +202,23 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             return False
         return True
 
-    async def renew(self, token: str) -> None:
+    def renew(self, token: str) -> Awaitable[None] | None:
         """The `auth` frame: live by a new access token of the same user from now on. Anything else (another
-        user's token, a refresh token, an invalid, expired or revoked one) closes the socket with 4002."""
+        user's token, a refresh token, an invalid, expired or revoked one) closes the socket with 4002.
+
+        A token that is refused by its signature or its user closes the socket before the next frame is
+        handled (a `ping` behind it gets no `pong`); only the revocation check waits on the store."""
         try:
             grant = self.services.tokens.verify_access(token)
         except TokenError:
             self.shut(CLOSE_BAD_TOKEN, "invalid token")
-            return
+            return None
         if grant.user_id != self.user_id:
             self.shut(CLOSE_BAD_TOKEN, "token of another user")
-            return
+            return None
+        return self._renew_if_accepted(grant)
+
+    async def _renew_if_accepted(self, grant: AccessGrant) -> None:
         if not await self.services.users.accepts(grant.user_id, grant.generation):
             self.shut(CLOSE_BAD_TOKEN, "invalid token")
             return

@@ -390,3 +390,40 @@ async def test_auth_frames_that_are_not_the_users_valid_access_token_close_the_s
         for _ in range(2):
             await ws.send({"type": "auth", "token": token(alice.id, ttl_s=600, secret=TEST_SECRET)})
             await still_open(ws)
+
+
+async def write_together(ws: WsClient, frames: list[dict[str, Any]]) -> None:
+    """Write the frames in one write to the socket, so that the server reads them in one go."""
+    protocol = ws.conn.protocol
+    assert isinstance(protocol, tornado.websocket.WebSocketProtocol13)
+    stream = protocol.stream
+    parts: list[bytes] = []
+    real_write = stream.write
+
+    def collect(data: Any) -> asyncio.Future[None]:
+        parts.append(bytes(data))
+        return asyncio.get_running_loop().create_future()  # never awaited: the bytes leave below
+
+    stream.write = collect  # type: ignore[method-assign,assignment]
+    try:
+        for frame in frames:
+            protocol._write_frame(True, 0x1, orjson.dumps(frame))
+    finally:
+        stream.write = real_write  # type: ignore[method-assign]
+    await real_write(b"".join(parts))
+
+
+async def test_a_refused_auth_frame_closes_the_socket_before_the_frames_behind_it(api, services):
+    """An invalid token read from the frame itself closes the socket at once: a ping written right behind
+    it (same TCP segment) gets no pong, whatever the socket kind."""
+    alice, bob = await api.user("alice"), await api.user("bob")
+    cid = await make_conversation(services, alice.id, bob.id)
+    for opened in (lambda: join(api, cid, alice), lambda: notifications(api, alice)):
+        for refused in ("", "garbage", bob.access):
+            ws = await opened()
+            await write_together(ws, [{"type": "auth", "token": refused}, {"type": "ping"}])
+            frames = []
+            while (raw := await asyncio.wait_for(ws.conn.read_message(), WITHIN_S)) is not None:
+                frames.append(orjson.loads(raw)["type"])
+            assert "pong" not in frames, (refused[:10], frames)
+            assert ws.conn.close_code == 4002, refused[:10]

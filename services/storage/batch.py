@@ -33,7 +33,7 @@ class Coalescer(Generic[K, V]):
         self._fetch = fetch
         self.max_keys = max(1, max_keys)
         # Callers waiting for the next query: the keys each asked for, and its answer.
-        self._waiting: list[tuple[Collection[K], asyncio.Future[dict[K, V]]]] = []
+        self._queued_reads: list[tuple[Collection[K], asyncio.Future[dict[K, V]]]] = []
         self._runner: asyncio.Task[None] | None = None
         self.queries = 0  # sent so far (tests and benchmarks read it)
 
@@ -44,7 +44,7 @@ class Coalescer(Generic[K, V]):
     async def get_many(self, keys: Collection[K]) -> dict[K, V]:
         """The values stored under these keys (those found), from one query shared with other callers."""
         future: asyncio.Future[dict[K, V]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((keys, future))
+        self._queued_reads.append((keys, future))
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run())
         return await future
@@ -53,14 +53,14 @@ class Coalescer(Generic[K, V]):
         """Send what waits, one query at a time, until nothing does. Starting as a task lets every caller
         of the current loop iteration join the first query."""
         try:
-            while self._waiting:
+            while self._queued_reads:
                 await self._answer(self._take())
         finally:
             self._runner = None
             # Left only when cancelled (the node shutting down): nobody is left to send these.
-            for _, future in self._waiting:
+            for _, future in self._queued_reads:
                 future.cancel()
-            self._waiting = []
+            self._queued_reads = []
 
     async def _answer(self, batch: list[tuple[Collection[K], asyncio.Future[dict[K, V]]]]) -> None:
         """One query for the keys of these callers, and each caller's share of its answer."""
@@ -87,11 +87,11 @@ class Coalescer(Generic[K, V]):
     def _take(self) -> list[tuple[Collection[K], asyncio.Future[dict[K, V]]]]:
         """The callers of the next query: in arrival order, up to `max_keys` keys (at least one caller)."""
         taken, count = 0, 0
-        for keys, future in self._waiting:
+        for keys, future in self._queued_reads:
             if taken and count + len(keys) > self.max_keys:
                 break
             if not future.done():
                 count += len(keys)
             taken += 1
-        batch, self._waiting = self._waiting[:taken], self._waiting[taken:]
+        batch, self._queued_reads = self._queued_reads[:taken], self._queued_reads[taken:]
         return [(keys, future) for keys, future in batch if not future.done()]
