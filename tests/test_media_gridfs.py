@@ -21,7 +21,8 @@ import tornado.simple_httpclient
 from gridfs.errors import CorruptGridFile
 
 from services.media.blobs import CHUNK_BYTES
-from services.media.migrate import migrate_media
+from services.media.migrate import COPIED_MARK, left_on_disk, migrate_media
+from tests.processes import ServerProcess, node_env
 from tests.support import PASSWORD, TEST_SECRET, ApiClient, assert_error, make_conversation, seed_user, stored_media
 from tests.test_photos import png_bytes, upload_attachment, upload_photo
 
@@ -260,3 +261,31 @@ async def test_the_migrate_media_command_reports_its_counts(services, mongo_url,
     second = await asyncio.to_thread(run)
     assert second.returncode == 0 and f"copied 0 files (0 bytes), {len(files)} already" in second.stdout
     assert await stored_media(services) == set(files)
+
+
+@pytest.mark.slow
+async def test_a_node_copies_the_files_left_on_its_disk_by_itself(mongo_url, tmp_path):
+    """An upgraded node nobody ran the command on: what its disk holds is served all the same, once the
+    node has copied it (in the background, at start), and the next start does not walk the folder again."""
+    files = disk_media(tmp_path)
+    assert left_on_disk(tmp_path)
+    node = ServerProcess(tmp_path, node_env(mongo_url)).start()
+    client = tornado.simple_httpclient.SimpleAsyncHTTPClient()
+    try:
+        for path, data in files.items():
+            for _ in range(200):
+                served = await client.fetch(f"{node.base}/media/{path}", raise_error=False)
+                if served.code != 404:
+                    break
+                await asyncio.sleep(0.1)
+            assert served.code == 200 and served.body == data, (path, served.code)
+        for _ in range(50):  # the mark is written once the last file is in
+            if not left_on_disk(tmp_path):
+                break
+            await asyncio.sleep(0.1)
+        assert (tmp_path / COPIED_MARK).read_text().startswith(f"copied {len(files)} files")
+        assert not left_on_disk(tmp_path)
+        assert "copied into the database" in node.log()
+    finally:
+        client.close()
+        node.stop()

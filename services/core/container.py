@@ -28,6 +28,7 @@ from services.core.limits import RateLimiter
 from services.core.metrics import Metrics
 from services.matching.location import LocationPrivacy
 from services.matching.service import MatchingService
+from services.media.migrate import copy_left_on_disk, left_on_disk
 from services.media.store import MediaStore
 from services.moderation.service import ModerationService
 from services.push.delivery import load_vapid_keys
@@ -104,6 +105,7 @@ class Services:
     catch_ups: set[asyncio.Task[None]] = field(default_factory=set)
     _store_preparation: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _backend_probe: BackgroundTask | None = field(default=None, init=False, repr=False)
+    _media_copy: BackgroundTask | None = field(default=None, init=False, repr=False)
 
     def check_message_rate(self, user_id: int) -> None:
         """Messages per user, shared by socket and REST sends, and by every node when Redis is configured."""
@@ -147,6 +149,26 @@ class Services:
         while not self.shutting_down:
             await self.probe_backends()
             await asyncio.sleep(BACKEND_PROBE_INTERVAL_S)
+
+    async def _copy_media_left_on_disk(self) -> None:
+        """Copy into the database the uploads an older version kept under DATA_DIR/media, once the store
+        answers; retried while it does not. Files are served from the database only, so until this is done
+        (seconds for thousands of files) such a file answers 404 on every node."""
+        data_dir = Path(self.settings.data_dir)
+        if not await asyncio.to_thread(left_on_disk, data_dir):
+            return
+        await self.store_prepared.wait()
+        delay_s = 1.0
+        while not self.shutting_down:
+            try:
+                report = await copy_left_on_disk(self.store, data_dir)
+            except STORE_DOWN_ERRORS as exc:
+                log.warning("copying %s/media into the database failed (%s); again in %.0f s", data_dir, exc, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 60.0)
+                continue
+            log.info("uploads left under %s/media copied into the database: %s", data_dir, report.summary())
+            return
 
     async def fill_gaps(self, conversation_id: int, peers: list[Peer]) -> None:
         """Deliver, from MongoDB, the messages that peers are missing before the ones they parked."""
@@ -276,6 +298,9 @@ class Services:
         self.media.start()
         # Account deletions a node left unfinished when it died (services/accounts/deletion.py).
         self.deletion_worker.start()
+        # Uploads an older version of the server kept on this node's disk (services/media/migrate.py).
+        self._media_copy = BackgroundTask(self._copy_media_left_on_disk, "media-copy")
+        self._media_copy.start()
         self._backend_probe = BackgroundTask(self._probe_backends_forever, "backend-probe")
         self._backend_probe.start()
 
@@ -287,6 +312,8 @@ class Services:
             await asyncio.gather(self._store_preparation, return_exceptions=True)
         if self._backend_probe is not None:
             await self._backend_probe.close()
+        if self._media_copy is not None:
+            await self._media_copy.close()
         await self.connections.close_all(1001, "server shutting down")
         await self.chat.close()
         await self.events.notifications.close()

@@ -83,3 +83,24 @@ async def migrate_media(store: Store, root: Path) -> MigrationReport:
         report.copied += 1
         report.bytes_copied += len(data)
     return report
+
+
+# A node that finds files under DATA_DIR/media at start copies them itself (services/core/container.py),
+# so that an upgrade loses no picture when nobody ran the command; this mark, written beside the folder
+# once a copy finished, spares the next starts the walk (uploads no longer write to the folder).
+COPIED_MARK = "media.copied"
+
+
+def left_on_disk(data_dir: Path) -> bool:
+    """Whether DATA_DIR/media holds files that no finished copy has taken yet."""
+    root = data_dir / "media"
+    if (data_dir / COPIED_MARK).exists() or not root.is_dir():
+        return False
+    return any(p.is_file() for p in root.rglob("*"))
+
+
+async def copy_left_on_disk(store: Store, data_dir: Path) -> MigrationReport:
+    """`migrate_media` of DATA_DIR/media, then the mark that says it is done."""
+    report = await migrate_media(store, data_dir / "media")
+    await asyncio.to_thread((data_dir / COPIED_MARK).write_text, report.summary() + "\n")
+    return report
