@@ -25,7 +25,7 @@ from services.core import errors, logs
 from services.core.config import SettingError, Settings
 from services.core.container import Services, build_services
 from services.core.logs import redact
-from services.core.system import open_file_limit, socket_budget
+from services.core.system import open_file_limit, settle_garbage_collector, socket_budget
 from services.core.systemd import Notifier
 from services.media.migrate import migrate_media
 from services.moderation.audit import AuditLog, command_line_actor
@@ -159,6 +159,7 @@ class Node:
             log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
         self._readiness = asyncio.get_running_loop().create_task(self.systemd.ready_when(self.services.store_prepared))
         self.systemd.start_watchdog()
+        settle_garbage_collector()
 
     async def stop(self) -> None:
         """Graceful stop: not ready, no new connections, sockets closed with 1001 (clients reconnect to

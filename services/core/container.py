@@ -314,6 +314,7 @@ class Services:
             await self._backend_probe.close()
         if self._media_copy is not None:
             await self._media_copy.close()
+        self.presence.store.hand_over_at_close()
         await self.connections.close_all(1001, "server shutting down")
         await self.chat.close()
         await self.events.notifications.close()

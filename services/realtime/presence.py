@@ -104,6 +104,11 @@ class PresenceStore:
     async def start(self) -> None:
         """Nothing to do for a single node."""
 
+    def hand_over_at_close(self) -> None:
+        """From now on sockets that close leave the count alone: the shutdown closes them all, and `close`
+        hands every user over at once instead of one transition per socket."""
+        self.closed = True
+
     async def close(self) -> None:
         """A single node going down takes every user's last socket with it."""
         self.closed = True
@@ -218,6 +223,7 @@ return back
 )
 
 HEARTBEAT_CHUNK = 500
+SWEEP_BATCH = 500  # users withdrawn per pipeline when a node that is gone is swept
 INCARNATION_SEPARATOR = "/"
 
 
@@ -277,6 +283,26 @@ class RedisPresenceStore(PresenceStore):
         await self.redis.srem(users_key, user_id)
         return int(version)
 
+    async def _withdraw(self, node: str, users_key: str, user_ids: list[int], now: float) -> None:
+        """`_run_disconnect` for many users of one node (an incarnation), in pipelines, and the offline
+        reports of each pipeline together: a node restarted with 13,000 users took 144 s to sweep them
+        one round trip at a time, and as long to hand them over at its SIGTERM."""
+        for start in range(0, len(user_ids), SWEEP_BATCH):
+            batch = user_ids[start : start + SWEEP_BATCH]
+            calls = [
+                ([self._online_key(u)] if self._cluster else [self._online_key(u), users_key], [now, node, u])
+                for u in batch
+            ]
+            versions = await evalsha_pipeline(self.redis, self._disconnect, calls)
+            for result in versions:
+                if isinstance(result, Exception):
+                    raise result
+            if self._cluster:
+                await self.redis.srem(users_key, *batch)
+            await asyncio.gather(
+                *(self._report(u, online=False, version=int(v)) for u, v in zip(batch, versions, strict=True) if int(v))
+            )
+
     async def _vouch(self, user_ids: list[int], now: float) -> list[Any]:
         """The heartbeat script over `user_ids`: [user, version, ...] of those who were offline meanwhile."""
         tail = [int(self.ttl_s * 4) + 60, now, now + self.ttl_s, self.incarnation]
@@ -320,10 +346,10 @@ class RedisPresenceStore(PresenceStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
             self._loop = None
-        for user_id in list(self.local_counts):
-            self.local_counts.pop(user_id, None)
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self._offline_here(user_id)
+        users = list(self.local_counts)
+        self.local_counts.clear()
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._withdraw(self.incarnation, self._node_users_key, users, self._now())
         with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.hdel(self._nodes_key, self.incarnation)
             await self.redis.delete(self._node_users_key)
@@ -444,12 +470,8 @@ class RedisPresenceStore(PresenceStore):
             return None
         self.sweeps += 1
         users_key = self._node_users_key_of(node)
-        members = await self.redis.smembers(users_key)
-        for raw_user in members:
-            user_id = int(raw_user)
-            version = await self._run_disconnect(user_id, users_key, node, now)
-            if int(version):
-                await self._report(user_id, online=False, version=int(version))
+        members = [int(raw_user) for raw_user in await self.redis.smembers(users_key)]
+        await self._withdraw(node, users_key, members, now)
         await self.redis.delete(users_key)
         await self.redis.hdel(self._nodes_key, node)
         return len(members)
