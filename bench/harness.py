@@ -154,9 +154,13 @@ class Stack:
 
     # -- the servers -----------------------------------------------------------------------------------
 
-    def start_ours(self, name: str, mongodb_url: str, redis_url: str = "") -> Child:
+    def start_ours(
+        self, name: str, mongodb_url: str, redis_url: str = "", extra_env: dict[str, str] | None = None
+    ) -> Child:
+        """A node named `name` (its NODE_ID); `extra_env` overrides settings for this run."""
         port = free_port()
         env = {**BENCH_SERVER_ENV, "MONGODB_URL": mongodb_url, "REDIS_URL": redis_url, "NODE_ID": name}
+        env.update(extra_env or {})
         data_dir = self.workdir / name
         argv = [sys.executable, str(ROOT / "server.py"), "--port", str(port), "--data-dir", str(data_dir)]
         return self._spawn(name, argv, port, env=env, cwd=ROOT)
