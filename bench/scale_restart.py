@@ -93,6 +93,7 @@ class Flow:
     seq: int = 0
     generated: dict[int, float] = field(default_factory=dict)  # seq -> when the client queued it
     unacked: dict[int, str] = field(default_factory=dict)  # seq -> frame, until an echo or replay has it
+    last_sent: dict[int, float] = field(default_factory=dict)  # seq -> when it was last written to a socket
     acked: dict[int, int] = field(default_factory=dict)  # seq -> message id
     received: collections.Counter[int] = field(default_factory=collections.Counter)  # seq -> frames at B
     ids: dict[int, set[int]] = field(default_factory=dict)  # seq -> message ids seen at B
@@ -142,6 +143,8 @@ class Worker:
         self.gone: collections.Counter[str] = collections.Counter()
         self.latencies: list[float] = []
         self.retries: set[asyncio.Task[None]] = set()
+        self.unanswered = 0
+        self.unanswered_examples: list[dict[str, int]] = []
         self.first_joins = 0
         self.all_tried = asyncio.Event()
         self.gate = asyncio.Semaphore(args.concurrency)
@@ -192,10 +195,7 @@ class Worker:
 
         async def again() -> None:
             await asyncio.sleep(self.backoff(0))
-            ws = c.ws
-            if seq in flow.unacked and ws is not None:
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(flow.unacked[seq])
+            await self.send(flow, c, seq)
 
         task = asyncio.get_running_loop().create_task(again())
         self.retries.add(task)
@@ -236,7 +236,7 @@ class Worker:
                 if c.side == 0 and c.flow is not None:
                     # What queued up while away, with the same client_id: stored ones are answered, not stored again.
                     for seq in sorted(c.flow.unacked):
-                        await ws.send(c.flow.unacked[seq])
+                        await self.send(c.flow, c, seq)
                 async for received in ws:
                     self.take(c, received)
             except ConnectionClosed:
@@ -272,10 +272,29 @@ class Worker:
             frame = flow.frame(flow.seq)
             flow.generated[flow.seq] = time.monotonic()
             flow.unacked[flow.seq] = frame
-            ws = sender.ws
-            if ws is not None:
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(frame)
+            await self.send(flow, sender, flow.seq)
+
+    async def send(self, flow: Flow, sender: Client, seq: int) -> None:
+        """Write a message still unacknowledged to the sender's socket, if it has one open."""
+        ws = sender.ws
+        if ws is None or seq not in flow.unacked:
+            return
+        flow.last_sent[seq] = time.monotonic()
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(flow.unacked[seq])
+
+    async def resend_loop(self, flow: Flow, sender: Client) -> None:
+        """A send neither answered nor refused within `--resend-after` s on an open socket is sent again (the
+        same client_id, so never stored twice); counted, since a server should answer every send."""
+        while not self.stopping:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for seq in [s for s in flow.unacked if now - flow.last_sent.get(s, now) > self.args.resend_after]:
+                if sender.ws is not None:
+                    self.unanswered += 1
+                    if len(self.unanswered_examples) < 5:
+                        self.unanswered_examples.append({"conversation": flow.conversation_id, "seq": seq})
+                    await self.send(flow, sender, seq)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -313,6 +332,8 @@ class Worker:
             "generated": sum(f.seq for f in self.flows),
             "acked": sum(len(f.acked) for f in self.flows),
             "unacked": sum(len(f.unacked) for f in self.flows),
+            "resent_unanswered": self.unanswered,
+            "unanswered_examples": self.unanswered_examples,
             "delivered": sum(len(f.received) for f in self.flows),
             "lost": lost,
             "lost_receiver_not_connected": lost_b_away,
@@ -346,12 +367,14 @@ class Worker:
             }
         )
         senders: list[asyncio.Task[None]] = []
+        resenders: list[asyncio.Task[None]] = []
         while line := await commands.readline():
             command = line.decode().strip()
             if command == "load":
                 self.sending = True
                 by_flow = {id(c.flow): c for c in self.clients if c.flow is not None and c.side == 0}
                 senders = [loop.create_task(self.send_loop(f, by_flow[id(f)])) for f in self.flows]
+                resenders = [loop.create_task(self.resend_loop(f, by_flow[id(f)])) for f in self.flows]
             elif command == "stop":
                 self.sending = False
                 await asyncio.gather(*senders, return_exceptions=True)
@@ -364,9 +387,9 @@ class Worker:
         self.stopping = True
         reporter.cancel()
         await asyncio.gather(*(c.ws.close() for c in self.clients if c.ws is not None), return_exceptions=True)
-        for task in tasks:
+        for task in [*tasks, *resenders, *self.retries]:
             task.cancel()
-        await asyncio.gather(*tasks, reporter, return_exceptions=True)
+        await asyncio.gather(*tasks, *resenders, *self.retries, reporter, return_exceptions=True)
 
     async def report_loop(self) -> None:
         while True:
@@ -446,7 +469,11 @@ class Run:
         self.workers: list[WorkerProcess] = []
 
     def record(self, doc: dict[str, Any]) -> None:
+        """Keep a figure set; also appended to lines.jsonl in the work directory at once, so that a run
+        stopped half-way leaves what it measured."""
         self.lines.append(doc)
+        with open(self.stack.workdir / "lines.jsonl", "a") as out:
+            out.write(json.dumps(doc) + "\n")
 
     async def start(self) -> Path:
         args = self.args
@@ -479,7 +506,7 @@ class Run:
             argv += ["--first", str(first), "--count", str(count), "--sender-every", str(self.sender_every())]
             for n in self.nodes:
                 argv += ["--url", n.url]
-            for option in ("rate", "concurrency", "backoff_base", "backoff_cap", "drain"):
+            for option in ("rate", "concurrency", "backoff_base", "backoff_cap", "drain", "resend_after"):
                 argv += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
             err = os.open(self.stack.workdir / f"worker{w + 1}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             try:
@@ -517,7 +544,7 @@ class Run:
             failures.update(e["failures"])
             failures.update(e["gone"])
         cpu = [ProcStats.cpu_s(n.pid) - c for n, c in zip(self.nodes, cpu0, strict=True)]
-        self.per_node = [total(self.workers, "joined", k) for k in range(len(self.nodes))]
+        self.per_node = [sum(e["per_node"][k] for e in events) for k in range(len(self.nodes))]
         self.record(
             {
                 "phase": "connect",
@@ -575,7 +602,7 @@ class Run:
     async def restart(self, k: int) -> None:
         args = self.args
         node = self.nodes[k]
-        expected = total(self.workers, "joined", k)
+        expected = self.per_node[k]
         closes0 = counter_sum(self.workers, "closes")
         failures0 = counter_sum(self.workers, "failures")
         resumed0 = total(self.workers, "resumed", k)
@@ -594,6 +621,8 @@ class Run:
         node.process = None
         await asyncio.to_thread(node.start)
         t_listen = time.monotonic()
+        assert node.process is not None
+        started_cpu = ProcStats.cpu_s(node.pid)  # its start-up, before any socket
         log(f"  {node.name} exited {exit_code} after {t_exit - t_term:.1f} s, listens at {t_listen - t_term:.1f} s")
         deadline = t_term + args.back_timeout
         # The status a worker sent before the restart may still show the old sockets: wait for fresh ones.
@@ -613,6 +642,7 @@ class Run:
             for name, pid in (("store", self.store_pid), ("redis", self.redis_pid))
         }
         back = total(self.workers, "joined", k)
+        taking_back_cpu = ProcStats.cpu_s(node.pid) - started_cpu
         resumed = total(self.workers, "resumed", k) - resumed0
         all_back = back >= expected and resumed >= expected
         t_back = max(w.status["last_join"][k] for w in self.workers)
@@ -633,7 +663,8 @@ class Run:
                 "lowest_joined_seen": lowest,
                 "target_s": TARGET_BACK_S,
                 "target_met": bool(all_back and seconds is not None and seconds <= TARGET_BACK_S),
-                "node_cpu_s_to_take_back": round(ProcStats.cpu_s(node.pid), 2) if node.process else None,
+                "node_cpu_s_to_start": round(started_cpu, 2),
+                "node_cpu_ms_per_socket_back": round(taking_back_cpu / max(1, back) * 1000, 2),
                 "rss_after_mb": round((ProcStats.rss_kb(node.pid) or 0) / 1024, 1) if node.process else None,
                 **busy,
                 "other_nodes_lost_sockets": sum(others_before[j] - others_low[j] for j in others),
@@ -657,6 +688,7 @@ class Run:
                 "generated",
                 "acked",
                 "unacked",
+                "resent_unanswered",
                 "delivered",
                 "lost",
                 "lost_receiver_not_connected",
@@ -678,6 +710,7 @@ class Run:
                 "error_frames": dict(errors),
                 "sockets_given_up": dict(gone),
                 "missing_examples": [e for f in finals for e in f["missing_examples"]][:5],
+                "unanswered_examples": [e for f in finals for e in f["unanswered_examples"]][:5],
             }
         )
         for w in self.workers:
@@ -767,7 +800,7 @@ def report(header: str, lines: list[dict[str, Any]]) -> str:
                 ("sigterm_to_all_back_s", "SIGTERM to all back, s"),
                 ("resumed", "resumed"),
                 ("target_met", f"≤ {TARGET_BACK_S:.0f} s"),
-                ("node_cpu_s_to_take_back", "new node's CPU s"),
+                ("node_cpu_ms_per_socket_back", "new node's CPU ms per socket"),
                 ("other_nodes_lost_sockets", "others' sockets lost"),
                 ("close_codes", "close codes"),
                 ("failed_attempts", "failed attempts"),
@@ -785,6 +818,7 @@ def report(header: str, lines: list[dict[str, Any]]) -> str:
                 ("generated", "sent"),
                 ("acked", "acknowledged"),
                 ("unacked", "never acknowledged"),
+                ("resent_unanswered", "resent: unanswered on an open socket"),
                 ("lost", "lost"),
                 ("lost_receiver_not_connected", "not delivered: receiver away"),
                 ("duplicated", "duplicated"),
@@ -848,6 +882,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=25, help="first connects in flight per worker")
     parser.add_argument("--backoff-base", type=float, default=1.0, help="first reconnect delay, s (± 20%%)")
     parser.add_argument("--backoff-cap", type=float, default=5.0, help="longest reconnect delay, s")
+    parser.add_argument(
+        "--resend-after", type=float, default=30.0, help="seconds before an unanswered send on an open socket is resent"
+    )
     parser.add_argument("--workdir", help="logs and data (default: a temporary directory)")
     parser.add_argument("--raw", help="also write the JSON lines to this file")
     # A load-generator process, started by the run itself.
