@@ -355,12 +355,15 @@ class Worker:
         started = time.monotonic()
         tasks = [loop.create_task(self.run_client(c)) for c in self.clients]
         reporter = loop.create_task(self.report_loop())
-        await self.all_tried.wait()
+        # Sockets still trying when the time is up go on trying; the figures say how many there were.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.all_tried.wait(), self.args.connect_timeout)
         emit(
             {
                 "event": "connected",
                 "sockets": sum(self.joined),
                 "per_node": self.joined,
+                "still_trying": len(self.clients) - self.first_joins,
                 "seconds": round(time.monotonic() - started, 2),
                 "failures": dict(self.failures),
                 "gone": dict(self.gone),
@@ -506,7 +509,8 @@ class Run:
             argv += ["--first", str(first), "--count", str(count), "--sender-every", str(self.sender_every())]
             for n in self.nodes:
                 argv += ["--url", n.url]
-            for option in ("rate", "concurrency", "backoff_base", "backoff_cap", "drain", "resend_after"):
+            options = ("rate", "concurrency", "backoff_base", "backoff_cap", "drain", "resend_after", "connect_timeout")
+            for option in options:
                 argv += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
             err = os.open(self.stack.workdir / f"worker{w + 1}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             try:
@@ -550,6 +554,7 @@ class Run:
                 "phase": "connect",
                 "sockets_asked": self.args.sockets,
                 "sockets_joined": joined,
+                "still_trying": sum(e["still_trying"] for e in events),
                 "per_node": self.per_node,
                 "seconds": round(seconds, 1),
                 "connects_per_s": round(joined / seconds, 1),
@@ -602,7 +607,7 @@ class Run:
     async def restart(self, k: int) -> None:
         args = self.args
         node = self.nodes[k]
-        expected = self.per_node[k]
+        expected = total(self.workers, "joined", k)  # what it holds now (fresh: the last phase lasted seconds)
         closes0 = counter_sum(self.workers, "closes")
         failures0 = counter_sum(self.workers, "failures")
         resumed0 = total(self.workers, "resumed", k)
@@ -884,6 +889,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backoff-cap", type=float, default=5.0, help="longest reconnect delay, s")
     parser.add_argument(
         "--resend-after", type=float, default=30.0, help="seconds before an unanswered send on an open socket is resent"
+    )
+    parser.add_argument(
+        "--connect-timeout", type=float, default=900.0, help="seconds the first connects may take before the hold"
     )
     parser.add_argument("--workdir", help="logs and data (default: a temporary directory)")
     parser.add_argument("--raw", help="also write the JSON lines to this file")
