@@ -51,6 +51,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -617,14 +618,22 @@ class Run:
         assert node.process is not None
         process = node.process
         log(f"SIGTERM {node.name} (pid {process.pid}, {expected} sockets)")
-        helpers0 = {"store": ProcStats.cpu_s(self.store_pid), "redis": ProcStats.cpu_s(self.redis_pid)}
+        backing0 = {"store": ProcStats.cpu_s(self.store_pid), "redis": ProcStats.cpu_s(self.redis_pid)}
         t_term = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(process.wait)
+        killed = False
+        try:
+            await asyncio.to_thread(process.wait, args.stop_timeout)
+        except subprocess.TimeoutExpired:
+            # What systemd does after TimeoutStopSec: the figures say so.
+            log(f"  {node.name} still running {args.stop_timeout:.0f} s after SIGTERM: SIGKILL")
+            process.kill()
+            await asyncio.to_thread(process.wait)
+            killed = True
         t_exit = time.monotonic()
         exit_code = process.returncode
         node.process = None
-        await asyncio.to_thread(node.start)
+        await asyncio.to_thread(node.start, args.start_timeout)
         t_listen = time.monotonic()
         assert node.process is not None
         started_cpu = ProcStats.cpu_s(node.pid)  # its start-up, before any socket
@@ -643,7 +652,7 @@ class Run:
             await asyncio.sleep(0.1)
         await asyncio.sleep(2 * STATUS_EVERY_S)
         busy = {
-            f"{name}_cpu_pct": round((ProcStats.cpu_s(pid) - helpers0[name]) / (time.monotonic() - t_term) * 100, 1)
+            f"{name}_cpu_pct": round((ProcStats.cpu_s(pid) - backing0[name]) / (time.monotonic() - t_term) * 100, 1)
             for name, pid in (("store", self.store_pid), ("redis", self.redis_pid))
         }
         back = total(self.workers, "joined", k)
@@ -659,6 +668,7 @@ class Run:
                 "sockets": expected,
                 "sigterm_to_exit_s": round(t_exit - t_term, 2),
                 "exit_code": exit_code,
+                "killed_after_stop_timeout": killed,
                 "sigterm_to_listening_s": round(t_listen - t_term, 2),
                 "sigterm_to_all_back_s": seconds,
                 "listening_to_all_back_s": round(t_back - t_listen, 2) if all_back else None,
@@ -892,6 +902,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--connect-timeout", type=float, default=900.0, help="seconds the first connects may take before the hold"
+    )
+    parser.add_argument(
+        "--start-timeout", type=float, default=180.0, help="seconds a restarted node has to listen again"
+    )
+    parser.add_argument(
+        "--stop-timeout", type=float, default=25.0, help="seconds a node has to exit after SIGTERM, then SIGKILL"
     )
     parser.add_argument("--workdir", help="logs and data (default: a temporary directory)")
     parser.add_argument("--raw", help="also write the JSON lines to this file")
