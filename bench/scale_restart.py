@@ -679,7 +679,7 @@ class Run:
                 "target_s": TARGET_BACK_S,
                 "target_met": bool(all_back and seconds is not None and seconds <= TARGET_BACK_S),
                 "node_cpu_s_to_start": round(started_cpu, 2),
-                "node_cpu_ms_per_socket_back": round(taking_back_cpu / max(1, back) * 1000, 2),
+                "node_cpu_ms_per_socket_back": round(taking_back_cpu / back * 1000, 2) if back else None,
                 "rss_after_mb": round((ProcStats.rss_kb(node.pid) or 0) / 1024, 1) if node.process else None,
                 **busy,
                 "other_nodes_lost_sockets": sum(others_before[j] - others_low[j] for j in others),
