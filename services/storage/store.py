@@ -37,6 +37,8 @@ Doc = dict[str, Any]
 
 # The GridFS bucket of uploaded files (services/media/blobs.py): collections `media.files`, `media.chunks`.
 MEDIA_BUCKET = "media"
+# The driver's own health checks of the server (see `Store`): longer than any call may take.
+MONITOR_CHECK_TIMEOUT_MS = 10_000
 
 
 async def reserve_block(counters: AsyncCollection[Doc], sequence: str, count: int) -> int:
@@ -87,7 +89,11 @@ class Store:
         self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
             url,
             serverSelectionTimeoutMS=timeout_ms,
-            connectTimeoutMS=timeout_ms,
+            # Also the driver's limit on each of its own health checks of the server, and one check that
+            # misses it clears and pauses the whole pool: every call of the node then fails until a check
+            # succeeds. A node busy with a connect storm starves its checks (they run on its event loop),
+            # so the checks get a longer limit than the calls; calls stay bounded by timeoutMS.
+            connectTimeoutMS=max(timeout_ms, MONITOR_CHECK_TIMEOUT_MS),
             # Every operation, server selection and retries included, gives up after this: a store that is
             # down, or accepts connections and then stalls, answers 503 after MONGODB_TIMEOUT_MS instead of
             # holding requests for the socket timeout.
