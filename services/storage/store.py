@@ -19,7 +19,7 @@ from typing import Any
 
 import pymongo
 import pymongo.errors
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReadPreference, ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -37,6 +37,22 @@ Doc = dict[str, Any]
 
 # The GridFS bucket of uploaded files (services/media/blobs.py): collections `media.files`, `media.chunks`.
 MEDIA_BUCKET = "media"
+
+# The collections whose writes a client is told about and must never see rolled back by a failover (a sent
+# message, a like, a match, an account, a session, a block, the id counters that keep ids from going
+# backwards), and whose reads must follow those writes. On a replica set they are used with `w: majority`
+# and primary reads, whatever MONGODB_URL asks for (docs/mongodb.md).
+DURABLE_COLLECTIONS = (
+    "users",
+    "refresh_tokens",
+    "likes",
+    "blocks",
+    "matches",
+    "conversations",
+    "messages",
+    "counters",
+)
+DURABLE_WRITES = WriteConcern(w="majority")
 
 
 async def reserve_block(counters: AsyncCollection[Doc], sequence: str, count: int) -> int:
@@ -83,7 +99,12 @@ class Store:
     """Owns the client and the collections; built once per process by `build_services`
     (services/core/container.py) and shared by every service."""
 
-    def __init__(self, url: str, database: str, *, timeout_ms: int = 2000, id_block_size: int = 50) -> None:
+    def __init__(
+        self, url: str, database: str, *, timeout_ms: int = 2000, id_block_size: int = 50, embedded: bool = False
+    ) -> None:
+        """`embedded`: the store is the embedded single node (an empty MONGODB_URL), where there is no
+        majority to wait for: its collections keep the client's write concern (acknowledged by the node).
+        Otherwise the DURABLE_COLLECTIONS are used with `w: majority` and primary reads."""
         self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
             url,
             serverSelectionTimeoutMS=timeout_ms,
@@ -96,16 +117,17 @@ class Store:
             appname="chat-server",
         )
         self.db: AsyncDatabase[Doc] = self.client[database]
-        self.users = self.db["users"]
-        self.refresh_tokens = self.db["refresh_tokens"]
-        self.likes = self.db["likes"]
+        self.embedded = embedded
+        self.users = self._durable("users")
+        self.refresh_tokens = self._durable("refresh_tokens")
+        self.likes = self._durable("likes")
         self.passes = self.db["passes"]
-        self.blocks = self.db["blocks"]
-        self.matches = self.db["matches"]
-        self.conversations = self.db["conversations"]
-        self.messages = self.db["messages"]
+        self.blocks = self._durable("blocks")
+        self.matches = self._durable("matches")
+        self.conversations = self._durable("conversations")
+        self.messages = self._durable("messages")
         self.attachments = self.db["attachments"]
-        self.counters = self.db["counters"]
+        self.counters = self._durable("counters")
         self.push_devices = self.db["push_devices"]
         self.push_outbox = self.db["push_outbox"]
         # One document per user who changed a push preference, `_id` the user's id: read by `_id` only.
@@ -118,6 +140,12 @@ class Store:
         self.media_chunks = self.db[f"{MEDIA_BUCKET}.chunks"]
         self._allocators: dict[str, IdAllocator] = {}
         self._id_block_size = id_block_size
+
+    def _durable(self, name: str) -> AsyncCollection[Doc]:
+        assert name in DURABLE_COLLECTIONS, name
+        if self.embedded:
+            return self.db[name]
+        return self.db.get_collection(name, write_concern=DURABLE_WRITES, read_preference=ReadPreference.PRIMARY)
 
     def allocator(self, sequence: str) -> IdAllocator:
         alloc = self._allocators.get(sequence)
