@@ -179,9 +179,18 @@ class Store:
                 # Legacy [lon, lat] pairs under a 2d index: see services/accounts/users.py point_of.
                 IndexModel([("location", "2d")], name="location_2d"),
                 IndexModel([("created_at", DESCENDING)], name="newest"),
+                # The deletion worker's walk of deletions abandoned past their grace period; sparse: only
+                # accounts whose deletion was asked for have the field.
+                IndexModel(
+                    [("deletion.pending", ASCENDING), ("deletion.requested_at", ASCENDING)],
+                    name="pending_deletion",
+                    sparse=True,
+                ),
             ],
             self.refresh_tokens: [
                 IndexModel([("family", ASCENDING)], name="family"),
+                # A user's tokens, deleted with their account (services/accounts/deletion.py).
+                IndexModel([("user_id", ASCENDING)], name="by_user"),
                 IndexModel([("expires_at", ASCENDING)], name="expiry", expireAfterSeconds=0),
             ],
             self.likes: [
@@ -192,6 +201,8 @@ class Store:
             ],
             self.passes: [
                 IndexModel([("from_id", ASCENDING), ("to_id", ASCENDING)], unique=True, name="pair_unique"),
+                # The passes on a user, deleted with their account.
+                IndexModel([("to_id", ASCENDING)], name="passed_by"),
             ],
             self.blocks: [
                 IndexModel([("from_id", ASCENDING), ("to_id", ASCENDING)], unique=True, name="pair_unique"),
