@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -214,7 +215,8 @@ def configure(config: pytest.Config) -> None:
     if not enabled():
         return
     monitoring.register(RECORDER)
-    if not hasattr(config, "workerinput") and ENV_DIR not in os.environ:
+    if not hasattr(config, "workerinput"):
+        # A directory of this run's own (workers inherit it): never one an enclosing run chose.
         os.environ[ENV_DIR] = tempfile.mkdtemp(prefix="store-audit-")
 
 
@@ -230,6 +232,7 @@ def finish(session: pytest.Session) -> None:
         return
     for path in sorted(directory.glob("*.json")):
         records.extend(json.loads(path.read_text()))
+    shutil.rmtree(directory, ignore_errors=True)
     problems = violations(records, documented_rules())
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if problems:
