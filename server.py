@@ -217,7 +217,9 @@ async def operator_store(settings: Settings) -> AsyncIterator[Store]:
             await loop.run_in_executor(None, started.start)
             running = started
         url = running.url
-    store = Store(url, settings.mongodb_database, timeout_ms=settings.mongodb_timeout_ms)
+    store = Store(
+        url, settings.mongodb_database, timeout_ms=settings.mongodb_timeout_ms, embedded=not settings.mongodb_url
+    )
     try:
         yield store
     finally:

@@ -21,9 +21,19 @@ from handlers import make_app
 from services.core.config import Settings
 from services.core.container import Services, build_services
 from services.storage.embedded import EmbeddedMongo
+from tests import store_audit
 from tests.processes import RedisProcess
 from tests.push_helpers import push_overrides, receiver  # noqa: F401 - fixtures of the push tests
 from tests.support import ApiClient, PortClient, make_settings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    store_audit.configure(config)
+
+
+@pytest.hookimpl(tryfirst=True)  # on a worker, before pytest-xdist tells the controller it finished
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    store_audit.finish(session)
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,7 @@ class AccountDeletion:
                 {
                     # The conversation's id range: served by `_id`, whatever the deployment's indexes.
                     "_id": {"$gte": message_key(cid, 0), "$lte": message_key(cid, MAX_SEQ)},
+                    "conversation_id": cid,  # and one shard of a sharded deployment (docs/mongodb.md)
                     "sender_id": user_id,
                     "hole": {"$ne": True},
                     "deleted_at": None,

@@ -160,7 +160,9 @@ class AccountExport:
         high = message_key(cid, MAX_SEQ)
         while True:
             batch = (
-                await self._store.messages.find({"_id": {"$gt": low, "$lte": high}, "hole": {"$ne": True}})
+                await self._store.messages.find(
+                    {"_id": {"$gt": low, "$lte": high}, "conversation_id": cid, "hole": {"$ne": True}}
+                )
                 .sort("_id", 1)
                 .limit(BATCH)
                 .to_list(None)

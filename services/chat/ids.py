@@ -40,6 +40,16 @@ def message_key(conversation_id: int, seq: int) -> int:
     return (conversation_id << SEQ_BITS) | seq
 
 
+def by_keys(keys: list[int]) -> Doc:
+    """The filter of the messages at these `_id`s. It names their conversations too: a sharded deployment
+    (shard key `conversation_id`, docs/mongodb.md) then asks only the shards that hold them."""
+    conversations = sorted({key >> SEQ_BITS for key in keys})
+    return {
+        "_id": {"$in": keys},
+        "conversation_id": conversations[0] if len(conversations) == 1 else {"$in": conversations},
+    }
+
+
 def tombstone(conversation_id: int, seq: int, **marks: Any) -> Doc:
     """A document that takes an id without being a message (a skipped hole, or a conversation's seal)."""
     key = message_key(conversation_id, seq)
@@ -81,7 +91,7 @@ class StoredIds:
         return await self._read_messages(keys, {"seq": 1, "sealed": 1})
 
     async def _read_messages(self, keys: list[int], projection: Doc | None = None) -> dict[int, Doc]:
-        docs = self._store.messages.find({"_id": {"$in": keys}}, projection, batch_size=len(keys))
+        docs = self._store.messages.find(by_keys(keys), projection, batch_size=len(keys))
         return {int(d["_id"]): d async for d in docs}
 
     def observe_seq(self, conversation_id: int, seq: int) -> None:
@@ -143,7 +153,7 @@ class StoredIds:
         if projection is None and not filters:
             # Whole documents (backlogs of sockets resuming together): one query for the moment's readers.
             return list((await self._message_reads.get_many(keys)).values())
-        return await self._store.messages.find({"_id": {"$in": keys}, **filters}, projection).to_list(None)
+        return await self._store.messages.find({**by_keys(keys), **filters}, projection).to_list(None)
 
     async def at(self, conversation_id: int, seqs: Iterable[int]) -> dict[int, Doc]:
         """The documents stored at these ids, by id (those outside the id space are not looked up)."""
@@ -152,7 +162,7 @@ class StoredIds:
         keys = [message_key(conversation_id, seq) for seq in set(seqs) if 1 <= seq <= MAX_SEQ]
         if not keys:
             return {}
-        return {int(d["seq"]): d async for d in self._store.messages.find({"_id": {"$in": keys}})}
+        return {int(d["seq"]): d async for d in self._store.messages.find(by_keys(keys))}
 
     async def stored_before(self, conversation_id: int, top: int, count: int) -> list[Doc]:
         """Up to `count` messages (tombstones left out) with ids <= top, newest first."""

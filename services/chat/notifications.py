@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from services.accounts.users import UserService
-from services.chat.ids import message_key
+from services.chat.ids import by_keys, message_key
 from services.chat.views import utc_datetime
 from services.core import errors
 from services.core.clock import iso
@@ -65,7 +65,7 @@ class NotificationFeed:
         if not keys:
             return {}
         projection = {"content": 1, "deleted_at": 1, "edited_at": 1}
-        return {int(d["_id"]): d async for d in self._store.messages.find({"_id": {"$in": keys}}, projection)}
+        return {int(d["_id"]): d async for d in self._store.messages.find(by_keys(keys), projection)}
 
     async def _people(self, notes: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         """The current summary of everyone the notifications name (cached by UserService)."""

@@ -224,7 +224,8 @@ class ChatService:
         if not content.strip() and doc.get("attachment_id") is None:
             raise errors.Invalid("Message is empty", code="empty_message")
         changed = await self._store.messages.update_one(
-            {"_id": doc["_id"], "deleted_at": None}, {"$set": {"content": content, "edited_at": now}}
+            {"_id": doc["_id"], "conversation_id": conversation_id, "deleted_at": None},
+            {"$set": {"content": content, "edited_at": now}},
         )
         if changed.matched_count == 0:
             raise _message_deleted()  # unsent meanwhile
@@ -242,7 +243,7 @@ class ChatService:
         doc = await self._own_message(conversation_id, sender_id, message_id)
         if doc.get("deleted_at") is None:
             erased = await self._store.messages.find_one_and_update(
-                {"_id": doc["_id"], "deleted_at": None},
+                {"_id": doc["_id"], "conversation_id": conversation_id, "deleted_at": None},
                 {
                     # `client_id` stays: a late retry of the send gets the placeholder, not a new message.
                     "$set": {"content": "", "deleted_at": dt.datetime.now(dt.UTC), "unsend_pending": True},
@@ -258,7 +259,8 @@ class ChatService:
             await self._erase_attachment(conversation_id, sender_id, int(doc["attachment_id"]))
         event = await self.writer.write_event(conversation_id, sender_id, DELETED, message_id)
         await self._store.messages.update_one(
-            {"_id": doc["_id"]}, {"$unset": {"unsend_pending": "", "attachment_id": ""}}
+            {"_id": doc["_id"], "conversation_id": conversation_id},
+            {"$unset": {"unsend_pending": "", "attachment_id": ""}},
         )
         return await self._publish_event(conversation_id, event)
 

@@ -15,7 +15,7 @@ import datetime as dt
 from typing import Any
 
 from services.accounts.users import UserService
-from services.chat.ids import EDITED, StoredIds, message_key
+from services.chat.ids import EDITED, StoredIds, by_keys, message_key
 from services.core.clock import iso
 from services.media.store import MediaStore
 from services.push.preferences import mute_view
@@ -126,7 +126,7 @@ class ChatViews:
         if keys:
             last_docs = {
                 int(m["conversation_id"]): m
-                async for m in self._store.messages.find({"_id": {"$in": keys}, "hole": {"$ne": True}})
+                async for m in self._store.messages.find({**by_keys(keys), "hole": {"$ne": True}})
             }
         # The last id may be a hole or still in flight: then the last message is the newest one stored.
         for d in docs:

@@ -337,6 +337,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         settings.mongodb_database,
         timeout_ms=settings.mongodb_timeout_ms,
         id_block_size=settings.id_block_size,
+        embedded=not settings.mongodb_url,
     )
     hasher = PasswordHasher(settings.hash_concurrency)
     tokens = TokenService(

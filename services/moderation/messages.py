@@ -41,7 +41,7 @@ class MessageRemoval:
         doc = found
         if doc.get("deleted_at") is None:
             erased = await self._store.messages.find_one_and_update(
-                {"_id": doc["_id"], "deleted_at": None},
+                {"_id": doc["_id"], "conversation_id": conversation_id, "deleted_at": None},
                 {
                     "$set": {"content": "", "deleted_at": dt.datetime.now(dt.UTC), "unsend_pending": True},
                     "$unset": {"edited_at": ""},
@@ -61,7 +61,8 @@ class MessageRemoval:
         if conversation.is_open:
             await self._publish_removal(conversation_id, int(doc["sender_id"]), message_id)
         await self._store.messages.update_one(
-            {"_id": doc["_id"]}, {"$unset": {"unsend_pending": "", "attachment_id": ""}}
+            {"_id": doc["_id"], "conversation_id": conversation_id},
+            {"$unset": {"unsend_pending": "", "attachment_id": ""}},
         )
         return found
 

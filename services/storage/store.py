@@ -19,7 +19,7 @@ from typing import Any
 
 import pymongo
 import pymongo.errors
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReadPreference, ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -39,6 +39,22 @@ Doc = dict[str, Any]
 MEDIA_BUCKET = "media"
 # The driver's own health checks of the server (see `Store`): longer than any call may take.
 MONITOR_CHECK_TIMEOUT_MS = 10_000
+
+# The collections whose writes a client is told about and must never see rolled back by a failover (a sent
+# message, a like, a match, an account, a session, a block, the id counters that keep ids from going
+# backwards), and whose reads must follow those writes. On a replica set they are used with `w: majority`
+# and primary reads, whatever MONGODB_URL asks for (docs/mongodb.md).
+DURABLE_COLLECTIONS = (
+    "users",
+    "refresh_tokens",
+    "likes",
+    "blocks",
+    "matches",
+    "conversations",
+    "messages",
+    "counters",
+)
+DURABLE_WRITES = WriteConcern(w="majority")
 
 
 async def reserve_block(counters: AsyncCollection[Doc], sequence: str, count: int) -> int:
@@ -85,7 +101,12 @@ class Store:
     """Owns the client and the collections; built once per process by `build_services`
     (services/core/container.py) and shared by every service."""
 
-    def __init__(self, url: str, database: str, *, timeout_ms: int = 2000, id_block_size: int = 50) -> None:
+    def __init__(
+        self, url: str, database: str, *, timeout_ms: int = 2000, id_block_size: int = 50, embedded: bool = False
+    ) -> None:
+        """`embedded`: the store is the embedded single node (an empty MONGODB_URL), where there is no
+        majority to wait for: its collections keep the client's write concern (acknowledged by the node).
+        Otherwise the DURABLE_COLLECTIONS are used with `w: majority` and primary reads."""
         self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
             url,
             serverSelectionTimeoutMS=timeout_ms,
@@ -102,16 +123,17 @@ class Store:
             appname="chat-server",
         )
         self.db: AsyncDatabase[Doc] = self.client[database]
-        self.users = self.db["users"]
-        self.refresh_tokens = self.db["refresh_tokens"]
-        self.likes = self.db["likes"]
+        self.embedded = embedded
+        self.users = self._durable("users")
+        self.refresh_tokens = self._durable("refresh_tokens")
+        self.likes = self._durable("likes")
         self.passes = self.db["passes"]
-        self.blocks = self.db["blocks"]
-        self.matches = self.db["matches"]
-        self.conversations = self.db["conversations"]
-        self.messages = self.db["messages"]
+        self.blocks = self._durable("blocks")
+        self.matches = self._durable("matches")
+        self.conversations = self._durable("conversations")
+        self.messages = self._durable("messages")
         self.attachments = self.db["attachments"]
-        self.counters = self.db["counters"]
+        self.counters = self._durable("counters")
         self.push_devices = self.db["push_devices"]
         self.push_outbox = self.db["push_outbox"]
         # One document per user who changed a push preference, `_id` the user's id: read by `_id` only.
@@ -124,6 +146,12 @@ class Store:
         self.media_chunks = self.db[f"{MEDIA_BUCKET}.chunks"]
         self._allocators: dict[str, IdAllocator] = {}
         self._id_block_size = id_block_size
+
+    def _durable(self, name: str) -> AsyncCollection[Doc]:
+        assert name in DURABLE_COLLECTIONS, name
+        if self.embedded:
+            return self.db[name]
+        return self.db.get_collection(name, write_concern=DURABLE_WRITES, read_preference=ReadPreference.PRIMARY)
 
     def allocator(self, sequence: str) -> IdAllocator:
         alloc = self._allocators.get(sequence)
@@ -157,9 +185,18 @@ class Store:
                 # Legacy [lon, lat] pairs under a 2d index: see services/accounts/users.py point_of.
                 IndexModel([("location", "2d")], name="location_2d"),
                 IndexModel([("created_at", DESCENDING)], name="newest"),
+                # The deletion worker's walk of deletions abandoned past their grace period; sparse: only
+                # accounts whose deletion was asked for have the field.
+                IndexModel(
+                    [("deletion.pending", ASCENDING), ("deletion.requested_at", ASCENDING)],
+                    name="pending_deletion",
+                    sparse=True,
+                ),
             ],
             self.refresh_tokens: [
                 IndexModel([("family", ASCENDING)], name="family"),
+                # A user's tokens, deleted with their account (services/accounts/deletion.py).
+                IndexModel([("user_id", ASCENDING)], name="by_user"),
                 IndexModel([("expires_at", ASCENDING)], name="expiry", expireAfterSeconds=0),
             ],
             self.likes: [
@@ -170,6 +207,8 @@ class Store:
             ],
             self.passes: [
                 IndexModel([("from_id", ASCENDING), ("to_id", ASCENDING)], unique=True, name="pair_unique"),
+                # The passes on a user, deleted with their account.
+                IndexModel([("to_id", ASCENDING)], name="passed_by"),
             ],
             self.blocks: [
                 IndexModel([("from_id", ASCENDING), ("to_id", ASCENDING)], unique=True, name="pair_unique"),
