@@ -61,3 +61,15 @@ async def test_a_node_decides_from_its_settings(tmp_path: Path, mongo_url: str) 
     finally:
         await embedded.close()
         await configured.close()
+
+
+async def test_the_drivers_health_checks_outlast_the_calls(mongo_url: str) -> None:
+    """A health check that misses its limit clears the node's whole pool: its limit (the driver's connect
+    timeout) is longer than the calls' (timeoutMS), which stay bounded by MONGODB_TIMEOUT_MS."""
+    store = Store(mongo_url, "t_" + uuid.uuid4().hex[:16], timeout_ms=2000)
+    try:
+        assert store.client.options.pool_options.connect_timeout == 10.0
+        assert store.client.options.timeout == 2.0
+        assert store.client.options.server_selection_timeout == 2.0
+    finally:
+        await store.close()
