@@ -46,6 +46,23 @@ def ensure_npm_tool(target: str, installed: Path, what: str) -> None:
         pytest.fail(f"could not install {what}:\n{done.stdout}\n{done.stderr}")
 
 
+def pause_process(pid: int, timeout_s: float = 5.0) -> None:
+    """SIGSTOP, then wait until every thread has actually stopped: the signal stops a process's threads one
+    by one, and a store thread still running could answer one more command (a probe that then succeeds)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(state in ("T", "t") for state in states):
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"process {pid} not stopped after {timeout_s}s: {states}")
+        time.sleep(0.01)
+
+
 def node_env(mongo_url: str, **settings: str) -> dict[str, str]:
     """The environment of a `server.py` node under test: the test run's MongoDB with a database of its
     own (read it back from MONGODB_DATABASE), the test secret, text logs, then `settings` by their

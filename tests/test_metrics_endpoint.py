@@ -15,7 +15,7 @@ import tornado.httpclient
 
 from services.core.config import SettingError, Settings
 from services.storage.embedded import EmbeddedMongo, free_port
-from tests.processes import ServerProcess, node_env
+from tests.processes import ServerProcess, node_env, pause_process
 from tests.support import TEST_SECRET, ApiClient, PortClient, assert_error
 from tests.ws_helpers import wait_for
 
@@ -44,7 +44,7 @@ async def test_backend_up_drops_to_zero_while_mongodb_does_not_answer(api, servi
     await services.probe_backends()
     assert backend_up((await api.get("/metrics")).body.decode()) == {"mongodb": 1.0}  # no Redis configured: no series
     assert own_store.process is not None
-    os.kill(own_store.process.pid, signal.SIGSTOP)
+    pause_process(own_store.process.pid)
     try:
         assert (await services.probe_backends())["mongodb"] is False
         assert backend_up((await api.get("/metrics")).body.decode()) == {"mongodb": 0.0}

@@ -3,7 +3,6 @@ after SIGKILL, accounts and tokens that survive a restart, and fast 503s when th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 
 from services.core.config import Settings
 from services.storage.embedded import free_port
+from tests.processes import pause_process
 
 pytestmark = pytest.mark.slow
 
@@ -93,18 +93,8 @@ class Pid:
 
     def pause(self, timeout_s: float = 5.0) -> None:
         """SIGSTOP, then wait until every thread has actually stopped."""
-        self.signal(signal.SIGSTOP)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            states = []
-            for task in Path(f"/proc/{self.pid}/task").iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
-            if states and all(state in ("T", "t") for state in states):
-                return
-            if time.monotonic() > deadline:
-                pytest.fail(f"process {self.pid} not stopped after {timeout_s}s: {states}")
-            time.sleep(0.01)
+        if self.alive():
+            pause_process(self.pid, timeout_s)
 
 
 def children_of(pid: int) -> list[int]:

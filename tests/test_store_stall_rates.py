@@ -13,6 +13,7 @@ import pytest
 
 from handlers import sockets
 from services.storage.embedded import EmbeddedMongo
+from tests.processes import pause_process
 from tests.support import ApiClient, TestUser, WsClient, make_conversation, ws_connect
 
 # One message a second at most, none ahead (burst 1): frames handled together would be refused at once.
@@ -42,7 +43,7 @@ async def test_sends_at_the_documented_rate_through_a_store_stall_are_never_rate
 
     assert own_store.process is not None
     pid = own_store.process.pid
-    os.kill(pid, signal.SIGSTOP)
+    pause_process(pid)
     try:
         for n in range(1, 6):  # 6 s of sending at the documented rate, all while the store is stalled
             await asyncio.sleep(SEND_EVERY_S)
@@ -82,7 +83,7 @@ async def test_frames_waiting_on_a_stalled_store_are_bounded_and_the_client_told
     monkeypatch.setattr(sockets, "MAX_WAITING_FRAMES", 3)
     _alice, _cid, ws = await alice_in_a_conversation(api, services)
     assert own_store.process is not None
-    os.kill(own_store.process.pid, signal.SIGSTOP)
+    pause_process(own_store.process.pid)
     try:
         # One waits for the store, three queue behind it; pings are answered meanwhile, not queued.
         for n in range(4):
@@ -113,7 +114,7 @@ async def alice_in_a_conversation(api: ApiClient, services: Any) -> tuple[TestUs
 async def test_a_stalled_store_fails_rest_calls_and_sends_after_mongodb_timeout_ms(api, services, own_store):
     alice, cid, ws = await alice_in_a_conversation(api, services)
     assert own_store.process is not None
-    os.kill(own_store.process.pid, signal.SIGSTOP)
+    pause_process(own_store.process.pid)
     waits: dict[str, float] = {}
     try:
         loop = asyncio.get_running_loop()
