@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import redis.exceptions
+
 from services.chat.presence import status_frame
 from tests.support import make_conversation, ws_connect
 
@@ -212,3 +214,30 @@ async def test_a_ban_on_another_node_refuses_the_account_here_at_once(cluster_fa
     for path in (f"/ws/conversations/{cid}/?token={b.access}", f"/ws/notifications/?token={b.access}"):
         assert (await (await ws_connect(n1.api, path)).closed())[0] == 4002, path
     assert (await n1.api.get("/api/users/me/", token=b.access)).status == 401
+
+
+async def test_a_last_socket_closed_while_redis_refused_is_withdrawn_at_the_next_heartbeat(cluster_factory):
+    """The disconnect that Redis refused is kept, and the heartbeat withdraws it once Redis answers: the
+    others then see the user offline, once."""
+    _n1, n2, _a, b, _cid, watcher = await alice_watching_bob(cluster_factory)
+    await watcher.recv_type("status")
+    b_socket = await ws_connect(n2.api, f"/ws/notifications/?token={b.access}")
+    assert (await watcher.recv_type("status"))["status"] == "online"
+    store = n2.services.presence.store
+    real = store._run_disconnect
+
+    async def refused(*args, **kwargs):
+        raise redis.exceptions.ConnectionError("Redis away")
+
+    store._run_disconnect = refused
+    b_socket.close()
+    for _ in range(50):
+        if b.id in store._unsynced_offline:
+            break
+        await asyncio.sleep(0.05)
+    assert b.id in store._unsynced_offline
+    store._run_disconnect = real
+    st = await watcher.recv_type("status", timeout=FAST["heartbeat_interval_s"] + 3)
+    assert st["status"] == "offline" and st["user_id"] == b.id
+    assert not store._unsynced_offline
+    assert [f for f in await watcher.silent(0.6) if f["type"] == "status"] == []

@@ -407,14 +407,11 @@ class RedisPresenceStore(PresenceStore):
         """Refresh this node's liveness and every local user's entry, in a few round trips in all."""
         now = self._now()
         await self.redis.hset(self._nodes_key, self.incarnation, now + self.ttl_s)
-        for user_id in list(self._unsynced_offline):
-            if user_id in self.local_counts:
-                self._unsynced_offline.discard(user_id)
-                continue
-            version = await self._run_disconnect(user_id, self._node_users_key, self.incarnation, now)
-            self._unsynced_offline.discard(user_id)
-            if int(version):
-                await self._report(user_id, online=False, version=int(version))
+        self._unsynced_offline -= self.local_counts.keys()  # back here meanwhile: nothing to withdraw
+        if self._unsynced_offline:
+            gone = list(self._unsynced_offline)
+            await self._withdraw(self.incarnation, self._node_users_key, gone, now)
+            self._unsynced_offline.difference_update(gone)
         user_ids = list(self.local_counts)
         if user_ids:
             pipe = self.redis.pipeline(transaction=False)
