@@ -15,6 +15,7 @@ from pathlib import Path
 
 import tornado.httpserver
 import tornado.iostream
+import tornado.netutil
 import tornado.web
 
 from handlers import make_app
@@ -143,6 +144,15 @@ class Node:
     async def start(self) -> None:
         self.settings, file_limit = limit_sockets_to_descriptors(self.settings)
         settings = self.settings
+        # The ports are held before the embedded store asks the kernel for a free one, which could
+        # otherwise be ours; connections that arrive meanwhile wait in the backlog until the services are
+        # up, instead of being refused.
+        listeners = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=settings.listen_backlog)
+        metrics_listeners = (
+            tornado.netutil.bind_sockets(settings.metrics_port, settings.metrics_host, backlog=settings.listen_backlog)
+            if settings.metrics_port
+            else []
+        )
         mongodb_url = settings.mongodb_url
         if not mongodb_url:
             self.embedded = EmbeddedMongo(embedded_store_path(settings))
@@ -151,11 +161,11 @@ class Node:
         self.services = await build_services(settings, mongodb_url)
         app = make_app(self.services, log_function=log_request)
         self.http = make_http_server(app, settings, file_limit)
-        self.http.listen(settings.port, settings.host)
+        self.http.add_sockets(listeners)
         log.info("listening on http://%s:%d", settings.host, settings.port)
-        if settings.metrics_port:
+        if metrics_listeners:
             self.metrics_http = tornado.httpserver.HTTPServer(make_metrics_app(self.services, log_function=log_request))
-            self.metrics_http.listen(settings.metrics_port, settings.metrics_host)
+            self.metrics_http.add_sockets(metrics_listeners)
             log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
         self._readiness = asyncio.get_running_loop().create_task(self.systemd.ready_when(self.services.store_prepared))
         self.systemd.start_watchdog()

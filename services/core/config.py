@@ -33,6 +33,12 @@ MAX_NOTIFICATIONS_KEPT = 10_000
 class Settings:
     host: str = _knob("127.0.0.1", "HOST", "Interface to listen on")
     port: int = _knob(8888, "PORT", "TCP port to listen on")
+    listen_backlog: int = _knob(
+        4096,
+        "LISTEN_BACKLOG",
+        "Connections the kernel queues before the node accepts them (a restarted node's reconnect storm; "
+        "capped by net.core.somaxconn)",
+    )
     data_dir: str = _knob(
         "./data", "DATA_DIR", "Directory for the embedded database and dev secrets (media are in MongoDB)"
     )
