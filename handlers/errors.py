@@ -22,6 +22,7 @@ from services.realtime.close_codes import (
     CLOSE_BAD_TOKEN,
     CLOSE_FORBIDDEN,
     CLOSE_SERVER_ERROR,
+    CLOSE_TRY_AGAIN_LATER,
 )
 from services.realtime.hub import LimitExceeded
 
@@ -113,7 +114,8 @@ def report(exc: BaseException | None, status: int = 500) -> ErrorReport:
     if isinstance(exc, errors.DomainError):
         return _domain(exc)
     if exc is not None and errors.backend_unavailable(exc):
-        return ErrorReport(503, "unavailable", UNAVAILABLE_MESSAGE)
+        # A socket opening meanwhile is told to come back later, the close code for exactly that.
+        return ErrorReport(503, "unavailable", UNAVAILABLE_MESSAGE, open_close_code=CLOSE_TRY_AGAIN_LATER)
     if isinstance(exc, pydantic.ValidationError):
         return ErrorReport(400, "validation_error", "Invalid fields", fields=pydantic_fields(exc))
     if isinstance(exc, LimitExceeded):

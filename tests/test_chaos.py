@@ -347,13 +347,13 @@ async def test_mongodb_gone_for_a_while_sends_are_refused_unacknowledged_then_al
         await asyncio.sleep(2.0)
 
         # The nodes stay up, say they are not ready, and refuse sends without acknowledging them; a
-        # socket opened now is closed 1011 (the seed's client retries it), not left hanging.
+        # socket opened now is closed 1013 (try again later: the seed's client retries it), not left hanging.
         async def while_down(node: ServerProcess) -> None:
             api, chatter = ApiClient(PortClient(node.port)), cluster.chatters[0]
             assert (await api.get("/livez")).status == 200
             assert (await api.get("/readyz")).status == 503
             late = await ws_connect(api, f"/ws/conversations/{chatter.cid}/?token={chatter.user.access}")
-            assert (await late.closed(timeout=10))[0] == 1011
+            assert (await late.closed(timeout=10))[0] == 1013
 
         await asyncio.gather(*(while_down(node) for node in cluster.nodes))
         up_at = time.monotonic()

@@ -40,11 +40,12 @@ CLOSE_CODES: dict[int, CloseCode] = {
             False,
         ),
         CloseCode(CLOSE_TOO_LARGE, "frame larger than the limit", False),
-        CloseCode(CLOSE_SERVER_ERROR, "unexpected server error or storage unavailable", True),
+        CloseCode(CLOSE_SERVER_ERROR, "unexpected server error", True),
         CloseCode(
             CLOSE_TRY_AGAIN_LATER,
             "try again later: a slow consumer (the socket owed its reader more than the output bound), the node "
-            "is full, or too many frames wait on a store that does not answer; reconnect with backoff and resume",
+            "is full, too many frames wait on a store that does not answer, or the store did not answer while the "
+            "socket opened; reconnect with backoff and resume",
             True,
         ),
         CloseCode(CLOSE_NO_TOKEN, "no token in the URL", False),
