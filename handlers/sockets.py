@@ -168,15 +168,6 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         else:
             self.services.connections.extend_deadline(self, deadline)
 
-    async def authenticate_account(self) -> int | None:
-        """authenticate(), and a valid token of a deleted account, or one its account's revocation refuses,
-        is refused like an invalid one."""
-        user_id = self.authenticate()
-        if user_id is not None and not await self.services.users.accepts(user_id, self.token_generation):
-            self.shut(CLOSE_BAD_TOKEN, "invalid token")
-            return None
-        return user_id
-
     async def register(self, open_conversations: Collection[int] | None = None) -> bool:
         """Join the node's registry; `open_conversations` as for `PresenceService.connected`
         (services/chat/presence.py)."""
@@ -453,6 +444,11 @@ class ConversationSocket(BaseSocket):
         user_id = self.authenticate()
         if user_id is None:
             return
+        async with self.services.joins.admit():
+            await self._join(conversation_id, user_id)
+
+    async def _join(self, conversation_id: int, user_id: int) -> None:
+        """The part of opening that waits on the store and Redis, run when the node's join gate admits it."""
         self.conversation_id = conversation_id
         after, bad_after = self._after_argument()
         chat = self.services.chat
@@ -556,22 +552,33 @@ class NotificationSocket(BaseSocket):
 
     async def open(self) -> None:
         try:
-            if await self.authenticate_account() is None:
+            user_id = self.authenticate()
+            if user_id is None:
                 return
-            after = self.get_query_argument("after", None)
-            if not after:
-                await self.register()
-                return
-            if not (after.isascii() and after.isdigit()) or len(after) > MAX_NOTIFICATION_ID_DIGITS:
-                self.shut(CLOSE_BAD_FRAME, "`after` must be a notification id")
-                return
-            # Live notifications are held back from the subscription on, so that none published while the
-            # log is read is missed or sent twice.
-            self.begin_notification_replay()
-            if await self.register():
-                await self.services.replay_notifications(self, int(after))
+            async with self.services.joins.admit():
+                await self._join(user_id)
         except Exception as exc:
             self.refuse(exc)
+
+    async def _join(self, user_id: int) -> None:
+        """The part of opening that waits on the store and Redis, run when the node's join gate admits it.
+        A valid token of a deleted account, or one its account's revocation refuses, is refused like an
+        invalid one."""
+        if not await self.services.users.accepts(user_id, self.token_generation):
+            self.shut(CLOSE_BAD_TOKEN, "invalid token")
+            return
+        after = self.get_query_argument("after", None)
+        if not after:
+            await self.register()
+            return
+        if not (after.isascii() and after.isdigit()) or len(after) > MAX_NOTIFICATION_ID_DIGITS:
+            self.shut(CLOSE_BAD_FRAME, "`after` must be a notification id")
+            return
+        # Live notifications are held back from the subscription on, so that none published while the
+        # log is read is missed or sent twice.
+        self.begin_notification_replay()
+        if await self.register():
+            await self.services.replay_notifications(self, int(after))
 
 
 routes: list[tuple[str, Any]] = [

@@ -139,6 +139,14 @@ class Settings:
     max_conversation_sockets_per_user: int = _knob(
         10, "MAX_CONVERSATION_SOCKETS_PER_USER", "Conversation sockets one user may hold on one node"
     )
+    join_concurrency: int = _knob(
+        64, "JOIN_CONCURRENCY", "Sockets a node opens at once (each waits on the store); more wait in JOIN_QUEUE"
+    )
+    join_queue: int = _knob(
+        1000,
+        "JOIN_QUEUE",
+        "Sockets waiting to open past JOIN_CONCURRENCY; one more is closed 1013 at once (a reconnect storm)",
+    )
     max_sockets_per_node: int = _knob(
         50_000, "MAX_SOCKETS_PER_NODE", "WebSockets this node accepts in all (lowered at start to fit the file limit)"
     )
@@ -356,6 +364,9 @@ class Settings:
         self._validate_push()
 
     def _validate_relations(self) -> None:
+        for name in ("join_concurrency", "listen_backlog"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.upper()} must be at least 1")
         if self.location_offset_min_m <= self.location_grid_m / math.sqrt(2):
             raise ValueError("LOCATION_OFFSET_MIN_M must exceed half the diagonal of a LOCATION_GRID_M cell")
         if self.location_offset_max_m < self.location_offset_min_m:

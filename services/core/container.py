@@ -33,6 +33,7 @@ from services.media.store import MediaStore
 from services.moderation.service import ModerationService
 from services.push.delivery import load_vapid_keys
 from services.push.service import PushService
+from services.realtime.admission import JoinGate
 from services.realtime.backends import build_backends
 from services.realtime.bus import Bus
 from services.realtime.close_codes import CLOSE_BAD_TOKEN
@@ -98,6 +99,8 @@ class Services:
     deletion_worker: DeletionWorker
     exports: AccountExport
     notification_feed: NotificationFeed
+    # Bounds the sockets opening at once, so that a reconnect storm queues instead of swamping the store.
+    joins: JoinGate
     shutting_down: bool = False
     # Whether the store's indexes were ensured: a node started while MongoDB was away serves (503s, 1011s)
     # and retries until it can, and is not ready before (see `prepare_store`).
@@ -425,7 +428,10 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         deletion_worker=DeletionWorker(deletion.finish_abandoned, settings.deletion_sweep_interval_s),
         exports=AccountExport(store, users, media),
         notification_feed=NotificationFeed(backends.notifications, store, users),
+        joins=JoinGate(settings.join_concurrency, settings.join_queue),
     )
+    metrics.joins.labels(state="running").set_function(lambda: services.joins.running)
+    metrics.joins.labels(state="waiting").set_function(lambda: services.joins.waiting)
     connections.gap_filler = services.fill_gaps
     connections.notification_filler = services.fill_notifications
     backends.on_reconnect.append(services.catch_up_all)

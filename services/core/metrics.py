@@ -145,6 +145,13 @@ class Metrics:
         self.connections = Counter(
             "chat_websocket_connections", "WebSocket handshakes accepted", ["endpoint"], registry=r
         )
+        # Set to read the join gate (services/realtime/admission.py) when the services are built.
+        self.joins = Gauge(
+            "chat_websocket_joins",
+            "Sockets opening on this node: `running` (waiting on the store) and `waiting` (queued for a turn)",
+            ["state"],
+            registry=r,
+        )
         self.closes = Counter("chat_websocket_closes", "WebSockets closed, by close code", ["code"], registry=r)
         self.frames_in = Tally("chat_frames_received", "Client frames received, by type", "type", r)
         self.frames_out = Tally("chat_frames_sent", "Frames written to sockets, by type", "type", r)

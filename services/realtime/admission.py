@@ -1,0 +1,71 @@
+"""How many sockets a node lets open at once.
+
+Opening a socket waits on the store (the account, the membership, the newest id, the backlog) and on
+Redis (presence). When thousands of clients arrive together (a restarted node's users, all reconnecting
+within a second or two), letting every one of them start at once queues thousands of reads on the store:
+each then waits longer than its timeout, fails, and the client comes back to try again, so the node does
+all the work and opens almost nothing. The gate lets JOIN_CONCURRENCY openings run at a time (the
+store's reads of those are still shared per loop iteration, services/storage/batch.py) and makes up to
+JOIN_QUEUE more wait their turn in arrival order. One arriving when that queue is full is refused at
+once with 1013 (try again later), which costs the node nothing and which clients retry with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+
+from services.realtime.close_codes import CLOSE_TRY_AGAIN_LATER
+from services.realtime.hub import LimitExceeded
+
+
+class JoinGate:
+    """Admits at most `concurrency` socket openings at a time, with up to `queue` waiting, first come first
+    served."""
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self.concurrency = max(1, concurrency)
+        self.queue_limit = max(0, queue)
+        self.running = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold a place for the duration of the block; raise LimitExceeded (1013) when the queue is full."""
+        await self._enter()
+        try:
+            yield
+        finally:
+            self._leave()
+
+    async def _enter(self) -> None:
+        if self.running < self.concurrency and not self._waiting:
+            self.running += 1
+            return
+        if len(self._waiting) >= self.queue_limit:
+            raise LimitExceeded("server busy: too many sockets opening", CLOSE_TRY_AGAIN_LATER)
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn  # `_leave` hands its place over: `running` already counts this opening
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._leave()  # handed a place at the moment it was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):  # `_leave` may have passed over it already
+                    self._waiting.remove(turn)
+            raise
+
+    def _leave(self) -> None:
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.running -= 1

@@ -1,0 +1,134 @@
+"""The join gate (services/realtime/admission.py): at most JOIN_CONCURRENCY sockets open at once, up to
+JOIN_QUEUE more wait their turn in arrival order, and one past both is closed 1013 at once; a client that
+retries later gets in. A reconnect storm then queues instead of swamping the store with reads that all
+time out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from services.realtime.admission import JoinGate
+from services.realtime.close_codes import CLOSE_TRY_AGAIN_LATER
+from services.realtime.hub import LimitExceeded
+from tests.support import ws_connect
+from tests.ws_helpers import join, notifications, pair, wait_for
+
+# -- the gate alone ------------------------------------------------------------------------------------
+
+
+async def test_openings_past_the_concurrency_wait_in_arrival_order_and_past_the_queue_are_refused() -> None:
+    gate = JoinGate(concurrency=2, queue=2)
+    release = asyncio.Event()
+    order: list[int] = []
+
+    async def opening(n: int) -> None:
+        async with gate.admit():
+            order.append(n)
+            await release.wait()
+
+    tasks = [asyncio.create_task(opening(n)) for n in range(4)]
+    await wait_for(lambda: gate.running == 2 and gate.waiting == 2)
+    assert order == [0, 1]
+    with pytest.raises(LimitExceeded) as refused:
+        async with gate.admit():
+            pass
+    assert refused.value.close_code == CLOSE_TRY_AGAIN_LATER
+    release.set()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3]
+    assert (gate.running, gate.waiting) == (0, 0)
+
+
+async def test_an_opening_cancelled_while_waiting_gives_its_turn_to_the_next() -> None:
+    gate = JoinGate(concurrency=1, queue=5)
+    release = asyncio.Event()
+    admitted: list[str] = []
+
+    async def opening(name: str) -> None:
+        async with gate.admit():
+            admitted.append(name)
+            await release.wait()
+
+    first = asyncio.create_task(opening("first"))
+    await wait_for(lambda: gate.running == 1)
+    gone = asyncio.create_task(opening("gone"))
+    last = asyncio.create_task(opening("last"))
+    await wait_for(lambda: gate.waiting == 2)
+    gone.cancel()
+    release.set()
+    await asyncio.gather(first, last)
+    assert gone.cancelled() and admitted == ["first", "last"]
+    assert (gate.running, gate.waiting) == (0, 0)
+
+
+async def test_a_place_handed_over_at_the_moment_of_cancellation_is_passed_on() -> None:
+    gate = JoinGate(concurrency=1, queue=5)
+    admitted: list[str] = []
+
+    async def opening(name: str) -> None:
+        async with gate.admit():
+            admitted.append(name)
+
+    held = gate.admit()
+    await held.__aenter__()
+    unlucky = asyncio.create_task(opening("unlucky"))
+    after = asyncio.create_task(opening("after"))
+    await wait_for(lambda: gate.waiting == 2)
+    # The place goes to `unlucky`, and it is cancelled before its task runs again.
+    await held.__aexit__(None, None, None)
+    unlucky.cancel()
+    await asyncio.gather(unlucky, after, return_exceptions=True)
+    assert unlucky.cancelled() and admitted == ["after"]
+    assert (gate.running, gate.waiting) == (0, 0)
+
+
+# -- on a node -----------------------------------------------------------------------------------------
+
+
+def with_settings(**overrides: Any) -> Any:
+    return pytest.mark.parametrize("settings_overrides", [overrides], indirect=True)
+
+
+@pytest.fixture
+def settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return dict(getattr(request, "param", {}))
+
+
+@with_settings(join_concurrency=1, join_queue=1)
+async def test_a_storm_of_openings_queues_then_refuses_1013_and_the_refused_get_in_later(api, services, monkeypatch):
+    p = await pair(api, services)
+    store_answers = asyncio.Event()
+    accepts = services.users.accepts
+
+    async def slow_store(user_id: int, generation: int) -> bool:
+        await store_answers.wait()
+        return bool(await accepts(user_id, generation))
+
+    monkeypatch.setattr(services.users, "accepts", slow_store)
+    running = await ws_connect(api, f"/ws/conversations/{p.cid}/?token={p.a.access}")
+    await wait_for(lambda: services.joins.running == 1)
+    waiting = await ws_connect(api, f"/ws/notifications/?token={p.b.access}")
+    await wait_for(lambda: services.joins.waiting == 1)
+    for path in (f"/ws/conversations/{p.cid}/?token={p.b.access}", f"/ws/notifications/?token={p.a.access}"):
+        refused = await ws_connect(api, path)
+        assert await refused.closed() == (1013, "server busy: too many sockets opening")
+    # A bad token is refused on the spot, without a turn: it needs no store.
+    forged = await ws_connect(api, f"/ws/notifications/?token={p.a.access}x")
+    assert (await forged.closed())[0] == 4002
+
+    store_answers.set()
+    await running.recv_type("status")  # the other participant's status: the socket joined
+    await waiting.send({"type": "ping"})
+    assert await waiting.recv_type("pong")
+    assert (services.joins.running, services.joins.waiting) == (0, 0)
+    # The refused come back, as the seed's client does after 1013, and get in.
+    back = await join(api, p.cid, p.b)
+    await back.send({"type": "typing", "is_typing": True})
+    again = await notifications(api, p.a)
+    await again.send({"type": "ping"})
+    assert await again.recv_type("pong")
+    metrics = services.metrics.render().decode()
+    assert 'chat_websocket_joins{state="running"} 0.0' in metrics
