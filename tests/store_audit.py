@@ -1,9 +1,10 @@
 """The store-query audit: every query the server sends to MongoDB during the tests is recorded (PyMongo
 command monitoring, registered before any client exists), as its collection and filter shape (field names
 and operators, never values), and checked at the end of the run against docs/mongodb.md: on a large
-collection a query must be served by a documented index (one of its fields starts an index, or is `_id`)
-and, where the collection has a shard key, name the key's first field so a sharded deployment routes it
-to one shard. Offending shapes fail the run with a report.
+collection a query must be served by a documented index (one of its fields starts an index, or is `_id`),
+must have no top-level `$or`, `$and` or other operator (the embedded store then reads the whole
+collection, whatever the indexes), and, where the collection has a shard key, must name the key's first
+field so a sharded deployment routes it to one shard. Offending shapes fail the run with a report.
 
 Only queries the server issues count: a command whose nearest caller outside the driver is test code
 (fixtures seeding or reading the store) is not recorded. With pytest-xdist each worker writes what it saw to
@@ -139,6 +140,13 @@ def violations(records: list[dict[str, Any]], rules: Rules) -> list[str]:
             continue
         indexed = {"_id", *rules.indexes.get(collection, [])}
         key = rules.shard_keys.get(collection)
+        operators = sorted(field for field in shape if field.startswith("$"))
+        if operators:
+            # Whatever else the filter names: the embedded store plans no index for it and reads everything.
+            problems.add(
+                f"{collection} {record['command']} {text} from {record['caller']}: a top-level "
+                f"{', '.join(operators)}, which the embedded store answers by reading the whole collection"
+            )
         for fields in branches(shape):
             missing = []
             if not fields & indexed:

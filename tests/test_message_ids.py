@@ -145,6 +145,34 @@ async def test_a_replay_inside_a_batch_does_not_shift_the_other_senders(api, ser
     assert await history_ids(api, p.cid, p.a) == [1, 2, 3]
 
 
+async def test_retries_from_several_conversations_are_answered_each_by_an_index_range(api, services, monkeypatch):
+    """The look-up of retried client_ids asks one (conversation, sender) at a time: an `$or` across them
+    made the embedded store read every message of the database for each batch."""
+    pairs = [await pair(api, services) for _ in range(3)]
+    for n, p in enumerate(pairs):
+        await store_as_another_node(services, p.cid, 1, p.a.id, f"stored {n}", client_id=f"r-{n}")
+        services.chat.ids.last_seq[p.cid] = 1
+    asked: list[dict] = []
+    find = services.store.messages.find
+
+    def recording_find(query, *args, **kwargs):
+        asked.append(query)
+        return find(query, *args, **kwargs)
+
+    monkeypatch.setattr(services.store.messages, "find", recording_find)
+    results = await asyncio.gather(
+        *(send_rest(api, p.cid, p.a, f"stored {n}", client_id=f"r-{n}") for n, p in enumerate(pairs)),
+        *(send_rest(api, p.cid, p.b, "fresh", client_id="new") for p in pairs),
+    )
+    assert [r.status for r in results] == [200] * 3 + [201] * 3, [r.body for r in results]
+    assert [r.body["id"] for r in results] == [1, 1, 1, 2, 2, 2]
+    lookups = [q for q in asked if "client_id" in q]
+    assert lookups and not any(key.startswith("$") for q in lookups for key in q)
+    for query in lookups:
+        plan = (await find(query).explain())["queryPlanner"]["winningPlan"]
+        assert plan.get("inputStage", {}).get("stage") == "IXSCAN", plan
+
+
 # -- metadata written behind ------------------------------------------------------------------------------
 
 

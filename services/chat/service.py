@@ -306,17 +306,12 @@ class ChatService:
             last = 0 if newest is None else int(newest["seq"]) - (1 if newest.get("sealed") else 0)
             if message_id > last:
                 raise errors.NotFound("No such message in this conversation", code="message_not_found")
+        # `$max` moves the pointer only forward, and the filter is the `_id` alone: an `$or` in it (pointer
+        # lower, or none yet) makes the embedded store scan every conversation.
         result = await self._store.conversations.update_one(
-            {
-                "_id": conversation_id,
-                "$or": [
-                    {f"read_seq.{user_id}": {"$lt": message_id}},
-                    {f"read_seq.{user_id}": {"$exists": False}},
-                ],
-            },
-            {"$set": {f"read_seq.{user_id}": message_id}},
+            {"_id": conversation_id}, {"$max": {f"read_seq.{user_id}": message_id}}
         )
-        if result.matched_count == 0:
+        if result.modified_count == 0:
             return None
         user = await self._users.summary(user_id)
         frame = {

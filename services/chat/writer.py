@@ -333,15 +333,11 @@ class MessageWriter:
         keyed = [i for i in batch if i.client_id is not None]
         if not keyed:
             return batch
-        query = {
-            "$or": [
-                {"conversation_id": i.conversation_id, "sender_id": i.sender_id, "client_id": i.client_id}
-                for i in keyed
-            ]
-        }
-        found = {
-            (d["conversation_id"], d["sender_id"], d["client_id"]): d async for d in self._store.messages.find(query)
-        }
+        by_author: dict[tuple[int, int], set[str]] = {}
+        for i in keyed:
+            by_author.setdefault((i.conversation_id, i.sender_id), set()).add(str(i.client_id))
+        pages = await asyncio.gather(*(self._stored_client_ids(*author, ids) for author, ids in by_author.items()))
+        found = {(d["conversation_id"], d["sender_id"], d["client_id"]): d for page in pages for d in page}
         rest: list[_PendingSend] = []
         first_of: dict[tuple[int, int, str], _PendingSend] = {}
         for item in batch:
@@ -357,6 +353,14 @@ class MessageWriter:
                 first_of[key] = item
                 rest.append(item)
         return rest
+
+    async def _stored_client_ids(self, conversation_id: int, sender_id: int, client_ids: set[str]) -> list[Doc]:
+        """The messages of one sender in one conversation stored with these client_ids. One query per
+        (conversation, sender), never an `$or` across them: the embedded store scans the whole collection
+        for any `$or` (seconds once it holds a few hundred thousand messages), while this shape is one
+        index range on both stores (`client_id_unique`; on the embedded store `client_id_lookup`)."""
+        query = {"conversation_id": conversation_id, "sender_id": sender_id, "client_id": {"$in": sorted(client_ids)}}
+        return await self._store.messages.find(query).to_list(None)
 
 
 def _chain_replay(first: _PendingSend, duplicate: _PendingSend) -> None:

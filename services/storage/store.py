@@ -179,6 +179,8 @@ class Store:
 
     async def ensure_indexes(self) -> None:
         """Create every index the queries rely on; idempotent, run at every start."""
+        # The embedded server (SecantusDB, whichever URL reaches it) plans differently from MongoDB.
+        secantus = "secantusVersion" in await self.db.command("buildInfo")
         specs: dict[AsyncCollection[Doc], list[IndexModel]] = {
             self.users: [
                 IndexModel([("username_key", ASCENDING)], unique=True, name="username_unique"),
@@ -234,6 +236,18 @@ class Store:
                     unique=True,
                     name="client_id_unique",
                     partialFilterExpression={"client_id": {"$type": "string"}},
+                ),
+                # The embedded server plans no query on a partial index: the writer's look-up of retried
+                # client_ids (services/chat/writer.py) would scan every message. MongoDB uses the one above.
+                *(
+                    [
+                        IndexModel(
+                            [("conversation_id", ASCENDING), ("sender_id", ASCENDING), ("client_id", ASCENDING)],
+                            name="client_id_lookup",
+                        )
+                    ]
+                    if secantus
+                    else []
                 ),
             ],
             self.attachments: [
