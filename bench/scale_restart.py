@@ -78,6 +78,9 @@ SCRIPT = Path(__file__).resolve()
 TARGET_BACK_S = 15.0
 
 
+WORKER_LINE_LIMIT = 64 * 1024 * 1024
+
+
 def node_of(index: int, side: int, nodes: int) -> int:
     """The node participant `side` of pair `index` connects to: A and B always on different nodes."""
     return (index + side) % nodes
@@ -515,8 +518,14 @@ class Run:
                 argv += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
             err = os.open(self.stack.workdir / f"worker{w + 1}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             try:
+                # `limit`: a worker's final line carries every delivery latency (megabytes once messages
+                # flow), past asyncio's 64 KiB line limit.
                 process = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err
+                    *argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=err,
+                    limit=WORKER_LINE_LIMIT,
                 )
             finally:
                 os.close(err)

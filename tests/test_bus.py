@@ -201,3 +201,16 @@ async def test_the_in_process_bus_delivers_on_the_next_loop_iteration():
     assert received == []
     await asyncio.sleep(0)
     assert received == [b"a", b"b"]
+
+
+async def test_more_commands_at_once_than_connections_wait_for_one_instead_of_failing(nodes):
+    """Past its pool size a node's commands queue for a connection: redis-py's default pool refused the
+    101st command in flight with "Too many connections", which a reconnect storm reached (the
+    notification log then dropped what it was logging)."""
+    redis = nodes[0].bus.redis
+    await asyncio.gather(*(redis.ping() for _ in range(10)))
+    pool_size = redis.connection_pool.max_connections
+    # Each holds its connection for 50 ms: three waves through the pool.
+    key = f"{uuid.uuid4().hex}:empty"
+    answers = await asyncio.gather(*(redis.blpop([key], timeout=0.05) for _ in range(3 * pool_size)))
+    assert answers == [None] * (3 * pool_size)

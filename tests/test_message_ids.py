@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import pytest
 
@@ -152,7 +153,7 @@ async def test_retries_from_several_conversations_are_answered_each_by_an_index_
     for n, p in enumerate(pairs):
         await store_as_another_node(services, p.cid, 1, p.a.id, f"stored {n}", client_id=f"r-{n}")
         services.chat.ids.last_seq[p.cid] = 1
-    asked: list[dict] = []
+    asked: list[dict[str, Any]] = []
     find = services.store.messages.find
 
     def recording_find(query, *args, **kwargs):

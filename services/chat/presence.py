@@ -74,10 +74,7 @@ class PresenceAnnouncer:
         user_id, at = transition.user_id, transition.at
         if not transition.online:
             self._last_seen[user_id] = at
-            try:
-                await self._last_seen_writes.get(user_id)
-            except STORE_DOWN_ERRORS:
-                log.warning("could not record last_seen of user %d", user_id)
+            await self._last_seen_writes.get(user_id)
         conversations = transition.conversations
         try:
             user = await self._users.summary(user_id)
@@ -93,8 +90,13 @@ class PresenceAnnouncer:
             )
 
     async def _write_last_seen(self, user_ids: list[int]) -> dict[int, None]:
+        """One write for the users who went offline together; a failure is logged once for all of them
+        (one line per user flooded the log when the store timed out under a reconnect storm)."""
         writes = [UpdateOne({"_id": u}, {"$set": {"last_seen": self._last_seen.pop(u)}}) for u in user_ids]
-        await self._store.users.bulk_write(writes, ordered=False)
+        try:
+            await self._store.users.bulk_write(writes, ordered=False)
+        except STORE_DOWN_ERRORS:
+            log.warning("could not record last_seen of %d users: store unavailable", len(user_ids))
         return {}
 
     async def on_node_stopped(self, user_ids: Collection[int], at: dt.datetime) -> None:

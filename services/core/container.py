@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ from services.storage.store import STORE_DOWN_ERRORS, Store
 log = logging.getLogger("chat.services")
 # How often a node checks that MongoDB and Redis answer, for `chat_backend_up`.
 BACKEND_PROBE_INTERVAL_S = 5.0
+# A shutdown step that takes this long is logged with its duration.
+SLOW_SHUTDOWN_STEP_S = 0.5
 
 
 def public_base(settings: Settings) -> str:
@@ -318,19 +321,30 @@ class Services:
         if self._media_copy is not None:
             await self._media_copy.close()
         self.presence.store.hand_over_at_close()
-        await self.connections.close_all(1001, "server shutting down")
-        await self.chat.close()
-        await self.events.notifications.close()
-        await self.push.close()
-        await self.media.close()
-        await self.deletion_worker.close()
-        await self.typing.close()
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("closing the sockets", lambda: self.connections.close_all(1001, "server shutting down")),
+            ("storing queued messages", self.chat.close),
+            ("logging queued notifications", self.events.notifications.close),
+            ("push deliveries", self.push.close),
+            ("media", self.media.close),
+            ("the deletion worker", self.deletion_worker.close),
+            ("typing indicators", self.typing.close),
+        ]
         if self.message_budget is not None:
-            await self.message_budget.close()
-        await self.presence.close()
-        await self.bus.close()
-        await self.store.close()
-        await self.metrics.close()
+            steps.append(("the shared message budget", self.message_budget.close))
+        steps += [
+            ("handing presence over", self.presence.close),
+            ("the bus", self.bus.close),
+            ("the store client", self.store.close),
+            ("metrics", self.metrics.close),
+        ]
+        for name, step in steps:
+            started = time.monotonic()
+            await step()
+            took = time.monotonic() - started
+            if took >= SLOW_SHUTDOWN_STEP_S:
+                # What holds a node past its SIGTERM is what an operator asks first.
+                log.info("shutdown: %s took %.1fs", name, took)
         self.hasher.close()
 
 

@@ -35,6 +35,11 @@ log = logging.getLogger("chat.bus")
 
 Handler = Callable[[str, bytes], None]
 
+# Connections of a node's command client (presence, budgets, notification log...), and how long a command
+# waits for one when all are busy before it fails like any Redis error.
+REDIS_POOL_SIZE = 100
+REDIS_POOL_WAIT_S = 5.0
+
 
 def conversation_channel(conversation_id: int) -> str:
     return f"conv:{conversation_id}"
@@ -159,9 +164,18 @@ class RedisBus(Bus):
         from redis.backoff import NoBackoff
 
         self._aioredis = aioredis
-        self.redis: Any = aioredis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=0, decode_responses=False
+        # A blocking pool: past its size a command waits for a connection to come free (at most
+        # REDIS_POOL_WAIT_S) instead of failing at once with "Too many connections", which is what the
+        # default pool does at 100 commands in flight (a reconnect storm reaches that).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=REDIS_POOL_WAIT_S,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=0,
         )
+        self.redis: Any = aioredis.Redis.from_pool(pool)
         # Its own client so that a pipeline is sent at most once (the default client retries) and the
         # publishes of this node leave on one connection, in order. One deadline per pipeline
         # (PUBLISH_TIMEOUT_S) instead of a socket timeout, which redis-py arms for every reply.
