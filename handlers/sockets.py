@@ -113,12 +113,13 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
     def refuse(self, exc: Exception) -> None:
         """Close a socket whose opening failed, with the code the error map gives (handlers/errors.py)."""
         answer = report(exc)
-        if answer.code == "internal_error":
+        if self.services.shutting_down and not isinstance(exc, LimitExceeded):
+            # Whatever failed, the node is going away (its store client may be closed already): the client
+            # reconnects, to another node, as after any 1001.
+            self.shut(CLOSE_GOING_AWAY, "server shutting down")
+        elif answer.code == "internal_error":
             log.error("unexpected error opening a %s socket", self.endpoint, exc_info=exc)
             self.shut(CLOSE_SERVER_ERROR, "unexpected server error")
-        elif answer.code == "unavailable" and self.services.shutting_down:
-            # The store is being closed on purpose: the client reconnects (to another node) as after any 1001.
-            self.shut(CLOSE_GOING_AWAY, "server shutting down")
         else:
             self.shut(answer.open_close_code, answer.message[:MAX_REASON_CHARS])
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.realtime.admission import JoinGate
-from services.realtime.close_codes import CLOSE_TRY_AGAIN_LATER
+from services.realtime.close_codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
 from services.realtime.hub import LimitExceeded
 from tests.support import ws_connect
 from tests.ws_helpers import join, notifications, pair, wait_for
@@ -85,6 +85,30 @@ async def test_a_place_handed_over_at_the_moment_of_cancellation_is_passed_on() 
     assert (gate.running, gate.waiting) == (0, 0)
 
 
+async def test_a_closing_gate_refuses_the_waiting_and_the_arriving_with_1001() -> None:
+    gate = JoinGate(concurrency=1, queue=5)
+    release = asyncio.Event()
+
+    async def opening() -> None:
+        async with gate.admit():
+            await release.wait()
+
+    running = asyncio.create_task(opening())
+    await wait_for(lambda: gate.running == 1)
+    waiting = [asyncio.create_task(opening()) for _ in range(3)]
+    await wait_for(lambda: gate.waiting == 3)
+    gate.close()
+    for refused in await asyncio.gather(*waiting, return_exceptions=True):
+        assert isinstance(refused, LimitExceeded) and refused.close_code == CLOSE_GOING_AWAY
+    with pytest.raises(LimitExceeded) as late:
+        async with gate.admit():
+            pass
+    assert late.value.close_code == CLOSE_GOING_AWAY
+    release.set()
+    await running  # the one already running finishes
+    assert (gate.running, gate.waiting) == (0, 0)
+
+
 # -- on a node -----------------------------------------------------------------------------------------
 
 
@@ -132,3 +156,24 @@ async def test_a_storm_of_openings_queues_then_refuses_1013_and_the_refused_get_
     assert await again.recv_type("pong")
     metrics = services.metrics.render().decode()
     assert 'chat_websocket_joins{state="running"} 0.0' in metrics
+
+
+@with_settings(join_concurrency=1, join_queue=5)
+async def test_openings_still_waiting_when_the_node_stops_close_1001(api, services, monkeypatch):
+    p = await pair(api, services)
+    store_answers = asyncio.Event()
+    accepts = services.users.accepts
+
+    async def slow_store(user_id: int, generation: int) -> bool:
+        await store_answers.wait()
+        return bool(await accepts(user_id, generation))
+
+    monkeypatch.setattr(services.users, "accepts", slow_store)
+    await ws_connect(api, f"/ws/conversations/{p.cid}/?token={p.a.access}")
+    await wait_for(lambda: services.joins.running == 1)
+    waiting = await ws_connect(api, f"/ws/notifications/?token={p.b.access}")
+    await wait_for(lambda: services.joins.waiting == 1)
+    services.shutting_down = True
+    services.joins.close()
+    assert await waiting.closed() == (1001, "server shutting down")
+    store_answers.set()

@@ -321,6 +321,7 @@ class Services:
         if self._media_copy is not None:
             await self._media_copy.close()
         self.presence.store.hand_over_at_close()
+        self.joins.close()
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("closing the sockets", lambda: self.connections.close_all(1001, "server shutting down")),
             ("storing queued messages", self.chat.close),
@@ -339,11 +340,15 @@ class Services:
             ("metrics", self.metrics.close),
         ]
         for name, step in steps:
+            # What holds a node past its SIGTERM is what an operator asks first.
             started = time.monotonic()
-            await step()
+            try:
+                await step()
+            except asyncio.CancelledError:
+                log.warning("shutdown: %s still ran after %.1fs", name, time.monotonic() - started)
+                raise
             took = time.monotonic() - started
             if took >= SLOW_SHUTDOWN_STEP_S:
-                # What holds a node past its SIGTERM is what an operator asks first.
                 log.info("shutdown: %s took %.1fs", name, took)
         self.hasher.close()
 

@@ -17,7 +17,7 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 
-from services.realtime.close_codes import CLOSE_TRY_AGAIN_LATER
+from services.realtime.close_codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
 from services.realtime.hub import LimitExceeded
 
 
@@ -30,6 +30,7 @@ class JoinGate:
         self.queue_limit = max(0, queue)
         self.running = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
+        self.closed = False
 
     @property
     def waiting(self) -> int:
@@ -44,7 +45,18 @@ class JoinGate:
         finally:
             self._leave()
 
+    def close(self) -> None:
+        """The node stops: openings still waiting, and any arriving, are refused with 1001 (the client
+        reconnects, to another node) instead of reaching a store client that is being closed."""
+        self.closed = True
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_exception(_shutting_down())
+
     async def _enter(self) -> None:
+        if self.closed:
+            raise _shutting_down()
         if self.running < self.concurrency and not self._waiting:
             self.running += 1
             return
@@ -55,7 +67,7 @@ class JoinGate:
         try:
             await turn  # `_leave` hands its place over: `running` already counts this opening
         except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
                 self._leave()  # handed a place at the moment it was cancelled: pass it on
             else:
                 with contextlib.suppress(ValueError):  # `_leave` may have passed over it already
@@ -63,9 +75,16 @@ class JoinGate:
             raise
 
     def _leave(self) -> None:
+        if self.closed:
+            self.running -= 1
+            return
         while self._waiting:
             turn = self._waiting.popleft()
             if not turn.done():
                 turn.set_result(None)
                 return
         self.running -= 1
+
+
+def _shutting_down() -> LimitExceeded:
+    return LimitExceeded("server shutting down", CLOSE_GOING_AWAY)

@@ -38,7 +38,7 @@ Handler = Callable[[str, bytes], None]
 # Connections of a node's command client (presence, budgets, notification log...), and how long a command
 # waits for one when all are busy before it fails like any Redis error.
 REDIS_POOL_SIZE = 100
-REDIS_POOL_WAIT_S = 5.0
+REDIS_POOL_WAIT_S = 2.0
 
 
 def conversation_channel(conversation_id: int) -> str:

@@ -1,0 +1,60 @@
+"""A stopping node hands its users over: their presence entries leave Redis in pipelines, then the offline
+announcements go out together, and a listener that cannot announce (the store too busy to read whom to
+tell) holds the stop no longer than HAND_OVER_REPORTS_S."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import redis.asyncio
+
+from services.realtime import presence as presence_module
+from services.realtime.presence import RedisPresenceStore, Transition
+
+
+class StuckListener:
+    """Takes the online reports; hangs on every offline one, as an announcer whose store reads time out."""
+
+    def __init__(self) -> None:
+        self.offline_asked: list[int] = []
+        self.never = asyncio.Event()
+
+    async def on_transition(self, transition: Transition) -> None:
+        if not transition.online:
+            self.offline_asked.append(transition.user_id)
+            await self.never.wait()
+
+    async def on_node_stopped(self, user_ids: Any, at: Any) -> None:
+        raise AssertionError("a shared presence store hands users over instead")
+
+
+async def test_a_stopping_node_withdraws_its_users_and_waits_for_their_announcements_only_so_long(
+    redis_server: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(presence_module, "HAND_OVER_REPORTS_S", 0.5)
+    prefix = f"h{uuid.uuid4().hex[:8]}:"
+    client = redis.asyncio.from_url(redis_server.url)
+    leaving = RedisPresenceStore(client, node_id="leaving", prefix=prefix, ttl_s=30, heartbeat_s=10)
+    staying = RedisPresenceStore(client, node_id="staying", prefix=prefix, ttl_s=30, heartbeat_s=10)
+    listener = StuckListener()
+    leaving.listener = staying.listener = listener
+    users = list(range(1, 1201))  # more than one pipeline (SWEEP_BATCH)
+    try:
+        for user in users:
+            await leaving.connected(user)
+        await staying.connected(users[0])  # also on the other node: stays online, no offline report
+        started = time.monotonic()
+        await leaving.close()
+        assert time.monotonic() - started < 5.0
+        assert sorted(listener.offline_asked) == users[1:]
+        keys = [f"{prefix}online:{user}" for user in users]
+        members = [await client.zrange(key, 0, -1) for key in keys]
+        assert members[0] == [staying.incarnation.encode()]
+        assert all(not m for m in members[1:])
+    finally:
+        listener.never.set()
+        await staying.close()
+        await client.aclose()
