@@ -29,12 +29,12 @@ class JoinGate:
         self.concurrency = max(1, concurrency)
         self.queue_limit = max(0, queue)
         self.running = 0
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._turns: deque[asyncio.Future[None]] = deque()
         self.closed = False
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._turns)
 
     @contextlib.asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
@@ -49,21 +49,21 @@ class JoinGate:
         """The node stops: openings still waiting, and any arriving, are refused with 1001 (the client
         reconnects, to another node) instead of reaching a store client that is being closed."""
         self.closed = True
-        while self._waiting:
-            turn = self._waiting.popleft()
+        while self._turns:
+            turn = self._turns.popleft()
             if not turn.done():
                 turn.set_exception(_shutting_down())
 
     async def _enter(self) -> None:
         if self.closed:
             raise _shutting_down()
-        if self.running < self.concurrency and not self._waiting:
+        if self.running < self.concurrency and not self._turns:
             self.running += 1
             return
-        if len(self._waiting) >= self.queue_limit:
+        if len(self._turns) >= self.queue_limit:
             raise LimitExceeded("server busy: too many sockets opening", CLOSE_TRY_AGAIN_LATER)
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(turn)
+        self._turns.append(turn)
         try:
             await turn  # `_leave` hands its place over: `running` already counts this opening
         except asyncio.CancelledError:
@@ -71,15 +71,15 @@ class JoinGate:
                 self._leave()  # handed a place at the moment it was cancelled: pass it on
             else:
                 with contextlib.suppress(ValueError):  # `_leave` may have passed over it already
-                    self._waiting.remove(turn)
+                    self._turns.remove(turn)
             raise
 
     def _leave(self) -> None:
         if self.closed:
             self.running -= 1
             return
-        while self._waiting:
-            turn = self._waiting.popleft()
+        while self._turns:
+            turn = self._turns.popleft()
             if not turn.done():
                 turn.set_result(None)
                 return
