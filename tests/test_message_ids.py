@@ -146,6 +146,26 @@ async def test_a_replay_inside_a_batch_does_not_shift_the_other_senders(api, ser
     assert await history_ids(api, p.cid, p.a) == [1, 2, 3]
 
 
+async def test_a_retry_of_a_message_stored_unannounced_delivers_it_to_the_open_sockets(api, services):
+    """A send whose insert landed after its writer gave up (the store answered past its timeout) is stored
+    and never published: readers would see it only when a later message revealed the gap. Its retry,
+    answered as a replay, announces it again; a socket that had it already drops the repeat."""
+    p = await pair(api, services)
+    reader = await join(api, p.cid, p.b)
+    assert (await send_rest(api, p.cid, p.a, "before", client_id="c-0")).status == 201
+    assert [m["content"] for m in await messages(reader, 1)] == ["before"]
+    await store_as_another_node(services, p.cid, 2, p.a.id, "landed late", client_id="c-1")
+    services.chat.ids.last_seq[p.cid] = 2
+    retried = await send_rest(api, p.cid, p.a, "landed late", client_id="c-1")
+    assert retried.status == 200 and retried.body["id"] == 2
+    (delivered,) = await messages(reader, 1)
+    assert (delivered["id"], delivered["content"]) == (2, "landed late")
+    # Retried again: the reader has it, and gets nothing twice.
+    assert (await send_rest(api, p.cid, p.a, "landed late", client_id="c-1")).status == 200
+    assert (await send_rest(api, p.cid, p.a, "after", client_id="c-2")).status == 201
+    assert [(m["id"], m["content"]) for m in await messages(reader, 1)] == [(3, "after")]
+
+
 async def test_retries_from_several_conversations_are_answered_each_by_an_index_range(api, services, monkeypatch):
     """The look-up of retried client_ids asks one (conversation, sender) at a time: an `$or` across them
     made the embedded store read every message of the database for each batch."""

@@ -137,8 +137,10 @@ class ChatService:
     ) -> tuple[dict[str, Any], bool]:
         """Store a message, then publish it. Returns (the seed's message object, created?).
 
-        A retry with the same `client_id` returns the stored message with created=False and publishes
-        nothing again.
+        A retry with the same `client_id` returns the stored message with created=False and notifies
+        nobody again; its message frame is published again, since the first send may have been stored
+        after its writer gave up on the store (then nothing announced it): sockets that have it drop the
+        repeat by its id (services/realtime/hub.py), the others get it now rather than at the next message.
         """
         content = clean_multiline(content)
         attachment = None
@@ -156,6 +158,10 @@ class ChatService:
         message = self.views.serialize(doc, sender, is_read=False, attachment=attachment)
         if created:
             await self._publish_new_message(conversation_id, sender_id, message, sender)
+        else:
+            await self._events.to_conversation(
+                conversation_id, {"type": "message", "message": message}, seq=message["id"]
+            )
         return message, created
 
     async def _publish_new_message(
