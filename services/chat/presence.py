@@ -63,8 +63,7 @@ class PresenceAnnouncer:
         self._open_conversations: Coalescer[int, dict[int, OpenConversation]] = Coalescer(self._read_open_conversations)
         # last_seen of the users who went offline at one moment (a storm of reconnects), as one write.
         self._last_seen: dict[int, dt.datetime] = {}
-        # Point updates by `_id`, whose cost does not grow with their number as an `$in` does.
-        self._last_seen_writes: Coalescer[int, None] = Coalescer(self._write_last_seen, max_keys=1000)
+        self._last_seen_writes: Coalescer[int, None] = Coalescer(self._write_last_seen)
 
     async def on_transition(self, transition: Transition) -> None:
         """Publish a transition to every open conversation of the user; record last_seen when offline.

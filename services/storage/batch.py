@@ -9,11 +9,7 @@ and answers every caller from that one answer.
 
 At most one query per coalescer is in flight: keys asked for meanwhile wait for the next one, so under
 load the queries grow instead of queueing in the driver's pool, and when nothing else is waiting a
-lookup leaves on the next loop iteration, as it would alone. A query holds at most `max_keys` keys
-(MAX_KEYS by default): the embedded store checks every document an `$in` finds against the whole list,
-so its cost per key grows with the list (measured on it: 86 us a key for `_id` among 64 ids, 757 us among
-1,000; 151 and 1,600 us for `participants`); at 64 the queries stay cheap and a storm still needs one
-query per 64 callers.
+lookup leaves on the next loop iteration, as it would alone. A query holds at most `max_keys` keys.
 A query that fails fails every caller whose keys it carried, with its exception; a caller that is
 cancelled leaves the others alone.
 
@@ -31,11 +27,9 @@ V = TypeVar("V")
 
 Fetch = Callable[[list[K]], Awaitable[dict[K, V]]]
 
-MAX_KEYS = 64
-
 
 class Coalescer(Generic[K, V]):
-    def __init__(self, fetch: Fetch[K, V], *, max_keys: int = MAX_KEYS) -> None:
+    def __init__(self, fetch: Fetch[K, V], *, max_keys: int = 1000) -> None:
         self._fetch = fetch
         self.max_keys = max(1, max_keys)
         # Callers waiting for the next query: the keys each asked for, and its answer.
