@@ -121,9 +121,11 @@ def settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
     return dict(getattr(request, "param", {}))
 
 
-@with_settings(join_concurrency=1, join_queue=1)
-async def test_a_storm_of_openings_queues_then_refuses_1013_and_the_refused_get_in_later(api, services, monkeypatch):
-    p = await pair(api, services)
+async def fill_the_gate(
+    api: Any, services: Any, monkeypatch: pytest.MonkeyPatch, p: Any
+) -> tuple[Any, Any, asyncio.Event]:
+    """With JOIN_CONCURRENCY 1: A's conversation socket opening (its account read stalled until the
+    returned event is set) and B's notifications socket waiting for a turn."""
     store_answers = asyncio.Event()
     accepts = services.users.accepts
 
@@ -136,6 +138,13 @@ async def test_a_storm_of_openings_queues_then_refuses_1013_and_the_refused_get_
     await wait_for(lambda: services.joins.running == 1)
     waiting = await ws_connect(api, f"/ws/notifications/?token={p.b.access}")
     await wait_for(lambda: services.joins.waiting == 1)
+    return running, waiting, store_answers
+
+
+@with_settings(join_concurrency=1, join_queue=1)
+async def test_a_storm_of_openings_queues_then_refuses_1013_and_the_refused_get_in_later(api, services, monkeypatch):
+    p = await pair(api, services)
+    running, waiting, store_answers = await fill_the_gate(api, services, monkeypatch, p)
     for path in (f"/ws/conversations/{p.cid}/?token={p.b.access}", f"/ws/notifications/?token={p.a.access}"):
         refused = await ws_connect(api, path)
         assert await refused.closed() == (1013, "server busy: too many sockets opening")
@@ -161,18 +170,7 @@ async def test_a_storm_of_openings_queues_then_refuses_1013_and_the_refused_get_
 @with_settings(join_concurrency=1, join_queue=5)
 async def test_openings_still_waiting_when_the_node_stops_close_1001(api, services, monkeypatch):
     p = await pair(api, services)
-    store_answers = asyncio.Event()
-    accepts = services.users.accepts
-
-    async def slow_store(user_id: int, generation: int) -> bool:
-        await store_answers.wait()
-        return bool(await accepts(user_id, generation))
-
-    monkeypatch.setattr(services.users, "accepts", slow_store)
-    await ws_connect(api, f"/ws/conversations/{p.cid}/?token={p.a.access}")
-    await wait_for(lambda: services.joins.running == 1)
-    waiting = await ws_connect(api, f"/ws/notifications/?token={p.b.access}")
-    await wait_for(lambda: services.joins.waiting == 1)
+    _running, waiting, store_answers = await fill_the_gate(api, services, monkeypatch, p)
     services.shutting_down = True
     services.joins.close()
     assert await waiting.closed() == (1001, "server shutting down")

@@ -264,7 +264,6 @@ class MatchingService:
         self._users = users
         self._events = events
         self._settings = settings
-        self._planar_prefilter: bool | None = None
         # Stores the closing tombstone after which no message can be stored (ChatService.seal).
         self._seal_conversation = seal_conversation
 
@@ -403,11 +402,8 @@ class MatchingService:
 
     async def _planar_geo_prefilter(self) -> bool:
         """Whether the store is the embedded one, whose 2d index pre-selects `$nearSphere` candidates
-        with a flat disc (see `planar_reach_m`); MongoDB's is spherical. Asked once, from `buildInfo`."""
-        if self._planar_prefilter is None:
-            info = await self._store.db.command("buildInfo")
-            self._planar_prefilter = "secantusVersion" in info
-        return self._planar_prefilter
+        with a flat disc (see `planar_reach_m`); MongoDB's is spherical."""
+        return await self._store.is_secantus()
 
     async def _in_band(
         self, viewer_id: int, point: list[float], docs: list[Doc], first: int, last: int, before: int

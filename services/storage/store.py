@@ -145,6 +145,7 @@ class Store:
         self.media_files = self.db[f"{MEDIA_BUCKET}.files"]
         self.media_chunks = self.db[f"{MEDIA_BUCKET}.chunks"]
         self._allocators: dict[str, IdAllocator] = {}
+        self._secantus: bool | None = None
         self._id_block_size = id_block_size
 
     def _durable(self, name: str) -> AsyncCollection[Doc]:
@@ -177,10 +178,16 @@ class Store:
         with pymongo.timeout(timeout_s):
             await self.client.admin.command("ping")
 
+    async def is_secantus(self) -> bool:
+        """Whether the server is the embedded one (SecantusDB, whichever URL reaches it), which plans
+        queries and geometry differently from MongoDB. Asked once, from `buildInfo`."""
+        if self._secantus is None:
+            self._secantus = "secantusVersion" in await self.db.command("buildInfo")
+        return self._secantus
+
     async def ensure_indexes(self) -> None:
         """Create every index the queries rely on; idempotent, run at every start."""
-        # The embedded server (SecantusDB, whichever URL reaches it) plans differently from MongoDB.
-        secantus = "secantusVersion" in await self.db.command("buildInfo")
+        secantus = await self.is_secantus()
         specs: dict[AsyncCollection[Doc], list[IndexModel]] = {
             self.users: [
                 IndexModel([("username_key", ASCENDING)], unique=True, name="username_unique"),
