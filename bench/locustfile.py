@@ -33,6 +33,7 @@ from gevent.event import AsyncResult
 from locust import HttpUser, events, task
 from locust.argument_parser import LocustArgumentParser
 from locust.exception import StopUser
+from locust.runners import STATE_CLEANUP, STATE_STOPPED, STATE_STOPPING
 
 Message = dict[str, Any]
 
@@ -287,6 +288,11 @@ class ChatPair(HttpUser):
 
     @task
     def play(self) -> None:
+        runner = self.environment.runner
+        if runner is not None and runner.state in (STATE_STOPPING, STATE_STOPPED, STATE_CLEANUP):
+            # The run is over: a pair whose stop did not reach it (seen once: one pair played on for two
+            # minutes past --run-time and the tool never exited) ends at its next round.
+            raise StopUser()
         self.rounds += 1
         try:
             if self.rounds % self.options.drop_every == 0:
