@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pymongo import AsyncMongoClient, monitoring
 
 from services.storage.batch import Coalescer
+from services.storage.store import Doc, find_by_ids
 
 
 class Table:
@@ -92,3 +94,36 @@ async def test_a_query_holds_at_most_max_keys():
     assert answers[:10] == [str(k) for k in range(10)]
     assert answers[10] == {k: str(k) for k in range(6)}
     assert [len(q) for q in table.queries] == [4, 4, 2, 6]  # a caller's keys are never split
+
+
+class CommandNames(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.mark.parametrize("missing", [0, 1])
+async def test_a_read_by_ids_is_one_round_trip_whether_every_id_is_found_or_not(mongo_url, missing):
+    """A batch of exactly as many documents as ids left the server's cursor open and cost an empty getMore:
+    every coalesced read of accounts, conversations and messages paid two round trips."""
+    listener = CommandNames()
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(mongo_url, event_listeners=[listener])
+    try:
+        collection = client["batch_round_trips"][f"docs_{missing}"]
+        await collection.insert_many([{"_id": n, "value": n * n} for n in range(1, 31)])
+        wanted = list(range(1, 21)) + [1000 + n for n in range(missing)]
+        listener.names.clear()
+        found = await find_by_ids(collection, {"_id": {"$in": wanted}}, {"value": 1}, len(wanted))
+        assert sorted(int(d["value"]) for d in found) == [n * n for n in range(1, 21)]
+        assert listener.names == ["find"]
+    finally:
+        await client.drop_database("batch_round_trips")
+        await client.close()

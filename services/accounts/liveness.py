@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from services.storage.batch import Coalescer
-from services.storage.store import Doc, Store
+from services.storage.store import Doc, Store, find_by_ids
 
 ACCOUNT_CACHE_TTL_S = 30.0
 ACCOUNT_CACHE_MAX = 100_000
@@ -45,8 +45,8 @@ class AccountLiveness:
         self.reads: Coalescer[int, Doc] = Coalescer(self._read_many)
 
     async def _read_many(self, user_ids: list[int]) -> dict[int, Doc]:
-        docs = self._store.users.find({"_id": {"$in": user_ids}}, ACCOUNT_FIELDS, batch_size=len(user_ids))
-        return {int(d["_id"]): d async for d in docs}
+        docs = await find_by_ids(self._store.users, {"_id": {"$in": user_ids}}, ACCOUNT_FIELDS, len(user_ids))
+        return {int(d["_id"]): d for d in docs}
 
     async def read(self, user_id: int) -> Doc | None:
         """The user's document (ACCOUNT_FIELDS), read from the store now, in one query with the other

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from services.storage.batch import Coalescer
-from services.storage.store import Doc, Store
+from services.storage.store import Doc, Store, find_by_ids
 
 SEQ_BITS = 32
 # message_key must fit MongoDB's signed 64-bit integers, for the conversation after this one too.
@@ -82,17 +82,17 @@ class StoredIds:
         self.conversations: Coalescer[int, Doc] = Coalescer(self._read_conversations)
 
     async def _read_conversations(self, conversation_ids: list[int]) -> dict[int, Doc]:
-        docs = self._store.conversations.find(
-            {"_id": {"$in": conversation_ids}}, CONVERSATION_FIELDS, batch_size=len(conversation_ids)
+        docs = await find_by_ids(
+            self._store.conversations, {"_id": {"$in": conversation_ids}}, CONVERSATION_FIELDS, len(conversation_ids)
         )
-        return {int(d["_id"]): d async for d in docs}
+        return {int(d["_id"]): d for d in docs}
 
     async def _read_keys(self, keys: list[int]) -> dict[int, Doc]:
         return await self._read_messages(keys, {"seq": 1, "sealed": 1})
 
     async def _read_messages(self, keys: list[int], projection: Doc | None = None) -> dict[int, Doc]:
-        docs = self._store.messages.find(by_keys(keys), projection, batch_size=len(keys))
-        return {int(d["_id"]): d async for d in docs}
+        docs = await find_by_ids(self._store.messages, by_keys(keys), projection, len(keys))
+        return {int(d["_id"]): d for d in docs}
 
     def observe_seq(self, conversation_id: int, seq: int) -> None:
         """A message with this id is stored (this node's insert, or another node's seen on the bus)."""

@@ -57,6 +57,13 @@ DURABLE_COLLECTIONS = (
 DURABLE_WRITES = WriteConcern(w="majority")
 
 
+async def find_by_ids(collection: AsyncCollection[Doc], query: Doc, projection: Doc | None, count: int) -> list[Doc]:
+    """The documents of `query`, which matches at most `count` (one per id of an `_id: {$in}` list), in one
+    round trip: with a batch of exactly `count` the server cannot tell the cursor is spent and a second
+    round trip (an empty getMore) follows; the limit lets it close the cursor with the first batch."""
+    return await collection.find(query, projection, limit=count, batch_size=count).to_list()
+
+
 async def reserve_block(counters: AsyncCollection[Doc], sequence: str, count: int) -> int:
     """The last of `count` consecutive ids of `sequence`, reserved with one `$inc` of its counter.
     Two nodes creating the counter at the same moment can see their upserts collide (DuplicateKeyError,
