@@ -18,6 +18,12 @@ retryable writes (the driver's default) and without (what services/storage/embed
 inserts from 8 concurrent writers, the mean per block of 2,000.
 
     .venv/bin/python bench/store_probe.py --growth 16000
+
+`--in-lists N` measures how the size of an `$in` list costs: N user documents read by `_id` among 20 * N,
+as one query of N keys and as queries of 256, 64 and 16 keys sent at once (median of `--repeat` rounds),
+which is how services/storage/batch.py sends a round of point lookups.
+
+    .venv/bin/python bench/store_probe.py --in-lists 1000
 """
 
 from __future__ import annotations
@@ -156,9 +162,49 @@ async def run_growth(total: int) -> None:
         print(f"| {label}, ms per insert | " + " | ".join(f"{m:.2f}" for m in means) + " |")
 
 
+async def in_list_costs(url: str, keys: int, repeat: int) -> list[tuple[int, int, float]]:
+    """(keys per query, queries, median ms for all `keys`) for each query size."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
+    users = client["in_lists"]["users"]
+    try:
+        await users.insert_many([{"_id": n, "username": f"u{n}", "deleted": False} for n in range(1, 20 * keys + 1)])
+        wanted = list(range(1, 20 * keys + 1, 20))
+        rows = []
+        for size in (keys, 256, 64, 16):
+            chunks = [wanted[i : i + size] for i in range(0, keys, size)]
+
+            async def round_of_queries(chunks: list[list[int]] = chunks) -> None:
+                found = await asyncio.gather(
+                    *(users.find({"_id": {"$in": c}}, limit=len(c), batch_size=len(c)).to_list() for c in chunks)
+                )
+                assert sum(len(f) for f in found) == keys
+
+            rows.append((size, len(chunks), await timed(round_of_queries, repeat)))
+        return rows
+    finally:
+        await client.close()
+
+
+async def run_in_lists(keys: int, repeat: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="store-probe-") as tmp:
+        server = EmbeddedMongo(Path(tmp) / "mongo", cache_size="256M")
+        server.start()
+        try:
+            rows = await in_list_costs(server.url, keys, repeat)
+        finally:
+            server.stop()
+    print(f"| keys per query | queries | ms for the {keys:,} keys | us per key |")
+    print("|---|---|---|---|")
+    for size, queries, ms in rows:
+        print(f"| {size:,} | {queries} | {ms:.0f} | {ms * 1000 / keys:.0f} |")
+
+
 async def run(args: argparse.Namespace) -> None:
     if args.growth:
         await run_growth(args.growth)
+        return
+    if args.in_lists:
+        await run_in_lists(args.in_lists, args.repeat)
         return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="store-probe-") as tmp:
@@ -180,6 +226,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="5000,50000", help="messages to store before each measurement")
     parser.add_argument("--repeat", type=int, default=9, help="calls per figure (the median is shown)")
     parser.add_argument("--growth", type=int, default=0, help="instead: time this many inserts as they accumulate")
+    parser.add_argument("--in-lists", type=int, default=0, help="instead: time reads of this many ids by query size")
     asyncio.run(run(parser.parse_args()))
     return 0
 

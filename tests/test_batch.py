@@ -9,7 +9,7 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 
 from services.storage.batch import Coalescer
-from services.storage.store import Doc, find_by_ids
+from services.storage.store import EMBEDDED_KEYS_PER_QUERY, KEYS_PER_QUERY, Doc, find_by_ids
 
 
 class Table:
@@ -96,6 +96,39 @@ async def test_a_query_holds_at_most_max_keys():
     assert [len(q) for q in table.queries] == [4, 4, 2, 6]  # a caller's keys are never split
 
 
+async def test_a_round_larger_than_a_query_is_sent_as_several_queries_at_once():
+    """The embedded store costs n * n for an `$in` of n keys: a round of 11 keys with 4 a query leaves as
+    queries of 4, 4 and 3, all in flight together, and each caller still gets exactly its own answer."""
+    table = Table({k: str(k) for k in range(10)})
+    table.gate = asyncio.Event()
+    batch = Coalescer(table.fetch, keys_per_query=lambda: 4)
+    waiting = asyncio.gather(*(batch.get(k) for k in range(9)), batch.get_many([8, 9, 42]))
+    await asyncio.sleep(0.01)
+    assert [len(q) for q in table.queries] == [4, 4, 3]  # all sent before any answered
+    table.gate.set()
+    answers = await waiting
+    assert answers[:9] == [str(k) for k in range(9)]
+    assert answers[9] == {8: "8", 9: "9"}
+    assert batch.queries == 3
+
+
+async def test_one_failed_query_of_a_round_fails_every_caller_of_the_round():
+    table = Table({k: str(k) for k in range(6)})
+    calls = 0
+
+    async def second_fails(keys: list[int]) -> dict[int, str]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("store went away")
+        return await table.fetch(keys)
+
+    batch = Coalescer(second_fails, keys_per_query=lambda: 3)
+    answers = await asyncio.gather(*(batch.get(k) for k in range(6)), return_exceptions=True)
+    assert all(isinstance(a, RuntimeError) for a in answers), answers
+    assert await batch.get(1) == "1"  # the next round is sent as usual
+
+
 class CommandNames(monitoring.CommandListener):
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -127,3 +160,15 @@ async def test_a_read_by_ids_is_one_round_trip_whether_every_id_is_found_or_not(
     finally:
         await client.drop_database("batch_round_trips")
         await client.close()
+
+
+async def test_a_node_on_the_embedded_store_sends_its_point_lookups_in_small_queries(services):
+    """Every start asks the server what it is (ensure_indexes): on the embedded store the coalesced reads
+    of accounts, conversations and messages then carry at most EMBEDDED_KEYS_PER_QUERY keys a query."""
+    assert await services.store.is_secantus()
+    assert services.store.keys_per_query() == EMBEDDED_KEYS_PER_QUERY < KEYS_PER_QUERY
+    reads = services.users.liveness.reads
+    before = reads.queries
+    found = await reads.get_many(list(range(10**9, 10**9 + 2 * EMBEDDED_KEYS_PER_QUERY + 1)))
+    assert found == {}
+    assert reads.queries - before == 3

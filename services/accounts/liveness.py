@@ -42,7 +42,7 @@ class AccountLiveness:
         # blip) costs one read, not one per socket; a reconnect storm of 2,000 sockets otherwise queued
         # 2,000 reads behind MongoDB's connection pool and refused most sockets with 1011.
         self._pending: dict[int, asyncio.Future[tuple[bool, int]]] = {}
-        self.reads: Coalescer[int, Doc] = Coalescer(self._read_many)
+        self.reads: Coalescer[int, Doc] = Coalescer(self._read_many, keys_per_query=store.keys_per_query)
 
     async def _read_many(self, user_ids: list[int]) -> dict[int, Doc]:
         docs = await find_by_ids(self._store.users, {"_id": {"$in": user_ids}}, ACCOUNT_FIELDS, len(user_ids))

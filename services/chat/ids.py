@@ -75,11 +75,13 @@ class StoredIds:
         # the store.
         self.last_seq: dict[int, int] = {}
         # The first window of `newest` of every conversation asked at one moment, as one query.
-        self._newest_reads: Coalescer[int, Doc] = Coalescer(self._read_keys)
-        self._message_reads: Coalescer[int, Doc] = Coalescer(self._read_messages)
+        self._newest_reads: Coalescer[int, Doc] = Coalescer(self._read_keys, keys_per_query=store.keys_per_query)
+        self._message_reads: Coalescer[int, Doc] = Coalescer(self._read_messages, keys_per_query=store.keys_per_query)
         # Conversation documents by id (CONVERSATION_FIELDS), read now: those asked for at one moment
         # (sockets opening or resuming together) as one query.
-        self.conversations: Coalescer[int, Doc] = Coalescer(self._read_conversations)
+        self.conversations: Coalescer[int, Doc] = Coalescer(
+            self._read_conversations, keys_per_query=store.keys_per_query
+        )
 
     async def _read_conversations(self, conversation_ids: list[int]) -> dict[int, Doc]:
         docs = await find_by_ids(

@@ -60,7 +60,9 @@ class PresenceAnnouncer:
         self._chat = chat
         self._events = events
         self._users = users
-        self._open_conversations: Coalescer[int, dict[int, OpenConversation]] = Coalescer(self._read_open_conversations)
+        self._open_conversations: Coalescer[int, dict[int, OpenConversation]] = Coalescer(
+            self._read_open_conversations, keys_per_query=store.keys_per_query
+        )
         # last_seen of the users who went offline at one moment (a storm of reconnects), as one write.
         self._last_seen: dict[int, dt.datetime] = {}
         self._last_seen_writes: Coalescer[int, None] = Coalescer(self._write_last_seen)

@@ -7,11 +7,13 @@ as a bare relay spends on a whole connect. A `Coalescer` collects the keys its c
 loop comes back to it, sends them as one query (`fetch(keys) -> {key: value}`, typically one `$in`),
 and answers every caller from that one answer.
 
-At most one query per coalescer is in flight: keys asked for meanwhile wait for the next one, so under
-load the queries grow instead of queueing in the driver's pool, and when nothing else is waiting a
-lookup leaves on the next loop iteration, as it would alone. A query holds at most `max_keys` keys.
-A query that fails fails every caller whose keys it carried, with its exception; a caller that is
-cancelled leaves the others alone.
+At most one round of queries per coalescer is in flight: keys asked for meanwhile wait for the next one,
+so under load the rounds grow instead of queueing in the driver's pool, and when nothing else is waiting a
+lookup leaves on the next loop iteration, as it would alone. A round holds at most `max_keys` keys, sent
+as queries of at most `keys_per_query()` keys each, all at once: the embedded store checks a document
+against an `$in` list one element at a time, so one query of n keys costs it n times n comparisons
+(Store.keys_per_query, docs/mongodb.md). A round that fails fails every caller whose keys it carried,
+with its exception; a caller that is cancelled leaves the others alone.
 
 Nothing is cached here: every answer comes from a query sent after the caller asked.
 """
@@ -29,9 +31,12 @@ Fetch = Callable[[list[K]], Awaitable[dict[K, V]]]
 
 
 class Coalescer(Generic[K, V]):
-    def __init__(self, fetch: Fetch[K, V], *, max_keys: int = 1000) -> None:
+    def __init__(
+        self, fetch: Fetch[K, V], *, max_keys: int = 1000, keys_per_query: Callable[[], int] | None = None
+    ) -> None:
         self._fetch = fetch
         self.max_keys = max(1, max_keys)
+        self._keys_per_query = keys_per_query
         # Callers waiting for the next query: the keys each asked for, and its answer.
         self._queued_reads: list[tuple[Collection[K], asyncio.Future[dict[K, V]]]] = []
         self._runner: asyncio.Task[None] | None = None
@@ -63,13 +68,19 @@ class Coalescer(Generic[K, V]):
             self._queued_reads = []
 
     async def _answer(self, batch: list[tuple[Collection[K], asyncio.Future[dict[K, V]]]]) -> None:
-        """One query for the keys of these callers, and each caller's share of its answer."""
+        """The queries for the keys of these callers, and each caller's share of their answers."""
         keys = list({key: None for keys, _ in batch for key in keys})
         found: dict[K, V] = {}
         if keys:
-            self.queries += 1
+            size = max(1, self._keys_per_query()) if self._keys_per_query is not None else len(keys)
+            chunks = [keys[i : i + size] for i in range(0, len(keys), size)]
+            self.queries += len(chunks)
             try:
-                found = await self._fetch(keys)
+                if len(chunks) == 1:
+                    found = await self._fetch(keys)
+                else:
+                    for answer in await asyncio.gather(*(self._fetch(chunk) for chunk in chunks)):
+                        found.update(answer)
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():

@@ -37,6 +37,13 @@ Doc = dict[str, Any]
 
 # The GridFS bucket of uploaded files (services/media/blobs.py): collections `media.files`, `media.chunks`.
 MEDIA_BUCKET = "media"
+# The most keys one `$in` point lookup should carry (services/storage/batch.py). MongoDB matches a
+# document against an `$in` list by binary search; the embedded store walks the list for every document
+# it reads, so a query of n keys costs it n * n comparisons: measured on it, 86 us a key among 64 ids and
+# 757 us among 1,000 (docs/mongodb.md).
+KEYS_PER_QUERY = 1000
+EMBEDDED_KEYS_PER_QUERY = 64
+
 # The driver's own health checks of the server (see `Store`): longer than any call may take.
 MONITOR_CHECK_TIMEOUT_MS = 10_000
 
@@ -153,6 +160,7 @@ class Store:
         self.media_chunks = self.db[f"{MEDIA_BUCKET}.chunks"]
         self._allocators: dict[str, IdAllocator] = {}
         self._secantus: bool | None = None
+        self._keys_per_query = KEYS_PER_QUERY
         self._id_block_size = id_block_size
 
     def _durable(self, name: str) -> AsyncCollection[Doc]:
@@ -190,7 +198,13 @@ class Store:
         queries and geometry differently from MongoDB. Asked once, from `buildInfo`."""
         if self._secantus is None:
             self._secantus = "secantusVersion" in await self.db.command("buildInfo")
+            self._keys_per_query = EMBEDDED_KEYS_PER_QUERY if self._secantus else KEYS_PER_QUERY
         return self._secantus
+
+    def keys_per_query(self) -> int:
+        """The most keys a point lookup by `$in` should carry on this server (KEYS_PER_QUERY, or
+        EMBEDDED_KEYS_PER_QUERY once `is_secantus` found the embedded store: every start asks it)."""
+        return self._keys_per_query
 
     async def ensure_indexes(self) -> None:
         """Create every index the queries rely on; idempotent, run at every start."""
