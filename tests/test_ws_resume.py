@@ -83,6 +83,27 @@ async def test_after_beyond_the_last_message_still_gets_new_messages(api, servic
     assert [m["id"] for m in await messages(ahead, 1)] == [3]
 
 
+async def test_a_resume_finds_messages_its_node_never_heard_of_and_one_that_missed_nothing_reads_no_page(api, services):
+    """A restarted node knows no message ids, and a conversation's `last_seq` is written behind its messages:
+    the resume looks up the newest stored id past what it knows. A socket that missed nothing then reads no
+    page of messages (each such page was a hundred lookups, for every socket of a restart storm)."""
+    p = await pair(api, services)
+    await send_many(api, p.cid, p.a, ["one", "two", "three"])
+    services.chat.ids.last_seq.pop(p.cid, None)  # as after a restart
+    await services.store.conversations.update_one({"_id": p.cid}, {"$set": {"last_seq": 1}})  # behind
+
+    behind = await join(api, p.cid, p.b, after=1)
+    assert [m["content"] for m in await messages(behind, 2)] == ["two", "three"]
+    services.chat.ids.last_seq.pop(p.cid, None)
+    pages = services.chat.ids._message_reads.queries
+    up_to_date = await join(api, p.cid, p.b, after=3)
+    assert [f for f in await up_to_date.silent(0.2) if f["type"] == "message"] == []
+    assert services.chat.ids._message_reads.queries == pages
+    await send_many(api, p.cid, p.a, ["four"])
+    for ws in (behind, up_to_date):
+        assert [m["content"] for m in await messages(ws, 1)] == ["four"]
+
+
 async def test_backlog_longer_than_one_page_arrives_whole(api, services):
     p = await pair(api, services)
     for start in range(0, 230, 10):
