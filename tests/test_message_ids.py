@@ -246,3 +246,21 @@ async def test_ids_past_the_id_space_never_reach_into_the_next_conversation(api,
     resumed = await join(api, first, carol, after=2**32)
     await send_rest(api, first, p.a, "later")
     assert [m["content"] for m in await messages(resumed, 1)] == ["later"]
+
+
+@pytest.mark.parametrize("behind", [0, 3, 4, 5, 21, 90])
+async def test_the_newest_id_is_found_however_far_last_seq_trails_the_messages(api, services, behind):
+    """A conversation's `last_seq` is written behind its messages, and another node's messages are unseen
+    here: the newest id is looked up in windows past it (4 ids, then 16, 64...), and whatever the lag a
+    socket that resumes from the last id it saw gets exactly what it missed."""
+    p = await pair(api, services)
+    for seq in range(1, behind + 3):
+        await store_as_another_node(services, p.cid, seq, p.a.id, f"m{seq}")
+    newest = behind + 2
+    await services.store.conversations.update_one({"_id": p.cid}, {"$set": {"last_seq": 2}})
+    assert await services.chat.last_stored_seq(p.cid, 2) == newest
+    resumed = await join(api, p.cid, p.b, after=1)
+    assert [m["id"] for m in await messages(resumed, newest - 1)] == list(range(2, newest + 1))
+    fresh = await join(api, p.cid, p.b)
+    await send_rest(api, p.cid, p.a, "next")
+    assert [m["id"] for m in await messages(fresh, 1)] == [newest + 1]
