@@ -40,3 +40,30 @@ async def test_last_seen_of_users_offline_together_is_one_write_and_one_warning_
     assert {"user_id": p.b.id, "status": "offline"}.items() <= next(
         s for s in statuses if s["user_id"] == p.b.id
     ).items()
+
+
+async def test_the_offline_announcement_does_not_wait_for_the_last_seen_write(
+    api: Any, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node handing thousands of users over at its SIGTERM writes their last_seen in writes that take the
+    store seconds; the announcements waited for them and were cut short when the node stopped waiting."""
+    p = await pair(api, services)
+    listening = await join(api, p.cid, p.a)
+    release = asyncio.Event()
+    real_bulk_write = services.store.users.bulk_write
+
+    async def slow_store(requests: list[Any], **kwargs: Any) -> Any:
+        await release.wait()
+        return await real_bulk_write(requests, **kwargs)
+
+    monkeypatch.setattr(services.store.users, "bulk_write", slow_store)
+    at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    announcer = services.presence.announcer
+    transition = asyncio.create_task(announcer.on_transition(Transition(p.b.id, False, at, None, [p.cid])))
+    status = await listening.recv_type("status")
+    assert (status["user_id"], status["status"]) == (p.b.id, "offline")
+    assert not transition.done()  # last_seen is still being written
+    release.set()
+    await transition
+    doc = await services.store.users.find_one({"_id": p.b.id}, {"last_seen": 1})
+    assert doc["last_seen"] == at

@@ -12,6 +12,7 @@ block closes it, and with it the visibility): the same rule gives a profile its 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Collection
@@ -73,10 +74,17 @@ class PresenceAnnouncer:
         The transition's version goes with the frames, so that receivers drop one older than a status
         they already passed on. Its `conversations`, when the socket that caused it read them just
         before, spare reading them again."""
+        if transition.online:
+            await self._announce(transition)
+            return
+        self._last_seen[transition.user_id] = transition.at
+        # Recorded beside the announcement, not before it: the last_seen of thousands of users going
+        # offline together (a node handing its users over at its SIGTERM) took the store seconds to write,
+        # and the announcements that waited for it were cut short when the node stopped waiting.
+        await asyncio.gather(self._last_seen_writes.get(transition.user_id), self._announce(transition))
+
+    async def _announce(self, transition: Transition) -> None:
         user_id, at = transition.user_id, transition.at
-        if not transition.online:
-            self._last_seen[user_id] = at
-            await self._last_seen_writes.get(user_id)
         conversations = transition.conversations
         try:
             user = await self._users.summary(user_id)
