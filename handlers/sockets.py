@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import socket
 import time
 from collections import deque
@@ -79,6 +80,10 @@ MAX_WAITING_FRAMES = 1000
 MAX_WAITING_CHARS = 1024 * 1024
 # Notification ids are microseconds since the epoch plus a count (services/realtime/notifications_log.py).
 MAX_NOTIFICATION_ID_DIGITS = 17
+
+# poll() events meaning the peer is gone: POLLRDHUP (Linux) reports a peer that shut its side even when
+# bytes it sent before (its close frame) are still unread.
+_HUNG_UP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 _cleanups: set[asyncio.Task[None]] = set()
 _frame_tasks: set[asyncio.Task[None]] = set()
@@ -159,6 +164,24 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         self.user_id = grant.user_id
         self.hold(grant)
         return grant.user_id
+
+    def gone_while_waiting(self) -> bool:
+        """Whether the client hung up while this socket's opening waited for a turn at the join gate: a
+        client that gave up waiting (its own timeout) has usually reconnected already, and reading the store
+        for the socket it left would take a turn from one still waiting. Nothing reads the connection until
+        the opening ends, so its close frame is not seen yet: the kernel is asked whether the peer shut
+        its side (a client drops the connection once its close frame goes unanswered)."""
+        stream = self.ws_connection.stream if self.ws_connection is not None else None
+        sock = getattr(stream, "socket", None)
+        if sock is None or self.closing:
+            gone = True
+        else:
+            poller = select.poll()
+            poller.register(sock.fileno(), _HUNG_UP)
+            gone = any(events & _HUNG_UP for _, events in poller.poll(0))
+        if gone:
+            self.services.metrics.websocket_joins_abandoned.inc()
+        return gone
 
     def hold(self, grant: AccessGrant) -> None:
         """Live by this token from now on: its generation, and its expiry plus SOCKET_TOKEN_GRACE."""
@@ -446,7 +469,8 @@ class ConversationSocket(BaseSocket):
         if user_id is None:
             return
         async with self.services.joins.admit():
-            await self._join(conversation_id, user_id)
+            if not self.gone_while_waiting():
+                await self._join(conversation_id, user_id)
 
     async def _join(self, conversation_id: int, user_id: int) -> None:
         """The part of opening that waits on the store and Redis, run when the node's join gate admits it."""
@@ -565,7 +589,8 @@ class NotificationSocket(BaseSocket):
             if user_id is None:
                 return
             async with self.services.joins.admit():
-                await self._join(user_id)
+                if not self.gone_while_waiting():
+                    await self._join(user_id)
         except Exception as exc:
             self.refuse(exc)
 

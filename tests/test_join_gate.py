@@ -14,7 +14,7 @@ from services.realtime.admission import JoinGate
 from services.realtime.close_codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
 from services.realtime.hub import LimitExceeded
 from tests.support import ws_connect
-from tests.ws_helpers import join, notifications, pair, wait_for
+from tests.ws_helpers import abort, join, notifications, pair, wait_for
 
 # -- the gate alone ------------------------------------------------------------------------------------
 
@@ -175,3 +175,23 @@ async def test_openings_still_waiting_when_the_node_stops_close_1001(api, servic
     services.joins.close()
     assert await waiting.closed() == (1001, "server shutting down")
     store_answers.set()
+
+
+@with_settings(join_concurrency=1, join_queue=5)
+async def test_an_opening_whose_client_left_while_it_waited_reads_nothing_when_its_turn_comes(
+    api, services, monkeypatch
+):
+    """A client whose own timeout ran out while its socket waited for a turn has closed it and come back on
+    another connection: its old place in line must not cost the store the reads of a socket nobody holds."""
+    p = await pair(api, services)
+    running, waiting, store_answers = await fill_the_gate(api, services, monkeypatch, p)
+    abandoned = services.metrics.websocket_joins_abandoned
+    before = abandoned._value.get()
+    abort(waiting)  # as a client does once its close frame went unanswered
+    await asyncio.sleep(0.1)
+    store_answers.set()
+    await running.recv_type("status")
+    await wait_for(lambda: (services.joins.running, services.joins.waiting) == (0, 0))
+    assert abandoned._value.get() == before + 1
+    assert not services.presence.store.has_sockets_here(p.b.id)
+    assert services.connections.by_user.get(p.b.id) in (None, set())

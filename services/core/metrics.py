@@ -152,6 +152,11 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.websocket_joins_abandoned = Counter(
+            "chat_websocket_joins_abandoned",
+            "Sockets their client closed while their opening waited for a turn (nothing read for them)",
+            registry=r,
+        )
         self.closes = Counter("chat_websocket_closes", "WebSockets closed, by close code", ["code"], registry=r)
         self.frames_in = Tally("chat_frames_received", "Client frames received, by type", "type", r)
         self.frames_out = Tally("chat_frames_sent", "Frames written to sockets, by type", "type", r)

@@ -9,11 +9,10 @@ store's reads of those are still shared per loop iteration, services/storage/bat
 JOIN_QUEUE more wait their turn in arrival order. One arriving when that queue is full is refused at
 once with 1013 (try again later), which costs the node nothing and which clients retry with backoff.
 
-The queue's default holds a whole node's reconnect storm: a client waiting in line is open as soon as the
-store lets it, while one refused comes back only after its backoff (seconds), and costs the node a handshake
-each time. In two runs of a rolling restart of 3,000-socket nodes (BENCHMARKS.md), a queue of 1,000 refused
-1,300 to 3,800 openings per node; without refusals the nodes were back in about the same time, at 20 to 30%
-less node CPU per socket taken back. The limit is left for a flood that no store could serve.
+A queue longer than clients are willing to wait is no better than a refusal: a client whose own timeout
+runs out (30 s for a first frame, in the load tools) closes its socket and comes back on a new connection
+while its old place is still in line. Such an opening is dropped when its turn comes, without reading
+anything (BaseSocket.gone_while_waiting); the queue's default stays well below a node's sockets.
 """
 
 from __future__ import annotations
