@@ -143,7 +143,7 @@ class Settings:
         64, "JOIN_CONCURRENCY", "Sockets a node opens at once (each waits on the store); more wait in JOIN_QUEUE"
     )
     join_queue: int = _knob(
-        1000,
+        20_000,
         "JOIN_QUEUE",
         "Sockets waiting to open past JOIN_CONCURRENCY; one more is closed 1013 at once (a reconnect storm)",
     )
