@@ -572,3 +572,23 @@ def test_webhook_signature_is_over_timestamp_and_body():
     header = sign_webhook(WEBHOOK_SECRET, body, 1700000000)
     expected = hmac.new(WEBHOOK_SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
     assert header == f"t=1700000000,v1={expected}"
+
+
+async def test_offline_recipients_of_one_moment_are_looked_up_for_devices_in_one_query(api, services, receiver):
+    """Every notification to an offline user asks whether they have a device: a reader reconnecting while
+    messages keep coming, or a node's worth of readers during a restart, asked the store once each."""
+    pairs = [await pair(api, services) for _ in range(4)]
+    with_device = [b for _, b, _ in pairs[:2]]
+    for user in with_device:
+        await register(api, user, receiver.subscription(user.username))
+    owners = services.push._device_owners
+    before = owners.queries
+
+    def new_message(cid: int, sender: Any) -> dict[str, Any]:
+        message = {"id": 1, "conversation_id": cid, "content": "hi", "sender": {"username": sender.username}}
+        return {"type": "new_message", "message": message}
+
+    await asyncio.gather(*(services.push.on_notify(b.id, new_message(cid, a)) for a, b, cid in pairs))
+    assert owners.queries - before == 1
+    queued = {d["user_id"] async for d in services.store.push_outbox.find({}, {"user_id": 1})}
+    assert queued == {user.id for user in with_device}

@@ -65,6 +65,7 @@ from services.push.delivery import (
     webhook_problem,
 )
 from services.push.preferences import NotificationPreferences, mute_of
+from services.storage.batch import Coalescer
 from services.storage.store import STORE_DOWN_ERRORS, Doc, Store
 
 if TYPE_CHECKING:
@@ -120,6 +121,12 @@ class PushService:
             "Requests to push services and webhooks, by outcome",
             ["kind", "outcome"],
             registry=registry,
+        )
+        # Whether each recipient has a device, asked for every notification to a user who is offline: the
+        # recipients of one moment (a conversation's messages while its reader reconnects, a node's worth
+        # of readers during a restart) share one query.
+        self._device_owners: Coalescer[int, bool] = Coalescer(
+            self._users_with_devices, keys_per_query=store.keys_per_query
         )
         self._slots = asyncio.Semaphore(max(1, settings.push_concurrency))
         self._wakeup = asyncio.Event()
@@ -219,6 +226,10 @@ class PushService:
 
     # -- queueing ----------------------------------------------------------------------------------
 
+    async def _users_with_devices(self, user_ids: list[int]) -> dict[int, bool]:
+        owners = await self._store.push_devices.distinct("user_id", {"user_id": {"$in": user_ids}})
+        return {int(owner): True for owner in owners}
+
     async def on_notify(self, user_id: int, notification: dict[str, Any]) -> None:
         """Publisher hook: queue a push when the user is offline everywhere and has a device."""
         kind = notification.get("type")
@@ -227,7 +238,7 @@ class PushService:
         if await self._presence.is_online(user_id):
             return
         try:
-            if await self._store.push_devices.find_one({"user_id": user_id}, {"_id": 1}) is None:
+            if not await self._device_owners.get(user_id):
                 return
             await self._enqueue(user_id, str(kind), notification)
         except STORE_DOWN_ERRORS:
