@@ -171,8 +171,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         for the socket it left would take a turn from one still waiting. Nothing reads the connection until
         the opening ends, so its close frame is not seen yet: the kernel is asked whether the peer shut
         its side (a client drops the connection once its close frame goes unanswered)."""
-        stream = self.ws_connection.stream if self.ws_connection is not None else None
-        sock = getattr(stream, "socket", None)
+        sock = self._kernel_socket()
         if sock is None or self.closing:
             gone = True
         else:
@@ -275,13 +274,17 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         if stream is not None:
             stream.io_loop.call_later(after_s, lambda: None if stream.closed() else stream.close())
 
+    def _kernel_socket(self) -> socket.socket | None:
+        """The connection's socket, None once Tornado has let it go."""
+        stream = self.ws_connection.stream if self.ws_connection is not None else None
+        return getattr(stream, "socket", None)
+
     def _bound_kernel_buffer(self) -> None:
         """What a reader costs is our outbound bound plus the kernel's send buffer, which autotuning
         grows up to tcp_wmem's maximum (4 MiB by default): four times OUTBOUND_BUFFER_BYTES, and as
         much delay before a reader that stopped reading is noticed. An eighth of the bound is plenty
         for chat frames (Linux doubles the figure for its own bookkeeping)."""
-        stream = self.ws_connection.stream if self.ws_connection is not None else None
-        sock = getattr(stream, "socket", None)
+        sock = self._kernel_socket()
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(16 * 1024, self.outbound_limit // 8))
@@ -528,7 +531,7 @@ class ConversationSocket(BaseSocket):
         An `after` beyond the last stored message (a client's bug, a restored backup) would hold back every
         new message until the ids caught up with it: the socket resumes from what exists instead."""
         chat = self.services.chat
-        newest = await chat.last_stored_seq(conversation_id, chat.ids.known_here(conversation_id, last_seq))
+        newest = await chat.last_stored_seq(conversation_id, last_seq)
         after = min(after, newest)
         if after == newest:
             self.end_resume(after, after)

@@ -26,7 +26,7 @@ SEQ_BITS = 32
 # message_key must fit MongoDB's signed 64-bit integers, for the conversation after this one too.
 MAX_CONVERSATION_ID = (1 << (63 - SEQ_BITS)) - 1
 MAX_SEQ = (1 << SEQ_BITS) - 1
-# Ids looked up at once past the newest known one (doubling while they are all stored).
+# Ids looked up at once when searching forward for the first stored one (history.py, doubling each time).
 NEWEST_WINDOW = 16
 # The first window of `newest`, which every socket that opens or resumes looks up: the conversation's
 # `last_seq` trails its messages by what was sent in the last METADATA_INTERVAL (a second), usually

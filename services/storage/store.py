@@ -160,7 +160,6 @@ class Store:
         self.media_chunks = self.db[f"{MEDIA_BUCKET}.chunks"]
         self._allocators: dict[str, IdAllocator] = {}
         self._secantus: bool | None = None
-        self._keys_per_query = KEYS_PER_QUERY
         self._id_block_size = id_block_size
 
     def _durable(self, name: str) -> AsyncCollection[Doc]:
@@ -198,13 +197,12 @@ class Store:
         queries and geometry differently from MongoDB. Asked once, from `buildInfo`."""
         if self._secantus is None:
             self._secantus = "secantusVersion" in await self.db.command("buildInfo")
-            self._keys_per_query = EMBEDDED_KEYS_PER_QUERY if self._secantus else KEYS_PER_QUERY
         return self._secantus
 
     def keys_per_query(self) -> int:
         """The most keys a point lookup by `$in` should carry on this server (KEYS_PER_QUERY, or
         EMBEDDED_KEYS_PER_QUERY once `is_secantus` found the embedded store: every start asks it)."""
-        return self._keys_per_query
+        return EMBEDDED_KEYS_PER_QUERY if self._secantus else KEYS_PER_QUERY
 
     async def ensure_indexes(self) -> None:
         """Create every index the queries rely on; idempotent, run at every start."""
