@@ -182,6 +182,10 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             self.services.metrics.websocket_joins_abandoned.inc()
         return gone
 
+    def admission(self, user_id: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """A place at the node's join gate, counted against the user's cap with the sockets already open."""
+        return self.services.joins.admit(user_id, self.services.connections.count(user_id))
+
     def hold(self, grant: AccessGrant) -> None:
         """Live by this token from now on: its generation, and its expiry plus SOCKET_TOKEN_GRACE."""
         self.token_generation = grant.generation
@@ -471,7 +475,7 @@ class ConversationSocket(BaseSocket):
         user_id = self.authenticate()
         if user_id is None:
             return
-        async with self.services.joins.admit():
+        async with self.admission(user_id):
             if not self.gone_while_waiting():
                 await self._join(conversation_id, user_id)
 
@@ -591,7 +595,7 @@ class NotificationSocket(BaseSocket):
             user_id = self.authenticate()
             if user_id is None:
                 return
-            async with self.services.joins.admit():
+            async with self.admission(user_id):
                 if not self.gone_while_waiting():
                     await self._join(user_id)
         except Exception as exc:

@@ -16,16 +16,18 @@ from services.realtime.hub import LimitExceeded
 from tests.support import ws_connect
 from tests.ws_helpers import abort, join, notifications, pair, wait_for
 
+USER = 7
+
 # -- the gate alone ------------------------------------------------------------------------------------
 
 
 async def test_openings_past_the_concurrency_wait_in_arrival_order_and_past_the_queue_are_refused() -> None:
-    gate = JoinGate(concurrency=2, queue=2)
+    gate = JoinGate(concurrency=2, queue=2, per_user=20)
     release = asyncio.Event()
     order: list[int] = []
 
     async def opening(n: int) -> None:
-        async with gate.admit():
+        async with gate.admit(USER, 0):
             order.append(n)
             await release.wait()
 
@@ -33,7 +35,7 @@ async def test_openings_past_the_concurrency_wait_in_arrival_order_and_past_the_
     await wait_for(lambda: gate.running == 2 and gate.waiting == 2)
     assert order == [0, 1]
     with pytest.raises(LimitExceeded) as refused:
-        async with gate.admit():
+        async with gate.admit(USER, 0):
             pass
     assert refused.value.close_code == CLOSE_TRY_AGAIN_LATER
     release.set()
@@ -43,12 +45,12 @@ async def test_openings_past_the_concurrency_wait_in_arrival_order_and_past_the_
 
 
 async def test_an_opening_cancelled_while_waiting_gives_its_turn_to_the_next() -> None:
-    gate = JoinGate(concurrency=1, queue=5)
+    gate = JoinGate(concurrency=1, queue=5, per_user=20)
     release = asyncio.Event()
     admitted: list[str] = []
 
     async def opening(name: str) -> None:
-        async with gate.admit():
+        async with gate.admit(USER, 0):
             admitted.append(name)
             await release.wait()
 
@@ -65,14 +67,14 @@ async def test_an_opening_cancelled_while_waiting_gives_its_turn_to_the_next() -
 
 
 async def test_a_place_handed_over_at_the_moment_of_cancellation_is_passed_on() -> None:
-    gate = JoinGate(concurrency=1, queue=5)
+    gate = JoinGate(concurrency=1, queue=5, per_user=20)
     admitted: list[str] = []
 
     async def opening(name: str) -> None:
-        async with gate.admit():
+        async with gate.admit(USER, 0):
             admitted.append(name)
 
-    held = gate.admit()
+    held = gate.admit(USER, 0)
     await held.__aenter__()
     unlucky = asyncio.create_task(opening("unlucky"))
     after = asyncio.create_task(opening("after"))
@@ -86,11 +88,11 @@ async def test_a_place_handed_over_at_the_moment_of_cancellation_is_passed_on() 
 
 
 async def test_a_closing_gate_refuses_the_waiting_and_the_arriving_with_1001() -> None:
-    gate = JoinGate(concurrency=1, queue=5)
+    gate = JoinGate(concurrency=1, queue=5, per_user=20)
     release = asyncio.Event()
 
     async def opening() -> None:
-        async with gate.admit():
+        async with gate.admit(USER, 0):
             await release.wait()
 
     running = asyncio.create_task(opening())
@@ -101,12 +103,66 @@ async def test_a_closing_gate_refuses_the_waiting_and_the_arriving_with_1001() -
     for refused in await asyncio.gather(*waiting, return_exceptions=True):
         assert isinstance(refused, LimitExceeded) and refused.close_code == CLOSE_GOING_AWAY
     with pytest.raises(LimitExceeded) as late:
-        async with gate.admit():
+        async with gate.admit(USER, 0):
             pass
     assert late.value.close_code == CLOSE_GOING_AWAY
     release.set()
     await running  # the one already running finishes
     assert (gate.running, gate.waiting) == (0, 0)
+
+
+async def test_one_user_holds_at_most_per_user_places_counting_the_sockets_already_open() -> None:
+    gate = JoinGate(concurrency=1, queue=100, per_user=3)
+    release = asyncio.Event()
+
+    async def opening(user_id: int, open_sockets: int = 0) -> None:
+        async with gate.admit(user_id, open_sockets):
+            await release.wait()
+
+    mine = [asyncio.create_task(opening(USER)) for _ in range(3)]
+    await wait_for(lambda: gate.running == 1 and gate.waiting == 2)
+    with pytest.raises(LimitExceeded) as refused:
+        async with gate.admit(USER, 0):
+            pass
+    assert (refused.value.close_code, str(refused.value)) == (1008, "too many connections")
+    # Someone else still gets a place in line.
+    theirs = asyncio.create_task(opening(USER + 1))
+    await wait_for(lambda: gate.waiting == 3)
+    # Sockets already open count: a user with 2 open has room for one opening, not two.
+    other = asyncio.create_task(opening(USER + 2, open_sockets=2))
+    await wait_for(lambda: gate.waiting == 4)
+    with pytest.raises(LimitExceeded):
+        async with gate.admit(USER + 2, 2):
+            pass
+    release.set()
+    await asyncio.gather(*mine, theirs, other)
+    assert [gate.places_of(u) for u in (USER, USER + 1, USER + 2)] == [0, 0, 0]
+    assert gate._places_by_user == {}  # nothing kept for users who left
+    async with gate.admit(USER, 2):  # and the user's places are free again
+        assert gate.places_of(USER) == 1
+
+
+async def test_a_refused_or_cancelled_opening_gives_back_its_users_place() -> None:
+    gate = JoinGate(concurrency=1, queue=1, per_user=5)
+    release = asyncio.Event()
+
+    async def opening() -> None:
+        async with gate.admit(USER, 0):
+            await release.wait()
+
+    running = asyncio.create_task(opening())
+    waiting = asyncio.create_task(opening())
+    await wait_for(lambda: gate.waiting == 1)
+    with pytest.raises(LimitExceeded):  # the queue is full: 1013, and the place is not kept
+        async with gate.admit(USER, 0):
+            pass
+    assert gate.places_of(USER) == 2
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert gate.places_of(USER) == 1
+    release.set()
+    await running
+    assert gate.places_of(USER) == 0
 
 
 # -- on a node -----------------------------------------------------------------------------------------
@@ -195,3 +251,31 @@ async def test_an_opening_whose_client_left_while_it_waited_reads_nothing_when_i
     assert abandoned._value.get() == before + 1
     assert not services.presence.store.has_sockets_here(p.b.id)
     assert services.connections.by_user.get(p.b.id) in (None, set())
+
+
+@with_settings(join_concurrency=1, join_queue=50, max_sockets_per_user=3)
+async def test_one_account_cannot_fill_the_join_queue(api, services, monkeypatch):
+    """A script with one valid token opens socket after socket while the store is slow: without a bound per
+    user its openings would take every place in the queue and everyone else would wait behind them. Its
+    places and sockets together stop at MAX_SOCKETS_PER_USER, refused 1008 like the socket cap."""
+    p = await pair(api, services)
+    running, b_waiting, store_answers = await fill_the_gate(api, services, monkeypatch, p)
+    held = [await ws_connect(api, f"/ws/notifications/?token={p.a.access}") for _ in range(2)]
+    await wait_for(lambda: services.joins.waiting == 3 and services.joins.places_of(p.a.id) == 3)
+    for path in (f"/ws/notifications/?token={p.a.access}", f"/ws/conversations/{p.cid}/?token={p.a.access}"):
+        refused = await ws_connect(api, path)
+        assert await refused.closed() == (1008, "too many connections")
+    assert services.joins.places_of(p.a.id) == 3
+    # Bob still gets a place in line, and in once the store answers.
+    b_conversation = await ws_connect(api, f"/ws/conversations/{p.cid}/?token={p.b.access}")
+    await wait_for(lambda: services.joins.waiting == 4)
+    store_answers.set()
+    await running.recv_type("status")
+    await b_conversation.recv_type("status")
+    for ws in (b_waiting, *held):
+        await ws.send({"type": "ping"})
+        assert await ws.recv_type("pong")
+    await wait_for(lambda: (services.joins.running, services.joins.waiting) == (0, 0))
+    # Alice now holds three sockets: a fourth is refused by the socket cap, with the same close.
+    over = await ws_connect(api, f"/ws/notifications/?token={p.a.access}")
+    assert await over.closed() == (1008, "too many connections")

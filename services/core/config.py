@@ -135,7 +135,9 @@ class Settings:
     rate_strikes_to_close: int = _knob(
         20, "RATE_STRIKES_TO_CLOSE", "Rate-limited frames on one socket within a minute before it is closed 1008"
     )
-    max_sockets_per_user: int = _knob(20, "MAX_SOCKETS_PER_USER", "WebSockets one user may hold on one node")
+    max_sockets_per_user: int = _knob(
+        20, "MAX_SOCKETS_PER_USER", "WebSockets one user may hold (or have opening) on one node"
+    )
     max_conversation_sockets_per_user: int = _knob(
         10, "MAX_CONVERSATION_SOCKETS_PER_USER", "Conversation sockets one user may hold on one node"
     )

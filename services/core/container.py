@@ -447,7 +447,7 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
         deletion_worker=DeletionWorker(deletion.finish_abandoned, settings.deletion_sweep_interval_s),
         exports=AccountExport(store, users, media),
         notification_feed=NotificationFeed(backends.notifications, store, users),
-        joins=JoinGate(settings.join_concurrency, settings.join_queue),
+        joins=JoinGate(settings.join_concurrency, settings.join_queue, settings.max_sockets_per_user),
     )
     metrics.joins.labels(state="running").set_function(lambda: services.joins.running)
     metrics.joins.labels(state="waiting").set_function(lambda: services.joins.waiting)

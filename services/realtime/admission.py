@@ -16,13 +16,19 @@ With a queue of 20,000 it answered 21,000 and took back all of them (BENCHMARKS.
 timeout runs out while it waits (30 s for a first frame, in the load tools) closes its socket and comes
 back on a new connection while its old place is still in line: such an opening is dropped when its turn
 comes, without reading anything (BaseSocket.gone_while_waiting).
+
+A valid token is checked before its opening takes a place, but without a bound per user one account could
+hold every place in the queue (each costs the node only a connection) and keep everyone else's openings
+waiting. The places one user holds, running or waiting, count with the sockets the user already has on
+the node against MAX_SOCKETS_PER_USER: one past it is refused 1008 "too many connections", as the same
+cap refuses a socket that registers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 
 from services.realtime.close_codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
@@ -31,27 +37,43 @@ from services.realtime.hub import LimitExceeded
 
 class JoinGate:
     """Admits at most `concurrency` socket openings at a time, with up to `queue` waiting, first come first
-    served."""
+    served, and at most `per_user` places (with the user's open sockets) to one user."""
 
-    def __init__(self, concurrency: int, queue: int) -> None:
+    def __init__(self, concurrency: int, queue: int, per_user: int) -> None:
         self.concurrency = max(1, concurrency)
         self.queue_limit = max(0, queue)
+        self.per_user = max(1, per_user)
         self.running = 0
         self._turns: deque[asyncio.Future[None]] = deque()
+        self._places_by_user: Counter[int] = Counter()
         self.closed = False
 
     @property
     def waiting(self) -> int:
         return len(self._turns)
 
+    def places_of(self, user_id: int) -> int:
+        """Openings of this user running or waiting."""
+        return self._places_by_user[user_id]
+
     @contextlib.asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        """Hold a place for the duration of the block; raise LimitExceeded (1013) when the queue is full."""
-        await self._enter()
+    async def admit(self, user_id: int, open_sockets: int) -> AsyncIterator[None]:
+        """Hold a place for the duration of the block, for a user who has `open_sockets` on the node already;
+        raise LimitExceeded: 1008 when the user's places and sockets reach `per_user`, 1013 when the queue
+        is full."""
+        if self._places_by_user[user_id] + open_sockets >= self.per_user:
+            raise LimitExceeded("too many connections")
+        self._places_by_user[user_id] += 1
         try:
-            yield
+            await self._enter()
+            try:
+                yield
+            finally:
+                self._leave()
         finally:
-            self._leave()
+            self._places_by_user[user_id] -= 1
+            if not self._places_by_user[user_id]:
+                del self._places_by_user[user_id]
 
     def close(self) -> None:
         """The node stops: openings still waiting, and any arriving, are refused with 1001 (the client
