@@ -14,12 +14,14 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pymongo.errors
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -592,3 +594,22 @@ async def test_offline_recipients_of_one_moment_are_looked_up_for_devices_in_one
     assert owners.queries - before == 1
     queued = {d["user_id"] async for d in services.store.push_outbox.find({}, {"user_id": 1})}
     assert queued == {user.id for user in with_device}
+
+
+async def test_pushes_that_cannot_be_queued_while_the_store_is_away_are_logged_as_one_line(
+    api, services, monkeypatch, caplog
+):
+    """A store timeout fails every offline recipient of that moment the same way: the log says so once, with
+    a count, instead of a line per recipient."""
+    users = [(await pair(api, services))[1] for _ in range(3)]
+
+    async def store_away(user_ids: list[int]) -> dict[int, bool]:
+        raise pymongo.errors.ServerSelectionTimeoutError("store away")
+
+    monkeypatch.setattr(services.push._device_owners, "_fetch", store_away)
+    note = {"type": "new_like", "from_user": {"id": 1}}
+    with caplog.at_level(logging.WARNING, logger="chat.push"):
+        await asyncio.gather(*(services.push.on_notify(user.id, note) for user in users * 40))
+    lines = [r.getMessage() for r in caplog.records if r.name == "chat.push"]
+    assert len(lines) == 1 and lines[0].startswith("could not queue a push (new_like for user ")
+    assert await services.store.push_outbox.count_documents({}) == 0

@@ -24,6 +24,7 @@ from services.accounts.users import UserService
 from services.chat.service import ChatService
 from services.core.clock import iso
 from services.core.errors import NotFound
+from services.core.logs import FoldedWarning
 from services.realtime.events import Publisher
 from services.realtime.presence import PresenceStore, Transition
 from services.storage.batch import Coalescer
@@ -67,6 +68,7 @@ class PresenceAnnouncer:
         # last_seen of the users who went offline at one moment (a storm of reconnects), as one write.
         self._last_seen: dict[int, dt.datetime] = {}
         self._last_seen_writes: Coalescer[int, None] = Coalescer(self._write_last_seen)
+        self._announce_failures = FoldedWarning(log, "could not announce presence of user %s: store unavailable")
 
     async def on_transition(self, transition: Transition) -> None:
         """Publish a transition to every open conversation of the user; record last_seen when offline.
@@ -91,7 +93,7 @@ class PresenceAnnouncer:
             if conversations is None:
                 conversations = list(await self.open_conversations(user_id))
         except STORE_DOWN_ERRORS:
-            log.warning("could not announce presence of user %d: store unavailable", user_id)
+            self._announce_failures.warn(user_id)
             return
         frame = status_frame(user_id, user["username"], transition.online, at)
         for conversation_id in conversations:

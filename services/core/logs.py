@@ -7,10 +7,13 @@ top-level JSON keys. Tokens and passwords are never put in a record: request URI
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import re
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -68,3 +71,36 @@ def configure(log_format: str, level: str, node: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class FoldedWarning:
+    """A warning that one cause raises for many subjects at once: when the store times out, every
+    recipient of that moment's notifications fails the same way, and one line each flooded the log with
+    hundreds of lines saying one thing. The first of a window is logged as it comes, with its subject; the
+    others in the next `window_s` seconds are counted, and their count is logged as one line when the
+    window ends."""
+
+    def __init__(self, logger: logging.Logger, message: str, window_s: float = 10.0) -> None:
+        self._logger = logger
+        self._message = message  # %-formatted with the subject
+        self.window_s = window_s
+        self._window_ends = 0.0
+        self._folded = 0
+
+    def warn(self, subject: object) -> None:
+        now = time.monotonic()
+        if now < self._window_ends:
+            self._folded += 1
+            return
+        self.flush()
+        self._window_ends = now + self.window_s
+        self._logger.warning(self._message, subject)
+        # Without a running loop (a script), the count is logged with the next line after the window.
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_later(self.window_s, self.flush)
+
+    def flush(self) -> None:
+        """Log how many were folded since the last line, if any."""
+        if self._folded:
+            folded, self._folded = self._folded, 0
+            self._logger.warning("%s: %d more like it", self._message % "...", folded)

@@ -55,6 +55,7 @@ from pymongo import ReturnDocument
 
 from services.core import errors
 from services.core.clock import iso
+from services.core.logs import FoldedWarning
 from services.push.delivery import (
     Outcome,
     Result,
@@ -128,6 +129,7 @@ class PushService:
         self._device_owners: Coalescer[int, bool] = Coalescer(
             self._users_with_devices, keys_per_query=store.keys_per_query
         )
+        self._queue_failures = FoldedWarning(log, "could not queue a push (%s): store unavailable")
         self._slots = asyncio.Semaphore(max(1, settings.push_concurrency))
         self._wakeup = asyncio.Event()
         self._wakes: list[float] = []  # a heap of due times of entries this node queued or rescheduled
@@ -242,7 +244,7 @@ class PushService:
                 return
             await self._enqueue(user_id, str(kind), notification)
         except STORE_DOWN_ERRORS:
-            log.warning("could not queue a %s push for user %d: store unavailable", kind, user_id)
+            self._queue_failures.warn(f"{kind} for user {user_id}")
 
     async def _enqueue(self, user_id: int, kind: str, notification: dict[str, Any]) -> None:
         """One atomic upsert (an update pipeline, so that the due time can depend on the entry's state):
