@@ -42,7 +42,11 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
-    if request.path in PROBE_PATHS:
+    if status == 101:
+        # A WebSocket's handshake: the socket's own line at its end (handlers/sockets.py) says where it
+        # went, who held it, how it ended and for how long.
+        level = logging.DEBUG
+    elif request.path in PROBE_PATHS:
         # Every few seconds from every checker: at INFO they would drown the log.
         # A 503 of /readyz is the node saying it is not ready, not a failure of the request.
         level = logging.DEBUG if status < 500 else logging.WARNING

@@ -49,6 +49,7 @@ from handlers.protocol import REGISTRY, ClientFrame, FrameSpec
 from services.accounts.auth import AccessGrant, TokenError
 from services.core import errors
 from services.core.limits import TokenBucket
+from services.core.logs import redact
 from services.realtime.close_codes import (
     CLOSE_BAD_FRAME,
     CLOSE_BAD_TOKEN,
@@ -92,9 +93,11 @@ _frame_tasks: set[asyncio.Task[None]] = set()
 class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
     endpoint = "conversation"
     server_close_code: int | None = None
+    server_close_reason: str | None = None
 
     def initialize(self, services: Services) -> None:
         self.services = services
+        self.arrived_at = time.monotonic()
         self.registered = False
         self.username = ""
         settings = services.settings
@@ -268,6 +271,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
 
     def _shut(self, code: int, reason: str) -> None:
         self.server_close_code = code
+        self.server_close_reason = reason
         self.close(code, reason)
 
     def _send_ping(self) -> None:
@@ -426,11 +430,8 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         self.closing = True
         code = self.server_close_code or self.close_code or 1006
         self.services.metrics.closes.labels(code=str(code)).inc()
+        self._log_close(code)
         if self.registered:
-            log.info(
-                "socket closed",
-                extra={"user_id": self.user_id, "endpoint": self.endpoint, "close_code": code},
-            )
             self.services.metrics.open_sockets.labels(endpoint=self.endpoint).dec()
             self.registered = False
             task = asyncio.get_running_loop().create_task(self._unregister())
@@ -438,6 +439,35 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             # cleanup (and the presence transition it ends with) could vanish half-way.
             _cleanups.add(task)
             task.add_done_callback(_cleanups.discard)
+
+    def _log_close(self, code: int) -> None:
+        """One line per socket, at its end: the handshake's own access line is at DEBUG (server.py), since
+        a line at each end doubled the log of a reconnect storm, and the handshake's line took 5% of the
+        node's CPU samples in a storm of connects. A socket refused before it joined says so, with the
+        reason it was given."""
+        request = self.request
+        path = redact(request.uri or "")
+        open_s = round(time.monotonic() - self.arrived_at, 3)
+        joined = "closed" if self.registered else "closed before joining"
+        reason = (self.server_close_reason or "") if self.server_close_code else (self.close_reason or "")
+        log.info(
+            "socket %s: %s user %s, %s, after %.1fs",
+            joined,
+            path,
+            self.user_id or "-",
+            f"{code} {reason}".rstrip(),
+            open_s,
+            extra={
+                "user_id": self.user_id or None,
+                "endpoint": self.endpoint,
+                "close_code": code,
+                "close_reason": reason,
+                "path": path,
+                "remote_ip": request.remote_ip,
+                "open_s": open_s,
+                "joined": self.registered,
+            },
+        )
 
     async def _unregister(self) -> None:
         try:
