@@ -185,8 +185,9 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             self.services.metrics.websocket_joins_abandoned.inc()
         return gone
 
-    def admission(self, user_id: int) -> contextlib.AbstractAsyncContextManager[None]:
-        """A place at the node's join gate, counted against the user's cap with the sockets already open."""
+    def admission(self, user_id: int) -> contextlib.AbstractAsyncContextManager[bool]:
+        """A place at the node's join gate, counted against the user's cap with the sockets already open;
+        the block gets whether the opening waited for its turn (only then can its client have left)."""
         return self.services.joins.admit(user_id, self.services.connections.count(user_id))
 
     def hold(self, grant: AccessGrant) -> None:
@@ -505,8 +506,8 @@ class ConversationSocket(BaseSocket):
         user_id = self.authenticate()
         if user_id is None:
             return
-        async with self.admission(user_id):
-            if not self.gone_while_waiting():
+        async with self.admission(user_id) as waited:
+            if not (waited and self.gone_while_waiting()):
                 await self._join(conversation_id, user_id)
 
     async def _join(self, conversation_id: int, user_id: int) -> None:
@@ -625,8 +626,8 @@ class NotificationSocket(BaseSocket):
             user_id = self.authenticate()
             if user_id is None:
                 return
-            async with self.admission(user_id):
-                if not self.gone_while_waiting():
+            async with self.admission(user_id) as waited:
+                if not (waited and self.gone_while_waiting()):
                     await self._join(user_id)
         except Exception as exc:
             self.refuse(exc)

@@ -279,3 +279,24 @@ async def test_one_account_cannot_fill_the_join_queue(api, services, monkeypatch
     # Alice now holds three sockets: a fourth is refused by the socket cap, with the same close.
     over = await ws_connect(api, f"/ws/notifications/?token={p.a.access}")
     assert await over.closed() == (1008, "too many connections")
+
+
+async def test_an_opening_learns_whether_it_waited_for_its_turn() -> None:
+    """Only an opening that waited can have been left by its client meanwhile: one admitted at once skips
+    asking the kernel."""
+    gate = JoinGate(concurrency=1, queue=5, per_user=20)
+    release = asyncio.Event()
+    seen: list[bool] = []
+
+    async def opening() -> None:
+        async with gate.admit(USER, 0) as waited:
+            seen.append(waited)
+            await release.wait()
+
+    first = asyncio.create_task(opening())
+    await wait_for(lambda: gate.running == 1)
+    second = asyncio.create_task(opening())
+    await wait_for(lambda: gate.waiting == 1)
+    release.set()
+    await asyncio.gather(first, second)
+    assert seen == [False, True]

@@ -57,17 +57,17 @@ class JoinGate:
         return self._places_by_user[user_id]
 
     @contextlib.asynccontextmanager
-    async def admit(self, user_id: int, open_sockets: int) -> AsyncIterator[None]:
+    async def admit(self, user_id: int, open_sockets: int) -> AsyncIterator[bool]:
         """Hold a place for the duration of the block, for a user who has `open_sockets` on the node already;
-        raise LimitExceeded: 1008 when the user's places and sockets reach `per_user`, 1013 when the queue
-        is full."""
+        the block gets whether the opening had to wait for its turn. Raise LimitExceeded: 1008 when the
+        user's places and sockets reach `per_user`, 1013 when the queue is full."""
         if self._places_by_user[user_id] + open_sockets >= self.per_user:
             raise LimitExceeded("too many connections")
         self._places_by_user[user_id] += 1
         try:
-            await self._enter()
+            waited = await self._enter()
             try:
-                yield
+                yield waited
             finally:
                 self._leave()
         finally:
@@ -84,12 +84,13 @@ class JoinGate:
             if not turn.done():
                 turn.set_exception(_shutting_down())
 
-    async def _enter(self) -> None:
+    async def _enter(self) -> bool:
+        """Take a place, waiting for a turn when none is free; whether it waited."""
         if self.closed:
             raise _shutting_down()
         if self.running < self.concurrency and not self._turns:
             self.running += 1
-            return
+            return False
         if len(self._turns) >= self.queue_limit:
             raise LimitExceeded("server busy: too many sockets opening", CLOSE_TRY_AGAIN_LATER)
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -103,6 +104,7 @@ class JoinGate:
                 with contextlib.suppress(ValueError):  # `_leave` may have passed over it already
                     self._turns.remove(turn)
             raise
+        return True
 
     def _leave(self) -> None:
         if self.closed:
