@@ -8,6 +8,7 @@ import redis.exceptions
 
 from services.chat.presence import status_frame
 from tests.support import make_conversation, ws_connect
+from tests.ws_helpers import wait_for
 
 FAST = {"presence_ttl_s": 3.0, "heartbeat_interval_s": 0.5}
 
@@ -241,5 +242,6 @@ async def test_a_last_socket_closed_while_redis_refused_is_withdrawn_at_the_next
     store._run_disconnect = real
     st = await watcher.recv_type("status", timeout=FAST["heartbeat_interval_s"] + 3)
     assert st["status"] == "offline" and st["user_id"] == b.id
-    assert not store._unsynced_offline
+    # The offline frame goes out while the heartbeat still waits for the last_seen write beside it.
+    await wait_for(lambda: not store._unsynced_offline)
     assert [f for f in await watcher.silent(0.6) if f["type"] == "status"] == []
