@@ -245,3 +245,30 @@ async def test_a_last_socket_closed_while_redis_refused_is_withdrawn_at_the_next
     # The offline frame goes out while the heartbeat still waits for the last_seen write beside it.
     await wait_for(lambda: not store._unsynced_offline)
     assert [f for f in await watcher.silent(0.6) if f["type"] == "status"] == []
+
+
+async def test_a_stopping_node_hands_presence_over_while_its_sockets_are_still_closing(cluster_factory):
+    """Closing a node's sockets waits up to 2 s for the clients' answers; the users' offline announcements
+    need not wait for that. Run one after the other they held a 3,000-socket node's stop for seconds, and
+    its clients came back a backoff step later."""
+    _n1, n2, _a, b, cid, watcher = await alice_watching_bob(cluster_factory)
+    await watcher.recv_type("status")
+    b_socket = await ws_connect(n2.api, f"/ws/conversations/{cid}/?token={b.access}")
+    assert (await watcher.recv_type("status"))["status"] == "online"
+    closing_done = asyncio.Event()
+    real_close_all = n2.services.connections.close_all
+
+    async def slow_clients(code: int, reason: str) -> None:
+        await real_close_all(code, reason)
+        await asyncio.sleep(1.5)  # as if the clients were slow to answer their close frames
+        closing_done.set()
+
+    n2.services.connections.close_all = slow_clients
+    n2.server.stop()
+    stopping = asyncio.create_task(n2.services.close())
+    assert (await b_socket.closed())[0] == 1001
+    offline = await watcher.recv_type("status", timeout=3)
+    assert (offline["user_id"], offline["status"]) == (b.id, "offline")
+    assert not closing_done.is_set()  # announced while the sockets were still closing
+    await asyncio.wait_for(stopping, 10)
+    assert closing_done.is_set()
