@@ -531,6 +531,7 @@ class ConversationSocket(BaseSocket):
             self.shut(CLOSE_FORBIDDEN, "not a participant")
             return
         others, open_conversations, last_seq = membership
+        self.others = tuple(others)
         if after is None:
             # The socket gets every message stored from now on: the id it starts from is read before
             # subscribing, so what is stored in between arrives as a gap and is fetched.
@@ -540,7 +541,9 @@ class ConversationSocket(BaseSocket):
         if not await self.register(open_conversations):
             return
         for other in others:
-            self.push_json(await self.services.presence.current_frame(other))
+            frame = await self.services.presence.current_frame(other)
+            self.services.connections.remember_name(other, frame["username"])
+            self.push_json(frame)
         if after is not None:
             await self._resume(conversation_id, after, last_seq)
 

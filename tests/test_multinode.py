@@ -272,3 +272,56 @@ async def test_a_stopping_node_hands_presence_over_while_its_sockets_are_still_c
     assert not closing_done.is_set()  # announced while the sockets were still closing
     await asyncio.wait_for(stopping, 10)
     assert closing_done.is_set()
+
+
+async def test_users_handed_over_by_a_stopping_node_are_announced_by_the_nodes_that_watch_them(cluster_factory):
+    """A stopping node withdraws its users from Redis and tells every node at once; each node announces
+    them offline to its own sockets watching them, in the name those sockets were shown. The stopping node
+    reads no user's conversations for it: that read, per 64 users, outlasted a busy store's answer."""
+    n1, n2 = await cluster_factory(2, **FAST)
+    alice = await n1.api.user("alice")
+    others = [await n1.api.user(f"friend{i}") for i in range(4)]
+    watchers = {}
+    for other in others:
+        cid = await make_conversation(n1.services, alice.id, other.id)
+        watchers[other.id] = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={alice.access}")
+        assert (await watchers[other.id].recv_type("status"))["status"] == "offline"
+        await ws_connect(n2.api, f"/ws/notifications/?token={other.access}")
+        assert (await watchers[other.id].recv_type("status"))["status"] == "online"
+    conversation_reads = n2.services.presence.announcer._open_conversations
+    reads_before = conversation_reads.queries
+
+    n2.server.stop()
+    await asyncio.wait_for(n2.services.close(), 10)
+    for other in others:
+        frame = await watchers[other.id].recv_type("status", timeout=3)
+        assert (frame["user_id"], frame["username"], frame["status"]) == (other.id, other.username, "offline")
+    assert conversation_reads.queries == reads_before
+    seen = {
+        d["_id"]: d.get("last_seen")
+        async for d in n1.services.store.users.find({"_id": {"$in": [o.id for o in others]}})
+    }
+    assert all(seen[o.id] is not None for o in others)
+
+
+async def test_an_offline_news_older_than_what_a_node_passed_on_is_dropped(cluster_factory):
+    """Transitions race across nodes: a "gone" event that carries an older version than the status a node
+    already passed on for that user (they came back meanwhile) changes nothing."""
+    n1, n2 = await cluster_factory(2, **FAST)
+    alice, bob = await n1.api.user("alice"), await n1.api.user("bob")
+    cid = await make_conversation(n1.services, alice.id, bob.id)
+    watcher = await ws_connect(n1.api, f"/ws/conversations/{cid}/?token={alice.access}")
+    await watcher.recv_type("status")
+    await ws_connect(n2.api, f"/ws/notifications/?token={bob.access}")
+    assert (await watcher.recv_type("status"))["status"] == "online"
+    online_version = n1.services.connections._presence_versions[bob.id]
+    deliver = n1.services.presence.announcer.deliver_gone
+    deliver({"u": [[bob.id, online_version - 1]], "at": "2026-12-04T10:00:00.000Z"})
+    assert [f for f in await watcher.silent(0.4) if f["type"] == "status"] == []
+    deliver({"u": [[bob.id, online_version + 1]], "at": "2026-12-04T10:00:01.000Z"})
+    frame = await watcher.recv_type("status")
+    assert (frame["status"], frame["timestamp"], frame["username"]) == (
+        "offline",
+        "2026-12-04T10:00:01.000Z",
+        bob.username,
+    )

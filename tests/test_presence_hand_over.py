@@ -1,6 +1,6 @@
-"""A stopping node hands its users over: their presence entries leave Redis in pipelines, then the offline
-announcements go out together, and a listener that cannot announce (the store too busy to read whom to
-tell) holds the stop no longer than HAND_OVER_REPORTS_S."""
+"""A stopping node hands its users over: their presence entries leave Redis in pipelines, then the listener
+is told of every user now offline at once, and a listener that cannot finish (the store too busy for the
+last_seen write) holds the stop no longer than HAND_OVER_REPORTS_S."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from services.realtime.presence import RedisPresenceStore, Transition
 
 
 class StuckListener:
-    """Takes the online reports; hangs on every offline one, as an announcer whose store reads time out."""
+    """Takes the online reports; hangs on the users handed over, as an announcer whose store times out."""
 
     def __init__(self) -> None:
         self.offline_asked: list[int] = []
@@ -24,8 +24,12 @@ class StuckListener:
 
     async def on_transition(self, transition: Transition) -> None:
         if not transition.online:
-            self.offline_asked.append(transition.user_id)
-            await self.never.wait()
+            raise AssertionError("a hand-over tells of its users together (on_gone)")
+
+    async def on_gone(self, gone: list[tuple[int, int]], at: Any) -> None:
+        self.offline_asked.extend(user for user, _ in gone)
+        assert all(version > 0 for _, version in gone)
+        await self.never.wait()
 
     async def on_node_stopped(self, user_ids: Any, at: Any) -> None:
         raise AssertionError("a shared presence store hands users over instead")

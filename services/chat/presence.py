@@ -18,19 +18,24 @@ import logging
 from collections.abc import Collection
 from typing import Any, NamedTuple
 
+import orjson
 from pymongo import UpdateOne
 
 from services.accounts.users import UserService
 from services.chat.service import ChatService
-from services.core.clock import iso
+from services.core.clock import iso, iso_of
 from services.core.errors import NotFound
 from services.core.logs import FoldedWarning
 from services.realtime.events import Publisher
+from services.realtime.hub import Connections
 from services.realtime.presence import PresenceStore, Transition
 from services.storage.batch import Coalescer
 from services.storage.store import STORE_DOWN_ERRORS, Doc, Store
 
 log = logging.getLogger("chat.presence")
+
+# Users per "gone offline" event: 1,000 pairs of ids are about 25 KB on the bus.
+GONE_PER_EVENT = 1000
 
 
 class OpenConversation(NamedTuple):
@@ -69,6 +74,8 @@ class PresenceAnnouncer:
         self._last_seen: dict[int, dt.datetime] = {}
         self._last_seen_writes: Coalescer[int, None] = Coalescer(self._write_last_seen)
         self._announce_failures = FoldedWarning(log, "could not announce presence of user %s: store unavailable")
+        # This node's sockets, told of users gone offline (`deliver_gone`); set by the container.
+        self.connections: Connections | None = None
 
     async def on_transition(self, transition: Transition) -> None:
         """Publish a transition to every open conversation of the user; record last_seen when offline.
@@ -84,6 +91,34 @@ class PresenceAnnouncer:
         # offline together (a node handing its users over at its SIGTERM) took the store seconds to write,
         # and the announcements that waited for it were cut short when the node stopped waiting.
         await asyncio.gather(self._last_seen_writes.get(transition.user_id), self._announce(transition))
+
+    async def on_gone(self, gone: list[tuple[int, int]], at: dt.datetime) -> None:
+        """Users handed over by this node as it stops, or swept with a dead node: their last_seen in one
+        write, and one event per GONE_PER_EVENT users that every node announces to its own sockets
+        (`deliver_gone`). Reading each user's open conversations to publish there cost the store a query
+        per 64 users, which a busy embedded store did not answer within a stopping node's wait."""
+        for user_id, _ in gone:
+            self._last_seen[user_id] = at
+        when = iso_of(at)
+        published = [
+            self._events.presence_gone(gone[start : start + GONE_PER_EVENT], when)
+            for start in range(0, len(gone), GONE_PER_EVENT)
+        ]
+        await asyncio.gather(self._last_seen_writes.get_many([u for u, _ in gone]), *published)
+
+    def deliver_gone(self, header: dict[str, Any]) -> None:
+        """A "users gone offline" event (from any node): the offline status frame of each to this node's
+        conversation sockets that watch them, in the username those sockets were shown."""
+        if self.connections is None:
+            return
+        connections = self.connections
+        at = dt.datetime.fromisoformat(str(header["at"]))
+        for user_id, version in header.get("u", ()):
+            username = connections.participant_names.get(int(user_id))
+            if username is None:
+                continue  # no socket here watches them
+            frame = status_frame(int(user_id), username, False, at)
+            connections.status_to_watchers(int(user_id), int(version), orjson.dumps(frame))
 
     async def _announce(self, transition: Transition) -> None:
         user_id, at = transition.user_id, transition.at

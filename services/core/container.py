@@ -431,6 +431,8 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     chat.on_message_stored.append(lambda _conversation, _sender: metrics.messages_stored.inc())
     announcer = PresenceAnnouncer(backends.presence, store, chat, events, users)
     backends.presence.listener = announcer
+    announcer.connections = connections
+    connections.on_presence_gone.append(announcer.deliver_gone)
     users.presence_view = announcer.profile_view
     presence = PresenceService(backends.presence, announcer)
     push = PushService(store, settings, backends.presence, load_vapid_keys(settings, public_base(settings)), metrics)

@@ -9,7 +9,8 @@ publish-to-deliver latency), `x` a user whose sockets must not receive it, `s` a
 in-order delivery), `n` a notification's id (the same, for a user's notifications), `d` true when the
 frame may be dropped for a slow reader (typing), `pu`/`pv` the user and version of a presence transition
 (older ones are dropped); for a revocation, `u` the user, `g` the token generation below which their
-sockets close (absent: every socket of theirs) and `c` the close code.
+sockets close (absent: every socket of theirs) and `c` the close code; for users gone offline, `u` their
+[user, version] pairs and `at` the time.
 Between nodes the Redis bus wraps a payload in an envelope naming the node that published it and removes
 it again on arrival (services/realtime/bus.py): subscribers always receive the payload as `encode` made it.
 """
@@ -39,6 +40,10 @@ REVOKED = "revoked"  # close a user's sockets opened with revoked tokens (servic
 # A node died (its presence was swept): every node catches its conversation sockets up from the store,
 # since what the dead node stored in its last moment may never have reached the bus.
 NODE_LOST = "node_lost"
+# Users offline everywhere once a stopping node handed them over, or a dead node was swept: `u` lists
+# [user, presence version] pairs and `at` when. Every node tells its own conversation sockets that watch
+# them, so the node that withdrew them reads nothing per user (services/chat/presence.py).
+PRESENCE_GONE = "presence_gone"
 
 # The one channel every node subscribes to from its start, whatever sockets it holds: revocations and node
 # losses are rare, and every node must act on them wherever it holds sockets (services/realtime/hub.py).
@@ -124,6 +129,12 @@ class Publisher:
     async def node_lost(self, incarnation: str) -> None:
         """Tell every node (this one included) that a node died: each catches its sockets up."""
         await self.bus.publish(REVOCATIONS_CHANNEL, encode({"k": NODE_LOST, "n": incarnation}, None))
+
+    async def presence_gone(self, gone: list[tuple[int, int]], at: str) -> None:
+        """Tell every node (this one included) that these users, as (user, presence version), went offline
+        everywhere at `at`: each announces it to its own sockets that watch them."""
+        header: dict[str, Any] = {"k": PRESENCE_GONE, "u": gone, "at": at}
+        await self.bus.publish(REVOCATIONS_CHANNEL, encode(header, None))
 
     async def revoke_sockets(self, user_id: int, close_code: int, generation: int | None = None) -> None:
         """Close, on every node, the user's sockets whose token generation is below `generation` (every one of

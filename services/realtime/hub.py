@@ -57,6 +57,7 @@ from services.realtime.events import (
     CONVERSATION_CLOSED,
     NODE_LOST,
     NOTIFICATION,
+    PRESENCE_GONE,
     REVOCATIONS_CHANNEL,
     REVOKED,
     decode,
@@ -99,6 +100,8 @@ class Peer:
 
     user_id: int = 0
     conversation_id: int | None = None
+    # A conversation socket: the conversation's other participants, whose status frames it is sent.
+    others: tuple[int, ...] = ()
     # The generation of the token the socket was opened (or last renewed) with: a revocation of the user
     # closes the sockets below the generation it starts (services/accounts/revocation.py).
     token_generation: int = 0
@@ -318,6 +321,11 @@ class Connections:
         self.by_user: dict[int, set[Peer]] = defaultdict(set)
         self.notifications_by_user: dict[int, set[Peer]] = defaultdict(set)
         self.by_conversation: dict[int, set[Peer]] = defaultdict(set)
+        # The conversation sockets each user's status frames go to (those where the user is another
+        # participant), and the username they were shown: users handed over by a stopping node, or swept
+        # with a dead one, are announced offline to them from here, without a store read per user.
+        self.watchers: dict[int, set[Peer]] = {}
+        self.participant_names: dict[int, str] = {}
         self.gap_filler: GapFiller | None = None
         # Sends a notifications socket what the log kept after its last id, then ends its replay
         # (Services.fill_notifications); called when live ids jump.
@@ -332,6 +340,8 @@ class Connections:
         self.on_user_revoked: list[Callable[[int], None]] = []
         # Run when any node dies (its presence swept): catch the conversation sockets up from the store.
         self.on_node_lost: list[Callable[[], None]] = []
+        # Called with the header of a "users gone offline" event (services/chat/presence.py).
+        self.on_presence_gone: list[Callable[[dict[str, Any]], None]] = []
         self.metrics: Metrics | None = None
         self._presence_versions: dict[int, int] = {}
         self._all_gone = asyncio.Event()
@@ -368,6 +378,8 @@ class Connections:
             group, channel = self.by_conversation[peer.conversation_id], conversation_channel(peer.conversation_id)
         first = not group
         group.add(peer)
+        for other in peer.others:
+            self.watchers.setdefault(other, set()).add(peer)
         if peer.token_deadline is not None:
             self._watch_deadline(peer, peer.token_deadline)
         if first:
@@ -386,6 +398,9 @@ class Connections:
         else:
             emptied = _discard(self.by_conversation, peer.conversation_id, peer)
             channel = conversation_channel(peer.conversation_id)
+            for other in peer.others:
+                if _discard(self.watchers, other, peer):
+                    self.participant_names.pop(other, None)
         if emptied:
             with contextlib.suppress(Exception):
                 await self.bus.unsubscribe(channel)
@@ -406,6 +421,9 @@ class Connections:
         elif kind == NODE_LOST:
             for catch_up in self.on_node_lost:
                 catch_up()
+        elif kind == PRESENCE_GONE:
+            for hook in self.on_presence_gone:
+                hook(header)
 
     def on_bus_event(self, channel: str, payload: bytes) -> None:
         header, frame = decode(payload)
@@ -471,6 +489,20 @@ class Connections:
                 peer.deliver_message(int(seq), frame)
             else:
                 peer.push(frame, droppable=droppable)
+
+    def remember_name(self, user_id: int, username: str) -> None:
+        """The username a socket here was shown for a participant it watches (in the status frame it got
+        when it joined): what an offline frame built on this node says."""
+        if user_id in self.watchers:
+            self.participant_names[user_id] = username
+
+    def status_to_watchers(self, user_id: int, version: int, frame: bytes) -> None:
+        """A status frame of the user to every conversation socket here that watches them, unless a newer
+        status of theirs was passed on already."""
+        if self._stale_presence(user_id, version):
+            return
+        for peer in list(self.watchers.get(user_id, ())):
+            peer.push(frame)
 
     def _stale_presence(self, user_id: int, version: int) -> bool:
         """True for a status older than one already passed on for that user (announcements race).

@@ -67,6 +67,10 @@ class PresenceListener(Protocol):
         """A single node stopped while these users had sockets on it: nobody is left to tell, but
         they went offline at `at`."""
 
+    async def on_gone(self, gone: list[tuple[int, int]], at: dt.datetime) -> None:
+        """These users, as (user, version of their offline transition), went offline everywhere at `at`,
+        handed over by a stopping node or swept with a dead one."""
+
 
 class Presence(Protocol):
     """What a reader of presence needs (the push service asks whether a user has a socket anywhere)."""
@@ -81,6 +85,9 @@ class _Unheard:
         pass
 
     async def on_node_stopped(self, user_ids: Collection[int], at: dt.datetime) -> None:
+        pass
+
+    async def on_gone(self, gone: list[tuple[int, int]], at: dt.datetime) -> None:
         pass
 
 
@@ -292,8 +299,10 @@ class RedisPresenceStore(PresenceStore):
     ) -> None:
         """`_run_disconnect` for many users of one node (an incarnation), in pipelines, then every offline
         report at once: a node restarted with 13,000 users took 144 s to sweep them one round trip at a
-        time, and as long to hand them over at its SIGTERM; reported pipeline by pipeline, the store reads
-        of the reports (shared per loop iteration) still made a 3,000-user hand-over take 8 s.
+        time, and as long to hand them over at its SIGTERM. Reported one by one, each report read the
+        user's open conversations to announce them there, and a 3,000-user hand-over still took 3 s and
+        more on a busy store (cut short at HAND_OVER_REPORTS_S); now the listener is told of them all at
+        once (`on_gone`), and every node announces them to its own sockets that watch them.
         `reports_within_s`: stop waiting for the reports after that long (a node stopping)."""
         offline: list[tuple[int, int]] = []
         for start in range(0, len(user_ids), SWEEP_BATCH):
@@ -309,9 +318,13 @@ class RedisPresenceStore(PresenceStore):
             if self._cluster:
                 await self.redis.srem(users_key, *batch)
             offline.extend((u, int(v)) for u, v in zip(batch, versions, strict=True) if int(v))
-        reports = asyncio.gather(*(self._report(u, online=False, version=v) for u, v in offline))
+        if not offline:
+            return
+        at = dt.datetime.now(dt.UTC)
+        for user_id, _ in offline:
+            self._online_since.pop(user_id, None)
         try:
-            await asyncio.wait_for(reports, reports_within_s)
+            await asyncio.wait_for(self.listener.on_gone(offline, at), reports_within_s)
         except TimeoutError:
             log.warning(
                 "offline announcements of %d users handed over were cut short after %.0fs",
