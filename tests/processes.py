@@ -263,8 +263,8 @@ class RedisClusterProcess:
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if binary is None or cli is None:
             unavailable("redis-server and redis-cli are not installed (make test installs them)")
-        for port in self.ports:
-            self.start_node(port)
+        for index in range(len(self.ports)):
+            self._start_new_node(index)
         subprocess.run(
             [
                 cli,
@@ -281,6 +281,19 @@ class RedisClusterProcess:
             timeout=60,
         )
         self.wait_until_ok()
+
+    def _start_new_node(self, index: int, attempts: int = 3) -> None:
+        """Start node `index` the first time. Its ports were free when picked, but any connection this
+        machine opens meanwhile (a test on another worker) may take one from the same ephemeral range, and
+        the node then exits at once: it gets two new ports and another try."""
+        for attempt in range(attempts):
+            try:
+                self.start_node(self.ports[index])
+                return
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+                self.ports[index], self.bus_ports[index] = free_port(), free_port()
 
     def start_node(self, port: int) -> None:
         """Start (or start again, with the cluster configuration it saved) the node on `port`."""
