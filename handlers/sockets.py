@@ -431,7 +431,8 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         self.closing = True
         code = self.server_close_code or self.close_code or 1006
         self.services.metrics.closes.labels(code=str(code)).inc()
-        self._log_close(code)
+        if not self.services.connections.closing_all:
+            self._log_close(code)  # at shutdown, Connections.close_all says how many it closed
         if self.registered:
             self.services.metrics.open_sockets.labels(endpoint=self.endpoint).dec()
             self.registered = False

@@ -325,3 +325,31 @@ async def test_an_offline_news_older_than_what_a_node_passed_on_is_dropped(clust
         "2026-12-04T10:00:01.000Z",
         bob.username,
     )
+
+
+async def test_a_stopping_node_does_not_unsubscribe_channel_by_channel(cluster_factory):
+    """Its bus connection goes away with every subscription: an UNSUBSCRIBE for each conversation emptied by
+    the shutdown was thousands of Redis commands in a 13,000-socket node's busiest seconds."""
+    n1, n2 = await cluster_factory(2, **FAST)
+    alice = await n1.api.user("alice")
+    sockets = []
+    for i in range(3):
+        other = await n1.api.user(f"other{i}")
+        cid = await make_conversation(n1.services, alice.id, other.id)
+        sockets.append(await ws_connect(n2.api, f"/ws/conversations/{cid}/?token={other.access}"))
+        await sockets[-1].recv_type("status")
+    unsubscribed: list[str] = []
+    real_unsubscribe = n2.services.bus.unsubscribe
+
+    async def counted(channel: str) -> None:
+        unsubscribed.append(channel)
+        await real_unsubscribe(channel)
+
+    n2.services.bus.unsubscribe = counted
+    sockets[0].close()  # a socket that ends while the node runs gives its channel up
+    await wait_for(lambda: len(unsubscribed) == 1)
+    n2.server.stop()
+    await asyncio.wait_for(n2.services.close(), 10)
+    for ws in sockets[1:]:
+        assert (await ws.closed())[0] == 1001
+    assert len(unsubscribed) == 1

@@ -318,6 +318,8 @@ class Connections:
         self.max_per_user = max_per_user
         self.max_conversation_per_user = max_conversation_per_user
         self.peers: set[Peer] = set()
+        # Set by `close_all`: the node stops, and every socket it held goes with it.
+        self.closing_all = False
         self.by_user: dict[int, set[Peer]] = defaultdict(set)
         self.notifications_by_user: dict[int, set[Peer]] = defaultdict(set)
         self.by_conversation: dict[int, set[Peer]] = defaultdict(set)
@@ -401,7 +403,9 @@ class Connections:
             for other in peer.others:
                 if _discard(self.watchers, other, peer):
                     self.participant_names.pop(other, None)
-        if emptied:
+        if emptied and not self.closing_all:
+            # At shutdown the bus goes away with every subscription: one UNSUBSCRIBE per emptied
+            # channel was thousands of commands in a stopping node's busiest seconds.
             with contextlib.suppress(Exception):
                 await self.bus.unsubscribe(channel)
 
@@ -631,8 +635,12 @@ class Connections:
         self._heartbeat = self._expiry = None
         for task in [*self._gap_tasks.values(), *self._notification_fills]:
             task.cancel()
-        for peer in list(self.peers):
+        self.closing_all = True
+        peers = list(self.peers)
+        for peer in peers:
             peer.shut(code, reason)
+        if peers:
+            log.info("shutdown: closing %d sockets with %d", len(peers), code)
         if self.peers:
             self._all_gone.clear()
             with contextlib.suppress(TimeoutError):
