@@ -560,17 +560,24 @@ class ConversationSocket(BaseSocket):
         return after, after < 0
 
     async def _resume(self, conversation_id: int, after: int, last_seq: int) -> None:
-        """Send what was stored after `after`: a page of the ids after it is read even when the socket
-        missed nothing. Looking up only the few ids just after `after`, and reading nothing when they were
-        missing, was cheaper, but a run of ids never stored (a batch whose insert failed) right after the
-        client's last one then hid the messages stored beyond it until a next message came
-        (tests/test_ws_resume.py); the page reads past such a run and skips it once it is old enough.
+        """Send what was stored after `after`.
+
+        The newest stored id is looked up first: a few point lookups past the newest id known, shared with
+        the other sockets opening at this moment. A socket that missed nothing, the usual reconnect, then
+        reads nothing more; reading a page of ids after `after` instead cost the store a hundred lookups per
+        socket, most of a restarted node's time to take its sockets back. What is stored after the look-up
+        arrives live (the socket is subscribed already), and a gap before it is fetched then. Missing ids
+        just after `after` mean nothing is newer because ids are dense: the writer never stores id n
+        before n - 1 (services/chat/writer.py). Only data written by an earlier design holds runs of ids
+        never stored, and there the conversation's `last_seq`, where the look-up starts, lies beyond them.
         An `after` beyond the last stored message (a client's bug, a restored backup) would hold back every
-        new message until the ids caught up with it: the socket resumes from what exists instead. An id
-        this node already knows stored needs no look-up (a reconnect usually has one)."""
+        new message until the ids caught up with it: the socket resumes from what exists instead."""
         chat = self.services.chat
-        if after > chat.ids.known_here(conversation_id, last_seq):
-            after = min(after, await chat.last_stored_seq(conversation_id, last_seq))
+        newest = await chat.last_stored_seq(conversation_id, last_seq)
+        after = min(after, newest)
+        if after == newest:
+            self.end_resume(after, after)
+            return
         await self._send_backlog(conversation_id, after)
 
     async def _membership(
