@@ -21,6 +21,13 @@ USER = 7
 # -- the gate alone ------------------------------------------------------------------------------------
 
 
+async def hold(gate: JoinGate, release: asyncio.Event, user_id: int = USER, open_sockets: int = 0) -> bool:
+    """Hold a place at the gate until `release` is set; whether the opening waited for its turn."""
+    async with gate.admit(user_id, open_sockets) as waited:
+        await release.wait()
+    return waited
+
+
 async def test_openings_past_the_concurrency_wait_in_arrival_order_and_past_the_queue_are_refused() -> None:
     gate = JoinGate(concurrency=2, queue=2, per_user=20)
     release = asyncio.Event()
@@ -90,14 +97,9 @@ async def test_a_place_handed_over_at_the_moment_of_cancellation_is_passed_on() 
 async def test_a_closing_gate_refuses_the_waiting_and_the_arriving_with_1001() -> None:
     gate = JoinGate(concurrency=1, queue=5, per_user=20)
     release = asyncio.Event()
-
-    async def opening() -> None:
-        async with gate.admit(USER, 0):
-            await release.wait()
-
-    running = asyncio.create_task(opening())
+    running = asyncio.create_task(hold(gate, release))
     await wait_for(lambda: gate.running == 1)
-    waiting = [asyncio.create_task(opening()) for _ in range(3)]
+    waiting = [asyncio.create_task(hold(gate, release)) for _ in range(3)]
     await wait_for(lambda: gate.waiting == 3)
     gate.close()
     for refused in await asyncio.gather(*waiting, return_exceptions=True):
@@ -114,22 +116,17 @@ async def test_a_closing_gate_refuses_the_waiting_and_the_arriving_with_1001() -
 async def test_one_user_holds_at_most_per_user_places_counting_the_sockets_already_open() -> None:
     gate = JoinGate(concurrency=1, queue=100, per_user=3)
     release = asyncio.Event()
-
-    async def opening(user_id: int, open_sockets: int = 0) -> None:
-        async with gate.admit(user_id, open_sockets):
-            await release.wait()
-
-    mine = [asyncio.create_task(opening(USER)) for _ in range(3)]
+    mine = [asyncio.create_task(hold(gate, release)) for _ in range(3)]
     await wait_for(lambda: gate.running == 1 and gate.waiting == 2)
     with pytest.raises(LimitExceeded) as refused:
         async with gate.admit(USER, 0):
             pass
     assert (refused.value.close_code, str(refused.value)) == (1008, "too many connections")
     # Someone else still gets a place in line.
-    theirs = asyncio.create_task(opening(USER + 1))
+    theirs = asyncio.create_task(hold(gate, release, USER + 1))
     await wait_for(lambda: gate.waiting == 3)
     # Sockets already open count: a user with 2 open has room for one opening, not two.
-    other = asyncio.create_task(opening(USER + 2, open_sockets=2))
+    other = asyncio.create_task(hold(gate, release, USER + 2, open_sockets=2))
     await wait_for(lambda: gate.waiting == 4)
     with pytest.raises(LimitExceeded):
         async with gate.admit(USER + 2, 2):
@@ -145,13 +142,8 @@ async def test_one_user_holds_at_most_per_user_places_counting_the_sockets_alrea
 async def test_a_refused_or_cancelled_opening_gives_back_its_users_place() -> None:
     gate = JoinGate(concurrency=1, queue=1, per_user=5)
     release = asyncio.Event()
-
-    async def opening() -> None:
-        async with gate.admit(USER, 0):
-            await release.wait()
-
-    running = asyncio.create_task(opening())
-    waiting = asyncio.create_task(opening())
+    running = asyncio.create_task(hold(gate, release))
+    waiting = asyncio.create_task(hold(gate, release))
     await wait_for(lambda: gate.waiting == 1)
     with pytest.raises(LimitExceeded):  # the queue is full: 1013, and the place is not kept
         async with gate.admit(USER, 0):
@@ -163,6 +155,19 @@ async def test_a_refused_or_cancelled_opening_gives_back_its_users_place() -> No
     release.set()
     await running
     assert gate.places_of(USER) == 0
+
+
+async def test_an_opening_learns_whether_it_waited_for_its_turn() -> None:
+    """Only an opening that waited can have been left by its client meanwhile: one admitted at once skips
+    asking the kernel."""
+    gate = JoinGate(concurrency=1, queue=5, per_user=20)
+    release = asyncio.Event()
+    first = asyncio.create_task(hold(gate, release))
+    await wait_for(lambda: gate.running == 1)
+    second = asyncio.create_task(hold(gate, release))
+    await wait_for(lambda: gate.waiting == 1)
+    release.set()
+    assert list(await asyncio.gather(first, second)) == [False, True]
 
 
 # -- on a node -----------------------------------------------------------------------------------------
@@ -279,24 +284,3 @@ async def test_one_account_cannot_fill_the_join_queue(api, services, monkeypatch
     # Alice now holds three sockets: a fourth is refused by the socket cap, with the same close.
     over = await ws_connect(api, f"/ws/notifications/?token={p.a.access}")
     assert await over.closed() == (1008, "too many connections")
-
-
-async def test_an_opening_learns_whether_it_waited_for_its_turn() -> None:
-    """Only an opening that waited can have been left by its client meanwhile: one admitted at once skips
-    asking the kernel."""
-    gate = JoinGate(concurrency=1, queue=5, per_user=20)
-    release = asyncio.Event()
-    seen: list[bool] = []
-
-    async def opening() -> None:
-        async with gate.admit(USER, 0) as waited:
-            seen.append(waited)
-            await release.wait()
-
-    first = asyncio.create_task(opening())
-    await wait_for(lambda: gate.running == 1)
-    second = asyncio.create_task(opening())
-    await wait_for(lambda: gate.waiting == 1)
-    release.set()
-    await asyncio.gather(first, second)
-    assert seen == [False, True]
