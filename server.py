@@ -50,9 +50,12 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         # Every few seconds from every checker: at INFO they would drown the log.
         # A 503 of /readyz is the node saying it is not ready, not a failure of the request.
         level = logging.DEBUG if status < 500 else logging.WARNING
+    access = logging.getLogger("tornado.access")
+    if not access.isEnabledFor(level):
+        return  # a storm of connects builds no line (redaction, timing, extras) that nobody writes
     path = redact(request.uri or "")
     duration_ms = round(1000.0 * request.request_time(), 2)
-    logging.getLogger("tornado.access").log(
+    access.log(
         level,
         "%d %s %s %.1fms",
         status,

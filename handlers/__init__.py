@@ -29,7 +29,10 @@ from handlers.base import NotFoundHandler
 if TYPE_CHECKING:
     from services.core.container import Services
 
+# The WebSocket routes come first: Tornado tries the rules in order, and a storm of connects otherwise
+# matched every REST pattern against each handshake's path before reaching them.
 ROUTE_MODULES = [
+    sockets,
     auth,
     users,
     password,
@@ -39,7 +42,6 @@ ROUTE_MODULES = [
     notifications,
     devices,
     moderation,
-    sockets,
     health,
     metrics,
     openapi,
