@@ -212,6 +212,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             self.refuse(exc)
             return False
         self.registered = True
+        self._forget_handshake()
         self._bound_kernel_buffer()
         metrics = self.services.metrics
         metrics.open_sockets.labels(endpoint=self.endpoint).inc()
@@ -223,6 +224,16 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             self.shut(CLOSE_BAD_TOKEN, "token revoked")
             return False
         return True
+
+    def _forget_handshake(self) -> None:
+        """Drop what the handshake carried and nothing reads once the socket joined: the request's and the
+        101's headers and the query arguments (the close line reads the URI and the address, kept apart).
+        Each header and argument is a list, kept for the socket's whole life by Tornado's handshake
+        coroutine: memory at tens of thousands of sockets, and work for every pass of the garbage
+        collector."""
+        tornado_internals.empty_handshake_headers(self)
+        self.request.query_arguments = {}
+        self.request.arguments = {}
 
     def renew(self, token: str) -> Awaitable[None] | None:
         """The `auth` frame: live by a new access token of the same user from now on. Anything else (another

@@ -1,9 +1,9 @@
 """Tornado's private API is used in handlers/tornado_internals.py and nowhere else.
 
 Each private name that module lists must still exist in the installed Tornado (a class attribute, or an
-instance attribute assigned in one of the class's own __init__ methods), so that an upgrade that removes
-or renames one fails here instead of breaking sockets or silently taking a slower path. And no other
-module of the server may reach for a Tornado private name.
+instance attribute assigned in one of the class's own __init__ methods or a method it calls), so that an
+upgrade that removes or renames one fails here instead of breaking sockets or silently taking a slower
+path. And no other module of the server may reach for a Tornado private name.
 """
 
 from __future__ import annotations
@@ -27,10 +27,17 @@ APPLICATION_FILES = [
 
 
 def assigned_in_init(owner: type, name: str) -> bool:
+    """Whether one of the class's own __init__ methods assigns the attribute, itself or through a method
+    of the same class it calls (RequestHandler sets its headers in `clear`, which __init__ calls)."""
     for klass in owner.__mro__:
         init = klass.__dict__.get("__init__")
-        if init is not None and re.search(rf"\bself\.{re.escape(name)}\s*(:[^=]*)?=", inspect.getsource(init)):
-            return True
+        if init is None or not hasattr(init, "__code__"):
+            continue
+        source = inspect.getsource(init)
+        called = [klass.__dict__[m] for m in re.findall(r"\bself\.(\w+)\(", source) if m in klass.__dict__]
+        for function in (init, *called):
+            if re.search(rf"\bself\.{re.escape(name)}\s*(:[^=]*)?=", inspect.getsource(function)):
+                return True
     return False
 
 

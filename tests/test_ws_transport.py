@@ -17,7 +17,7 @@ import tornado.websocket
 
 from handlers.sockets import BaseSocket
 from tests.support import WsClient
-from tests.ws_helpers import conv_path, join, pair, wait_for
+from tests.ws_helpers import conv_path, join, messages, pair, send_rest, wait_for
 
 
 def server_side(services, client):
@@ -98,3 +98,22 @@ async def test_a_socket_that_may_compress_writes_through_write_message_and_count
     assert peer.counted == len(frame)  # counted until write_message's future completes
     assert await client.recv() == orjson.loads(frame)
     await wait_for(lambda: peer.counted == 0)
+
+
+async def test_a_joined_socket_keeps_nothing_of_its_handshake_and_goes_on_working(api, services):
+    """A socket lives for hours: the handshake's headers and query arguments (a list each, kept by
+    Tornado's handshake coroutine) are emptied once it joined, and nothing after the join misses them."""
+    p = await pair(api, services)
+    first = await send_rest(api, p.cid, p.a, "before")
+    assert first.status == 201
+    client = await join(api, p.cid, p.b, after=0)  # a resume reads `after` before the join ends
+    assert (await messages(client, 1))[0]["content"] == "before"
+    peer = server_side(services, client)
+    assert len(peer.request.headers) == 0 and peer.request.query_arguments == peer.request.arguments == {}
+    assert len(peer._headers) == 0  # the 101's, sent already
+    assert "token=" in peer.request.uri and peer.request.remote_ip  # what the close line reads
+
+    await send_rest(api, p.cid, p.a, "after")
+    assert (await messages(client, 1))[0]["content"] == "after"
+    await client.send({"type": "ping"})
+    assert await client.recv() == {"type": "pong"}
