@@ -176,7 +176,7 @@ class Node:
             log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
         self._readiness = asyncio.get_running_loop().create_task(self.systemd.ready_when(self.services.store_prepared))
         self.systemd.start_watchdog()
-        settle_garbage_collector()
+        settle_garbage_collector(asyncio.get_running_loop().call_soon)
 
     async def stop(self) -> None:
         """Graceful stop: not ready, no new connections, sockets closed with 1001 (clients reconnect to
