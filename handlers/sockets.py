@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import tornado.websocket
+from prometheus_client import Gauge
 
 from handlers import (
     frames,  # noqa: F401 - registers the frame types
@@ -50,6 +51,7 @@ from services.accounts.auth import AccessGrant, TokenError
 from services.core import errors
 from services.core.limits import TokenBucket
 from services.core.logs import redact
+from services.realtime.admission import Admission
 from services.realtime.close_codes import (
     CLOSE_BAD_FRAME,
     CLOSE_BAD_TOKEN,
@@ -185,7 +187,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             self.services.metrics.websocket_joins_abandoned.inc()
         return gone
 
-    def admission(self, user_id: int) -> contextlib.AbstractAsyncContextManager[bool]:
+    def admission(self, user_id: int) -> Admission:
         """A place at the node's join gate, counted against the user's cap with the sockets already open;
         the block gets whether the opening waited for its turn (only then can its client have left)."""
         return self.services.joins.admit(user_id, self.services.connections.count(user_id))
@@ -215,8 +217,8 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         self._forget_handshake()
         self._bound_kernel_buffer()
         metrics = self.services.metrics
-        metrics.open_sockets.labels(endpoint=self.endpoint).inc()
-        metrics.connections.labels(endpoint=self.endpoint).inc()
+        self._open_sockets_gauge().inc()
+        metrics.connections.child(self.endpoint).inc()
         await self.services.presence.connected(self.user_id, open_conversations)
         # A revocation that reached this node while the socket was opening found it unregistered; it also
         # dropped the cached account, so this reads the account again (and costs nothing otherwise).
@@ -224,6 +226,11 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             self.shut(CLOSE_BAD_TOKEN, "token revoked")
             return False
         return True
+
+    def _open_sockets_gauge(self) -> Gauge:
+        metrics = self.services.metrics
+        gauge = metrics.open_sockets_of.get(self.endpoint)
+        return gauge if gauge is not None else metrics.open_sockets.labels(endpoint=self.endpoint)
 
     def _forget_handshake(self) -> None:
         """Drop what the handshake carried and nothing reads once the socket joined: the request's and the
@@ -441,11 +448,11 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
     def on_close(self) -> None:
         self.closing = True
         code = self.server_close_code or self.close_code or 1006
-        self.services.metrics.closes.labels(code=str(code)).inc()
+        self.services.metrics.closes.child(str(code)).inc()
         if not self.services.connections.closing_all:
             self._log_close(code)  # at shutdown, Connections.close_all says how many it closed
         if self.registered:
-            self.services.metrics.open_sockets.labels(endpoint=self.endpoint).dec()
+            self._open_sockets_gauge().dec()
             self.registered = False
             task = asyncio.get_running_loop().create_task(self._unregister())
             # The loop keeps only weak references to tasks: hold this one until it is done, or the

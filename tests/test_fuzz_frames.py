@@ -443,4 +443,4 @@ def test_the_node_still_serves_after_the_fuzzing(node, chat):
         ws.close()
 
     node.run(roundtrip())
-    assert node.services.metrics.closes.labels(code="1011")._value.get() == 0
+    assert node.services.metrics.closes.child("1011").value == 0

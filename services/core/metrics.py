@@ -142,9 +142,9 @@ class Metrics:
         # from /proc: what the dashboard and the descriptor alert read.
         ProcessCollector(registry=r)
         self.open_sockets = Gauge("chat_websockets_open", "WebSockets open on this node", ["endpoint"], registry=r)
-        self.connections = Counter(
-            "chat_websocket_connections", "WebSocket handshakes accepted", ["endpoint"], registry=r
-        )
+        # Bound per endpoint once: every socket's opening and closing moves it.
+        self.open_sockets_of = {e: self.open_sockets.labels(endpoint=e) for e in ("conversation", "notifications")}
+        self.connections = Tally("chat_websocket_connections", "WebSocket handshakes accepted", "endpoint", r)
         # Set to read the join gate (services/realtime/admission.py) when the services are built.
         self.joins = Gauge(
             "chat_websocket_joins",
@@ -157,7 +157,7 @@ class Metrics:
             "Sockets their client closed while their opening waited for a turn (nothing read for them)",
             registry=r,
         )
-        self.closes = Counter("chat_websocket_closes", "WebSockets closed, by close code", ["code"], registry=r)
+        self.closes = Tally("chat_websocket_closes", "WebSockets closed, by close code", "code", r)
         self.frames_in = Tally("chat_frames_received", "Client frames received, by type", "type", r)
         self.frames_out = Tally("chat_frames_sent", "Frames written to sockets, by type", "type", r)
         self.messages_stored = Counter("chat_messages_stored", "Chat messages stored", registry=r)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, deque
-from collections.abc import AsyncIterator
 
 from services.realtime.close_codes import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
 from services.realtime.hub import LimitExceeded
@@ -56,24 +55,12 @@ class JoinGate:
         """Openings of this user running or waiting."""
         return self._places_by_user[user_id]
 
-    @contextlib.asynccontextmanager
-    async def admit(self, user_id: int, open_sockets: int) -> AsyncIterator[bool]:
-        """Hold a place for the duration of the block, for a user who has `open_sockets` on the node already;
-        the block gets whether the opening had to wait for its turn. Raise LimitExceeded: 1008 when the
-        user's places and sockets reach `per_user`, 1013 when the queue is full."""
-        if self._places_by_user[user_id] + open_sockets >= self.per_user:
-            raise LimitExceeded("too many connections")
-        self._places_by_user[user_id] += 1
-        try:
-            waited = await self._enter()
-            try:
-                yield waited
-            finally:
-                self._leave()
-        finally:
-            self._places_by_user[user_id] -= 1
-            if not self._places_by_user[user_id]:
-                del self._places_by_user[user_id]
+    def admit(self, user_id: int, open_sockets: int) -> Admission:
+        """A place for the duration of an `async with` block, for a user who has `open_sockets` on the node
+        already; the block gets whether the opening had to wait for its turn. Entering raises
+        LimitExceeded: 1008 when the user's places and sockets reach `per_user`, 1013 when the queue is
+        full."""
+        return Admission(self, user_id, open_sockets)
 
     def close(self) -> None:
         """The node stops: openings still waiting, and any arriving, are refused with 1001 (the client
@@ -116,6 +103,45 @@ class JoinGate:
                 turn.set_result(None)
                 return
         self.running -= 1
+
+
+class Admission:
+    """One opening's place at the gate (`JoinGate.admit`). A class rather than a generator-based context
+    manager: every socket opening enters one, and the generator's machinery cost more than the gate."""
+
+    __slots__ = ("_entered", "_gate", "_open_sockets", "_user_id")
+
+    def __init__(self, gate: JoinGate, user_id: int, open_sockets: int) -> None:
+        self._gate = gate
+        self._user_id = user_id
+        self._open_sockets = open_sockets
+        self._entered = False
+
+    async def __aenter__(self) -> bool:
+        gate, user_id = self._gate, self._user_id
+        places = gate._places_by_user
+        if places[user_id] + self._open_sockets >= gate.per_user:
+            raise LimitExceeded("too many connections")
+        places[user_id] += 1
+        try:
+            waited = await gate._enter()
+        except BaseException:
+            self._release_place()
+            raise
+        self._entered = True
+        return waited
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._entered:
+            self._entered = False
+            self._gate._leave()
+            self._release_place()
+
+    def _release_place(self) -> None:
+        places = self._gate._places_by_user
+        places[self._user_id] -= 1
+        if not places[self._user_id]:
+            del places[self._user_id]
 
 
 def _shutting_down() -> LimitExceeded:
