@@ -551,6 +551,10 @@ class ConversationSocket(BaseSocket):
             return
         others, open_conversations, last_seq = membership
         self.others = tuple(others)
+        presence = self.services.presence
+        # What the joining socket is shown of an other who may be offline is read beside the newest id, not
+        # after joining: one with a socket on this node is online, and needs no read.
+        statuses = [None if presence.store.has_sockets_here(o) else presence.prefetch_status(o) for o in others]
         if after is None:
             # The socket gets every message stored from now on: the id it starts from is read before
             # subscribing, so what is stored in between arrives as a gap and is fetched.
@@ -559,8 +563,8 @@ class ConversationSocket(BaseSocket):
             self.begin_resume()
         if not await self.register(open_conversations):
             return
-        for other in others:
-            frame = await self.services.presence.current_frame(other)
+        for other, prefetched in zip(others, statuses, strict=True):
+            frame = await presence.current_frame(other, prefetched)
             self.services.connections.remember_name(other, frame["username"])
             self.push_json(frame)
         if after is not None:

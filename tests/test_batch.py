@@ -4,6 +4,7 @@ caller gets back, failures and cancellations, and that nothing is answered from 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
@@ -72,6 +73,25 @@ async def test_a_failed_query_fails_its_callers_only_and_the_next_one_is_sent():
         with pytest.raises(ConnectionError):
             await future
     assert await after == "a"
+
+
+async def test_keys_asked_ahead_join_the_query_of_their_moment_and_an_unclaimed_failure_is_no_error(caplog):
+    """`ask` queues keys for a caller that waits for something else first: they leave with the other
+    lookups of that loop iteration, and a failure nobody ends up awaiting is not reported as unretrieved."""
+    table = Table({1: "a", 2: "b"})
+    batch = Coalescer(table.fetch)
+    ahead = batch.ask([2])
+    assert await batch.get(1) == "a"
+    assert table.queries == [[2, 1]] and await ahead == {2: "b"}
+
+    table.fail_next = RuntimeError("store away")
+    unclaimed = batch.ask([1])
+    with pytest.raises(RuntimeError):
+        await batch.get(2)
+    assert unclaimed.done()
+    del unclaimed
+    gc.collect()
+    assert "exception was never retrieved" not in caplog.text
 
 
 async def test_a_cancelled_caller_leaves_the_others_their_answer():

@@ -13,7 +13,8 @@ import pymongo.errors
 import pytest
 
 from services.realtime.presence import Transition
-from tests.ws_helpers import join, pair
+from tests.support import ws_connect
+from tests.ws_helpers import conv_path, join, pair, wait_for
 
 
 async def test_last_seen_of_users_offline_together_is_one_write_and_one_warning_when_it_fails(
@@ -67,3 +68,37 @@ async def test_the_offline_announcement_does_not_wait_for_the_last_seen_write(
     await transition
     doc = await services.store.users.find_one({"_id": p.b.id}, {"last_seen": 1})
     assert doc["last_seen"] == at
+
+
+async def test_a_user_who_just_left_is_shown_with_this_visits_last_seen_while_it_is_being_written(
+    api: Any, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A joining socket reads the others' documents beside its other reads, and a busy store writes
+    last_seen late: either way the document can predate the visit that just ended, and the frame must
+    not show the last_seen of an earlier one."""
+    p = await pair(api, services)
+    earlier = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    await services.store.users.update_one({"_id": p.b.id}, {"$set": {"last_seen": earlier}})
+    release = asyncio.Event()
+    writes: list[int] = []
+    real_bulk_write = services.store.users.bulk_write
+
+    async def slow_store(requests: list[Any], **kwargs: Any) -> Any:
+        writes.append(len(requests))
+        await release.wait()
+        return await real_bulk_write(requests, **kwargs)
+
+    monkeypatch.setattr(services.store.users, "bulk_write", slow_store)
+    visiting = await join(api, p.cid, p.b)
+    left_at = dt.datetime.now(dt.UTC)
+    visiting.close()
+    await wait_for(lambda: writes == [1])  # B's last_seen is on its way to the store, not there yet
+
+    joining = await ws_connect(api, conv_path(p.cid, p.a))
+    status = await joining.recv()
+    assert status is not None and (status["type"], status["user_id"], status["status"]) == ("status", p.b.id, "offline")
+    assert dt.datetime.fromisoformat(status["timestamp"]) >= left_at - dt.timedelta(seconds=1)
+    release.set()
+    await wait_for(lambda: not services.presence.announcer._last_seen)  # written, and no longer held
+    doc = await services.store.users.find_one({"_id": p.b.id}, {"last_seen": 1})
+    assert doc["last_seen"] >= left_at - dt.timedelta(seconds=1)

@@ -53,6 +53,11 @@ class AccountLiveness:
         reads of this moment; None when there is no such document."""
         return await self.reads.get(user_id)
 
+    def prefetch(self, user_id: int) -> asyncio.Future[dict[int, Doc]]:
+        """Start `read` now, in the next shared query, for a caller that awaits something else first; the
+        future maps the user id to the document, when there is one."""
+        return self.reads.ask((user_id,))
+
     async def exists(self, user_id: int) -> bool:
         """Whether the account is there and not deleted."""
         alive, _ = await self._state(user_id)

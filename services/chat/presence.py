@@ -138,12 +138,19 @@ class PresenceAnnouncer:
 
     async def _write_last_seen(self, user_ids: list[int]) -> dict[int, None]:
         """One write for the users who went offline together; a failure is logged once for all of them
-        (one line per user flooded the log when the store timed out under a reconnect storm)."""
-        writes = [UpdateOne({"_id": u}, {"$set": {"last_seen": self._last_seen.pop(u)}}) for u in user_ids]
+        (one line per user flooded the log when the store timed out under a reconnect storm). Each value
+        stays in `_last_seen` until written (`current_frame` reads it), unless a later one replaced it."""
+        leaving = {u: self._last_seen[u] for u in user_ids if u in self._last_seen}
+        writes = [UpdateOne({"_id": u}, {"$set": {"last_seen": at}}) for u, at in leaving.items()]
         try:
-            await self._store.users.bulk_write(writes, ordered=False)
+            if writes:
+                await self._store.users.bulk_write(writes, ordered=False)
         except STORE_DOWN_ERRORS:
-            log.warning("could not record last_seen of %d users: store unavailable", len(user_ids))
+            log.warning("could not record last_seen of %d users: store unavailable", len(writes))
+        finally:
+            for u, at in leaving.items():
+                if self._last_seen.get(u) == at:
+                    del self._last_seen[u]
         return {}
 
     async def on_node_stopped(self, user_ids: Collection[int], at: dt.datetime) -> None:
@@ -172,20 +179,36 @@ class PresenceAnnouncer:
                     found.setdefault(participant, {})[int(d["_id"])] = conversation
         return found
 
-    async def current_frame(self, user_id: int) -> dict[str, Any]:
-        """The seed's `status` frame for the user as things stand (sent to a socket that joins)."""
+    def prefetch_status(self, user_id: int) -> asyncio.Future[dict[int, Doc]]:
+        """Start reading what `current_frame` shows of an offline user (last_seen, and the summary in the
+        same document), for a socket that has other reads to wait for before it joins: its frame then
+        costs no round trip of its own."""
+        return self._users.liveness.prefetch(user_id)
+
+    async def current_frame(
+        self, user_id: int, prefetched: asyncio.Future[dict[int, Doc]] | None = None
+    ) -> dict[str, Any]:
+        """The seed's `status` frame for the user as things stand (sent to a socket that joins), from the
+        document `prefetch_status` read when given.
+
+        An offline user's last_seen is the later of the stored one and one this node is still writing: a
+        user who left a moment ago is not shown with the last_seen of an earlier visit, whether the
+        document was read before they left (a prefetch) or before their last_seen was written."""
         online = await self._presence.is_online(user_id)
         if online:
             user = await self._users.summary(user_id)
             at = self._presence.online_since(user_id)
         else:
-            # Read after the online check, so that a user who left in between is not shown with the
-            # last_seen of an earlier visit; the summary is in the same document.
-            doc = await self._users.liveness.read(user_id)
+            doc = (
+                (await prefetched).get(user_id) if prefetched is not None else await self._users.liveness.read(user_id)
+            )
             if doc is None:
                 raise NotFound("User not found")
             user = self._users.remember_summary(doc)
             at = doc.get("last_seen")
+            leaving = self._last_seen.get(user_id)
+            if leaving is not None and (at is None or leaving > at):
+                at = leaving
         return status_frame(user_id, user["username"], online, at)
 
     async def profile_view(self, viewer_id: int, doc: Doc) -> dict[str, Any]:
@@ -232,8 +255,13 @@ class PresenceService:
     async def open_conversations(self, user_id: int) -> dict[int, OpenConversation]:
         return await self.announcer.open_conversations(user_id)
 
-    async def current_frame(self, user_id: int) -> dict[str, Any]:
-        return await self.announcer.current_frame(user_id)
+    def prefetch_status(self, user_id: int) -> asyncio.Future[dict[int, Doc]]:
+        return self.announcer.prefetch_status(user_id)
+
+    async def current_frame(
+        self, user_id: int, prefetched: asyncio.Future[dict[int, Doc]] | None = None
+    ) -> dict[str, Any]:
+        return await self.announcer.current_frame(user_id, prefetched)
 
     async def is_online(self, user_id: int) -> bool:
         return await self.store.is_online(user_id)

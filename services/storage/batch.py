@@ -48,11 +48,18 @@ class Coalescer(Generic[K, V]):
 
     async def get_many(self, keys: Collection[K]) -> dict[K, V]:
         """The values stored under these keys (those found), from one query shared with other callers."""
-        future: asyncio.Future[dict[K, V]] = asyncio.get_running_loop().create_future()
+        return await self.ask(keys)
+
+    def ask(self, keys: Collection[K]) -> asyncio.Future[dict[K, V]]:
+        """Queue these keys for the next query now and return the future of their values (those found):
+        for a caller that has something else to wait for first. A failed query's exception is marked
+        retrieved, so a future nobody awaits in the end is no error."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[K, V]] = loop.create_future()
         self._queued_reads.append((keys, future))
         if self._runner is None:
-            self._runner = asyncio.get_running_loop().create_task(self._run())
-        return await future
+            self._runner = loop.create_task(self._run())
+        return future
 
     async def _run(self) -> None:
         """Send what waits, one query at a time, until nothing does. Starting as a task lets every caller
