@@ -62,6 +62,7 @@ from services.realtime.close_codes import (
     CLOSE_SERVER_ERROR,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TRY_AGAIN_LATER,
+    close_label,
 )
 from services.realtime.hub import LimitExceeded, Peer
 
@@ -448,7 +449,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
     def on_close(self) -> None:
         self.closing = True
         code = self.server_close_code or self.close_code or 1006
-        self.services.metrics.closes.child(str(code)).inc()
+        self.services.metrics.closes.child(close_label(code)).inc()
         if not self.services.connections.closing_all:
             self._log_close(code)  # at shutdown, Connections.close_all says how many it closed
         if self.registered:

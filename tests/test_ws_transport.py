@@ -117,3 +117,18 @@ async def test_a_joined_socket_keeps_nothing_of_its_handshake_and_goes_on_workin
     assert (await messages(client, 1))[0]["content"] == "after"
     await client.send({"type": "ping"})
     assert await client.recv() == {"type": "pong"}
+
+
+async def test_close_codes_a_client_chooses_are_counted_under_one_label(api, services):
+    """`chat_websocket_closes` is labelled by close code: a client closing with codes of its own choosing
+    (3000 to 4999) must not make a series each."""
+    p = await pair(api, services)
+    closes = services.metrics.closes
+    for code in (3001, 3999, 4321):
+        client = await join(api, p.cid, p.b)
+        client.close(code)
+        await wait_for(lambda code=code: closes.child("other").value == [3001, 3999, 4321].index(code) + 1)
+    client = await join(api, p.cid, p.b)
+    client.close(1000)
+    await wait_for(lambda: closes.child("1000").value == 1)
+    assert not {"3001", "3999", "4321"} & set(closes._children)

@@ -66,3 +66,9 @@ CLOSE_CODES: dict[int, CloseCode] = {
         ),
     )
 }
+
+
+def close_label(code: int) -> str:
+    """A close code as a metrics label: the codes of RFC 6455's range and this table's, and "other" for the
+    ones a client chooses itself (3000 to 4999), which would make a series each."""
+    return str(code) if code in CLOSE_CODES or 1000 <= code <= 1015 else "other"
