@@ -62,3 +62,37 @@ async def test_a_stopping_node_withdraws_its_users_and_waits_for_their_announcem
         listener.never.set()
         await staying.close()
         await client.aclose()
+
+
+async def test_a_stopping_node_ends_its_heartbeat_even_when_a_cancellation_is_swallowed(redis_server: Any) -> None:
+    """Python 3.11's asyncio.wait_for, which redis-py awaits commands with, swallows a cancellation that
+    arrives as the command completes: the heartbeat then went on as if never cancelled, and the node's stop
+    (a test's teardown, in a full run) waited for it until its timeout."""
+    prefix = f"h{uuid.uuid4().hex[:8]}:"
+    client = redis.asyncio.from_url(redis_server.url)
+    store = RedisPresenceStore(client, node_id="swallowing", prefix=prefix, ttl_s=30, heartbeat_s=0.05)
+    swallowed = asyncio.Event()
+    real_beat = store._beat
+    beats = 0
+
+    async def beat_that_swallows_one_cancellation() -> None:
+        nonlocal beats
+        beats += 1
+        if beats == 1 or swallowed.is_set():  # the first one is start()'s own
+            await real_beat()
+            return
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            swallowed.set()  # as wait_for does when its command completed at that moment
+
+    store._beat = beat_that_swallows_one_cancellation  # type: ignore[method-assign]
+    await store.start()
+    try:
+        await asyncio.sleep(0.2)  # the heartbeat is inside the beat
+        started = time.monotonic()
+        await asyncio.wait_for(store.close(), 5)
+        assert swallowed.is_set() and time.monotonic() - started < 2.0
+        assert store._loop is None
+    finally:
+        await client.aclose()

@@ -12,6 +12,8 @@ log = logging.getLogger("chat.services")
 # How long `close` waits for a cancelled task: a cancellation swallowed somewhere below (a driver that
 # retries on any exception) must not hold a node's shutdown, or a test's teardown, for ever.
 CLOSE_WAIT_S = 5.0
+# How long a cancelled task gets before it is cancelled again.
+CANCEL_AGAIN_S = 0.25
 
 
 class BackgroundTask:
@@ -27,13 +29,20 @@ class BackgroundTask:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is None:
+        if task is not None:
+            await stop(task, self._name)
+
+
+async def stop(task: asyncio.Task[Any], name: str) -> None:
+    """Cancel a task and wait until it ended, cancelling it again while it runs on: Python 3.11's
+    asyncio.wait_for, which redis-py awaits its commands with, swallows a cancellation that arrives as the
+    command completes, and a loop then goes on as if never cancelled. Gives up after CLOSE_WAIT_S, with a
+    warning: a node's shutdown, or a test's teardown, must not wait for ever."""
+    for _ in range(int(CLOSE_WAIT_S / CANCEL_AGAIN_S)):
+        task.cancel()
+        done, _pending = await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
+        if done:
+            if not task.cancelled():
+                task.exception()  # retrieved, so that asyncio does not warn it never was
             return
-        for _ in range(2):
-            task.cancel()
-            done, _pending = await asyncio.wait({task}, timeout=CLOSE_WAIT_S / 2)
-            if done:
-                if not task.cancelled():
-                    task.exception()  # retrieved, so that asyncio does not warn it never was
-                return
-        log.warning("background task %s did not stop when cancelled; left behind", self._name)
+    log.warning("background task %s did not stop when cancelled; left behind", name)

@@ -31,6 +31,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from services.core import background
+
 log = logging.getLogger("chat.bus")
 
 Handler = Callable[[str, bytes], None]
@@ -444,11 +446,9 @@ class RedisBus(Bus):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._outbox_empty.wait(), self.CLOSE_FLUSH_S)
         self._closing = True
-        for task in (self._sender, self._reader):
+        for task, name in ((self._sender, "bus sender"), (self._reader, "bus reader")):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await background.stop(task, name)
         self._sender = self._reader = None
         if self._pubsub is not None:
             with contextlib.suppress(Exception):

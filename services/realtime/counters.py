@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.core import background
 from services.core.errors import RateLimited
 from services.realtime.redis_cluster import UNAVAILABLE_ERRORS
 from services.realtime.scripts import evalsha_pipeline
@@ -216,6 +217,5 @@ class SharedBudget:
 
     async def close(self) -> None:
         if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
+            await background.stop(self._flusher, "message budget flusher")
             self._flusher = None

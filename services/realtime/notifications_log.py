@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 import redis.exceptions
 
-from services.core import errors
+from services.core import background, errors
 from services.realtime.bus import Bus, user_channel
 from services.realtime.events import NOTIFICATION, encode
 from services.realtime.redis_cluster import is_cluster, user_tag
@@ -330,7 +330,5 @@ class RedisNotificationLog(NotificationLog):
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._empty.wait(), 2.0)
-        self._sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._sender
+        await background.stop(self._sender, "notifications log sender")
         self._sender = None

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.core import background
 from services.realtime.redis_cluster import UNAVAILABLE_ERRORS, is_cluster, user_tag
 from services.realtime.scripts import evalsha_pipeline
 
@@ -371,9 +372,7 @@ class RedisPresenceStore(PresenceStore):
         """Hand over: withdraw this node's entries, announcing offline only users with no socket elsewhere."""
         self.closed = True
         if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+            await background.stop(self._loop, "presence heartbeat")
             self._loop = None
         users = list(self.local_counts)
         self.local_counts.clear()

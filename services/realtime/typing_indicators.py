@@ -9,12 +9,12 @@ expiry: no timer per socket.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
+from services.core import background
 from services.realtime.events import Publisher
 
 log = logging.getLogger("chat.typing")
@@ -47,9 +47,7 @@ class TypingTracker:
 
     async def close(self) -> None:
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await background.stop(self._sweeper, "typing sweeper")
             self._sweeper = None
 
     def is_typing(self, conversation_id: int, user_id: int) -> bool:
