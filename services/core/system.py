@@ -40,7 +40,8 @@ def socket_budget(max_sockets: int, file_limit: int) -> int:
 # is freed by its reference count long before that, so a collection finds little to scan.
 YOUNG_GENERATION_THRESHOLD = 20_000
 # A full collection once the objects kept out of the collector's sight grew by this share since the last
-# one, CPython's own rule for its oldest generation...
+# one (and as many young collections passed as CPython puts between two): CPython's own rule for its
+# oldest generation.
 FULL_COLLECTION_GROWTH = 0.25
 
 
