@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import tornado.websocket
-from prometheus_client import Gauge
 
 from handlers import (
     frames,  # noqa: F401 - registers the frame types
@@ -218,7 +217,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         self._forget_handshake()
         self._bound_kernel_buffer()
         metrics = self.services.metrics
-        self._open_sockets_gauge().inc()
+        metrics.open_sockets_of(self.endpoint).inc()
         metrics.connections.child(self.endpoint).inc()
         await self.services.presence.connected(self.user_id, open_conversations)
         # A revocation that reached this node while the socket was opening found it unregistered; it also
@@ -227,11 +226,6 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             self.shut(CLOSE_BAD_TOKEN, "token revoked")
             return False
         return True
-
-    def _open_sockets_gauge(self) -> Gauge:
-        metrics = self.services.metrics
-        gauge = metrics.open_sockets_of.get(self.endpoint)
-        return gauge if gauge is not None else metrics.open_sockets.labels(endpoint=self.endpoint)
 
     def _forget_handshake(self) -> None:
         """Drop what the handshake carried and nothing reads once the socket joined: the request's and the
@@ -453,7 +447,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         if not self.services.connections.closing_all:
             self._log_close(code)  # at shutdown, Connections.close_all says how many it closed
         if self.registered:
-            self._open_sockets_gauge().dec()
+            self.services.metrics.open_sockets_of(self.endpoint).dec()
             self.registered = False
             task = asyncio.get_running_loop().create_task(self._unregister())
             # The loop keeps only weak references to tasks: hold this one until it is done, or the

@@ -142,8 +142,7 @@ class Metrics:
         # from /proc: what the dashboard and the descriptor alert read.
         ProcessCollector(registry=r)
         self.open_sockets = Gauge("chat_websockets_open", "WebSockets open on this node", ["endpoint"], registry=r)
-        # Bound per endpoint once: every socket's opening and closing moves it.
-        self.open_sockets_of = {e: self.open_sockets.labels(endpoint=e) for e in ("conversation", "notifications")}
+        self._open_sockets_by_endpoint: dict[str, Gauge] = {}
         self.connections = Tally("chat_websocket_connections", "WebSocket handshakes accepted", "endpoint", r)
         # Set to read the join gate (services/realtime/admission.py) when the services are built.
         self.joins = Gauge(
@@ -192,6 +191,14 @@ class Metrics:
             "chat_http_requests", "HTTP requests answered, by status class", ["status"], registry=r
         )
         self._lag_task: asyncio.Task[None] | None = None
+
+    def open_sockets_of(self, endpoint: str) -> Gauge:
+        """The open-sockets gauge of one endpoint, bound once: every socket's opening and closing moves it,
+        and prometheus_client's `labels()` validates and locks on every call."""
+        gauge = self._open_sockets_by_endpoint.get(endpoint)
+        if gauge is None:
+            gauge = self._open_sockets_by_endpoint[endpoint] = self.open_sockets.labels(endpoint=endpoint)
+        return gauge
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
