@@ -547,9 +547,8 @@ class ConversationSocket(BaseSocket):
         others, open_conversations, last_seq = membership
         self.others = tuple(others)
         presence = self.services.presence
-        # What the joining socket is shown of an other who may be offline is read beside the newest id, not
-        # after joining: one with a socket on this node is online, and needs no read.
-        statuses = [None if presence.store.has_sockets_here(o) else presence.prefetch_status(o) for o in others]
+        # What the joining socket is shown of the others is read beside the newest id, not after joining.
+        statuses = [presence.prefetch_status(other) for other in others]
         if after is None:
             # The socket gets every message stored from now on: the id it starts from is read before
             # subscribing, so what is stored in between arrives as a gap and is fetched.

@@ -255,8 +255,10 @@ class PresenceService:
     async def open_conversations(self, user_id: int) -> dict[int, OpenConversation]:
         return await self.announcer.open_conversations(user_id)
 
-    def prefetch_status(self, user_id: int) -> asyncio.Future[dict[int, Doc]]:
-        return self.announcer.prefetch_status(user_id)
+    def prefetch_status(self, user_id: int) -> asyncio.Future[dict[int, Doc]] | None:
+        """Start reading what `current_frame` shows of the user if they may be offline; None when they have a
+        socket on this node (online: their frame needs no read)."""
+        return None if self.store.has_sockets_here(user_id) else self.announcer.prefetch_status(user_id)
 
     async def current_frame(
         self, user_id: int, prefetched: asyncio.Future[dict[int, Doc]] | None = None
