@@ -47,6 +47,7 @@ from handlers.base import set_common_headers
 from handlers.errors import BadFrame, report
 from handlers.protocol import REGISTRY, ClientFrame, FrameSpec
 from services.accounts.auth import AccessGrant, TokenError
+from services.chat.presence import OpenConversation
 from services.core import errors
 from services.core.limits import TokenBucket
 from services.core.logs import redact
@@ -64,6 +65,7 @@ from services.realtime.close_codes import (
     close_label,
 )
 from services.realtime.hub import LimitExceeded, Peer
+from services.storage.store import Doc
 
 if TYPE_CHECKING:
     from services.core.container import Services
@@ -529,30 +531,40 @@ class ConversationSocket(BaseSocket):
         self.conversation_id = conversation_id
         after, bad_after = self._after_argument()
         chat = self.services.chat
-        # The account and the membership are read at once; the refusals keep their order (a deleted
+        presence = self.services.presence
+        # What the opening reads leaves at once, in the queries shared with the sockets opening at this
+        # moment, while the account is checked (usually cached): the membership and, for a socket that
+        # starts from now, the first window of the newest id. The refusals keep their order (a deleted
         # account, then a bad `after`, then a stranger or a closed conversation).
-        alive, membership = await asyncio.gather(
-            self.services.users.accepts(user_id, self.token_generation),
-            self._membership(conversation_id, user_id) if not bad_after else asyncio.sleep(0, None),
-        )
-        if not alive:
+        open_read = conversation_read = newest_probe = None
+        if not bad_after:
+            if presence.announces_first_socket(user_id):
+                open_read = presence.ask_open_conversations(user_id)
+            else:
+                conversation_read = chat.ask_conversation(conversation_id)
+            if after is None:
+                newest_probe = chat.probe_newest(conversation_id)
+        asked_at = time.monotonic()
+        if not await self.services.users.accepts(user_id, self.token_generation):
             self.shut(CLOSE_BAD_TOKEN, "invalid token")
             return
         if bad_after:
             self.shut(CLOSE_BAD_FRAME, "`after` must be a message id")
             return
+        membership = await self._membership(conversation_id, user_id, open_read, conversation_read, asked_at)
         if membership is None:
             self.shut(CLOSE_FORBIDDEN, "not a participant")
             return
         others, open_conversations, last_seq = membership
         self.others = tuple(others)
-        presence = self.services.presence
-        # What the joining socket is shown of the others is read beside the newest id, not after joining.
+        # What the joining socket is shown of the others is read while the newest id is, not after joining.
         statuses = [presence.prefetch_status(other) for other in others]
         if after is None:
             # The socket gets every message stored from now on: the id it starts from is read before
             # subscribing, so what is stored in between arrives as a gap and is fetched.
-            self.last_message_id = self.shown_after = await chat.last_stored_seq(conversation_id, last_seq)
+            self.last_message_id = self.shown_after = await chat.last_stored_seq(
+                conversation_id, last_seq, newest_probe
+            )
         else:
             self.begin_resume()
         if not await self.register(open_conversations):
@@ -597,7 +609,12 @@ class ConversationSocket(BaseSocket):
         await self._send_backlog(conversation_id, after)
 
     async def _membership(
-        self, conversation_id: int, user_id: int
+        self,
+        conversation_id: int,
+        user_id: int,
+        open_read: asyncio.Future[dict[int, dict[int, OpenConversation]]] | None,
+        conversation_read: asyncio.Future[dict[int, Doc]] | None,
+        asked_at: float,
     ) -> tuple[list[int], Collection[int] | None, int] | None:
         """(the other participants, the user's open conversations if read, the conversation's stored
         `last_seq`) when the user takes part in the open conversation; None otherwise, never saying which.
@@ -605,20 +622,18 @@ class ConversationSocket(BaseSocket):
         Read from the store, never a cache: an unmatch or block on another node reaches only nodes with a
         socket on the conversation, so a cached "open" could let a socket in for a while. The user's
         first socket here announces them to all their open conversations, which have to be read anyway:
-        then that one read (the conversations where the user takes part and which are open) answers the
-        membership too, with the same condition as the single conversation's."""
-        presence = self.services.presence
-        if presence.announces_first_socket(user_id):
-            open_conversations = await presence.open_conversations(user_id)
+        then that one read (`open_read`: the conversations where the user takes part and which are open)
+        answers the membership too, with the same condition as the single conversation's
+        (`conversation_read`)."""
+        if open_read is not None:
+            open_conversations = (await open_read).get(user_id) or {}
             found = open_conversations.get(conversation_id)
             if found is None:
                 return None
             return [p for p in found.participants if p != user_id], open_conversations.keys(), found.last_seq
-        try:
-            conversation = await self.services.chat.member_conversation(
-                conversation_id, user_id, require_open=True, fresh=True
-            )
-        except errors.NotFound:
+        assert conversation_read is not None
+        conversation = self.services.chat.conversation_read((await conversation_read).get(conversation_id), asked_at)
+        if conversation is None or not conversation.is_open or user_id not in conversation.participants:
             return None
         return conversation.others(user_id), None, conversation.last_seq
 

@@ -264,3 +264,53 @@ async def test_the_newest_id_is_found_however_far_last_seq_trails_the_messages(a
     fresh = await join(api, p.cid, p.b)
     await send_rest(api, p.cid, p.a, "next")
     assert [m["id"] for m in await messages(fresh, 1)] == [newest + 1]
+
+
+async def test_a_socket_opening_from_now_asks_for_the_newest_id_with_its_membership(api, services):
+    """The first window of the newest id leaves with the membership read, not after its answer: one round
+    trip less for every socket that opens without `after`. It starts from what this node knows."""
+    p = await pair(api, services)
+    await send_rest(api, p.cid, p.a, "known here")
+    events: list[str] = []
+    ids = services.chat.ids
+    reads = {"membership": services.presence.announcer._open_conversations, "newest": ids._newest_reads}
+    for name, coalescer in reads.items():
+        fetch = coalescer._fetch
+
+        async def recorded(keys, name=name, fetch=fetch):
+            events.append(f"{name} sent")
+            try:
+                return await fetch(keys)
+            finally:
+                events.append(f"{name} answered")
+
+        coalescer._fetch = recorded
+    fresh = await join(api, p.cid, p.b)
+    assert events.index("newest sent") < events.index("membership answered"), events
+    assert events.count("newest sent") == 1, events
+    await send_rest(api, p.cid, p.a, "next")
+    assert [m["id"] for m in await messages(fresh, 1)] == [2]
+
+
+async def test_a_probe_from_behind_the_conversations_last_seq_is_not_taken_for_the_newest_id(services):
+    """Data from an earlier design can hold runs of ids never stored, and `last_seq` lies beyond them: a
+    probe that started before it (this node knew less) would find nothing there and call the
+    conversation empty, so the look-up starts again from `last_seq`."""
+    alice, bob = 91, 92
+    cid = await make_conversation(services, alice, bob)
+    for seq in (10, 11):
+        await store_as_another_node(services, cid, seq, alice, f"m{seq}")
+    await services.store.conversations.update_one({"_id": cid}, {"$set": {"last_seq": 10}})
+    ids = services.chat.ids
+    probe = ids.probe_newest(cid)
+    assert probe is not None and probe.start == 0
+    assert await services.chat.last_stored_seq(cid, 10, probe) == 11
+    assert await probe.found == {}  # what the probe saw: nothing after 0 in its window
+    known_here = ids.probe_newest(cid)
+    ids.observe_seq(cid, 11)
+    assert await services.chat.last_stored_seq(cid, 10, known_here) == 11  # started before 11 was known
+    await store_as_another_node(services, cid, 12, bob, "m12")
+    from_here = ids.probe_newest(cid)
+    assert from_here is not None and from_here.start == 11
+    assert await services.chat.last_stored_seq(cid, 10, from_here) == 12
+    assert list(await from_here.found) == [message_key(cid, 12)]  # the answer came from the probe

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import pymongo.errors
 
-from services.chat.ids import NEWEST_WINDOW, StoredIds, is_event, tombstone
+from services.chat.ids import NEWEST_WINDOW, NewestProbe, StoredIds, is_event, tombstone
 from services.chat.metadata import ConversationMetadata
 from services.chat.views import ChatViews, utc_datetime
 from services.storage.store import Doc, Store
@@ -157,10 +157,13 @@ class HistoryReader:
             first, window = first + window, window * 2
         return None
 
-    async def last_stored_seq(self, conversation_id: int, known: int | None = None) -> int:
+    async def last_stored_seq(
+        self, conversation_id: int, known: int | None = None, probe: NewestProbe | None = None
+    ) -> int:
         """The highest message id stored in the conversation (tombstones included), 0 if none; `known`:
-        an id known stored, such as the `last_seq` of a conversation document just read."""
-        doc = await self._ids.newest(conversation_id, known)
+        an id known stored, such as the `last_seq` of a conversation document just read; `probe`: see
+        StoredIds.newest."""
+        doc = await self._ids.newest(conversation_id, known, probe)
         return 0 if doc is None else int(doc["seq"])
 
     async def backlog(

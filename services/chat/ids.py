@@ -16,8 +16,9 @@ out with the other tombstones.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.storage.batch import Coalescer
 from services.storage.store import Doc, Store, find_by_ids
@@ -70,6 +71,14 @@ def is_event(doc: Doc) -> bool:
     return doc.get("event") in (EDITED, DELETED)
 
 
+class NewestProbe(NamedTuple):
+    """The first window of `StoredIds.newest`, asked for before the conversation's `last_seq` is read
+    (`StoredIds.probe_newest`): the id it starts after, and the documents found in it."""
+
+    start: int
+    found: asyncio.Future[dict[int, Doc]]
+
+
 class StoredIds:
     """What this node knows of each conversation's stored ids, and the `_id` point lookups."""
 
@@ -107,13 +116,33 @@ class StoredIds:
         if known != SEALED and seq > known:
             self.last_seq[conversation_id] = seq
 
-    async def newest(self, conversation_id: int, known: int | None = None) -> Doc | None:
+    def probe_newest(self, conversation_id: int) -> NewestProbe | None:
+        """Start the first window of `newest` now, from what this node knows, for a caller that reads the
+        conversation's `last_seq` at the same time (a socket opening): when that `last_seq` is no further
+        than this node knew, `newest` takes the probe's answer instead of a round trip of its own. None
+        outside the key space."""
+        if conversation_id >= MAX_CONVERSATION_ID:
+            return None
+        start = self.known_here(conversation_id)
+        return NewestProbe(start, self._newest_reads.ask(self._first_window(conversation_id, start)))
+
+    @staticmethod
+    def _first_window(conversation_id: int, known: int) -> list[int]:
+        return [
+            message_key(conversation_id, seq) for seq in range(known + 1, min(known + FIRST_NEWEST_WINDOW, MAX_SEQ) + 1)
+        ]
+
+    async def newest(
+        self, conversation_id: int, known: int | None = None, probe: NewestProbe | None = None
+    ) -> Doc | None:
         """The newest document stored in a conversation (a message or a tombstone), or None.
 
         Ids are dense, so this needs no range scan (which the embedded store answers by reading the
         whole collection): from the newest id known stored (the conversation's `last_seq`, written behind
         the messages, or this node's own; `known` when the caller has just read the conversation), look
-        up the ids just after it by `_id`, in growing windows.
+        up the ids just after it by `_id`, in growing windows. A `probe` that started from that same id
+        is the first window; one that started before it (the conversation's `last_seq` was further than
+        this node knew) is not used, since ids that an earlier design never stored may lie in between.
         """
         if conversation_id >= MAX_CONVERSATION_ID:
             return None  # outside the key space: no message can exist there
@@ -125,8 +154,11 @@ class StoredIds:
             if first_window:
                 # Usually the only window: shared with the other conversations looked up at this moment.
                 first_window = False
-                keys = [message_key(conversation_id, seq) for seq in range(known + 1, min(known + window, MAX_SEQ) + 1)]
-                found = list((await self._newest_reads.get_many(keys)).values())
+                if probe is not None and probe.start >= known:
+                    answer = await probe.found
+                else:
+                    answer = await self._newest_reads.get_many(self._first_window(conversation_id, known))
+                found = list(answer.values())
             else:
                 found = await self.by_seq(conversation_id, known + 1, known + window, {"seq": 1, "sealed": 1})
             if not found:

@@ -166,6 +166,11 @@ class PresenceAnnouncer:
         loop iteration share one query (services/storage/batch.py)."""
         return await self._open_conversations.get(user_id) or {}
 
+    def ask_open_conversations(self, user_id: int) -> asyncio.Future[dict[int, dict[int, OpenConversation]]]:
+        """Start `open_conversations` now, for a caller that waits on something else first: the future maps
+        the user id to their open conversations (absent when they have none)."""
+        return self._open_conversations.ask((user_id,))
+
     async def _read_open_conversations(self, user_ids: list[int]) -> dict[int, dict[int, OpenConversation]]:
         wanted = set(user_ids)
         found: dict[int, dict[int, OpenConversation]] = {}
@@ -254,6 +259,9 @@ class PresenceService:
 
     async def open_conversations(self, user_id: int) -> dict[int, OpenConversation]:
         return await self.announcer.open_conversations(user_id)
+
+    def ask_open_conversations(self, user_id: int) -> asyncio.Future[dict[int, dict[int, OpenConversation]]]:
+        return self.announcer.ask_open_conversations(user_id)
 
     def prefetch_status(self, user_id: int) -> asyncio.Future[dict[int, Doc]] | None:
         """Start reading what `current_frame` shows of the user if they may be offline; None when they have a

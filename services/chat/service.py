@@ -15,6 +15,7 @@ The package, one job per module:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 from services.accounts.users import UserService
 from services.chat.history import HistoryReader
-from services.chat.ids import DELETED, EDITED, StoredIds
+from services.chat.ids import DELETED, EDITED, NewestProbe, StoredIds
 from services.chat.metadata import ConversationMetadata
 from services.chat.views import ChatViews, utc_datetime
 from services.chat.writer import MessageWriter
@@ -92,7 +93,16 @@ class ChatService:
         if cached is not None and cached[0] > now and not fresh:
             return cached[1]
         # Read now, with the other conversations asked for at this moment (StoredIds.conversations).
-        doc = await self.ids.conversations.get(conversation_id)
+        return self.conversation_read(await self.ids.conversations.get(conversation_id), now)
+
+    def ask_conversation(self, conversation_id: int) -> asyncio.Future[dict[int, Doc]]:
+        """Start reading the conversation now, in the next query shared with this moment's other reads, for
+        a caller that waits on something else first; `conversation_read` makes its document a Conversation."""
+        return self.ids.conversations.ask((conversation_id,))
+
+    def conversation_read(self, doc: Doc | None, asked_at: float) -> Conversation | None:
+        """The conversation of a document read from the store by a query sent after `asked_at` (a
+        `time.monotonic()`), kept for `conversation`'s cache, which counts its age from then."""
         if doc is None:
             return None
         conv = Conversation(
@@ -103,7 +113,7 @@ class ChatService:
         )
         if len(self._conversations) > 100_000:
             self._conversations.clear()
-        self._conversations[conversation_id] = (now + CONVERSATION_CACHE_TTL_S, conv)
+        self._conversations[conv.id] = (asked_at + CONVERSATION_CACHE_TTL_S, conv)
         return conv
 
     def forget_conversation(self, conversation_id: int) -> None:
@@ -356,9 +366,15 @@ class ChatService:
         """Documents with ids after+1, after+2, ... without a gap (holes included, marked `hole`)."""
         return await self.reader.contiguous_after(conversation_id, after, limit)
 
-    async def last_stored_seq(self, conversation_id: int, known: int | None = None) -> int:
+    def probe_newest(self, conversation_id: int) -> NewestProbe | None:
+        """Start looking up the newest id now, for `last_stored_seq` after the conversation is read."""
+        return self.ids.probe_newest(conversation_id)
+
+    async def last_stored_seq(
+        self, conversation_id: int, known: int | None = None, probe: NewestProbe | None = None
+    ) -> int:
         """The highest message id stored in the conversation (tombstones included), 0 if none."""
-        return await self.reader.last_stored_seq(conversation_id, known)
+        return await self.reader.last_stored_seq(conversation_id, known, probe)
 
     async def backlog(
         self, conversation_id: int, after: int, limit: int
