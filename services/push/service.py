@@ -53,7 +53,7 @@ import orjson
 import pymongo.errors
 from pymongo import ReturnDocument
 
-from services.core import errors
+from services.core import background, errors
 from services.core.clock import iso
 from services.core.logs import FoldedWarning
 from services.push.delivery import (
@@ -312,9 +312,7 @@ class PushService:
         self._closing = True
         self._wakeup.set()
         if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await background.stop(self._runner, "push worker")
             self._runner = None
         if self._inflight:
             # A short wait: the node's whole shutdown is bounded by SHUTDOWN_TIMEOUT, and what is cut

@@ -32,6 +32,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from services.core import background
 from services.realtime.bus import Bus, RedisBus, user_channel
 
 log = logging.getLogger("chat.bus")
@@ -335,16 +336,12 @@ class ClusterBus(RedisBus):
 
     async def close(self) -> None:
         if self._rehoming is not None:
-            self._rehoming.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._rehoming
+            await background.stop(self._rehoming, "Redis Cluster bus rehoming")
         shards = list(self._shards.values())
         await super().close()
         for shard in shards:
             if shard.reader is not None:
-                shard.reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await shard.reader
+                await background.stop(shard.reader, "Redis Cluster shard reader")
         for shard in shards:
             with contextlib.suppress(Exception):
                 await shard.conn.disconnect()
