@@ -83,6 +83,8 @@ P50 = Metric("p50_ms", "p50 ms")
 P99 = Metric("p99_ms", "p99 ms")
 MAX = Metric("max_ms", "max ms")
 ALL = ("ours", "ours-2", "ceiling", "peer")
+# Seconds a freshly started server is left alone before its scenario.
+FRESH_SETTLE_S = 3.0
 
 PLANS = [
     Plan("typing-50", "typing", ("--pairs", "50"), ALL, (DELIVERIES, P50, P99, MAX)),
@@ -106,6 +108,22 @@ PLANS = [
             Metric("server_cpu_ms_per_connect", "server CPU ms per connect"),
         ),
         sockets=1000,
+    ),
+    Plan(
+        # The same storm into a node just started, ten times as large: what a connect costs with thousands
+        # of sockets already held (a rolling restart's node taking its sockets back, a load test).
+        "connect-storm-10k",
+        "connect-storm",
+        ("--sockets", "10000"),
+        ("ours", "ceiling"),
+        (
+            Metric("connects_per_s", "connects/s"),
+            P50,
+            P99,
+            Metric("server_cpu_ms_per_connect", "server CPU ms per connect"),
+        ),
+        fresh=True,
+        sockets=10000,
     ),
     Plan(
         "reconnect-storm",
@@ -463,6 +481,9 @@ def main() -> int:
                     if plan.fresh and setup.start_fresh is not None:
                         fresh = setup.start_fresh()
                         setup = Setup([fresh.url], setup.fixtures, [fresh.pid])
+                        # What a process does once at start (our node imports its push library on a
+                        # thread) is not a connect's cost: the scenario starts once it is done.
+                        time.sleep(FRESH_SETTLE_S)
                     try:
                         argv = loadgen_command(plan, target, setup, args)
                         limit = args.warmup + args.duration + 300
