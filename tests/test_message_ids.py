@@ -109,16 +109,11 @@ async def test_seal_of_a_conversation_without_messages_takes_id_one(api, service
     assert await history_ids(api, p.cid, p.a) == []
 
 
-async def test_a_retry_stored_by_another_node_meanwhile_is_answered_as_a_replay(api, services, monkeypatch):
+async def test_a_retry_stored_by_another_node_meanwhile_is_answered_as_a_replay(api, services):
     p = await pair(api, services)
     assert (await send_rest(api, p.cid, p.a, "one")).status == 201
-    # The other node stored this client_id between this node's replay check and its insert.
+    # Another node stored this client_id; this one has not looked client_ids up before inserting since.
     await store_as_another_node(services, p.cid, 2, p.a.id, "retried", client_id="c-1")
-
-    async def nothing_stored_yet(batch):
-        return batch
-
-    monkeypatch.setattr(services.chat.writer, "_answer_replays", nothing_stored_yet)
     services.chat.ids.last_seq[p.cid] = 2  # knows id 2 is taken, not by whom
     got = await send_rest(api, p.cid, p.a, "retried", client_id="c-1")
     assert got.status == 200 and got.body["id"] == 2 and got.body["client_id"] == "c-1", got.body
@@ -127,14 +122,9 @@ async def test_a_retry_stored_by_another_node_meanwhile_is_answered_as_a_replay(
     assert await history_ids(api, p.cid, p.a) == [1, 2, 3]
 
 
-async def test_a_replay_inside_a_batch_does_not_shift_the_other_senders(api, services, monkeypatch):
+async def test_a_replay_inside_a_batch_does_not_shift_the_other_senders(api, services):
     p = await pair(api, services)
     await store_as_another_node(services, p.cid, 1, p.a.id, "stored", client_id="dup")
-
-    async def nothing_stored_yet(batch):
-        return batch
-
-    monkeypatch.setattr(services.chat.writer, "_answer_replays", nothing_stored_yet)
     services.chat.ids.last_seq[p.cid] = 0  # stale: believes the conversation empty
     results = await asyncio.gather(
         send_rest(api, p.cid, p.a, "stored", client_id="dup"),
@@ -187,11 +177,41 @@ async def test_retries_from_several_conversations_are_answered_each_by_an_index_
     )
     assert [r.status for r in results] == [200] * 3 + [201] * 3, [r.body for r in results]
     assert [r.body["id"] for r in results] == [1, 1, 1, 2, 2, 2]
+    # The first retry was found by its insert; the batch's other client_ids were looked up then.
+    assert services.chat.writer.replays_found == 1
     lookups = [q for q in asked if "client_id" in q]
     assert lookups and not any(key.startswith("$") for q in lookups for key in q)
     for query in lookups:
         plan = (await find(query).explain())["queryPlanner"]["winningPlan"]
         assert plan.get("inputStage", {}).get("stage") == "IXSCAN", plan
+
+
+async def test_client_ids_are_looked_up_before_inserting_only_after_a_retry_was_found(api, services, monkeypatch):
+    """A send with a new client_id costs its insert alone: the unique index finds a retry. Once one is
+    found, the client_ids of the next batches are looked up first, for a while, as retries come in
+    bursts (a reconnected client resends what was never acknowledged)."""
+    p = await pair(api, services)
+    asked: list[dict[str, Any]] = []
+    find = services.store.messages.find
+
+    def recording_find(query, *args, **kwargs):
+        asked.append(query)
+        return find(query, *args, **kwargs)
+
+    monkeypatch.setattr(services.store.messages, "find", recording_find)
+    for n in range(3):
+        assert (await send_rest(api, p.cid, p.a, f"m{n}", client_id=f"c-{n}")).status == 201
+    assert not [q for q in asked if "client_id" in q]
+    retried = await send_rest(api, p.cid, p.a, "m1", client_id="c-1")
+    assert (retried.status, retried.body["id"]) == (200, 2)
+    assert services.chat.writer.replays_found == 1
+    asked.clear()
+    again = await send_rest(api, p.cid, p.a, "m2", client_id="c-2")
+    assert (again.status, again.body["id"]) == (200, 3)
+    assert services.chat.writer.replays_found == 1  # found by the look-up, before any insert
+    assert [q for q in asked if "client_id" in q]
+    assert (await send_rest(api, p.cid, p.a, "m3", client_id="c-3")).body["id"] == 4
+    assert await history_ids(api, p.cid, p.a) == [1, 2, 3, 4]
 
 
 # -- metadata written behind ------------------------------------------------------------------------------

@@ -21,6 +21,11 @@ one ordered `insert_many`. Nobody is answered before their batch is acknowledged
 concurrency a batch is one message and there is no added delay. What the conversation document says
 about its messages (newest id, order in the list, senders' read pointers) is written behind, merged
 across batches (services/chat/metadata.py).
+
+A send carrying a `client_id` that is stored already (a retry) is answered with the stored message,
+once: the unique index on (conversation, sender, client_id) refuses its insert, and the writer reads the
+message it collided with. After such a retry the writer looks up the client_ids of every batch before
+inserting it, for REPLAY_LOOKUP_S, since retries come in bursts.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,6 +51,13 @@ MAX_BATCHES_IN_FLIGHT = 2
 # Insert rounds per batch before the senders left are told to retry (collisions with other nodes).
 MAX_ROUNDS = 20
 DUPLICATE_KEY = 11000
+# Seconds during which every batch's client_ids are looked up before its insert, after one turned out
+# stored already. Otherwise a retry is found by its insert alone: the unique index on (conversation,
+# sender, client_id) refuses it, and it is answered with the stored message. Looking every batch up
+# cost a query per sender per batch (a tenth of a restarted node's CPU under a steady load), for
+# retries that are rare but come in bursts: the clients of a restarted node resend what was never
+# acknowledged, all at once, and each retry found by its insert costs the batch a round of its own.
+REPLAY_LOOKUP_S = 30.0
 
 
 @dataclass
@@ -81,6 +94,8 @@ class MessageWriter:
         self._batches: set[asyncio.Task[None]] = set()
         self._writing: set[int] = set()  # conversations with a batch in flight
         self._closing = False
+        self._look_up_replays_until = 0.0  # time.monotonic(): see REPLAY_LOOKUP_S
+        self.replays_found = 0  # retries of a client_id found stored by an insert (tests read it)
 
     def start(self) -> None:
         if self._writer is None:
@@ -176,7 +191,7 @@ class MessageWriter:
 
     async def _write_batch(self, batch: list[_PendingSend]) -> None:
         now = dt.datetime.now(dt.UTC)
-        pending = await self._answer_replays(batch)
+        pending = await self._answer_replays(batch, look_up=time.monotonic() < self._look_up_replays_until)
         stored: list[Doc] = []
         try:
             pending = await self._store_in_rounds(pending, now, stored)
@@ -210,7 +225,11 @@ class MessageWriter:
                 failure = exc.details["writeErrors"][0]
                 index = int(failure["index"])
                 self._answer_stored(docs[:index], pending[:index], stored)
+                replays_found = self.replays_found
                 pending = await self._collision(docs[index], pending[index], failure) + pending[index + 1 :]
+                if self.replays_found > replays_found:
+                    # A retry: the rest of a client's resent messages are likely in this batch too.
+                    pending = await self._answer_replays(pending, look_up=True)
                 continue
             except BaseException:
                 # Some prefix of the batch may be stored: learn the ids again before numbering more.
@@ -282,6 +301,8 @@ class MessageWriter:
             )
             if existing is not None:
                 item.future.set_result((existing, False))
+                self.replays_found += 1
+                self._look_up_replays_until = time.monotonic() + REPLAY_LOOKUP_S
                 return []
         # Another node stored this id first, or the conversation was sealed: look at what is stored.
         await self._read_last_seq(int(doc["conversation_id"]))
@@ -328,16 +349,19 @@ class MessageWriter:
         self._ids.last_seq[conversation_id] = SEALED
         self._forget_conversation(conversation_id)
 
-    async def _answer_replays(self, batch: list[_PendingSend]) -> list[_PendingSend]:
-        """Answer retries of already stored client_ids, and duplicates inside the batch; return the rest."""
+    async def _answer_replays(self, batch: list[_PendingSend], *, look_up: bool) -> list[_PendingSend]:
+        """Answer duplicates inside the batch, and with `look_up` retries of client_ids stored already;
+        return the rest."""
         keyed = [i for i in batch if i.client_id is not None]
         if not keyed:
             return batch
-        by_author: dict[tuple[int, int], set[str]] = {}
-        for i in keyed:
-            by_author.setdefault((i.conversation_id, i.sender_id), set()).add(str(i.client_id))
-        pages = await asyncio.gather(*(self._stored_client_ids(*author, ids) for author, ids in by_author.items()))
-        found = {(d["conversation_id"], d["sender_id"], d["client_id"]): d for page in pages for d in page}
+        found: dict[tuple[int, int, str], Doc] = {}
+        if look_up:
+            by_author: dict[tuple[int, int], set[str]] = {}
+            for i in keyed:
+                by_author.setdefault((i.conversation_id, i.sender_id), set()).add(str(i.client_id))
+            pages = await asyncio.gather(*(self._stored_client_ids(*author, ids) for author, ids in by_author.items()))
+            found = {(d["conversation_id"], d["sender_id"], d["client_id"]): d for page in pages for d in page}
         rest: list[_PendingSend] = []
         first_of: dict[tuple[int, int, str], _PendingSend] = {}
         for item in batch:
