@@ -38,6 +38,19 @@ async def store_as_another_node(services, cid, seq, sender_id, content, **extra)
     )
 
 
+def record_message_queries(services, monkeypatch) -> list[dict[str, Any]]:
+    """The filters of the `find`s on messages from now on (a `find_one` is one too)."""
+    asked: list[dict[str, Any]] = []
+    find = services.store.messages.find
+
+    def recording_find(query, *args, **kwargs):
+        asked.append(query)
+        return find(query, *args, **kwargs)
+
+    monkeypatch.setattr(services.store.messages, "find", recording_find)
+    return asked
+
+
 async def test_an_id_taken_by_another_node_is_not_reused_and_ids_stay_dense(api, services):
     p = await pair(api, services)
     assert (await send_rest(api, p.cid, p.a, "one")).body["id"] == 1
@@ -163,14 +176,8 @@ async def test_retries_from_several_conversations_are_answered_each_by_an_index_
     for n, p in enumerate(pairs):
         await store_as_another_node(services, p.cid, 1, p.a.id, f"stored {n}", client_id=f"r-{n}")
         services.chat.ids.last_seq[p.cid] = 1
-    asked: list[dict[str, Any]] = []
     find = services.store.messages.find
-
-    def recording_find(query, *args, **kwargs):
-        asked.append(query)
-        return find(query, *args, **kwargs)
-
-    monkeypatch.setattr(services.store.messages, "find", recording_find)
+    asked = record_message_queries(services, monkeypatch)
     results = await asyncio.gather(
         *(send_rest(api, p.cid, p.a, f"stored {n}", client_id=f"r-{n}") for n, p in enumerate(pairs)),
         *(send_rest(api, p.cid, p.b, "fresh", client_id="new") for p in pairs),
@@ -191,14 +198,7 @@ async def test_client_ids_are_looked_up_before_inserting_only_after_a_retry_was_
     found, the client_ids of the next batches are looked up first, for a while, as retries come in
     bursts (a reconnected client resends what was never acknowledged)."""
     p = await pair(api, services)
-    asked: list[dict[str, Any]] = []
-    find = services.store.messages.find
-
-    def recording_find(query, *args, **kwargs):
-        asked.append(query)
-        return find(query, *args, **kwargs)
-
-    monkeypatch.setattr(services.store.messages, "find", recording_find)
+    asked = record_message_queries(services, monkeypatch)
     for n in range(3):
         assert (await send_rest(api, p.cid, p.a, f"m{n}", client_id=f"c-{n}")).status == 201
     assert not [q for q in asked if "client_id" in q]
