@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from services.core import background
 from services.realtime.redis_cluster import UNAVAILABLE_ERRORS, is_cluster, user_tag
 from services.realtime.scripts import evalsha_pipeline
+from services.storage.batch import Coalescer
 
 log = logging.getLogger("chat.presence")
 
@@ -274,6 +275,9 @@ class RedisPresenceStore(PresenceStore):
         # heartbeat while Redis is away at start).
         self._reclaimed = False
         self.sweeps = 0
+        # Whether users with no socket here are online, asked at one moment (the status frames of sockets
+        # joining together, the push check of every message notified), as one pipeline.
+        self._online_reads: Coalescer[int, bool] = Coalescer(self._online_many)
 
     def _online_key(self, user_id: int) -> str:
         if self._cluster:
@@ -416,9 +420,18 @@ class RedisPresenceStore(PresenceStore):
         if user_id in self.local_counts:
             return True
         try:
-            return int(await self.redis.zcount(self._online_key(user_id), self._now(), "+inf")) > 0
+            return bool(await self._online_reads.get(user_id))
         except REDIS_ERRORS:
             return False
+
+    async def _online_many(self, user_ids: list[int]) -> dict[int, bool]:
+        """Which of these users some node vouches for now (a live member in their `online` entry)."""
+        now = self._now()
+        pipe = self.redis.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.zcount(self._online_key(user_id), now, "+inf")
+        counts = await pipe.execute()
+        return {user_id: True for user_id, count in zip(user_ids, counts, strict=True) if int(count) > 0}
 
     async def _heartbeat_loop(self) -> None:
         while True:
