@@ -48,6 +48,7 @@ from handlers.errors import BadFrame, report
 from handlers.protocol import REGISTRY, ClientFrame, FrameSpec
 from services.accounts.auth import AccessGrant, TokenError
 from services.chat.presence import OpenConversation
+from services.chat.service import ConversationRead
 from services.core import errors
 from services.core.limits import TokenBucket
 from services.core.logs import redact
@@ -65,7 +66,6 @@ from services.realtime.close_codes import (
     close_label,
 )
 from services.realtime.hub import LimitExceeded, Peer
-from services.storage.store import Doc
 
 if TYPE_CHECKING:
     from services.core.container import Services
@@ -613,7 +613,7 @@ class ConversationSocket(BaseSocket):
         conversation_id: int,
         user_id: int,
         open_read: asyncio.Future[dict[int, dict[int, OpenConversation]]] | None,
-        conversation_read: asyncio.Future[dict[int, Doc]] | None,
+        conversation_read: ConversationRead | None,
         asked_at: float,
     ) -> tuple[list[int], Collection[int] | None, int] | None:
         """(the other participants, the user's open conversations if read, the conversation's stored

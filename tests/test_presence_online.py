@@ -42,6 +42,6 @@ async def test_a_user_elsewhere_is_not_taken_for_online_when_redis_does_not_answ
     client = redis.asyncio.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
     store = presence_store(client, "unreachable:", "alone")
     try:
-        assert await asyncio.gather(store.is_online(7), store.is_online(8)) == [False, False]
+        assert list(await asyncio.gather(store.is_online(7), store.is_online(8))) == [False, False]
     finally:
         await client.aclose()

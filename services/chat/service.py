@@ -51,6 +51,10 @@ class Conversation:
         return [p for p in self.participants if p != user_id]
 
 
+# A conversation's document being read (`ChatService.ask_conversation`), by conversation id.
+ConversationRead = asyncio.Future[dict[int, Doc]]
+
+
 class ChatService:
     def __init__(
         self,
@@ -95,7 +99,7 @@ class ChatService:
         # Read now, with the other conversations asked for at this moment (StoredIds.conversations).
         return self.conversation_read(await self.ids.conversations.get(conversation_id), now)
 
-    def ask_conversation(self, conversation_id: int) -> asyncio.Future[dict[int, Doc]]:
+    def ask_conversation(self, conversation_id: int) -> ConversationRead:
         """Start reading the conversation now, in the next query shared with this moment's other reads, for
         a caller that waits on something else first; `conversation_read` makes its document a Conversation."""
         return self.ids.conversations.ask((conversation_id,))
