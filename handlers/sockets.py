@@ -48,7 +48,7 @@ from handlers.errors import BadFrame, report
 from handlers.protocol import REGISTRY, ClientFrame, FrameSpec
 from services.accounts.auth import AccessGrant, TokenError
 from services.chat.presence import OpenConversation
-from services.chat.service import ConversationRead
+from services.chat.service import ConversationLookup
 from services.core import errors
 from services.core.limits import TokenBucket
 from services.core.logs import redact
@@ -536,12 +536,12 @@ class ConversationSocket(BaseSocket):
         # moment, while the account is checked (usually cached): the membership and, for a socket that
         # starts from now, the first window of the newest id. The refusals keep their order (a deleted
         # account, then a bad `after`, then a stranger or a closed conversation).
-        open_read = conversation_read = newest_probe = None
+        open_lookup = conversation_lookup = newest_probe = None
         if not bad_after:
             if presence.announces_first_socket(user_id):
-                open_read = presence.ask_open_conversations(user_id)
+                open_lookup = presence.ask_open_conversations(user_id)
             else:
-                conversation_read = chat.ask_conversation(conversation_id)
+                conversation_lookup = chat.ask_conversation(conversation_id)
             if after is None:
                 newest_probe = chat.probe_newest(conversation_id)
         asked_at = time.monotonic()
@@ -551,7 +551,7 @@ class ConversationSocket(BaseSocket):
         if bad_after:
             self.shut(CLOSE_BAD_FRAME, "`after` must be a message id")
             return
-        membership = await self._membership(conversation_id, user_id, open_read, conversation_read, asked_at)
+        membership = await self._membership(conversation_id, user_id, open_lookup, conversation_lookup, asked_at)
         if membership is None:
             self.shut(CLOSE_FORBIDDEN, "not a participant")
             return
@@ -612,8 +612,8 @@ class ConversationSocket(BaseSocket):
         self,
         conversation_id: int,
         user_id: int,
-        open_read: asyncio.Future[dict[int, dict[int, OpenConversation]]] | None,
-        conversation_read: ConversationRead | None,
+        open_lookup: asyncio.Future[dict[int, dict[int, OpenConversation]]] | None,
+        conversation_lookup: ConversationLookup | None,
         asked_at: float,
     ) -> tuple[list[int], Collection[int] | None, int] | None:
         """(the other participants, the user's open conversations if read, the conversation's stored
@@ -622,17 +622,17 @@ class ConversationSocket(BaseSocket):
         Read from the store, never a cache: an unmatch or block on another node reaches only nodes with a
         socket on the conversation, so a cached "open" could let a socket in for a while. The user's
         first socket here announces them to all their open conversations, which have to be read anyway:
-        then that one read (`open_read`: the conversations where the user takes part and which are open)
+        then that one read (`open_lookup`: the conversations where the user takes part and which are open)
         answers the membership too, with the same condition as the single conversation's
-        (`conversation_read`)."""
-        if open_read is not None:
-            open_conversations = (await open_read).get(user_id) or {}
+        (`conversation_lookup`)."""
+        if open_lookup is not None:
+            open_conversations = (await open_lookup).get(user_id) or {}
             found = open_conversations.get(conversation_id)
             if found is None:
                 return None
             return [p for p in found.participants if p != user_id], open_conversations.keys(), found.last_seq
-        assert conversation_read is not None
-        conversation = self.services.chat.conversation_read((await conversation_read).get(conversation_id), asked_at)
+        assert conversation_lookup is not None
+        conversation = self.services.chat.conversation_from((await conversation_lookup).get(conversation_id), asked_at)
         if conversation is None or not conversation.is_open or user_id not in conversation.participants:
             return None
         return conversation.others(user_id), None, conversation.last_seq

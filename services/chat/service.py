@@ -52,7 +52,7 @@ class Conversation:
 
 
 # A conversation's document being read (`ChatService.ask_conversation`), by conversation id.
-ConversationRead = asyncio.Future[dict[int, Doc]]
+ConversationLookup = asyncio.Future[dict[int, Doc]]
 
 
 class ChatService:
@@ -97,14 +97,14 @@ class ChatService:
         if cached is not None and cached[0] > now and not fresh:
             return cached[1]
         # Read now, with the other conversations asked for at this moment (StoredIds.conversations).
-        return self.conversation_read(await self.ids.conversations.get(conversation_id), now)
+        return self.conversation_from(await self.ids.conversations.get(conversation_id), now)
 
-    def ask_conversation(self, conversation_id: int) -> ConversationRead:
+    def ask_conversation(self, conversation_id: int) -> ConversationLookup:
         """Start reading the conversation now, in the next query shared with this moment's other reads, for
-        a caller that waits on something else first; `conversation_read` makes its document a Conversation."""
+        a caller that waits on something else first; `conversation_from` makes its document a Conversation."""
         return self.ids.conversations.ask((conversation_id,))
 
-    def conversation_read(self, doc: Doc | None, asked_at: float) -> Conversation | None:
+    def conversation_from(self, doc: Doc | None, asked_at: float) -> Conversation | None:
         """The conversation of a document read from the store by a query sent after `asked_at` (a
         `time.monotonic()`), kept for `conversation`'s cache, which counts its age from then."""
         if doc is None:
