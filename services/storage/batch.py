@@ -5,7 +5,8 @@ conversations, its conversation's newest message id, the other participant's sta
 alone is a point lookup, and each round trip through the async driver costs the node about as much CPU
 as a bare relay spends on a whole connect. A `Coalescer` collects the keys its callers ask for until the
 loop comes back to it, sends them as one query (`fetch(keys) -> {key: value}`, typically one `$in`),
-and answers every caller from that one answer.
+and answers every caller from that one answer. Nothing in it is specific to MongoDB: Redis presence
+sends the questions of one moment as one pipeline through it (services/realtime/presence.py).
 
 At most one round of queries per coalescer is in flight: keys asked for meanwhile wait for the next one,
 so under load the rounds grow instead of queueing in the driver's pool, and when nothing else is waiting a
