@@ -60,7 +60,14 @@ class PresenceAnnouncer:
     The listener of the presence store: it never raises because the store is away, it logs instead."""
 
     def __init__(
-        self, presence: PresenceStore, store: Store, chat: ChatService, events: Publisher, users: UserService
+        self,
+        presence: PresenceStore,
+        store: Store,
+        chat: ChatService,
+        events: Publisher,
+        users: UserService,
+        *,
+        last_seen_delay_s: float = 0.0,
     ) -> None:
         self._presence = presence
         self._store = store
@@ -73,6 +80,14 @@ class PresenceAnnouncer:
         # last_seen of the users who went offline at one moment (a storm of reconnects), as one write.
         self._last_seen: dict[int, dt.datetime] = {}
         self._last_seen_writes: Coalescer[int, None] = Coalescer(self._write_last_seen)
+        # Users gone offline whose last_seen waits `last_seen_delay_s` before it is written: one who is
+        # back online by then needs none, since going offline again writes a later one. A reconnect
+        # storm's clients drop and come back within the moment, and each of their last_seen writes
+        # took the store's time from the reads their reconnects waited for.
+        self.last_seen_delay_s = last_seen_delay_s
+        self._last_seen_due: set[int] = set()
+        self._last_seen_timer: asyncio.TimerHandle | None = None
+        self._last_seen_flushes: set[asyncio.Task[None]] = set()
         self._announce_failures = FoldedWarning(log, "could not announce presence of user %s: store unavailable")
         # This node's sockets, told of users gone offline (`deliver_gone`); set by the container.
         self.connections: Connections | None = None
@@ -87,10 +102,53 @@ class PresenceAnnouncer:
             await self._announce(transition)
             return
         self._last_seen[transition.user_id] = transition.at
-        # Recorded beside the announcement, not before it: the last_seen of thousands of users going
-        # offline together (a node handing its users over at its SIGTERM) took the store seconds to write,
-        # and the announcements that waited for it were cut short when the node stopped waiting.
-        await asyncio.gather(self._last_seen_writes.get(transition.user_id), self._announce(transition))
+        # Recorded after a delay, not before the announcement: the last_seen of thousands of users going
+        # offline together took the store seconds to write, and announcements that waited for it were
+        # cut short when a stopping node stopped waiting.
+        self._last_seen_later(transition.user_id)
+        await self._announce(transition)
+
+    def _last_seen_later(self, user_id: int) -> None:
+        self._last_seen_due.add(user_id)
+        if self._last_seen_timer is None:
+            loop = asyncio.get_running_loop()
+            self._last_seen_timer = loop.call_later(self.last_seen_delay_s, self._last_seen_due_now)
+
+    def _last_seen_due_now(self) -> None:
+        self._last_seen_timer = None
+        due, self._last_seen_due = self._last_seen_due, set()
+        task = asyncio.get_running_loop().create_task(self._write_due_last_seen(due, only_offline=True))
+        self._last_seen_flushes.add(task)
+        task.add_done_callback(self._last_seen_flushes.discard)
+
+    async def _write_due_last_seen(self, users: set[int], *, only_offline: bool) -> None:
+        """Write the last_seen of these users (of those offline now, with `only_offline`)."""
+        if only_offline:
+            back = await self._presence.online_among(users)
+            for user_id in back:
+                self._last_seen.pop(user_id, None)  # online: nothing shows it, and the next offline replaces it
+            users = users - back
+        if users:
+            await self._last_seen_writes.get_many(list(users))
+
+    async def flush_last_seen(self) -> None:
+        """Write every last_seen still waiting for its delay now, and wait for those being written: a
+        stopping node's last word."""
+        if self._last_seen_timer is not None:
+            self._last_seen_timer.cancel()
+            self._last_seen_timer = None
+        due, self._last_seen_due = self._last_seen_due, set()
+        await asyncio.gather(
+            self._write_due_last_seen(due, only_offline=False), *self._last_seen_flushes, return_exceptions=True
+        )
+
+    def shown_last_seen(self, user_id: int, stored: dt.datetime | None) -> dt.datetime | None:
+        """An offline user's last_seen as shown: the later of the stored one and one this node has not
+        written yet (waiting for its delay, or on its way to the store)."""
+        pending = self._last_seen.get(user_id)
+        if pending is not None and (stored is None or pending > stored):
+            return pending
+        return stored
 
     async def on_gone(self, gone: list[tuple[int, int]], at: dt.datetime) -> None:
         """Users handed over by this node as it stops, or swept with a dead node: their last_seen in one
@@ -141,7 +199,8 @@ class PresenceAnnouncer:
         (one line per user flooded the log when the store timed out under a reconnect storm). Each value
         stays in `_last_seen` until written (`current_frame` reads it), unless a later one replaced it."""
         leaving = {u: self._last_seen[u] for u in user_ids if u in self._last_seen}
-        writes = [UpdateOne({"_id": u}, {"$set": {"last_seen": at}}) for u, at in leaving.items()]
+        # `$max`: a write delayed behind a later visit's (another node's) must not take last_seen back.
+        writes = [UpdateOne({"_id": u}, {"$max": {"last_seen": at}}) for u, at in leaving.items()]
         try:
             if writes:
                 await self._store.users.bulk_write(writes, ordered=False)
@@ -157,7 +216,7 @@ class PresenceAnnouncer:
         """Record when the users of a stopping single node were seen (their sockets are closed already:
         nobody is left to tell)."""
         try:
-            await self._store.users.update_many({"_id": {"$in": list(user_ids)}}, {"$set": {"last_seen": at}})
+            await self._store.users.update_many({"_id": {"$in": list(user_ids)}}, {"$max": {"last_seen": at}})
         except STORE_DOWN_ERRORS:
             log.warning("could not record last_seen of %d users at shutdown", len(user_ids))
 
@@ -210,10 +269,7 @@ class PresenceAnnouncer:
             if doc is None:
                 raise NotFound("User not found")
             user = self._users.remember_summary(doc)
-            at = doc.get("last_seen")
-            leaving = self._last_seen.get(user_id)
-            if leaving is not None and (at is None or leaving > at):
-                at = leaving
+            at = self.shown_last_seen(user_id, doc.get("last_seen"))
         return status_frame(user_id, user["username"], online, at)
 
     async def profile_view(self, viewer_id: int, doc: Doc) -> dict[str, Any]:
@@ -226,7 +282,8 @@ class PresenceAnnouncer:
             if shared is None:
                 return {}
         online = await self._presence.is_online(user_id)
-        return {"status": "online" if online else "offline", "last_seen": None if online else iso(doc.get("last_seen"))}
+        last_seen = None if online else iso(self.shown_last_seen(user_id, doc.get("last_seen")))
+        return {"status": "online" if online else "offline", "last_seen": last_seen}
 
 
 class PresenceService:
@@ -241,8 +298,10 @@ class PresenceService:
         await self.store.start()
 
     async def close(self) -> None:
-        """Hand this node's users over: offline for whoever has no socket left anywhere."""
+        """Hand this node's users over: offline for whoever has no socket left anywhere; and write the
+        last_seen of those who left earlier and still wait for their delay."""
         await self.store.close()
+        await self.announcer.flush_last_seen()
 
     async def connected(self, user_id: int, open_conversations: Collection[int] | None = None) -> None:
         """A socket of the user opened here. `open_conversations`, when the caller has just read them

@@ -168,6 +168,11 @@ class Settings:
     hole_timeout_s: float = _knob(
         3.0, "HOLE_TIMEOUT", "Seconds a missing message id may stay missing before readers skip it as a hole"
     )
+    last_seen_delay_s: float = _knob(
+        2.0,
+        "LAST_SEEN_DELAY",
+        "Seconds before an offline user's last_seen is written; one back online by then needs none (a reconnect)",
+    )
     metadata_interval_s: float = _knob(
         1.0,
         "METADATA_INTERVAL",

@@ -429,7 +429,9 @@ async def build_services(settings: Settings, mongodb_url: str) -> Services:
     metrics = Metrics()
     connections.metrics = metrics
     chat.on_message_stored.append(lambda _conversation, _sender: metrics.messages_stored.inc())
-    announcer = PresenceAnnouncer(backends.presence, store, chat, events, users)
+    announcer = PresenceAnnouncer(
+        backends.presence, store, chat, events, users, last_seen_delay_s=settings.last_seen_delay_s
+    )
     backends.presence.listener = announcer
     announcer.connections = connections
     connections.on_presence_gone.append(announcer.deliver_gone)

@@ -150,6 +150,10 @@ class PresenceStore:
     async def is_online(self, user_id: int) -> bool:
         return user_id in self.local_counts
 
+    async def online_among(self, user_ids: Collection[int]) -> set[int]:
+        """Those of these users who are online."""
+        return {user_id for user_id in user_ids if user_id in self.local_counts}
+
     def online_since(self, user_id: int) -> dt.datetime | None:
         """When the user came online, as far as this node knows; None when it does not know."""
         return self._online_since.get(user_id)
@@ -423,6 +427,16 @@ class RedisPresenceStore(PresenceStore):
             return bool(await self._online_reads.get(user_id))
         except REDIS_ERRORS:
             return False
+
+    async def online_among(self, user_ids: Collection[int]) -> set[int]:
+        here = {user_id for user_id in user_ids if user_id in self.local_counts}
+        elsewhere = [user_id for user_id in user_ids if user_id not in here]
+        if not elsewhere:
+            return here
+        try:
+            return here | set(await self._online_reads.get_many(elsewhere))
+        except REDIS_ERRORS:
+            return here
 
     async def _online_many(self, user_ids: list[int]) -> dict[int, bool]:
         """Which of these users some node vouches for now (a live member in their `online` entry)."""
