@@ -970,55 +970,74 @@ async function refreshPresence() {
   if (state.chat) state.chat.renderHeader();
 }
 
+// Each conversation's list item, kept across renders: the list is rendered again at every status frame,
+// message and notification, and a button replaced between a press and its release takes no click.
+const matchItems = new Map();
+
+/** The list item of this conversation, showing `shown` (a button built anew) without replacing what is the same. */
+function matchItem(conversationId, shown) {
+  let item = matchItems.get(conversationId);
+  if (!item) {
+    item = h("li", {}, h("button", { type: "button", onclick: () => openChat(conversationId) }));
+    matchItems.set(conversationId, item);
+  }
+  const button = item.firstChild;
+  if (!button.isEqualNode(shown)) {
+    for (const name of button.getAttributeNames()) if (!shown.hasAttribute(name)) button.removeAttribute(name);
+    for (const name of shown.getAttributeNames()) button.setAttribute(name, shown.getAttribute(name));
+    button.replaceChildren(...shown.childNodes);
+  }
+  return item;
+}
+
 function renderMatches() {
   const entries = [...state.matches.values()].sort((a, b) => String(b.updatedAt).localeCompare(String(a.updatedAt)));
   const list = $("#match-list");
-  list.replaceChildren(
-    ...entries.map((entry) => {
-      const user = person(entry.user.id);
-      const status = user.status || "unknown";
-      const last = entry.lastMessage;
-      const preview = last ? previewOf(last) : "New match: say hi!";
-      const muted = isMuted(entry.conversationId);
-      const unread = entry.unread > 0 ? h("span", { class: "badge", "aria-hidden": "true" }, String(entry.unread)) : null;
-      // Said after the name, not in place of what the button shows (its name has to contain its text).
-      const states = [
-        status === "online" ? "online" : null,
-        muted ? "muted" : null,
-        entry.unread ? `${entry.unread} unread` : null,
-      ].filter(Boolean);
-      const spoken = states.length ? `, ${states.join(", ")}` : "";
-      const open = state.chat && state.chat.id === entry.conversationId;
-      return h(
-        "li",
-        {},
+  for (const id of [...matchItems.keys()]) if (!state.matches.has(id)) matchItems.delete(id);
+  const items = entries.map((entry) => {
+    const user = person(entry.user.id);
+    const status = user.status || "unknown";
+    const last = entry.lastMessage;
+    const preview = last ? previewOf(last) : "New match: say hi!";
+    const muted = isMuted(entry.conversationId);
+    const unread = entry.unread > 0 ? h("span", { class: "badge", "aria-hidden": "true" }, String(entry.unread)) : null;
+    // Said after the name, not in place of what the button shows (its name has to contain its text).
+    const states = [
+      status === "online" ? "online" : null,
+      muted ? "muted" : null,
+      entry.unread ? `${entry.unread} unread` : null,
+    ].filter(Boolean);
+    const spoken = states.length ? `, ${states.join(", ")}` : "";
+    const open = state.chat && state.chat.id === entry.conversationId;
+    return matchItem(
+      entry.conversationId,
+      h(
+        "button",
+        {
+          type: "button",
+          class: `match${entry.unread ? " has-unread" : ""}`,
+          "aria-current": open ? "true" : null,
+          dataset: { conversationId: entry.conversationId, userId: user.id, status, muted: String(muted) },
+        },
+        h("span", { class: "avatar-wrap" }, avatar(user, "md"), h("span", { class: "presence-dot", dataset: { status } })),
         h(
-          "button",
-          {
-            type: "button",
-            class: `match${entry.unread ? " has-unread" : ""}`,
-            "aria-current": open ? "true" : null,
-            dataset: { conversationId: entry.conversationId, userId: user.id, status, muted: String(muted) },
-            onclick: () => openChat(entry.conversationId),
-          },
-          h("span", { class: "avatar-wrap" }, avatar(user, "md"), h("span", { class: "presence-dot", dataset: { status } })),
+          "span",
+          { class: "match-text" },
           h(
             "span",
-            { class: "match-text" },
-            h(
-              "span",
-              { class: "match-name" },
-              h("span", { class: "match-name-text" }, nameOf(user)),
-              spoken ? h("span", { class: "visually-hidden" }, spoken) : null,
-              muted ? mutedIcon() : null,
-            ),
-            h("span", { class: "match-preview" }, preview),
+            { class: "match-name" },
+            h("span", { class: "match-name-text" }, nameOf(user)),
+            spoken ? h("span", { class: "visually-hidden" }, spoken) : null,
+            muted ? mutedIcon() : null,
           ),
-          h("span", { class: "match-meta" }, h("span", { class: "match-time" }, shortTime(last ? last.created_at : entry.updatedAt)), unread),
+          h("span", { class: "match-preview" }, preview),
         ),
-      );
-    }),
-  );
+        h("span", { class: "match-meta" }, h("span", { class: "match-time" }, shortTime(last ? last.created_at : entry.updatedAt)), unread),
+      ),
+    );
+  });
+  const current = [...list.children];
+  if (current.length !== items.length || current.some((item, i) => item !== items[i])) list.replaceChildren(...items);
   $("#match-empty").hidden = entries.length > 0;
   const unread = entries.reduce((sum, e) => sum + e.unread, 0);
   document.title = `${unread ? `(${unread}) ` : ""}Spark · Chat & Matching demo`;
