@@ -421,12 +421,7 @@ class RedisPresenceStore(PresenceStore):
             await self._report(user_id, online=False, version=int(version))
 
     async def is_online(self, user_id: int) -> bool:
-        if user_id in self.local_counts:
-            return True
-        try:
-            return bool(await self._online_reads.get(user_id))
-        except REDIS_ERRORS:
-            return False
+        return user_id in await self.online_among((user_id,))
 
     async def online_among(self, user_ids: Collection[int]) -> set[int]:
         here = {user_id for user_id in user_ids if user_id in self.local_counts}
