@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import redis.exceptions
 
@@ -13,9 +14,9 @@ from tests.ws_helpers import wait_for
 FAST = {"presence_ttl_s": 3.0, "heartbeat_interval_s": 0.5}
 
 
-async def alice_watching_bob(cluster_factory):
+async def alice_watching_bob(cluster_factory, **settings):
     """Two nodes; Alice and Bob share a conversation; Alice's socket on it (node 1) watches Bob."""
-    n1, n2 = await cluster_factory(2, **FAST)
+    n1, n2 = await cluster_factory(2, **{**FAST, **settings})
     a = await n1.api.user("alice")
     b = await n1.api.user("bob")
     cid = await make_conversation(n1.services, a.id, b.id)
@@ -250,8 +251,8 @@ async def test_a_last_socket_closed_while_redis_refused_is_withdrawn_at_the_next
 async def test_a_stopping_node_hands_presence_over_while_its_sockets_are_still_closing(cluster_factory):
     """Closing a node's sockets waits up to 2 s for the clients' answers; the users' offline announcements
     need not wait for that. Run one after the other they held a 3,000-socket node's stop for seconds, and
-    its clients came back a backoff step later."""
-    _n1, n2, _a, b, cid, watcher = await alice_watching_bob(cluster_factory)
+    its clients came back a backoff step later. (Without a grace: the users are offline at the stop.)"""
+    _n1, n2, _a, b, cid, watcher = await alice_watching_bob(cluster_factory, presence_hand_over_grace_s=0)
     await watcher.recv_type("status")
     b_socket = await ws_connect(n2.api, f"/ws/conversations/{cid}/?token={b.access}")
     assert (await watcher.recv_type("status"))["status"] == "online"
@@ -277,8 +278,9 @@ async def test_a_stopping_node_hands_presence_over_while_its_sockets_are_still_c
 async def test_users_handed_over_by_a_stopping_node_are_announced_by_the_nodes_that_watch_them(cluster_factory):
     """A stopping node withdraws its users from Redis and tells every node at once; each node announces
     them offline to its own sockets watching them, in the name those sockets were shown. The stopping node
-    reads no user's conversations for it: that read, per 64 users, outlasted a busy store's answer."""
-    n1, n2 = await cluster_factory(2, **FAST)
+    reads no user's conversations for it: that read, per 64 users, outlasted a busy store's answer.
+    (Without a grace: the users are offline at the stop.)"""
+    n1, n2 = await cluster_factory(2, **FAST, presence_hand_over_grace_s=0)
     alice = await n1.api.user("alice")
     others = [await n1.api.user(f"friend{i}") for i in range(4)]
     watchers = {}
@@ -302,6 +304,39 @@ async def test_users_handed_over_by_a_stopping_node_are_announced_by_the_nodes_t
         async for d in n1.services.store.users.find({"_id": {"$in": [o.id for o in others]}})
     }
     assert all(seen[o.id] is not None for o in others)
+
+
+async def test_users_back_within_the_grace_of_a_stopped_node_never_go_offline(cluster_factory):
+    """A node's stop leaves its users the grace to reconnect. Alice watches Bob and Carol from node 1; both
+    are on node 2, which stops. Bob comes back on node 1 at once: Alice sees nothing of him. Carol does not
+    come back: Alice sees her offline once the grace is over, as of the stop."""
+    n1, n2 = await cluster_factory(2, **FAST, presence_hand_over_grace_s=1.0)
+    alice, bob, carol = [await n1.api.user(name) for name in ("alice", "bob", "carol")]
+    cid_bob = await make_conversation(n1.services, alice.id, bob.id)
+    cid_carol = await make_conversation(n1.services, alice.id, carol.id)
+    watch_bob = await ws_connect(n1.api, f"/ws/conversations/{cid_bob}/?token={alice.access}")
+    watch_carol = await ws_connect(n1.api, f"/ws/conversations/{cid_carol}/?token={alice.access}")
+    for watcher in (watch_bob, watch_carol):
+        assert (await watcher.recv_type("status"))["status"] == "offline"
+    bob_socket = await ws_connect(n2.api, f"/ws/conversations/{cid_bob}/?token={bob.access}")
+    assert (await watch_bob.recv_type("status"))["status"] == "online"
+    await ws_connect(n2.api, f"/ws/notifications/?token={carol.access}")
+    assert (await watch_carol.recv_type("status"))["status"] == "online"
+
+    n2.server.stop()
+    stopping = asyncio.create_task(n2.services.close())
+    stopped = dt.datetime.now(dt.UTC)
+    assert (await bob_socket.closed())[0] == 1001
+    bob_back = await ws_connect(n1.api, f"/ws/conversations/{cid_bob}/?token={bob.access}")
+    assert (await bob_back.recv_type("status"))["status"] == "online"  # Alice, from his side
+    await asyncio.wait_for(stopping, 10)
+
+    offline = await watch_carol.recv_type("status", timeout=4)
+    assert (offline["user_id"], offline["status"]) == (carol.id, "offline")
+    assert abs(dt.datetime.fromisoformat(offline["timestamp"]) - stopped) < dt.timedelta(seconds=0.5)
+    assert [f for f in await watch_bob.silent(0.6) if f["type"] == "status"] == []
+    assert await n1.services.presence.store.is_online(bob.id)
+    assert not await n1.services.presence.store.is_online(carol.id)
 
 
 async def test_an_offline_news_older_than_what_a_node_passed_on_is_dropped(cluster_factory):

@@ -96,3 +96,119 @@ async def test_a_stopping_node_ends_its_heartbeat_even_when_a_cancellation_is_sw
         assert store._loop is None
     finally:
         await client.aclose()
+
+
+class Recorder:
+    """Every report a store makes, in order."""
+
+    def __init__(self) -> None:
+        self.transitions: list[Transition] = []
+        self.gone: list[tuple[list[int], Any]] = []
+
+    async def on_transition(self, transition: Transition) -> None:
+        self.transitions.append(transition)
+
+    async def on_gone(self, gone: list[tuple[int, int]], at: Any) -> None:
+        self.gone.append(([user for user, _ in gone], at))
+
+    async def on_node_stopped(self, user_ids: Any, at: Any) -> None:
+        raise AssertionError("a shared presence store hands users over instead")
+
+
+async def test_a_node_stopping_with_a_grace_leaves_its_users_online_and_only_those_not_back_go_offline(
+    redis_server: Any,
+) -> None:
+    """A rolling restart: the node stops, its clients reconnect to it restarted under the same NODE_ID.
+    Those back within the grace were never offline for anyone; the rest are reported offline by the sweep
+    that ends the grace, as of the stop, and no catch-up is asked for a node that stopped in good order."""
+    prefix = f"g{uuid.uuid4().hex[:8]}:"
+    client = redis.asyncio.from_url(redis_server.url)
+    grace = 1.0
+
+    def node(name: str) -> RedisPresenceStore:
+        return RedisPresenceStore(
+            client, node_id=name, prefix=prefix, ttl_s=30, heartbeat_s=10, hand_over_grace_s=grace
+        )
+
+    leaving, staying = node("restarted"), node("staying")
+    recorder = Recorder()
+    leaving.listener = staying.listener = recorder
+    caught_up: list[str] = []
+
+    async def catch_up(incarnation: str) -> None:
+        caught_up.append(incarnation)
+
+    staying.on_node_swept = catch_up
+    users = list(range(1, 1101))  # more than one pipeline (SWEEP_BATCH) when the grace ends
+    back, not_back = users[:600], users[600:]
+    successor = node("restarted")
+    try:
+        await staying.start()
+        await leaving.start()
+        for user in users:
+            await leaving.connected(user)
+        reports_before = len(recorder.transitions)
+        stopped = time.time()
+        await leaving.close()
+        assert recorder.transitions[reports_before:] == [] and recorder.gone == []
+        assert await staying.online_among(users) == set(users)
+
+        successor.listener = recorder
+        await successor.start()  # does not reclaim users who have the grace to come back to it
+        for user in back:
+            await successor.connected(user)
+        assert recorder.transitions[reports_before:] == [] and recorder.gone == []
+        await staying._sweep_dead_nodes()  # within the grace: nothing to sweep
+        assert recorder.gone == [] and await staying.online_among(users) == set(users)
+
+        await asyncio.sleep(grace + 0.1)
+        await staying._sweep_dead_nodes()
+        assert len(recorder.gone) == 1
+        gone_users, at = recorder.gone[0]
+        assert sorted(gone_users) == not_back
+        assert abs(at.timestamp() - stopped) < 0.5  # as of the stop, not of the sweep
+        assert recorder.transitions[reports_before:] == []
+        assert caught_up == []
+        assert await staying.online_among(users) == set(back)
+        assert await client.hget(f"{prefix}nodes", leaving.incarnation) is None
+        assert await client.hget(f"{prefix}handed-over", leaving.incarnation) is None
+        assert not await client.exists(f"{prefix}node-users:{leaving.incarnation}")
+    finally:
+        await successor.close()
+        await staying.close()
+        await client.aclose()
+
+
+async def test_a_restarted_node_reclaims_a_stopped_incarnation_whose_grace_is_over(redis_server: Any) -> None:
+    """A node stopped in good order and came back only after its grace: its start reports offline those of
+    its users nobody swept meanwhile (no other node ran), as of the stop."""
+    prefix = f"g{uuid.uuid4().hex[:8]}:"
+    client = redis.asyncio.from_url(redis_server.url)
+    store = RedisPresenceStore(client, node_id="alone", prefix=prefix, ttl_s=30, heartbeat_s=10, hand_over_grace_s=0.3)
+    recorder = Recorder()
+    store.listener = recorder
+    successor = RedisPresenceStore(
+        client, node_id="alone", prefix=prefix, ttl_s=30, heartbeat_s=10, hand_over_grace_s=0.3
+    )
+    successor.listener = recorder
+    try:
+        await store.start()
+        await store.connected(7)
+        stopped = time.time()
+        await store.close()
+        await asyncio.sleep(0.4)
+        await successor.start()
+        assert [users for users, _ in recorder.gone] == [[7]]
+        assert abs(recorder.gone[0][1].timestamp() - stopped) < 0.3
+        assert await successor.online_among([7]) == set()
+    finally:
+        await successor.close()
+        await client.aclose()
+
+
+def test_the_grace_never_outlasts_the_entries_it_keeps_alive() -> None:
+    """Users' entries are renewed up to PRESENCE_TTL ahead at each heartbeat: a longer grace would let some
+    lapse (offline with nobody told) before the sweep that ends it."""
+    client = redis.asyncio.Redis()  # connects at its first command, which this test never sends
+    store = RedisPresenceStore(client, node_id="n", prefix="p:", ttl_s=3, heartbeat_s=0.5, hand_over_grace_s=10)
+    assert store.hand_over_grace_s == 2.5

@@ -83,6 +83,12 @@ class Settings:
     heartbeat_interval_s: float = _knob(
         10.0, "HEARTBEAT_INTERVAL", "Seconds between a node's presence heartbeats and dead-node sweeps"
     )
+    presence_hand_over_grace_s: float = _knob(
+        10.0,
+        "PRESENCE_HAND_OVER_GRACE",
+        "Seconds a stopping node's users stay online for their clients to reconnect (0: offline at once; "
+        "at most PRESENCE_TTL - HEARTBEAT_INTERVAL)",
+    )
     node_id: str = _knob("", "NODE_ID", "Name of this node in presence keys and logs; empty picks host:port:pid")
     jwt_secret: str = _knob(
         "", "JWT_SECRET", "HMAC key for tokens; empty in development generates one kept in DATA_DIR/jwt_secret"

@@ -93,6 +93,7 @@ async def build_backends(settings: Settings) -> Backends:
         prefix=settings.redis_prefix,
         ttl_s=settings.presence_ttl_s,
         heartbeat_s=settings.heartbeat_interval_s,
+        hand_over_grace_s=settings.presence_hand_over_grace_s,
     )
     return Backends(
         bus=bus,

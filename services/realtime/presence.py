@@ -11,7 +11,9 @@ would otherwise renew its name's heartbeat before anyone noticed the silence, an
 process would never be swept. At start a node reclaims the entries every earlier incarnation of its
 NODE_ID left behind (NODE_IDs are unique per running node): those users go offline at once, unless they
 hold a socket elsewhere. An incarnation that nobody reclaims (its node renamed, or Redis away while it
-started) is swept like any silent node once its heartbeat expires.
+started) is swept like any silent node once its heartbeat expires. An incarnation that stopped in good
+order, leaving its users a grace to reconnect (`RedisPresenceStore.close`), is not reclaimed before the
+grace ends: most of its users are coming back to its successor.
 
 A store decides transitions (a user's first socket anywhere opened, their last one anywhere closed) and
 reports each one, with its version, to its `listener`. What a transition means to other people (a
@@ -258,7 +260,9 @@ def node_of(incarnation: str) -> str:
 class RedisPresenceStore(PresenceStore):
     """Presence shared by all nodes through Redis, with TTL heartbeats and a sweep for dead nodes."""
 
-    def __init__(self, redis: Any, *, node_id: str, prefix: str, ttl_s: float, heartbeat_s: float) -> None:
+    def __init__(
+        self, redis: Any, *, node_id: str, prefix: str, ttl_s: float, heartbeat_s: float, hand_over_grace_s: float = 0.0
+    ) -> None:
         super().__init__()
         self.redis = redis
         self.node_id = node_id
@@ -282,6 +286,9 @@ class RedisPresenceStore(PresenceStore):
         # Whether users with no socket here are online, asked at one moment (the status frames of sockets
         # joining together, the push check of every message notified), as one pipeline.
         self._online_reads: Coalescer[int, bool] = Coalescer(self._online_many)
+        # How long a stopping node leaves its users online for them to reconnect (see `close`). At most what
+        # their entries outlive the last heartbeat, or some would lapse before the sweep that ends the grace.
+        self.hand_over_grace_s = max(0.0, min(hand_over_grace_s, ttl_s - heartbeat_s))
 
     def _online_key(self, user_id: int) -> str:
         if self._cluster:
@@ -304,7 +311,13 @@ class RedisPresenceStore(PresenceStore):
         return int(version)
 
     async def _withdraw(
-        self, node: str, users_key: str, user_ids: list[int], now: float, reports_within_s: float | None = None
+        self,
+        node: str,
+        users_key: str,
+        user_ids: list[int],
+        now: float,
+        reports_within_s: float | None = None,
+        at: dt.datetime | None = None,
     ) -> None:
         """`_run_disconnect` for many users of one node (an incarnation), in pipelines, then every offline
         report at once: a node restarted with 13,000 users took 144 s to sweep them one round trip at a
@@ -312,7 +325,8 @@ class RedisPresenceStore(PresenceStore):
         user's open conversations to announce them there, and a 3,000-user hand-over still took 3 s and
         more on a busy store (cut short at HAND_OVER_REPORTS_S); now the listener is told of them all at
         once (`on_gone`), and every node announces them to its own sockets that watch them.
-        `reports_within_s`: stop waiting for the reports after that long (a node stopping)."""
+        `reports_within_s`: stop waiting for the reports after that long (a node stopping). `at`: when
+        they went offline, if not now (the stop of a node whose grace just ended)."""
         offline: list[tuple[int, int]] = []
         for start in range(0, len(user_ids), SWEEP_BATCH):
             batch = user_ids[start : start + SWEEP_BATCH]
@@ -329,7 +343,7 @@ class RedisPresenceStore(PresenceStore):
             offline.extend((u, int(v)) for u, v in zip(batch, versions, strict=True) if int(v))
         if not offline:
             return
-        at = dt.datetime.now(dt.UTC)
+        at = at or dt.datetime.now(dt.UTC)
         for user_id, _ in offline:
             self._online_since.pop(user_id, None)
         try:
@@ -369,6 +383,11 @@ class RedisPresenceStore(PresenceStore):
     def _nodes_key(self) -> str:
         return f"{self.prefix}nodes"
 
+    @property
+    def _handed_over_key(self) -> str:
+        """Incarnations that stopped leaving their users online for the grace -> when they stopped."""
+        return f"{self.prefix}handed-over"
+
     async def start(self) -> None:
         if self._loop is None:
             with contextlib.suppress(*REDIS_ERRORS):
@@ -377,13 +396,25 @@ class RedisPresenceStore(PresenceStore):
             self._loop = asyncio.get_running_loop().create_task(self._heartbeat_loop(), name="presence-heartbeat")
 
     async def close(self) -> None:
-        """Hand over: withdraw this node's entries, announcing offline only users with no socket elsewhere."""
+        """Hand over this node's users.
+
+        With a grace (`hand_over_grace_s`), the node leaves its users online and says when it stopped:
+        its sockets were closed with 1001 and their clients reconnect within seconds, so a user back on
+        any node by the end of the grace was never offline for anyone (no offline news, no online news,
+        no last_seen write), and the node exits without waiting for Redis or the store. Once the grace
+        ends, the node's entry in `nodes` has expired and the next sweep (any node's) reports offline
+        those who did not come back, as of the stop. Without a grace, or if Redis does not take the
+        note, the node withdraws its entries now, announcing offline only users with no socket elsewhere."""
         self.closed = True
         if self._loop is not None:
             await background.stop(self._loop, "presence heartbeat")
             self._loop = None
         users = list(self.local_counts)
         self.local_counts.clear()
+        if users and self.hand_over_grace_s > 0:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._leave_users_for_the_grace()
+                return
         with contextlib.suppress(*REDIS_ERRORS):
             await self._withdraw(
                 self.incarnation, self._node_users_key, users, self._now(), reports_within_s=HAND_OVER_REPORTS_S
@@ -391,6 +422,14 @@ class RedisPresenceStore(PresenceStore):
         with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.hdel(self._nodes_key, self.incarnation)
             await self.redis.delete(self._node_users_key)
+
+    async def _leave_users_for_the_grace(self) -> None:
+        """Note when this node stopped, then shorten its heartbeat to the grace: in that order, a sweep
+        that finds the node expired always finds the note (and no catch-up is owed for a node that
+        stored and published all it had before it stopped)."""
+        now = self._now()
+        await self.redis.hset(self._handed_over_key, self.incarnation, now)
+        await self.redis.hset(self._nodes_key, self.incarnation, now + self.hand_over_grace_s)
 
     def _now(self) -> float:
         return time.time()
@@ -480,11 +519,14 @@ class RedisPresenceStore(PresenceStore):
         no process of theirs is left (a NODE_ID names one running node)."""
         now = self._now()
         nodes = await self.redis.hgetall(self._nodes_key)
+        handed_over = await self._handed_over() if nodes else {}
         for raw_node, raw_until in nodes.items():
             node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
             if node == self.incarnation or node_of(node) != self.node_id:
                 continue
-            swept = await self._sweep_node(node, now)
+            if node in handed_over and float(raw_until) > now:
+                continue  # stopped in good order: its users have the grace to come back (here, mostly)
+            swept = await self._sweep_node(node, now, stopped_at=handed_over.get(node))
             if swept is not None:
                 log.warning(
                     "node %s restarted: reclaimed the %d users of its previous run %s%s",
@@ -498,29 +540,49 @@ class RedisPresenceStore(PresenceStore):
         self._reclaimed = True
 
     async def _sweep_dead_nodes(self) -> None:
-        """Report offline the users of nodes whose heartbeat stopped; one surviving node sweeps each."""
+        """Report offline the users of nodes whose heartbeat stopped, and of nodes that stopped in good
+        order once their grace ended; one surviving node sweeps each."""
         now = self._now()
         nodes = await self.redis.hgetall(self._nodes_key)
+        expired: list[str] = []
         for raw_node, raw_until in nodes.items():
             node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
-            if node == self.incarnation or float(raw_until) > now:
+            if node != self.incarnation and float(raw_until) <= now:
+                expired.append(node)
+        if not expired:
+            return
+        handed_over = await self._handed_over()
+        for node in expired:
+            stopped_at = handed_over.get(node)
+            swept = await self._sweep_node(node, now, stopped_at=stopped_at)
+            if swept is None:
                 continue
-            swept = await self._sweep_node(node, now)
-            if swept is not None:
-                log.warning("node %s stopped heartbeating; swept its %d users", node, swept)
-                if self.on_node_swept is not None:
-                    await self.on_node_swept(node)
+            if stopped_at is not None:
+                log.info("node %s stopped %.0fs ago: its grace is over for %d users", node, now - stopped_at, swept)
+                continue  # it stored and published everything before it stopped: nothing to catch up
+            log.warning("node %s stopped heartbeating; swept its %d users", node, swept)
+            if self.on_node_swept is not None:
+                await self.on_node_swept(node)
 
-    async def _sweep_node(self, node: str, now: float) -> int | None:
+    async def _handed_over(self) -> dict[str, float]:
+        """Incarnations that stopped leaving their users the grace, with when they stopped."""
+        raw = await self.redis.hgetall(self._handed_over_key)
+        return {(k.decode() if isinstance(k, bytes) else str(k)): float(v) for k, v in raw.items()}
+
+    async def _sweep_node(self, node: str, now: float, stopped_at: float | None = None) -> int | None:
         """Withdraw every entry of a node (an incarnation) that is gone, reporting offline whoever has no
-        socket left anywhere; the number of its users, or None when another node holds its sweep."""
+        socket left anywhere (as of `stopped_at` when the node said when it stopped); the number of its
+        users, or None when another node holds its sweep."""
         # Whoever takes this lock sweeps; the others skip the node.
         if not await self.redis.set(f"{self.prefix}sweep:{node}", self.incarnation, nx=True, ex=60):
             return None
         self.sweeps += 1
         users_key = self._node_users_key_of(node)
         members = [int(raw_user) for raw_user in await self.redis.smembers(users_key)]
-        await self._withdraw(node, users_key, members, now)
+        at = None if stopped_at is None else dt.datetime.fromtimestamp(stopped_at, dt.UTC)
+        await self._withdraw(node, users_key, members, now, at=at)
         await self.redis.delete(users_key)
         await self.redis.hdel(self._nodes_key, node)
+        if stopped_at is not None:
+            await self.redis.hdel(self._handed_over_key, node)
         return len(members)
