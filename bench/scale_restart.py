@@ -16,7 +16,7 @@ Phases, each with its figures:
 2. hold: the sockets stay idle `--hold` s while each node's RSS (/proc/<pid>/status VmRSS) and CPU time
    (/proc/<pid>/stat) are sampled; RSS per socket is the growth since the node started, divided by its
    sockets.
-3. load: `--senders` pairs (spread over the workers and the nodes) send `--rate` messages/s each from A
+3. load: about `--senders` pairs (spread over the workers and the nodes) send `--rate` messages/s each from A
    to B, each carrying its sequence number and a `client_id`, for `--steady` s before the first restart
    and through the rest of the run. A client keeps what it sent until its echo (or a resume replay)
    acknowledges it, and sends it again with the same `client_id` after a reconnect.
@@ -48,6 +48,7 @@ import collections
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import random
 import signal
@@ -532,8 +533,23 @@ class Run:
             self.workers.append(WorkerProcess(process, f"worker{w + 1}"))
 
     def sender_every(self) -> int:
+        """Every how many pairs one sends. Pair i's A is on node i mod N and its B on the next one, so a
+        stride that shares a factor with N put every sender on one node and every reader on the next
+        (4,500 pairs, 300 senders: a stride of 15, all senders on node1, all readers on node2); a stride
+        prime to N spreads both over every node, for about `--senders` pairs."""
         pairs: int = self.args.sockets // 2
-        return max(1, pairs // max(1, int(self.args.senders)))
+        every = max(1, pairs // max(1, int(self.args.senders)))
+        while every > 1 and math.gcd(every, self.args.nodes) != 1:
+            every -= 1
+        return every
+
+    def senders_per_node(self) -> list[int]:
+        """How many sending pairs have their A (the sender) on each node; their B is on the next one."""
+        every, nodes = self.sender_every(), self.args.nodes
+        counts = [0] * nodes
+        for index in range(0, self.args.sockets // 2, every):
+            counts[node_of(index, 0, nodes)] += 1
+        return counts
 
     async def connect(self) -> None:
         t0 = time.monotonic()
@@ -627,7 +643,11 @@ class Run:
         assert node.process is not None
         process = node.process
         log(f"SIGTERM {node.name} (pid {process.pid}, {expected} sockets)")
-        backing0 = {"store": ProcStats.cpu_s(self.store_pid), "redis": ProcStats.cpu_s(self.redis_pid)}
+        # Where the machine's CPU goes meanwhile: the store, Redis, the nodes that stay, the load generators.
+        watched = {"store": [self.store_pid], "redis": [self.redis_pid]}
+        watched["other_nodes"] = [self.nodes[j].pid for j in others]
+        watched["load_generators"] = [w.process.pid for w in self.workers]
+        backing0 = {name: sum(ProcStats.cpu_s(pid) for pid in pids) for name, pids in watched.items()}
         t_term = time.monotonic()
         process.send_signal(signal.SIGTERM)
         killed = False
@@ -661,8 +681,10 @@ class Run:
             await asyncio.sleep(0.1)
         await asyncio.sleep(2 * STATUS_EVERY_S)
         busy = {
-            f"{name}_cpu_pct": round((ProcStats.cpu_s(pid) - backing0[name]) / (time.monotonic() - t_term) * 100, 1)
-            for name, pid in (("store", self.store_pid), ("redis", self.redis_pid))
+            f"{name}_cpu_pct": round(
+                (sum(ProcStats.cpu_s(pid) for pid in pids) - backing0[name]) / (time.monotonic() - t_term) * 100, 1
+            )
+            for name, pids in watched.items()
         }
         back = total(self.workers, "joined", k)
         taking_back_cpu = ProcStats.cpu_s(node.pid) - started_cpu
@@ -730,6 +752,7 @@ class Run:
                 "phase": "messages",
                 **summed,
                 "rate_per_s": round(summed["sending_pairs"] * self.args.rate, 1),
+                "senders_per_node": self.senders_per_node(),
                 **latency_summary(latencies, "delivery_"),
                 "error_frames": dict(errors),
                 "sockets_given_up": dict(gone),

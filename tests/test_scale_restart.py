@@ -61,6 +61,9 @@ def test_the_rolling_restart_benchmark_runs_and_checks_delivery(tmp_path):
         assert restart["other_nodes_lost_sockets"] == 0, restart
     (messages,) = by_phase["messages"]
     assert messages["acked"] > 0
+    # Senders on every node (and so readers on every node), not all on one.
+    assert sum(messages["senders_per_node"]) == messages["sending_pairs"]
+    assert all(count > 0 for count in messages["senders_per_node"]), messages
     assert messages["acked"] == messages["generated"] == messages["delivered"], messages
     assert messages["unacked"] == messages["lost"] == messages["duplicated"] == messages["stored_twice"] == 0
     # The table for a person reads the same figures.
