@@ -318,19 +318,31 @@ class Worker:
 
     def final(self) -> dict[str, Any]:
         senders = {id(c.flow): c for c in self.clients if c.flow is not None and c.side == 1}
-        lost = duplicated = stored_twice = lost_b_away = 0
+        lost = duplicated = stored_twice = lost_b_away = behind = 0
         examples: list[dict[str, Any]] = []
         for flow in self.flows:
             missing = flow.acked.keys() - flow.received.keys()
             receiver = senders[id(flow)]
+            # A socket gets its conversation's messages in id order: one whose reader has not reached its id
+            # yet is still on its way (the run ended first); one the reader went past will never come.
+            reached = receiver.last_id or 0
+            passed = sorted(seq for seq in missing if flow.acked[seq] <= reached)
             if receiver.ws is None:
                 lost_b_away += len(missing)
             else:
-                lost += len(missing)
+                lost += len(passed)
+                behind += len(missing) - len(passed)
             duplicated += sum(n - 1 for n in flow.received.values() if n > 1)
             stored_twice += sum(len(ids) - 1 for ids in flow.ids.values() if len(ids) > 1)
-            if missing and len(examples) < 5:
-                examples.append({"conversation": flow.conversation_id, "missing_seqs": sorted(missing)[:10]})
+            if passed and len(examples) < 5:
+                examples.append(
+                    {
+                        "conversation": flow.conversation_id,
+                        "missing_seqs": passed[:10],
+                        "ids": [flow.acked[seq] for seq in passed[:10]],
+                        "reader_at": reached,
+                    }
+                )
         return {
             "event": "final",
             "sending_pairs": len(self.flows),
@@ -342,6 +354,7 @@ class Worker:
             "delivered": sum(len(f.received) for f in self.flows),
             "lost": lost,
             "lost_receiver_not_connected": lost_b_away,
+            "not_delivered_yet": behind,
             "duplicated": duplicated,
             "stored_twice": stored_twice,
             "missing_examples": examples,
@@ -738,6 +751,7 @@ class Run:
                 "delivered",
                 "lost",
                 "lost_receiver_not_connected",
+                "not_delivered_yet",
                 "duplicated",
                 "stored_twice",
             )
@@ -868,6 +882,7 @@ def report(header: str, lines: list[dict[str, Any]]) -> str:
                 ("resent_unanswered", "resent: unanswered on an open socket"),
                 ("lost", "lost"),
                 ("lost_receiver_not_connected", "not delivered: receiver away"),
+                ("not_delivered_yet", "not delivered yet: receiver connected, not at its id"),
                 ("duplicated", "duplicated"),
                 ("stored_twice", "stored twice"),
                 ("delivery_p50_ms", "p50 ms"),
