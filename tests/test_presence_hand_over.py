@@ -115,22 +115,20 @@ class Recorder:
         raise AssertionError("a shared presence store hands users over instead")
 
 
+def grace_store(client: Any, prefix: str, name: str, grace: float) -> RedisPresenceStore:
+    return RedisPresenceStore(client, node_id=name, prefix=prefix, ttl_s=30, heartbeat_s=10, hand_over_grace_s=grace)
+
+
 async def test_a_node_stopping_with_a_grace_leaves_its_users_online_and_only_those_not_back_go_offline(
     redis_server: Any,
 ) -> None:
-    """A rolling restart: the node stops, its clients reconnect to it restarted under the same NODE_ID.
-    Those back within the grace were never offline for anyone; the rest are reported offline by the sweep
-    that ends the grace, as of the stop, and no catch-up is asked for a node that stopped in good order."""
+    """A node leaves for good (scaled down): its clients reconnect to another node. Those back within the
+    grace were never offline for anyone; the rest are reported offline by the sweep that ends the grace,
+    as of the stop, and no catch-up is asked for a node that stopped in good order."""
     prefix = f"g{uuid.uuid4().hex[:8]}:"
     client = redis.asyncio.from_url(redis_server.url)
     grace = 1.0
-
-    def node(name: str) -> RedisPresenceStore:
-        return RedisPresenceStore(
-            client, node_id=name, prefix=prefix, ttl_s=30, heartbeat_s=10, hand_over_grace_s=grace
-        )
-
-    leaving, staying = node("restarted"), node("staying")
+    leaving, staying = grace_store(client, prefix, "leaving", grace), grace_store(client, prefix, "staying", grace)
     recorder = Recorder()
     leaving.listener = staying.listener = recorder
     caught_up: list[str] = []
@@ -141,7 +139,6 @@ async def test_a_node_stopping_with_a_grace_leaves_its_users_online_and_only_tho
     staying.on_node_swept = catch_up
     users = list(range(1, 1101))  # more than one pipeline (SWEEP_BATCH) when the grace ends
     back, not_back = users[:600], users[600:]
-    successor = node("restarted")
     try:
         await staying.start()
         await leaving.start()
@@ -150,13 +147,12 @@ async def test_a_node_stopping_with_a_grace_leaves_its_users_online_and_only_tho
         reports_before = len(recorder.transitions)
         stopped = time.time()
         await leaving.close()
+        assert time.time() - stopped < 1.0
         assert recorder.transitions[reports_before:] == [] and recorder.gone == []
         assert await staying.online_among(users) == set(users)
 
-        successor.listener = recorder
-        await successor.start()  # does not reclaim users who have the grace to come back to it
         for user in back:
-            await successor.connected(user)
+            await staying.connected(user)
         assert recorder.transitions[reports_before:] == [] and recorder.gone == []
         await staying._sweep_dead_nodes()  # within the grace: nothing to sweep
         assert recorder.gone == [] and await staying.online_among(users) == set(users)
@@ -174,33 +170,83 @@ async def test_a_node_stopping_with_a_grace_leaves_its_users_online_and_only_tho
         assert await client.hget(f"{prefix}handed-over", leaving.incarnation) is None
         assert not await client.exists(f"{prefix}node-users:{leaving.incarnation}")
     finally:
-        await successor.close()
         await staying.close()
         await client.aclose()
 
 
-async def test_a_restarted_node_reclaims_a_stopped_incarnation_whose_grace_is_over(redis_server: Any) -> None:
-    """A node stopped in good order and came back only after its grace: its start reports offline those of
-    its users nobody swept meanwhile (no other node ran), as of the stop."""
+async def test_a_restarted_node_keeps_its_previous_runs_users_online_while_they_come_back(redis_server: Any) -> None:
+    """A rolling restart: the node stops and comes back under the same NODE_ID, and its clients with it.
+    It vouches for the users its previous run left online for as long as they keep coming back, so that a
+    node taking 13,000 sockets back for longer than any grace counted from its stop shows nobody going
+    offline; those who did not come back are reported offline, as of the stop, once none has come back
+    for the grace."""
     prefix = f"g{uuid.uuid4().hex[:8]}:"
     client = redis.asyncio.from_url(redis_server.url)
-    store = RedisPresenceStore(client, node_id="alone", prefix=prefix, ttl_s=30, heartbeat_s=10, hand_over_grace_s=0.3)
+    grace = 0.6
+    first_run, watcher = grace_store(client, prefix, "node1", grace), grace_store(client, prefix, "node2", grace)
+    second_run = grace_store(client, prefix, "node1", grace)
     recorder = Recorder()
-    store.listener = recorder
-    successor = RedisPresenceStore(
-        client, node_id="alone", prefix=prefix, ttl_s=30, heartbeat_s=10, hand_over_grace_s=0.3
-    )
-    successor.listener = recorder
+    first_run.listener = watcher.listener = second_run.listener = recorder
+    users = list(range(1, 1101))
+    try:
+        await watcher.start()
+        await first_run.start()
+        for user in users:
+            await first_run.connected(user)
+        reports_before = len(recorder.transitions)
+        stopped = time.time()
+        await first_run.close()
+        await second_run.start()
+        # It took the users over: the previous run's entries are gone, the new run vouches for all.
+        assert await client.hget(f"{prefix}nodes", first_run.incarnation) is None
+        assert not await client.exists(f"{prefix}node-users:{first_run.incarnation}")
+        members = await client.zrange(f"{prefix}online:{users[0]}", 0, -1)
+        assert members == [second_run.incarnation.encode()]
+        assert await watcher.online_among(users) == set(users)
+
+        # They come back over longer than the grace, none more than a grace after the one before.
+        for wave in range(3):
+            for user in users[wave * 300 : (wave + 1) * 300]:
+                await second_run.connected(user)
+            await asyncio.sleep(grace * 0.6)
+        await watcher._sweep_dead_nodes()
+        assert recorder.transitions[reports_before:] == [] and recorder.gone == []
+
+        await asyncio.sleep(grace + 0.3)
+        assert len(recorder.gone) == 1
+        gone_users, at = recorder.gone[0]
+        assert sorted(gone_users) == users[900:]
+        assert abs(at.timestamp() - stopped) < 0.5
+        assert recorder.transitions[reports_before:] == []
+        assert await watcher.online_among(users) == set(users[:900])
+    finally:
+        await second_run.close()
+        await watcher.close()
+        await client.aclose()
+
+
+async def test_a_node_back_after_its_grace_still_takes_over_users_nobody_swept(redis_server: Any) -> None:
+    """A node stopped in good order and came back only after its grace, with no other node to sweep it
+    meanwhile: it takes its users over and reports offline, as of the stop, those who do not come back."""
+    prefix = f"g{uuid.uuid4().hex[:8]}:"
+    client = redis.asyncio.from_url(redis_server.url)
+    store, successor = grace_store(client, prefix, "alone", 0.3), grace_store(client, prefix, "alone", 0.3)
+    recorder = Recorder()
+    store.listener = successor.listener = recorder
     try:
         await store.start()
         await store.connected(7)
+        await store.connected(8)
         stopped = time.time()
         await store.close()
         await asyncio.sleep(0.4)
         await successor.start()
+        await successor.connected(8)
+        await asyncio.sleep(0.5)
         assert [users for users, _ in recorder.gone] == [[7]]
         assert abs(recorder.gone[0][1].timestamp() - stopped) < 0.3
-        assert await successor.online_among([7]) == set()
+        assert await successor.online_among([7, 8]) == {8}
+        assert [t.user_id for t in recorder.transitions if not t.online] == []
     finally:
         await successor.close()
         await client.aclose()

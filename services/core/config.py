@@ -84,7 +84,7 @@ class Settings:
         10.0, "HEARTBEAT_INTERVAL", "Seconds between a node's presence heartbeats and dead-node sweeps"
     )
     presence_hand_over_grace_s: float = _knob(
-        10.0,
+        15.0,
         "PRESENCE_HAND_OVER_GRACE",
         "Seconds a stopping node's users stay online for their clients to reconnect (0: offline at once; "
         "at most PRESENCE_TTL - HEARTBEAT_INTERVAL)",

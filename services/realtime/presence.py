@@ -12,8 +12,8 @@ process would never be swept. At start a node reclaims the entries every earlier
 NODE_ID left behind (NODE_IDs are unique per running node): those users go offline at once, unless they
 hold a socket elsewhere. An incarnation that nobody reclaims (its node renamed, or Redis away while it
 started) is swept like any silent node once its heartbeat expires. An incarnation that stopped in good
-order, leaving its users a grace to reconnect (`RedisPresenceStore.close`), is not reclaimed before the
-grace ends: most of its users are coming back to its successor.
+order, leaving its users a grace to reconnect (`RedisPresenceStore.close`), is adopted instead: its
+successor vouches for those users while their clients come back to it (`_adopt`).
 
 A store decides transitions (a user's first socket anywhere opened, their last one anywhere closed) and
 reports each one, with its version, to its `listener`. What a transition means to other people (a
@@ -243,6 +243,9 @@ SWEEP_BATCH = 500  # users withdrawn per pipeline when a node that is gone is sw
 # over: its entries are withdrawn from Redis first, so what is cut short is only news that clients
 # reconnecting elsewhere a second later would overtake anyway.
 HAND_OVER_REPORTS_S = 3.0
+# A restarted node vouches for its previous run's users while they come back, each return giving the
+# others the grace again; this many graces at most in all (a trickle must not keep the rest online for ever).
+ADOPTION_MAX_GRACES = 12
 INCARNATION_SEPARATOR = "/"
 
 
@@ -289,6 +292,14 @@ class RedisPresenceStore(PresenceStore):
         # How long a stopping node leaves its users online for them to reconnect (see `close`). At most what
         # their entries outlive the last heartbeat, or some would lapse before the sweep that ends the grace.
         self.hand_over_grace_s = max(0.0, min(hand_over_grace_s, ttl_s - heartbeat_s))
+        # Users of this NODE_ID's previous run, stopped in good order, that this run vouches for while
+        # their clients come back to it (`_adopt`); released, as of `_adopted_since`, once none has come
+        # back for the grace.
+        self._adopted: set[int] = set()
+        self._adopted_since: dt.datetime | None = None
+        self._adoption_timer: asyncio.TimerHandle | None = None
+        self._adoption_ends_at = 0.0
+        self._releases: set[asyncio.Task[None]] = set()
 
     def _online_key(self, user_id: int) -> str:
         if self._cluster:
@@ -401,16 +412,23 @@ class RedisPresenceStore(PresenceStore):
         With a grace (`hand_over_grace_s`), the node leaves its users online and says when it stopped:
         its sockets were closed with 1001 and their clients reconnect within seconds, so a user back on
         any node by the end of the grace was never offline for anyone (no offline news, no online news,
-        no last_seen write), and the node exits without waiting for Redis or the store. Once the grace
-        ends, the node's entry in `nodes` has expired and the next sweep (any node's) reports offline
-        those who did not come back, as of the stop. Without a grace, or if Redis does not take the
-        note, the node withdraws its entries now, announcing offline only users with no socket elsewhere."""
+        no last_seen write), and the node exits without waiting for Redis or the store. Restarted under
+        its NODE_ID, it adopts them (`_adopt`); if it does not come back, its entry in `nodes` expires
+        with the grace and the next sweep (any node's) reports offline those who did not come back, as
+        of the stop. Without a grace, or if Redis does not take the note, the node withdraws its entries
+        now, announcing offline only users with no socket elsewhere. Users it still held adopted are
+        handed over with its own."""
         self.closed = True
         if self._loop is not None:
             await background.stop(self._loop, "presence heartbeat")
             self._loop = None
-        users = list(self.local_counts)
+        if self._adoption_timer is not None:
+            self._adoption_timer.cancel()
+            self._adoption_timer = None
+        await asyncio.gather(*self._releases, return_exceptions=True)
+        users = list(self.local_counts.keys() | self._adopted)
         self.local_counts.clear()
+        self._adopted.clear()
         if users and self.hand_over_grace_s > 0:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._leave_users_for_the_grace()
@@ -436,6 +454,9 @@ class RedisPresenceStore(PresenceStore):
 
     async def _online_here(self, user_id: int, conversations: Collection[int] | None = None) -> None:
         self._unsynced_offline.discard(user_id)
+        if user_id in self._adopted:
+            self._adopted.discard(user_id)
+            self._adoption_goes_on()
         now = self._now()
         try:
             live_before, version = await self._run_connect(
@@ -503,7 +524,7 @@ class RedisPresenceStore(PresenceStore):
             gone = list(self._unsynced_offline)
             await self._withdraw(self.incarnation, self._node_users_key, gone, now)
             self._unsynced_offline.difference_update(gone)
-        user_ids = list(self.local_counts)
+        user_ids = list(self.local_counts.keys() | self._adopted)
         if user_ids:
             pipe = self.redis.pipeline(transaction=False)
             pipe.sadd(self._node_users_key, *user_ids)
@@ -512,7 +533,8 @@ class RedisPresenceStore(PresenceStore):
             chunk = user_ids[start : start + HEARTBEAT_CHUNK]
             back = await self._vouch(chunk, now)
             for user_id, version in zip(back[::2], back[1::2], strict=True):
-                await self._report(int(user_id), online=True, version=int(version))
+                if int(user_id) in self.local_counts:  # an adopted user is not announced: no socket of theirs here
+                    await self._report(int(user_id), online=True, version=int(version))
 
     async def _reclaim_earlier_incarnations(self) -> None:
         """Sweep what earlier runs of this NODE_ID left in Redis, at once: whatever their heartbeat says,
@@ -524,9 +546,10 @@ class RedisPresenceStore(PresenceStore):
             node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
             if node == self.incarnation or node_of(node) != self.node_id:
                 continue
-            if node in handed_over and float(raw_until) > now:
-                continue  # stopped in good order: its users have the grace to come back (here, mostly)
-            swept = await self._sweep_node(node, now, stopped_at=handed_over.get(node))
+            if node in handed_over:
+                await self._adopt(node, handed_over[node], now)
+                continue
+            swept = await self._sweep_node(node, now)
             if swept is not None:
                 log.warning(
                     "node %s restarted: reclaimed the %d users of its previous run %s%s",
@@ -538,6 +561,82 @@ class RedisPresenceStore(PresenceStore):
                     " (its heartbeat had not expired yet)" if float(raw_until) > now else "",
                 )
         self._reclaimed = True
+
+    async def _take_sweep(self, node: str) -> bool:
+        """Whether this node sweeps (or adopts) `node`: whoever takes this lock does, the others skip it. A
+        node that took it and failed half-way (Redis went away) takes it again when it retries."""
+        key = f"{self.prefix}sweep:{node}"
+        if await self.redis.set(key, self.incarnation, nx=True, ex=60):
+            return True
+        holder = await self.redis.get(key)
+        return (holder.decode() if isinstance(holder, bytes) else holder) == self.incarnation
+
+    async def _adopt(self, node: str, stopped_at: float, now: float) -> None:
+        """Vouch, under this run, for the users a previous run of this NODE_ID left online when it stopped
+        (`close`), and withdraw its entries without a report: their clients are reconnecting here, and at
+        13,000 sockets taking them back lasts longer than any grace counted from the stop. Those back
+        were never offline for anyone; the rest are released (`_release_adopted`) once none has come
+        back for the grace."""
+        if not await self._take_sweep(node):
+            return  # another node is sweeping it: its grace ended
+        users_key = self._node_users_key_of(node)
+        members = [int(raw) for raw in await self.redis.smembers(users_key)]
+        adopted = [user for user in members if user not in self.local_counts]
+        if members:
+            await self.redis.sadd(self._node_users_key, *members)
+            for start in range(0, len(members), HEARTBEAT_CHUNK):
+                await self._vouch(members[start : start + HEARTBEAT_CHUNK], now)
+            for start in range(0, len(members), SWEEP_BATCH):
+                pipe = self.redis.pipeline(transaction=False)
+                for user in members[start : start + SWEEP_BATCH]:
+                    pipe.zrem(self._online_key(user), node)
+                await pipe.execute()
+        await self.redis.delete(users_key)
+        await self.redis.hdel(self._nodes_key, node)
+        await self.redis.hdel(self._handed_over_key, node)
+        log.info(
+            "node %s restarted: took over the %d users its previous run %s left online",
+            self.node_id,
+            len(members),
+            node,
+        )
+        if adopted:
+            self._adopted.update(adopted)
+            self._adopted_since = dt.datetime.fromtimestamp(stopped_at, dt.UTC)
+            loop = asyncio.get_running_loop()
+            self._adoption_ends_at = loop.time() + ADOPTION_MAX_GRACES * max(self.hand_over_grace_s, 1.0)
+            self._adoption_goes_on()
+
+    def _adoption_goes_on(self) -> None:
+        """An adopted user came back (or the adoption began): the others get the grace from now, but the
+        whole adoption no more than ADOPTION_MAX_GRACES graces."""
+        if self._adoption_timer is not None:
+            self._adoption_timer.cancel()
+            self._adoption_timer = None
+        if not self._adopted:
+            return
+        loop = asyncio.get_running_loop()
+        when = min(loop.time() + self.hand_over_grace_s, self._adoption_ends_at)
+        self._adoption_timer = loop.call_at(when, self._release_adopted)
+
+    def _release_adopted(self) -> None:
+        self._adoption_timer = None
+        users = list(self._adopted - self.local_counts.keys())
+        self._adopted.clear()
+        if users:
+            task = asyncio.get_running_loop().create_task(self._withdraw_adopted(users))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def _withdraw_adopted(self, users: list[int]) -> None:
+        """Report offline, as of the previous run's stop, the adopted users who did not come back."""
+        at = self._adopted_since
+        users = [user for user in users if user not in self.local_counts]  # back while this waited its turn
+        try:
+            await self._withdraw(self.incarnation, self._node_users_key, users, self._now(), at=at)
+            log.info("%d users of this node's previous run did not come back: reported offline", len(users))
+        except REDIS_ERRORS:
+            self._unsynced_offline.update(users)  # the heartbeat withdraws them once Redis is back
 
     async def _sweep_dead_nodes(self) -> None:
         """Report offline the users of nodes whose heartbeat stopped, and of nodes that stopped in good
@@ -573,8 +672,7 @@ class RedisPresenceStore(PresenceStore):
         """Withdraw every entry of a node (an incarnation) that is gone, reporting offline whoever has no
         socket left anywhere (as of `stopped_at` when the node said when it stopped); the number of its
         users, or None when another node holds its sweep."""
-        # Whoever takes this lock sweeps; the others skip the node.
-        if not await self.redis.set(f"{self.prefix}sweep:{node}", self.incarnation, nx=True, ex=60):
+        if not await self._take_sweep(node):
             return None
         self.sweeps += 1
         users_key = self._node_users_key_of(node)
