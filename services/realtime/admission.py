@@ -9,6 +9,13 @@ store's reads of those are still shared per loop iteration, services/storage/bat
 JOIN_QUEUE more wait their turn in arrival order. One arriving when that queue is full is refused at
 once with 1013 (try again later), which costs the node nothing and which clients retry with backoff.
 
+The places bound the node's throughput as well: an opening holds its place for its whole wait on the
+store, so a node opens at most JOIN_CONCURRENCY sockets per wait. Under a rolling restart's load a wait
+lasted about 350 ms, and 64 places opened fewer than 200 sockets a second while the store still had
+room; with 256 places, the reads of more openings share each round of queries and a restarted node of
+3,000 sockets was back in 12 to 13 s instead of 18 to 20 (BENCHMARKS.md). More (1,024) gained nothing
+and delayed messages behind the openings' reads.
+
 The queue's default holds a whole node's reconnect storm. A refusal comes after the socket opened, so a
 client that restarts its backoff on every open (the seed's does) is back within a second: with a queue of
 1,000, a restarted node of 13,333 sockets answered 135,000 handshakes in 240 s and took back 960 sockets.
