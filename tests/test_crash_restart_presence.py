@@ -9,6 +9,8 @@ long on purpose: the sweep of silent nodes cannot explain what the test sees wit
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import signal
 import time
 from collections.abc import Iterator
 
@@ -94,3 +96,51 @@ async def test_a_node_restarted_under_its_name_reclaims_its_dead_users(cluster: 
     api2_again = ApiClient(PortClient(n2_again.port))
     await joined(api2_again, cid, bob.access)
     assert (await next_status(watcher, bob.id, timeout=5))["status"] == "online"
+
+
+GRACE_S = 5.0
+
+
+@pytest.fixture
+def graceful_cluster(tmp_path, mongo_url) -> Iterator[ProcessCluster]:
+    with process_cluster(
+        tmp_path,
+        mongo_url,
+        PRESENCE_TTL=str(TTL_S),
+        HEARTBEAT_INTERVAL=str(HEARTBEAT_S),
+        PRESENCE_HAND_OVER_GRACE=str(GRACE_S),
+    ) as c:
+        yield c
+
+
+async def test_a_node_restarted_in_good_order_keeps_its_users_online_while_they_come_back(
+    graceful_cluster: ProcessCluster,
+):
+    """A rolling restart (SIGTERM, then the same NODE_ID started again): Bob comes back to the restarted
+    node and Alice, watching from the other node, sees nothing of it; Carol does not come back and Alice
+    sees her offline once the grace is over, as of the stop."""
+    cluster = graceful_cluster
+    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
+    api1, api2 = ApiClient(PortClient(n1.port)), ApiClient(PortClient(n2.port))
+    alice, bob, carol = [await api1.user(name) for name in ("alice", "bob", "carol")]
+    cid_bob = await insert_conversation(cluster.mongo_url, cluster.database, alice.id, bob.id, 710_000 + bob.id)
+    cid_carol = await insert_conversation(cluster.mongo_url, cluster.database, alice.id, carol.id, 710_000 + carol.id)
+    watch_bob = await joined(api1, cid_bob, alice.access)
+    watch_carol = await joined(api1, cid_carol, alice.access)
+    await joined(api2, cid_bob, bob.access)
+    await joined(api2, cid_carol, carol.access)
+    assert (await next_status(watch_bob, bob.id, timeout=5))["status"] == "online"
+    assert (await next_status(watch_carol, carol.id, timeout=5))["status"] == "online"
+
+    n2.signal(signal.SIGTERM)
+    stopped = dt.datetime.now(dt.UTC)
+    assert n2.wait(15) == 0
+    n2_again = cluster.start_node("n2")
+    await joined(ApiClient(PortClient(n2_again.port)), cid_bob, bob.access)
+
+    offline = await next_status(watch_carol, carol.id, timeout=GRACE_S + 10)
+    assert offline["status"] == "offline"
+    assert abs(dt.datetime.fromisoformat(str(offline["timestamp"])) - stopped) < dt.timedelta(seconds=2)
+    assert [f for f in await watch_bob.silent(0.5) if f.get("type") == "status"] == []
+    profile = await api1.get(f"/api/users/{bob.id}/", token=alice.access)
+    assert profile.status == 200 and profile.body["status"] == "online", profile.body

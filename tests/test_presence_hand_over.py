@@ -150,12 +150,15 @@ async def test_a_node_stopping_with_a_grace_leaves_its_users_online_and_only_tho
         assert time.time() - stopped < 1.0
         assert recorder.transitions[reports_before:] == [] and recorder.gone == []
         assert await staying.online_among(users) == set(users)
+        # Shown online, but a push is what reaches them until their clients are back.
+        assert await staying.reachable_among(users) == set()
 
         for user in back:
             await staying.connected(user)
         assert recorder.transitions[reports_before:] == [] and recorder.gone == []
         await staying._sweep_dead_nodes()  # within the grace: nothing to sweep
         assert recorder.gone == [] and await staying.online_among(users) == set(users)
+        assert await staying.reachable_among(users) == set(back)
 
         await asyncio.sleep(grace + 0.1)
         await staying._sweep_dead_nodes()
@@ -201,8 +204,9 @@ async def test_a_restarted_node_keeps_its_previous_runs_users_online_while_they_
         assert await client.hget(f"{prefix}nodes", first_run.incarnation) is None
         assert not await client.exists(f"{prefix}node-users:{first_run.incarnation}")
         members = await client.zrange(f"{prefix}online:{users[0]}", 0, -1)
-        assert members == [second_run.incarnation.encode()]
+        assert members == [f"{second_run.incarnation}+adopted".encode()]
         assert await watcher.online_among(users) == set(users)
+        assert await watcher.reachable_among(users) == set()
 
         # They come back over longer than the grace, none more than a grace after the one before.
         for wave in range(3):
@@ -211,6 +215,10 @@ async def test_a_restarted_node_keeps_its_previous_runs_users_online_while_they_
             await asyncio.sleep(grace * 0.6)
         await watcher._sweep_dead_nodes()
         assert recorder.transitions[reports_before:] == [] and recorder.gone == []
+        assert await watcher.reachable_among(users) == set(users[:900])
+        await second_run._beat()  # a heartbeat renews both kinds of entries, and announces nobody
+        assert recorder.transitions[reports_before:] == []
+        assert await client.zrange(f"{prefix}online:{users[0]}", 0, -1) == [second_run.incarnation.encode()]
 
         await asyncio.sleep(grace + 0.3)
         assert len(recorder.gone) == 1
@@ -219,6 +227,8 @@ async def test_a_restarted_node_keeps_its_previous_runs_users_online_while_they_
         assert abs(at.timestamp() - stopped) < 0.5
         assert recorder.transitions[reports_before:] == []
         assert await watcher.online_among(users) == set(users[:900])
+        assert await watcher.reachable_among(users) == set(users[:900])
+        assert await client.zcard(f"{prefix}online:{users[-1]}") == 0
     finally:
         await second_run.close()
         await watcher.close()

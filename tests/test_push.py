@@ -613,3 +613,33 @@ async def test_pushes_that_cannot_be_queued_while_the_store_is_away_are_logged_a
     lines = [r.getMessage() for r in caplog.records if r.name == "chat.push"]
     assert len(lines) == 1 and lines[0].startswith("could not queue a push (new_like for user ")
     assert await services.store.push_outbox.count_documents({}) == 0
+
+
+async def test_a_user_shown_online_only_by_a_stopped_nodes_grace_still_gets_pushes(cluster_factory, receiver):
+    """A stopping node leaves its users shown online for PRESENCE_HAND_OVER_GRACE, for their clients to
+    reconnect; one whose client does not (a phone asleep) must still get the push of a message sent
+    meanwhile: the push asks whether they hold a socket, not whether they are shown online."""
+    shared_key = private_key_text(ec.generate_private_key(ec.SECP256R1()))
+    n1, n2 = await cluster_factory(
+        2,
+        **{**PUSH_SETTINGS, "push_grace_s": 0.2},
+        push_webhook_allowed_prefixes=f"{receiver.origin}/hook/",
+        vapid_private_key=shared_key,
+    )
+    alice, bob = await n1.api.user("alice"), await n1.api.user("bob")
+    cid = await make_conversation(n1.services, alice.id, bob.id)
+    await register(n1.api, bob, receiver.subscription("bob"))
+    await ws_connect(n2.api, f"/ws/notifications/?token={bob.access}")
+    presence = n1.services.presence.store
+    for _ in range(100):
+        if await presence.is_online(bob.id):
+            break
+        await asyncio.sleep(0.02)
+    assert await presence.reachable(bob.id)
+
+    n2.server.stop()
+    await asyncio.wait_for(n2.services.close(), 10)
+    assert await presence.is_online(bob.id) and not await presence.reachable(bob.id)
+    await send(n1.api, alice, cid, "are you there?")
+    await receiver.wait(lambda: len(receiver.pushes) == 1)
+    assert receiver.pushes[0].payload == {"type": "new_message", "conversation_id": cid, "count": 1}

@@ -237,7 +237,7 @@ class PushService:
         kind = notification.get("type")
         if kind not in KINDS:
             return
-        if await self._presence.is_online(user_id):
+        if await self._presence.reachable(user_id):
             return
         try:
             if not await self._device_owners.get(user_id):
@@ -412,7 +412,7 @@ class PushService:
     async def _payload(self, entry: Doc) -> tuple[dict[str, Any] | None, str]:
         """What the push says, or (None, why it is not sent)."""
         user_id = int(entry["user_id"])
-        if await self._presence.is_online(user_id):
+        if await self._presence.reachable(user_id):
             return None, "online"
         kind = entry["type"]
         choices = await self.preferences.choices(user_id)

@@ -81,6 +81,8 @@ class Presence(Protocol):
 
     async def is_online(self, user_id: int) -> bool: ...
 
+    async def reachable(self, user_id: int) -> bool: ...
+
 
 class _Unheard:
     """The listener of a store nobody listens to (yet)."""
@@ -156,6 +158,10 @@ class PresenceStore:
         """Those of these users who are online."""
         return {user_id for user_id in user_ids if user_id in self.local_counts}
 
+    async def reachable(self, user_id: int) -> bool:
+        """Whether the user holds a socket somewhere (a push would reach nobody else)."""
+        return user_id in self.local_counts
+
     def online_since(self, user_id: int) -> dt.datetime | None:
         """When the user came online, as far as this node knows; None when it does not know."""
         return self._online_since.get(user_id)
@@ -193,11 +199,19 @@ _VERSION = "local now = redis.call('TIME') local version = now[1] * 1000000 + no
 # the node finds them all (one more is harmless: its disconnect changes nothing). The heartbeat script
 # takes the keys of one slot per call on a cluster.
 
+# A restarted node vouches for the users it adopted from its previous run (no socket of theirs yet) under
+# its incarnation followed by this: shown online, but not reachable (`RedisPresenceStore.reachable_among`).
+# A socket of theirs opening on that node replaces the adoption (counted live before it, so not reported).
+ADOPTED_SUFFIX = "+adopted"
+
 _CONNECT = (
     _VERSION
     + """
 local live = redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZREM', KEYS[1], ARGV[3] .. '"""
+    + ADOPTED_SUFFIX
+    + """')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if KEYS[2] then redis.call('SADD', KEYS[2], ARGV[5]) end
 return {live, version}
@@ -205,13 +219,15 @@ return {live, version}
 )
 
 # Also used by the sweeper for a dead node's users: returns the transition's version when removing
-# `node` made the user offline, else 0.
+# `node` (and what it adopted) made the user offline, else 0.
 _DISCONNECT = (
     _VERSION
     + """
-local removed = redis.call('ZREM', KEYS[1], ARGV[2])
+local removed = redis.call('ZREM', KEYS[1], ARGV[2], ARGV[2] .. '"""
+    + ADOPTED_SUFFIX
+    + """')
 if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[3]) end
-if removed == 1 and redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') == 0 then
+if removed >= 1 and redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf') == 0 then
   return version
 end
 return 0
@@ -289,6 +305,7 @@ class RedisPresenceStore(PresenceStore):
         # Whether users with no socket here are online, asked at one moment (the status frames of sockets
         # joining together, the push check of every message notified), as one pipeline.
         self._online_reads: Coalescer[int, bool] = Coalescer(self._online_many)
+        self._reachable_reads: Coalescer[int, bool] = Coalescer(self._reachable_many)
         # How long a stopping node leaves its users online for them to reconnect (see `close`). At most what
         # their entries outlive the last heartbeat, or some would lapse before the sweep that ends the grace.
         self.hand_over_grace_s = max(0.0, min(hand_over_grace_s, ttl_s - heartbeat_s))
@@ -366,9 +383,10 @@ class RedisPresenceStore(PresenceStore):
                 reports_within_s,
             )
 
-    async def _vouch(self, user_ids: list[int], now: float) -> list[Any]:
-        """The heartbeat script over `user_ids`: [user, version, ...] of those who were offline meanwhile."""
-        tail = [int(self.ttl_s * 4) + 60, now, now + self.ttl_s, self.incarnation]
+    async def _vouch(self, user_ids: list[int], now: float, member: str | None = None) -> list[Any]:
+        """The heartbeat script over `user_ids`, as `member` (this run by default): [user, version, ...] of
+        those who were offline meanwhile."""
+        tail = [int(self.ttl_s * 4) + 60, now, now + self.ttl_s, member or self.incarnation]
         if not self._cluster:
             back = await self._heartbeat_script(keys=[self._online_key(u) for u in user_ids], args=[*user_ids, *tail])
             return list(back or [])
@@ -393,6 +411,10 @@ class RedisPresenceStore(PresenceStore):
     @property
     def _nodes_key(self) -> str:
         return f"{self.prefix}nodes"
+
+    @property
+    def _adopted_member(self) -> str:
+        return self.incarnation + ADOPTED_SUFFIX
 
     @property
     def _handed_over_key(self) -> str:
@@ -455,7 +477,7 @@ class RedisPresenceStore(PresenceStore):
     async def _online_here(self, user_id: int, conversations: Collection[int] | None = None) -> None:
         self._unsynced_offline.discard(user_id)
         if user_id in self._adopted:
-            self._adopted.discard(user_id)
+            self._adopted.discard(user_id)  # its socket vouches for it now (the script below)
             self._adoption_goes_on()
         now = self._now()
         try:
@@ -493,6 +515,39 @@ class RedisPresenceStore(PresenceStore):
         except REDIS_ERRORS:
             return here
 
+    async def reachable_among(self, user_ids: Collection[int]) -> set[int]:
+        """Those of these users who hold a socket somewhere. Unlike `online_among`, not those a stopped node
+        left online for its grace, nor those a restarted node adopted: they are shown online while their
+        clients reconnect, but a push is what reaches one whose client does not."""
+        here = {user_id for user_id in user_ids if user_id in self.local_counts}
+        elsewhere = [user_id for user_id in user_ids if user_id not in here]
+        if not elsewhere:
+            return here
+        try:
+            return here | set(await self._reachable_reads.get_many(elsewhere))
+        except REDIS_ERRORS:
+            return here
+
+    async def reachable(self, user_id: int) -> bool:
+        return user_id in await self.reachable_among((user_id,))
+
+    async def _reachable_many(self, user_ids: list[int]) -> dict[int, bool]:
+        now = self._now()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hkeys(self._handed_over_key)
+        for user_id in user_ids:
+            pipe.zrangebyscore(self._online_key(user_id), now, "+inf")
+        stopped_raw, *members_of = await pipe.execute()
+        stopped = {m.decode() if isinstance(m, bytes) else str(m) for m in stopped_raw}
+        reachable: dict[int, bool] = {}
+        for user_id, members in zip(user_ids, members_of, strict=True):
+            for raw in members:
+                member = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if member not in stopped and not member.endswith(ADOPTED_SUFFIX):
+                    reachable[user_id] = True
+                    break
+        return reachable
+
     async def _online_many(self, user_ids: list[int]) -> dict[int, bool]:
         """Which of these users some node vouches for now (a live member in their `online` entry)."""
         now = self._now()
@@ -524,17 +579,19 @@ class RedisPresenceStore(PresenceStore):
             gone = list(self._unsynced_offline)
             await self._withdraw(self.incarnation, self._node_users_key, gone, now)
             self._unsynced_offline.difference_update(gone)
-        user_ids = list(self.local_counts.keys() | self._adopted)
-        if user_ids:
+        user_ids = list(self.local_counts)
+        adopted = list(self._adopted - self.local_counts.keys())
+        if user_ids or adopted:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.sadd(self._node_users_key, *user_ids)
+            pipe.sadd(self._node_users_key, *user_ids, *adopted)
             await pipe.execute()
         for start in range(0, len(user_ids), HEARTBEAT_CHUNK):
             chunk = user_ids[start : start + HEARTBEAT_CHUNK]
             back = await self._vouch(chunk, now)
             for user_id, version in zip(back[::2], back[1::2], strict=True):
-                if int(user_id) in self.local_counts:  # an adopted user is not announced: no socket of theirs here
-                    await self._report(int(user_id), online=True, version=int(version))
+                await self._report(int(user_id), online=True, version=int(version))
+        for start in range(0, len(adopted), HEARTBEAT_CHUNK):
+            await self._vouch(adopted[start : start + HEARTBEAT_CHUNK], now, self._adopted_member)
 
     async def _reclaim_earlier_incarnations(self) -> None:
         """Sweep what earlier runs of this NODE_ID left in Redis, at once: whatever their heartbeat says,
@@ -584,12 +641,12 @@ class RedisPresenceStore(PresenceStore):
         adopted = [user for user in members if user not in self.local_counts]
         if members:
             await self.redis.sadd(self._node_users_key, *members)
-            for start in range(0, len(members), HEARTBEAT_CHUNK):
-                await self._vouch(members[start : start + HEARTBEAT_CHUNK], now)
+            for start in range(0, len(adopted), HEARTBEAT_CHUNK):
+                await self._vouch(adopted[start : start + HEARTBEAT_CHUNK], now, self._adopted_member)
             for start in range(0, len(members), SWEEP_BATCH):
                 pipe = self.redis.pipeline(transaction=False)
                 for user in members[start : start + SWEEP_BATCH]:
-                    pipe.zrem(self._online_key(user), node)
+                    pipe.zrem(self._online_key(user), node, node + ADOPTED_SUFFIX)
                 await pipe.execute()
         await self.redis.delete(users_key)
         await self.redis.hdel(self._nodes_key, node)
