@@ -55,6 +55,7 @@ let settingsPanel = null; // notification preferences and blocked people (settin
 let accountPanel = null; // download my data, delete my account (account.js), made in setup()
 let reportDialog = null; // "Report …" (report.js), made in setup()
 let matchMoment = null; // "It’s a match!" (match_moment.js), made in setup()
+let matchAnnouncements = Promise.resolve(); // new_match notifications announced one after the other
 let composerExtras = null; // the composer's counter and attachments (composer.js), made in setupChat()
 
 const state = {
@@ -467,9 +468,15 @@ function onNewMatch(match, stale = false) {
   state.likes = state.likes.filter((l) => userOf(l).id !== user.id);
   renderLikes();
   renderDiscover();
-  Promise.all([loadMatches().catch(() => {}), withProfile(user)]).then(() => {
-    if (!stale) announceMatch(match.id, user);
-  });
+  const ready = Promise.all([loadMatches().catch(() => {}), withProfile(user)]);
+  // In the order the matches came: each waits for its own reads and for the announcement before it, or
+  // two matches of one moment could take the screen in whichever order their reads answered.
+  matchAnnouncements = matchAnnouncements
+    .then(() => ready)
+    .then(() => {
+      if (!stale) announceMatch(match.id, user);
+    })
+    .catch(() => {});
 }
 
 function announceMatch(matchId, user) {
