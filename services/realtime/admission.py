@@ -11,10 +11,10 @@ once with 1013 (try again later), which costs the node nothing and which clients
 
 The places bound the node's throughput as well: an opening holds its place for its whole wait on the
 store, so a node opens at most JOIN_CONCURRENCY sockets per wait. Under a rolling restart's load a wait
-lasted about 350 ms, and 64 places opened fewer than 200 sockets a second while the store still had
-room; with 256 places, the reads of more openings share each round of queries and a restarted node of
-3,000 sockets was back in 12 to 13 s instead of 18 to 20 (BENCHMARKS.md). More (1,024) gained nothing
-and delayed messages behind the openings' reads.
+lasted about 350 ms, and 64 places opened about 200 sockets a second while the store still had room;
+with 256 places, the reads of more openings share each round of queries and a restarted node of 3,000
+sockets was back in 12 to 14 s instead of 17 to 22 (BENCHMARKS.md). More (1,024) gained nothing and
+delayed messages behind the openings' reads.
 
 The queue's default holds a whole node's reconnect storm. A refusal comes after the socket opened, so a
 client that restarts its backoff on every open (the seed's does) is back within a second: with a queue of
