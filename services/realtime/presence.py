@@ -629,11 +629,11 @@ class RedisPresenceStore(PresenceStore):
         return (holder.decode() if isinstance(holder, bytes) else holder) == self.incarnation
 
     async def _adopt(self, node: str, stopped_at: float, now: float) -> None:
-        """Vouch, under this run, for the users a previous run of this NODE_ID left online when it stopped
-        (`close`), and withdraw its entries without a report: their clients are reconnecting here, and at
-        13,000 sockets taking them back lasts longer than any grace counted from the stop. Those back
-        were never offline for anyone; the rest are released (`_release_adopted`) once none has come
-        back for the grace."""
+        """Vouch (as this run's adopted member, not reachable) for the users a previous run of this NODE_ID
+        left online when it stopped (`close`), and withdraw its entries without a report: their clients
+        are reconnecting here, and at 13,000 sockets taking them back lasts longer than any grace counted
+        from the stop. Those back were never offline for anyone; the rest are released
+        (`_release_adopted`) once none has come back for the grace."""
         if not await self._take_sweep(node):
             return  # another node is sweeping it: its grace ended
         users_key = self._node_users_key_of(node)
