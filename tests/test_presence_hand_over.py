@@ -119,6 +119,21 @@ def grace_store(client: Any, prefix: str, name: str, grace: float) -> RedisPrese
     return RedisPresenceStore(client, node_id=name, prefix=prefix, ttl_s=30, heartbeat_s=10, hand_over_grace_s=grace)
 
 
+async def stop_holding(
+    stopping: RedisPresenceStore, watcher: RedisPresenceStore, users: list[int], recorder: Recorder
+) -> tuple[int, float]:
+    """Start both stores, open a socket of every user on `stopping`, stop it: (the reports made before the
+    stop, when it stopped)."""
+    await watcher.start()
+    await stopping.start()
+    for user in users:
+        await stopping.connected(user)
+    reports_before = len(recorder.transitions)
+    stopped = time.time()
+    await stopping.close()
+    return reports_before, stopped
+
+
 async def test_a_node_stopping_with_a_grace_leaves_its_users_online_and_only_those_not_back_go_offline(
     redis_server: Any,
 ) -> None:
@@ -140,13 +155,7 @@ async def test_a_node_stopping_with_a_grace_leaves_its_users_online_and_only_tho
     users = list(range(1, 1101))  # more than one pipeline (SWEEP_BATCH) when the grace ends
     back, not_back = users[:600], users[600:]
     try:
-        await staying.start()
-        await leaving.start()
-        for user in users:
-            await leaving.connected(user)
-        reports_before = len(recorder.transitions)
-        stopped = time.time()
-        await leaving.close()
+        reports_before, stopped = await stop_holding(leaving, staying, users, recorder)
         assert time.time() - stopped < 1.0
         assert recorder.transitions[reports_before:] == [] and recorder.gone == []
         assert await staying.online_among(users) == set(users)
@@ -192,13 +201,7 @@ async def test_a_restarted_node_keeps_its_previous_runs_users_online_while_they_
     first_run.listener = watcher.listener = second_run.listener = recorder
     users = list(range(1, 1101))
     try:
-        await watcher.start()
-        await first_run.start()
-        for user in users:
-            await first_run.connected(user)
-        reports_before = len(recorder.transitions)
-        stopped = time.time()
-        await first_run.close()
+        reports_before, stopped = await stop_holding(first_run, watcher, users, recorder)
         await second_run.start()
         # It took the users over: the previous run's entries are gone, the new run vouches for all.
         assert await client.hget(f"{prefix}nodes", first_run.incarnation) is None

@@ -265,6 +265,11 @@ ADOPTION_MAX_GRACES = 12
 INCARNATION_SEPARATOR = "/"
 
 
+def _text(raw: bytes | str) -> str:
+    """A name read back from Redis (bytes, unless the client decodes replies)."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 def incarnation_of(node_id: str) -> str:
     """A name for this run of the node: its NODE_ID and a boot id no other run shares."""
     return f"{node_id}{INCARNATION_SEPARATOR}{secrets.token_hex(4)}"
@@ -506,25 +511,23 @@ class RedisPresenceStore(PresenceStore):
         return user_id in await self.online_among((user_id,))
 
     async def online_among(self, user_ids: Collection[int]) -> set[int]:
-        here = {user_id for user_id in user_ids if user_id in self.local_counts}
-        elsewhere = [user_id for user_id in user_ids if user_id not in here]
-        if not elsewhere:
-            return here
-        try:
-            return here | set(await self._online_reads.get_many(elsewhere))
-        except REDIS_ERRORS:
-            return here
+        return await self._here_or_in_redis(user_ids, self._online_reads)
 
     async def reachable_among(self, user_ids: Collection[int]) -> set[int]:
         """Those of these users who hold a socket somewhere. Unlike `online_among`, not those a stopped node
         left online for its grace, nor those a restarted node adopted: they are shown online while their
         clients reconnect, but a push is what reaches one whose client does not."""
+        return await self._here_or_in_redis(user_ids, self._reachable_reads)
+
+    async def _here_or_in_redis(self, user_ids: Collection[int], reads: Coalescer[int, bool]) -> set[int]:
+        """Those of these users with a socket here, and those `reads` finds in Redis (asked only about the
+        others; none of them while Redis is away)."""
         here = {user_id for user_id in user_ids if user_id in self.local_counts}
         elsewhere = [user_id for user_id in user_ids if user_id not in here]
         if not elsewhere:
             return here
         try:
-            return here | set(await self._reachable_reads.get_many(elsewhere))
+            return here | set(await reads.get_many(elsewhere))
         except REDIS_ERRORS:
             return here
 
@@ -532,21 +535,24 @@ class RedisPresenceStore(PresenceStore):
         return user_id in await self.reachable_among((user_id,))
 
     async def _reachable_many(self, user_ids: list[int]) -> dict[int, bool]:
+        """Which of these users a node vouches for now because it holds a socket of theirs: a live member
+        that is neither a stopped run (its grace) nor an adoption."""
         now = self._now()
         pipe = self.redis.pipeline(transaction=False)
         pipe.hkeys(self._handed_over_key)
         for user_id in user_ids:
             pipe.zrangebyscore(self._online_key(user_id), now, "+inf")
         stopped_raw, *members_of = await pipe.execute()
-        stopped = {m.decode() if isinstance(m, bytes) else str(m) for m in stopped_raw}
-        reachable: dict[int, bool] = {}
-        for user_id, members in zip(user_ids, members_of, strict=True):
-            for raw in members:
-                member = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if member not in stopped and not member.endswith(ADOPTED_SUFFIX):
-                    reachable[user_id] = True
-                    break
-        return reachable
+        stopped = {_text(m) for m in stopped_raw}
+
+        def holds_a_socket(member: str) -> bool:
+            return member not in stopped and not member.endswith(ADOPTED_SUFFIX)
+
+        return {
+            user_id: True
+            for user_id, members in zip(user_ids, members_of, strict=True)
+            if any(holds_a_socket(_text(m)) for m in members)
+        }
 
     async def _online_many(self, user_ids: list[int]) -> dict[int, bool]:
         """Which of these users some node vouches for now (a live member in their `online` entry)."""
@@ -600,7 +606,7 @@ class RedisPresenceStore(PresenceStore):
         nodes = await self.redis.hgetall(self._nodes_key)
         handed_over = await self._handed_over() if nodes else {}
         for raw_node, raw_until in nodes.items():
-            node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
+            node = _text(raw_node)
             if node == self.incarnation or node_of(node) != self.node_id:
                 continue
             if node in handed_over:
@@ -626,7 +632,7 @@ class RedisPresenceStore(PresenceStore):
         if await self.redis.set(key, self.incarnation, nx=True, ex=60):
             return True
         holder = await self.redis.get(key)
-        return (holder.decode() if isinstance(holder, bytes) else holder) == self.incarnation
+        return holder is not None and _text(holder) == self.incarnation
 
     async def _adopt(self, node: str, stopped_at: float, now: float) -> None:
         """Vouch (as this run's adopted member, not reachable) for the users a previous run of this NODE_ID
@@ -702,7 +708,7 @@ class RedisPresenceStore(PresenceStore):
         nodes = await self.redis.hgetall(self._nodes_key)
         expired: list[str] = []
         for raw_node, raw_until in nodes.items():
-            node = raw_node.decode() if isinstance(raw_node, bytes) else str(raw_node)
+            node = _text(raw_node)
             if node != self.incarnation and float(raw_until) <= now:
                 expired.append(node)
         if not expired:
@@ -723,7 +729,7 @@ class RedisPresenceStore(PresenceStore):
     async def _handed_over(self) -> dict[str, float]:
         """Incarnations that stopped leaving their users the grace, with when they stopped."""
         raw = await self.redis.hgetall(self._handed_over_key)
-        return {(k.decode() if isinstance(k, bytes) else str(k)): float(v) for k, v in raw.items()}
+        return {_text(k): float(v) for k, v in raw.items()}
 
     async def _sweep_node(self, node: str, now: float, stopped_at: float | None = None) -> int | None:
         """Withdraw every entry of a node (an incarnation) that is gone, reporting offline whoever has no
