@@ -77,6 +77,7 @@ FINAL_CLOSE_CODES = {1008, 4000, 4001, 4002, 4003}
 STATUS_EVERY_S = 0.5
 SCRIPT = Path(__file__).resolve()
 TARGET_BACK_S = 15.0
+BACK_SHARES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 WORKER_LINE_LIMIT = 64 * 1024 * 1024
@@ -684,9 +685,16 @@ class Run:
         # The status a worker sent before the restart may still show the old sockets: wait for fresh ones.
         await asyncio.sleep(2 * STATUS_EVERY_S)
         lowest = total(self.workers, "joined", k)
+        # When a share of the sockets was back (to the half second of the workers' status): tells a node
+        # slow to take sockets from clients that came late, which their backoff decides.
+        reached: dict[str, float] = {}
         while time.monotonic() < deadline:
             now_joined = total(self.workers, "joined", k)
             lowest = min(lowest, now_joined)
+            if now_joined > lowest:
+                for share in BACK_SHARES:
+                    if f"{share:.0%}" not in reached and now_joined - lowest >= share * (expected - lowest):
+                        reached[f"{share:.0%}"] = round(time.monotonic() - t_term, 1)
             for j in others:
                 others_low[j] = min(others_low[j], total(self.workers, "joined", j))
             if now_joined >= expected and total(self.workers, "resumed", k) - resumed0 >= expected:
@@ -716,6 +724,7 @@ class Run:
                 "sigterm_to_listening_s": round(t_listen - t_term, 2),
                 "sigterm_to_all_back_s": seconds,
                 "listening_to_all_back_s": round(t_back - t_listen, 2) if all_back else None,
+                "sigterm_to_share_back_s": reached,
                 "all_back": all_back,
                 "back": back,
                 "resumed": resumed,
