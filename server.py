@@ -138,8 +138,10 @@ def embedded_store_path(settings: Settings) -> Path:
 class Node:
     """One running server process: its embedded store (if any), services, and HTTP listener."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, process_ends_at_stop: bool = False) -> None:
         self.settings = settings
+        # The process exits once this node has stopped: its sockets need not be waited for (Services.close).
+        self.process_ends_at_stop = process_ends_at_stop
         self.embedded: EmbeddedMongo | None = None
         self.services: Services | None = None
         self.http: tornado.httpserver.HTTPServer | None = None
@@ -197,7 +199,7 @@ class Node:
         if self.http is not None:
             self.http.stop()
         if self.services is not None:
-            await self.services.close()
+            await self.services.close(process_ends=self.process_ends_at_stop)
         if self.http is not None:
             await self.http.close_all_connections()
         if self.metrics_http is not None:
@@ -206,8 +208,25 @@ class Node:
             await self.metrics_http.close_all_connections()
 
 
+def serve(settings: Settings) -> None:
+    """Run a node until SIGTERM or SIGINT, then end the process as soon as the node has stopped.
+
+    Not `asyncio.run`: its teardown cancels every task still pending, and each socket the stop released
+    unread (Connections.close_all) has one, whose cancellation would run the per-socket close the stop
+    skipped; the interpreter's own teardown would then free the objects of every socket one by one. The
+    exit closes the connections instead, once the logs are flushed. A failure still raises (main says
+    why)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(run(settings))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 async def run(settings: Settings) -> None:
-    node = Node(settings)
+    node = Node(settings, process_ends_at_stop=True)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, node.stopping.set)
@@ -290,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(change_moderator(settings, args.username, ROLE_COMMANDS[args.command]))
         if args.command == MIGRATE_MEDIA:
             return asyncio.run(migrate_media_command(settings))
-        asyncio.run(run(settings))
+        serve(settings)
     except Exception as exc:
         if not errors.backend_unavailable(exc):
             raise

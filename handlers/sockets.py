@@ -98,6 +98,9 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
     endpoint = "conversation"
     server_close_code: int | None = None
     server_close_reason: str | None = None
+    # The connection a close was written to: Tornado's `close` forgets it, and a node that stops still
+    # asks how much of it has left and releases it (Connections.close_all).
+    closed_connection: tornado.websocket.WebSocketProtocol | None = None
 
     def initialize(self, services: Services) -> None:
         self.services = services
@@ -283,11 +286,12 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         compression (get_compression_options) keeps write_message, which compresses."""
         if self.get_compression_options() is not None:
             return None
-        return tornado_internals.unsent_bytes(self.ws_connection)
+        return tornado_internals.unsent_bytes(self.ws_connection or self.closed_connection)
 
     def _shut(self, code: int, reason: str) -> None:
         self.server_close_code = code
         self.server_close_reason = reason
+        self.closed_connection = self.ws_connection
         self.close(code, reason)
 
     def _send_ping(self) -> None:
@@ -297,6 +301,9 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         stream = self.ws_connection.stream if self.ws_connection is not None else None
         if stream is not None:
             stream.io_loop.call_later(after_s, lambda: None if stream.closed() else stream.close())
+
+    def _release(self) -> bool:
+        return tornado_internals.stop_reading(self.ws_connection or self.closed_connection)
 
     def _kernel_socket(self) -> socket.socket | None:
         """The connection's socket, None once Tornado has let it go."""
@@ -444,6 +451,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
 
     def on_close(self) -> None:
         self.closing = True
+        self.closed_connection = None  # closed: Tornado breaks the handler's cycle with it, so do we
         code = self.server_close_code or self.close_code or 1006
         self.services.metrics.closes.child(close_label(code)).inc()
         if not self.services.connections.closing_all:

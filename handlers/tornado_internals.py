@@ -32,6 +32,7 @@ PRIVATE_NAMES: tuple[tuple[type, str], ...] = (
     (tornado.httpserver.HTTPServer, "_handle_connection"),
     (tornado.httpserver._ProxyAdapter, "delegate"),  # the class itself is private too
     (tornado.iostream.BaseIOStream, "_read_regex"),  # an instance attribute, set in __init__
+    (tornado.iostream.BaseIOStream, "_state"),  # an instance attribute, set in __init__
     (tornado.web.RequestHandler, "_headers"),  # instance attributes, set in __init__ (by clear())
     (tornado.httputil.HTTPHeaders, "_combined_cache"),
     (tornado.httputil.HTTPHeaders, "_as_list"),
@@ -145,6 +146,22 @@ def unsent_bytes(connection: tornado.websocket.WebSocketProtocol | None) -> int 
     if not hasattr(connection, "_write_frame"):
         return None
     return unsent
+
+
+def stop_reading(connection: tornado.websocket.WebSocketProtocol | None) -> bool:
+    """Take the connection's stream off the loop, so that nothing it receives is read any more (the
+    process is about to exit and close it); False when it is closed already.
+
+    IOStream has no public way to stop watching its socket short of closing it, and closing runs the
+    whole per-connection close path that a stopping node wants to skip. The stream registers again
+    (`_add_io_state`) if anything reads or writes it later, since `_state` says it is not registered."""
+    stream = getattr(connection, "stream", None)
+    if stream is None or stream.closed():
+        return False
+    if stream._state is not None:
+        stream.io_loop.remove_handler(stream.fileno())
+        stream._state = None
+    return True
 
 
 def write_text_frame(connection: tornado.websocket.WebSocketProtocol, data: bytes) -> None:

@@ -259,8 +259,8 @@ async def test_a_stopping_node_hands_presence_over_while_its_sockets_are_still_c
     closing_done = asyncio.Event()
     real_close_all = n2.services.connections.close_all
 
-    async def slow_clients(code: int, reason: str) -> None:
-        await real_close_all(code, reason)
+    async def slow_clients(code: int, reason: str, **options: bool) -> None:
+        await real_close_all(code, reason, **options)
         await asyncio.sleep(1.5)  # as if the clients were slow to answer their close frames
         closing_done.set()
 

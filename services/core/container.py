@@ -310,8 +310,9 @@ class Services:
         self._backend_probe = BackgroundTask(self._probe_backends_forever, "backend-probe")
         self._backend_probe.start()
 
-    async def close(self) -> None:
-        """Close sockets with 1001, finish queued writes, then release the clients."""
+    async def close(self, *, process_ends: bool = False) -> None:
+        """Close sockets with 1001, finish queued writes, then release the clients. `process_ends`: the
+        process exits right after, and its exit closes the connections (Connections.close_all)."""
         self.shutting_down = True
         if self._store_preparation is not None:
             self._store_preparation.cancel()
@@ -323,13 +324,17 @@ class Services:
         self.presence.store.hand_over_at_close()
         self.joins.close()
         # Steps in order; the steps of one stage run at once. Closing the sockets (a close frame each, then
-        # up to 2 s for the clients' answers) and handing presence over (the users withdrawn from Redis,
-        # then their offline announcements, which wait on the store) share nothing: run one after the
-        # other they took 3 to 8 s of a 3,000-socket node's stop, and clients whose retry came before
-        # the node was back waited for their next backoff step (BENCHMARKS.md).
+        # up to 2 s for the clients' answers, or only for the frames to leave) and handing presence over
+        # (the users withdrawn from Redis, then their offline announcements, which wait on the store)
+        # share nothing: run one after the other they took 3 to 8 s of a 3,000-socket node's stop, and
+        # clients whose retry came before the node was back waited for their next backoff step
+        # (BENCHMARKS.md).
         stages: list[list[tuple[str, Callable[[], Awaitable[None]]]]] = [
             [
-                ("closing the sockets", lambda: self.connections.close_all(1001, "server shutting down")),
+                (
+                    "closing the sockets",
+                    lambda: self.connections.close_all(1001, "server shutting down", process_ends=process_ends),
+                ),
                 ("handing presence over", self.presence.close),
             ],
             [("storing queued messages", self.chat.close)],
