@@ -60,13 +60,13 @@ class AccountLiveness:
 
     async def exists(self, user_id: int) -> bool:
         """Whether the account is there and not deleted."""
-        alive, _ = await self._state(user_id)
+        alive, _ = await self._alive_and_generation(user_id)
         return alive
 
     async def accepts(self, user_id: int, generation: int) -> bool:
         """Whether the account is there, not deleted, and accepts tokens of `generation` (none of its
         tokens from before a later revocation)."""
-        alive, current = await self._state(user_id)
+        alive, current = await self._alive_and_generation(user_id)
         return alive and generation >= current
 
     def refuses(self, user_id: int, generation: int) -> bool:
@@ -79,7 +79,7 @@ class AccountLiveness:
         expires, alive, current = cached
         return generation < current or (not alive and expires > time.monotonic())
 
-    async def _state(self, user_id: int) -> tuple[bool, int]:
+    async def _alive_and_generation(self, user_id: int) -> tuple[bool, int]:
         """(alive, token generation), cached."""
         now = time.monotonic()
         cached = self._entries.get(user_id)
