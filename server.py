@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import sys
-
-from services.core.command_line import hold_ports_early
-
-if __name__ == "__main__":
-    # Before importing the rest of the server, which takes seconds on a busy machine: a restarted node's
-    # clients then wait in the listen backlog instead of being refused (services/core/command_line.py).
-    hold_ports_early(sys.argv[1:])
-
-# The imports below come after the ports are held, on purpose (ruff.toml lets server.py do that).
+import argparse
 import asyncio
 import contextlib
 import dataclasses
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import tornado.httpserver
 import tornado.iostream
+import tornado.netutil
 import tornado.web
 
 from handlers import make_app
@@ -30,14 +23,6 @@ from handlers.base import PROBE_PATHS
 from handlers.http_server import make_http_server
 from handlers.metrics import make_metrics_app
 from services.core import errors, logs
-from services.core.command_line import (
-    MIGRATE_MEDIA,
-    ROLE_COMMANDS,
-    hold_ports,
-    parse_args,
-    settings_from,
-    take_held_ports,
-)
 from services.core.config import SettingError, Settings
 from services.core.container import Services, build_services
 from services.core.logs import redact
@@ -107,6 +92,45 @@ def limit_sockets_to_descriptors(settings: Settings) -> tuple[Settings, int]:
     return settings, file_limit
 
 
+# Operator commands besides serving: whether each grants (True) or revokes (False) the moderator role.
+ROLE_COMMANDS = {"grant-moderator": True, "revoke-moderator": False}
+MIGRATE_MEDIA = "migrate-media"
+COMMANDS_HELP = """commands:
+  (none)                      serve
+  grant-moderator USERNAME    give the account the moderator role (its next sign-in or refresh carries it)
+  revoke-moderator USERNAME   take it back (refused at the account's next moderator request)
+  migrate-media               copy the uploaded files under DATA_DIR/media into the database (GridFS);
+                              skips what is there already, so it can run again
+  Run them with the node's settings and --data-dir; they work while a node runs, on the embedded store too.
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    knobs = "\n".join(f"  {env:<22} default {default:<12} {text}" for env, default, text in Settings.describe())
+    parser = argparse.ArgumentParser(
+        description="Chat & Matching API server (REST + WebSockets).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=COMMANDS_HELP + "\nEnvironment variables (flags win over them):\n" + knobs,
+    )
+    parser.add_argument(
+        "command", nargs="?", choices=sorted([*ROLE_COMMANDS, MIGRATE_MEDIA]), help="an operator command (below)"
+    )
+    parser.add_argument("username", nargs="?", help="the account the command is about")
+    parser.add_argument("--host", help="interface to listen on (HOST)")
+    parser.add_argument("--port", type=int, help="TCP port (PORT)")
+    parser.add_argument("--data-dir", help="data directory (DATA_DIR)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=["json", "text"], help="(LOG_FORMAT)")
+    args = parser.parse_intermixed_args(argv)
+    if args.command in ROLE_COMMANDS and not args.username:
+        parser.error(f"{args.command} needs a USERNAME")
+    if args.command == MIGRATE_MEDIA and args.username is not None:
+        parser.error(f"{args.command} takes no USERNAME")
+    if args.command is None and args.username is not None:
+        parser.error(f"unknown command {args.username!r}")
+    return args
+
+
 def embedded_store_path(settings: Settings) -> Path:
     return Path(settings.data_dir) / "mongo"
 
@@ -131,9 +155,13 @@ class Node:
         settings = self.settings
         # The ports are held before the embedded store asks the kernel for a free one, which could
         # otherwise be ours; connections that arrive meanwhile wait in the backlog until the services are
-        # up, instead of being refused. `python server.py` held them before its imports.
-        ports = take_held_ports(settings) or hold_ports(settings)
-        listeners, metrics_listeners = ports.api, ports.metrics
+        # up, instead of being refused.
+        listeners = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=settings.listen_backlog)
+        metrics_listeners = (
+            tornado.netutil.bind_sockets(settings.metrics_port, settings.metrics_host, backlog=settings.listen_backlog)
+            if settings.metrics_port
+            else []
+        )
         mongodb_url = settings.mongodb_url
         if not mongodb_url:
             self.embedded = EmbeddedMongo(embedded_store_path(settings))
@@ -264,7 +292,9 @@ async def migrate_media_command(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        settings = settings_from(args)
+        settings = Settings.from_env(
+            host=args.host, port=args.port, data_dir=args.data_dir, log_level=args.log_level, log_format=args.log_format
+        )
     except ValueError as exc:
         # Logged as the node would log (a JSON line unless text was asked for), so that a log shipper
         # and `journalctl -o json` see why the node refused to start.

@@ -96,13 +96,6 @@ class ServerProcess:
         self.log_path = data_dir / f"server-{self.port}.log"
 
     def start(self) -> ServerProcess:
-        self.spawn()
-        assert self.process is not None
-        wait_for_port(self.port, process=self.process)
-        return self
-
-    def spawn(self) -> ServerProcess:
-        """Start the process without waiting for anything."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
         with open(self.log_path, "ab") as log:
@@ -115,6 +108,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 preexec_fn=self.preexec_fn,
             )
+        wait_for_port(self.port, process=self.process)
         return self
 
     def signal(self, signum: int) -> None:

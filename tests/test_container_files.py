@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+import server
 from handlers import health
-from services.core import command_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -78,7 +78,7 @@ def test_the_node_image_runs_server_py_with_flags_it_accepts_and_checks_a_real_r
     command = json.loads(next(rest for word, rest in steps if word == "CMD"))
     assert command[:3] == ["python", "-m", "server"]
     assert "server" in (ROOT / "setup.cfg").read_text().split("py_modules =")[1].split("\n")[0]
-    command_line.parse_args(command[3:])  # exits on a flag it does not know
+    server.parse_args(command[3:])  # exits on a flag it does not know
     healthcheck = next(rest for word, rest in steps if word == "HEALTHCHECK")
     checked = re.search(r"'(/[a-z]+)'", healthcheck)
     assert checked is not None and checked.group(1) in {path for path, _ in health.routes}
