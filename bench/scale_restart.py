@@ -25,7 +25,9 @@ Phases, each with its figures:
    seed's client: a socket closed with any code but 1008 or 4000 to 4003 reconnects after 1 s ± 20%,
    then 2 s, 4 s ... up to `--backoff-cap`, with `?after=<last message id seen>` (0 when none yet), and
    the backoff starts again once a socket is open. The time reported is from the SIGTERM to the last
-   socket back (its first frame), with the node's own stop and start within it.
+   socket back (its first frame), with the node's own stop and start within it; the start is reported
+   twice: when the port takes connections again (a client then waits in the listen backlog while the
+   node builds its services), and when the node answers /livez.
 5. check: the senders stop, the run waits for the last acknowledgements, then every acknowledged message
    must have reached its recipient exactly once (`lost`, `duplicated`), none stored twice.
 
@@ -471,6 +473,23 @@ def total(workers: list[WorkerProcess], key: str, node: int) -> int:
     return sum(w.status.get(key, [0] * (node + 1))[node] for w in workers)
 
 
+async def answers_livez(port: int, deadline: float) -> float:
+    """When the node on `port` first answers GET /livez (its port may take connections before it serves)."""
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /livez HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            status = await asyncio.wait_for(reader.readline(), max(0.1, deadline - time.monotonic()))
+            writer.close()
+            if status.startswith(b"HTTP/1.1 200"):
+                return time.monotonic()
+        except (OSError, TimeoutError):
+            pass
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"nothing answered /livez on port {port}")
+        await asyncio.sleep(0.05)
+
+
 def counter_sum(workers: list[WorkerProcess], key: str) -> collections.Counter[str]:
     out: collections.Counter[str] = collections.Counter()
     for w in workers:
@@ -677,10 +696,14 @@ class Run:
         exit_code = process.returncode
         node.process = None
         await asyncio.to_thread(node.start, args.start_timeout)
-        t_listen = time.monotonic()
+        t_listen = time.monotonic()  # the port takes connections (the node may not serve yet)
+        t_serving = await answers_livez(node.port, t_term + args.start_timeout)
         assert node.process is not None
         started_cpu = ProcStats.cpu_s(node.pid)  # its start-up, before any socket
-        log(f"  {node.name} exited {exit_code} after {t_exit - t_term:.1f} s, listens at {t_listen - t_term:.1f} s")
+        log(
+            f"  {node.name} exited {exit_code} after {t_exit - t_term:.1f} s, listens at {t_listen - t_term:.1f} s,"
+            f" serves at {t_serving - t_term:.1f} s"
+        )
         deadline = t_term + args.back_timeout
         # The status a worker sent before the restart may still show the old sockets: wait for fresh ones.
         await asyncio.sleep(2 * STATUS_EVERY_S)
@@ -722,6 +745,7 @@ class Run:
                 "exit_code": exit_code,
                 "killed_after_stop_timeout": killed,
                 "sigterm_to_listening_s": round(t_listen - t_term, 2),
+                "sigterm_to_serving_s": round(t_serving - t_term, 2),
                 "sigterm_to_all_back_s": seconds,
                 "listening_to_all_back_s": round(t_back - t_listen, 2) if all_back else None,
                 "sigterm_to_share_back_s": reached,
@@ -867,6 +891,7 @@ def report(header: str, lines: list[dict[str, Any]]) -> str:
                 ("sockets", "sockets"),
                 ("sigterm_to_exit_s", "SIGTERM to exit, s"),
                 ("sigterm_to_listening_s", "SIGTERM to listening, s"),
+                ("sigterm_to_serving_s", "SIGTERM to serving, s"),
                 ("sigterm_to_all_back_s", "SIGTERM to all back, s"),
                 ("resumed", "resumed"),
                 ("target_met", f"≤ {TARGET_BACK_S:.0f} s"),
