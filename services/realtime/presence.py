@@ -596,8 +596,20 @@ class RedisPresenceStore(PresenceStore):
             back = await self._vouch(chunk, now)
             for user_id, version in zip(back[::2], back[1::2], strict=True):
                 await self._report(int(user_id), online=True, version=int(version))
-        for start in range(0, len(adopted), HEARTBEAT_CHUNK):
-            await self._vouch(adopted[start : start + HEARTBEAT_CHUNK], now, self._adopted_member)
+        await self._vouch_adopted(adopted, now)
+
+    async def _vouch_adopted(self, user_ids: list[int], now: float) -> None:
+        """Vouch for users adopted from this NODE_ID's previous run (shown online, not reachable)."""
+        for start in range(0, len(user_ids), HEARTBEAT_CHUNK):
+            await self._vouch(user_ids[start : start + HEARTBEAT_CHUNK], now, self._adopted_member)
+
+    async def _forget_run(self, node: str) -> None:
+        """Drop what a stopped or dead incarnation left besides its users' entries: its users set, its
+        heartbeat, and its note of a stop in good order (in that order: a sweep that still finds the
+        heartbeat expired also finds the note)."""
+        await self.redis.delete(self._node_users_key_of(node))
+        await self.redis.hdel(self._nodes_key, node)
+        await self.redis.hdel(self._handed_over_key, node)
 
     async def _reclaim_earlier_incarnations(self) -> None:
         """Sweep what earlier runs of this NODE_ID left in Redis, at once: whatever their heartbeat says,
@@ -642,21 +654,17 @@ class RedisPresenceStore(PresenceStore):
         (`_release_adopted`) once none has come back for the grace."""
         if not await self._take_sweep(node):
             return  # another node is sweeping it: its grace ended
-        users_key = self._node_users_key_of(node)
-        members = [int(raw) for raw in await self.redis.smembers(users_key)]
+        members = [int(raw) for raw in await self.redis.smembers(self._node_users_key_of(node))]
         adopted = [user for user in members if user not in self.local_counts]
         if members:
             await self.redis.sadd(self._node_users_key, *members)
-            for start in range(0, len(adopted), HEARTBEAT_CHUNK):
-                await self._vouch(adopted[start : start + HEARTBEAT_CHUNK], now, self._adopted_member)
+            await self._vouch_adopted(adopted, now)
             for start in range(0, len(members), SWEEP_BATCH):
                 pipe = self.redis.pipeline(transaction=False)
                 for user in members[start : start + SWEEP_BATCH]:
                     pipe.zrem(self._online_key(user), node, node + ADOPTED_SUFFIX)
                 await pipe.execute()
-        await self.redis.delete(users_key)
-        await self.redis.hdel(self._nodes_key, node)
-        await self.redis.hdel(self._handed_over_key, node)
+        await self._forget_run(node)
         log.info(
             "node %s restarted: took over the %d users its previous run %s left online",
             self.node_id,
@@ -742,8 +750,5 @@ class RedisPresenceStore(PresenceStore):
         members = [int(raw_user) for raw_user in await self.redis.smembers(users_key)]
         at = None if stopped_at is None else dt.datetime.fromtimestamp(stopped_at, dt.UTC)
         await self._withdraw(node, users_key, members, now, at=at)
-        await self.redis.delete(users_key)
-        await self.redis.hdel(self._nodes_key, node)
-        if stopped_at is not None:
-            await self.redis.hdel(self._handed_over_key, node)
+        await self._forget_run(node)
         return len(members)
