@@ -478,9 +478,11 @@ async def answers_livez(port: int, deadline: float) -> float:
     while True:
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /livez HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            status = await asyncio.wait_for(reader.readline(), max(0.1, deadline - time.monotonic()))
-            writer.close()
+            try:
+                writer.write(b"GET /livez HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                status = await asyncio.wait_for(reader.readline(), max(0.1, deadline - time.monotonic()))
+            finally:
+                writer.close()
             if status.startswith(b"HTTP/1.1 200"):
                 return time.monotonic()
         except (OSError, TimeoutError):
