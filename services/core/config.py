@@ -148,7 +148,7 @@ class Settings:
         10, "MAX_CONVERSATION_SOCKETS_PER_USER", "Conversation sockets one user may hold on one node"
     )
     join_concurrency: int = _knob(
-        256, "JOIN_CONCURRENCY", "Sockets a node opens at once (each waits on the store); more wait in JOIN_QUEUE"
+        1024, "JOIN_CONCURRENCY", "Sockets a node opens at once (each waits on the store); more wait in JOIN_QUEUE"
     )
     join_queue: int = _knob(
         20_000,
