@@ -286,7 +286,13 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
         compression (get_compression_options) keeps write_message, which compresses."""
         if self.get_compression_options() is not None:
             return None
-        return tornado_internals.unsent_bytes(self.ws_connection or self.closed_connection)
+        return tornado_internals.unsent_bytes(self._last_connection)
+
+    @property
+    def _last_connection(self) -> tornado.websocket.WebSocketProtocol | None:
+        """The connection frames were last written to: Tornado's, or, once a close forgot it, the one the
+        close frame was written to."""
+        return self.ws_connection or self.closed_connection
 
     def _shut(self, code: int, reason: str) -> None:
         self.server_close_code = code
@@ -303,7 +309,7 @@ class BaseSocket(tornado.websocket.WebSocketHandler, Peer):
             stream.io_loop.call_later(after_s, lambda: None if stream.closed() else stream.close())
 
     def _release(self) -> bool:
-        return tornado_internals.stop_reading(self.ws_connection or self.closed_connection)
+        return tornado_internals.stop_reading(self._last_connection)
 
     def _kernel_socket(self) -> socket.socket | None:
         """The connection's socket, None once Tornado has let it go."""
